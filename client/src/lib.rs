@@ -1,0 +1,1 @@
+//! `keel-client`: the Rust client library for keel (built out in a later issue).

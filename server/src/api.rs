@@ -1,0 +1,794 @@
+//! The client HTTP API (v1) on hyper 1.x: routing, input validation, and the mapping of every
+//! outcome and error to a status code and a JSON body.
+//!
+//! Handlers are thin: they validate, build a [`Command`] or a read, hand writes to the
+//! [`Router`] (which proposes or forwards) and reads to the Raft read path, and turn the answer
+//! into a response. Every response carries `X-Keel-Node`, `X-Keel-Leader` (when known) and
+//! `X-Keel-Index`. Every error body is `{"error": {"code", "message"}}` plus, where useful,
+//! extra fields (`index`, `committed`, `value`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::error::{ReadError, WriteError};
+use crate::forward::Router;
+use crate::mode::{ReadConsistency, WriteMode};
+use crate::proto::{command::Op, AddOp, ApplyResult, Command, DeleteOp, Precondition, PutOp, ValueRecord};
+use crate::raft_node::{NodeHandle, WriteOk};
+use crate::state_machine::{codes, StateMachine};
+use crate::storage::StorageError;
+
+/// Longest key, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest JSON body (add, and later txn).
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+/// Default and largest page of a list.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// Largest page of a list.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Concurrent client connections per node.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// `Retry-After` seconds sent with 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Mode of writes that do not say.
+    pub default_mode: WriteMode,
+    /// Deadline of a write (proposal, forwarding, replication).
+    pub request_timeout: Duration,
+    /// How long a read may wait for a read index or for `min_index` to be applied.
+    pub read_timeout: Duration,
+}
+
+/// What the handlers share.
+pub struct Api {
+    cfg: ApiConfig,
+    node: NodeHandle,
+    sm: StateMachine,
+    router: Arc<Router>,
+    members: Vec<(u64, String)>,
+    http_addr: String,
+    peer_http: Box<dyn Fn() -> std::collections::HashMap<u64, String> + Send + Sync>,
+}
+
+impl Api {
+    /// Builds the API state. `members` are (id, peer address) of the configured members;
+    /// `peer_http` returns the client addresses learned from peers.
+    pub fn new(
+        cfg: ApiConfig,
+        node: NodeHandle,
+        sm: StateMachine,
+        router: Arc<Router>,
+        members: Vec<(u64, String)>,
+        http_addr: String,
+        peer_http: Box<dyn Fn() -> std::collections::HashMap<u64, String> + Send + Sync>,
+    ) -> Arc<Self> {
+        Arc::new(Api {
+            cfg,
+            node,
+            sm,
+            router,
+            members,
+            http_addr,
+            peer_http,
+        })
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<Api>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%remote, "too many client connections; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let api = api.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.handle(req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%remote, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+/// An error answer: status, stable code, message and optional extra fields.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Map<String, Value>,
+    retry_after: bool,
+    index: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+            retry_after: false,
+            index: None,
+        }
+    }
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let msg = e.to_string();
+        match e {
+            WriteError::NoLeader | WriteError::NotLeader(_) | WriteError::Dropped => {
+                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", msg);
+                if e == WriteError::Dropped {
+                    err.code = "not_applied";
+                }
+                err.retry_after = true;
+                err
+            }
+            WriteError::OutcomeUnknown => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", msg)
+            }
+            WriteError::ReplicationTimeout { index } => {
+                let mut err =
+                    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "replication_timeout", msg)
+                        .with("index", json!(index))
+                        .with("committed", json!(true));
+                err.index = Some(index);
+                err
+            }
+            WriteError::ShuttingDown => {
+                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", msg);
+                err.retry_after = true;
+                err
+            }
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ReadError::NoLeader => {
+                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", msg);
+                err.retry_after = true;
+                err
+            }
+            ReadError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", msg),
+            ReadError::ShuttingDown => {
+                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", msg);
+                err.retry_after = true;
+                err
+            }
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
+    }
+}
+
+/// A successful answer before the common headers are added.
+struct Reply {
+    status: StatusCode,
+    body: Bytes,
+    content_type: &'static str,
+    index: Option<u64>,
+    etag: Option<u64>,
+}
+
+impl Reply {
+    fn json(status: StatusCode, value: Value, index: Option<u64>) -> Self {
+        Reply {
+            status,
+            body: Bytes::from(value.to_string()),
+            content_type: "application/json",
+            index,
+            etag: None,
+        }
+    }
+}
+
+type Answer = Result<Reply, ApiError>;
+
+/// Parsed query string.
+#[derive(Default)]
+struct Query {
+    mode: Option<WriteMode>,
+    consistency: Option<ReadConsistency>,
+    min_index: Option<u64>,
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
+    let mut q = Query::default();
+    let Some(raw) = raw else { return Ok(q) };
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "mode" => {
+                q.mode = Some(
+                    v.parse()
+                        .map_err(|e: String| ApiError::bad_request("invalid_mode", e))?,
+                )
+            }
+            "consistency" => {
+                q.consistency = Some(
+                    v.parse()
+                        .map_err(|e: String| ApiError::bad_request("invalid_consistency", e))?,
+                )
+            }
+            "min_index" => {
+                q.min_index = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        format!("min_index must be a non-negative integer, not {v:?}"),
+                    )
+                })?)
+            }
+            "limit" => {
+                let n: usize = v.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        format!("limit must be a positive integer, not {v:?}"),
+                    )
+                })?;
+                if n == 0 || n > MAX_LIST_LIMIT {
+                    return Err(ApiError::bad_request(
+                        "invalid_parameter",
+                        format!("limit must be between 1 and {MAX_LIST_LIMIT}"),
+                    ));
+                }
+                q.limit = Some(n);
+            }
+            "prefix" => q.prefix = Some(v.into_owned()),
+            "after" => q.after = Some(v.into_owned()),
+            // Unknown parameters are ignored, as most HTTP APIs do.
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// Decodes and validates a key taken from the path (still percent-encoded).
+fn decode_key(raw: &str) -> Result<String, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::bad_request("invalid_key", "the key is empty"));
+    }
+    // Each byte of a key takes at most 3 characters encoded: reject longer paths before decoding.
+    if raw.len() > 3 * MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            format!("the key is longer than {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    let bytes: Vec<u8> = percent_decode_str(raw).collect();
+    if bytes.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            format!(
+                "the key is {} bytes; the limit is {MAX_KEY_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("invalid_key", "the key is not valid UTF-8"))
+}
+
+fn validate_text_param(name: &str, v: &str) -> Result<(), ApiError> {
+    if v.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("{name} is longer than {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a whole body, refusing (413) anything over `limit` before it is read whole.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad_request("invalid_header", "bad Content-Length"))?;
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+/// Parses `If-Match` / `If-None-Match` into a precondition.
+fn precondition(req: &Request<Incoming>) -> Result<Option<Precondition>, ApiError> {
+    let mut pre = Precondition::default();
+    let mut any = false;
+    if let Some(v) = req.headers().get("if-match") {
+        let s = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("invalid_header", "If-Match is not ASCII"))?
+            .trim();
+        if s == "*" {
+            pre.if_exists = true;
+        } else {
+            let inner = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+            pre.if_version = Some(inner.parse().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("If-Match must be \"<version>\" or *, not {s:?}"),
+                )
+            })?);
+        }
+        any = true;
+    }
+    if let Some(v) = req.headers().get("if-none-match") {
+        if v.as_bytes().trim_ascii() != b"*" {
+            return Err(ApiError::bad_request(
+                "invalid_header",
+                "If-None-Match supports only * (create if absent)",
+            ));
+        }
+        pre.if_absent = true;
+        any = true;
+    }
+    Ok(any.then_some(pre))
+}
+
+/// Body of `POST /v1/kv/{key}/add`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    delta: i64,
+    #[serde(default)]
+    min: Option<i64>,
+    #[serde(default)]
+    max: Option<i64>,
+}
+
+fn record_json(key: &str, rec: &ValueRecord) -> Value {
+    let mut item = Map::new();
+    item.insert("key".into(), json!(key));
+    match std::str::from_utf8(&rec.value) {
+        Ok(s) => {
+            item.insert("value".into(), json!(s));
+        }
+        Err(_) => {
+            item.insert("value".into(), Value::Null);
+            item.insert(
+                "value_base64".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(&rec.value)),
+            );
+        }
+    }
+    item.insert("version".into(), json!(rec.version));
+    Value::Object(item)
+}
+
+impl Api {
+    /// Handles one request; never fails (errors become JSON answers).
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let answer = self.route(req).await;
+        self.finish(answer)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Answer {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let query = parse_query(req.uri().query())?;
+        match path.as_str() {
+            "/health" => self.only(&method, &[Method::GET])
+                .map(|_| Reply::json(StatusCode::OK, json!({"status": "ok"}), None)),
+            "/ready" => {
+                self.only(&method, &[Method::GET])?;
+                self.ready()
+            }
+            "/metrics" => {
+                self.only(&method, &[Method::GET])?;
+                Ok(self.metrics())
+            }
+            "/v1/status" => {
+                self.only(&method, &[Method::GET])?;
+                self.status().await
+            }
+            "/v1/kv" | "/v1/kv/" => {
+                self.only(&method, &[Method::GET])?;
+                self.list(query).await
+            }
+            p if p.starts_with("/v1/kv/") => {
+                let rest = &p["/v1/kv/".len()..];
+                if method == Method::POST {
+                    let Some(raw_key) = rest.strip_suffix("/add") else {
+                        return Err(ApiError::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "method_not_allowed",
+                            "POST is only for /v1/kv/{key}/add",
+                        ));
+                    };
+                    let key = decode_key(raw_key)?;
+                    return self.add(req, key, query).await;
+                }
+                let key = decode_key(rest)?;
+                match method {
+                    Method::GET => self.get(key, query).await,
+                    Method::PUT => self.put(req, key, query).await,
+                    Method::DELETE => self.delete(req, key, query).await,
+                    _ => Err(ApiError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        format!("{method} is not allowed on a key"),
+                    )),
+                }
+            }
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                format!("no such endpoint: {path}"),
+            )),
+        }
+    }
+
+    fn only(&self, method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+        if allowed.contains(method) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here"),
+            ))
+        }
+    }
+
+    fn finish(&self, answer: Answer) -> Response<Full<Bytes>> {
+        let shared = self.node.shared();
+        let (mut resp, index) = match answer {
+            Ok(reply) => {
+                let mut resp = Response::new(Full::new(reply.body));
+                *resp.status_mut() = reply.status;
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+                if let Some(v) = reply.etag {
+                    if let Ok(h) = HeaderValue::from_str(&format!("\"{v}\"")) {
+                        resp.headers_mut().insert("etag", h);
+                    }
+                }
+                (resp, reply.index)
+            }
+            Err(err) => {
+                let mut body = err.extra;
+                body.insert(
+                    "error".into(),
+                    json!({"code": err.code, "message": err.message}),
+                );
+                let mut resp = Response::new(Full::new(Bytes::from(Value::Object(body).to_string())));
+                *resp.status_mut() = err.status;
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                if err.retry_after {
+                    resp.headers_mut()
+                        .insert("retry-after", HeaderValue::from_static(RETRY_AFTER_SECS));
+                }
+                (resp, err.index)
+            }
+        };
+        let headers = resp.headers_mut();
+        headers.insert("x-keel-node", HeaderValue::from(shared.id()));
+        if let Some(leader) = shared.leader() {
+            headers.insert("x-keel-leader", HeaderValue::from(leader));
+        }
+        headers.insert(
+            "x-keel-index",
+            HeaderValue::from(index.unwrap_or_else(|| shared.applied())),
+        );
+        resp
+    }
+
+    fn ready(&self) -> Answer {
+        let shared = self.node.shared();
+        let applied = shared.applied();
+        let commit = shared.commit();
+        match shared.leader() {
+            Some(leader) if applied >= commit && !shared.stopped() => Ok(Reply::json(
+                StatusCode::OK,
+                json!({"ready": true, "leader": leader, "applied_index": applied}),
+                None,
+            )),
+            leader => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!(
+                    "leader: {leader:?}, applied {applied} of commit {commit}"
+                ),
+            )),
+        }
+    }
+
+    fn metrics(&self) -> Reply {
+        let s = self.node.shared();
+        let text = format!(
+            "# HELP keel_applied_index Highest log index applied to the state machine.\n\
+             # TYPE keel_applied_index gauge\nkeel_applied_index {}\n\
+             # HELP keel_commit_index Highest log index known committed.\n\
+             # TYPE keel_commit_index gauge\nkeel_commit_index {}\n\
+             # HELP keel_term Current Raft term.\n\
+             # TYPE keel_term gauge\nkeel_term {}\n\
+             # HELP keel_is_leader 1 if this node leads.\n\
+             # TYPE keel_is_leader gauge\nkeel_is_leader {}\n\
+             # HELP keel_leader_known 1 if a leader is known.\n\
+             # TYPE keel_leader_known gauge\nkeel_leader_known {}\n",
+            s.applied(),
+            s.commit(),
+            s.term(),
+            u8::from(s.role() == crate::raft_node::Role::Leader),
+            u8::from(s.leader().is_some()),
+        );
+        Reply {
+            status: StatusCode::OK,
+            body: Bytes::from(text),
+            content_type: "text/plain; version=0.0.4",
+            index: None,
+            etag: None,
+        }
+    }
+
+    async fn status(&self) -> Answer {
+        let report = self.node.status().await.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the node is stopping",
+            )
+        })?;
+        let learned = (self.peer_http)();
+        let members: Vec<Value> = self
+            .members
+            .iter()
+            .map(|(id, peer)| {
+                let http = if *id == report.id {
+                    Some(self.http_addr.clone())
+                } else {
+                    learned.get(id).cloned()
+                };
+                json!({"id": id, "peer_addr": peer, "http_addr": http})
+            })
+            .collect();
+        let mut v = serde_json::to_value(&report)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        if let Value::Object(m) = &mut v {
+            m.insert("members".into(), Value::Array(members));
+        }
+        Ok(Reply::json(StatusCode::OK, v, Some(report.applied_index)))
+    }
+
+    /// Waits until this node may serve a read at the requested consistency.
+    async fn read_barrier(&self, q: &Query) -> Result<(), ApiError> {
+        let mut need = q.min_index.unwrap_or(0);
+        if q.consistency.unwrap_or(ReadConsistency::Linearizable) == ReadConsistency::Linearizable {
+            need = need.max(self.node.read_index().await?);
+        }
+        if need > self.node.shared().applied() {
+            self.node.wait_applied(need, self.cfg.read_timeout).await?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: String, q: Query) -> Answer {
+        self.read_barrier(&q).await?;
+        let read = self.sm.get(&key)?;
+        match read.value {
+            Some(rec) => Ok(Reply {
+                status: StatusCode::OK,
+                body: rec.value,
+                content_type: "application/octet-stream",
+                index: Some(read.index),
+                etag: Some(rec.version),
+            }),
+            None => {
+                let mut err = ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no such key: {key:?}"),
+                );
+                err.index = Some(read.index);
+                Err(err)
+            }
+        }
+    }
+
+    async fn list(&self, q: Query) -> Answer {
+        let prefix = q.prefix.clone().unwrap_or_default();
+        validate_text_param("prefix", &prefix)?;
+        if let Some(a) = &q.after {
+            validate_text_param("after", a)?;
+        }
+        self.read_barrier(&q).await?;
+        let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        let read = self.sm.list(&prefix, q.after.as_deref(), limit)?;
+        let items: Vec<Value> = read
+            .value
+            .items
+            .iter()
+            .map(|(k, rec)| record_json(k, rec))
+            .collect();
+        Ok(Reply::json(
+            StatusCode::OK,
+            json!({"items": items, "index": read.index, "more": read.value.more}),
+            Some(read.index),
+        ))
+    }
+
+    async fn write(&self, op: Op, q: &Query) -> Result<WriteOk, ApiError> {
+        let mode = q.mode.unwrap_or(self.cfg.default_mode);
+        let command = Command { op: Some(op) };
+        Ok(self
+            .router
+            .write(command, mode, self.cfg.request_timeout)
+            .await?)
+    }
+
+    async fn put(&self, req: Request<Incoming>, key: String, q: Query) -> Answer {
+        let precondition = precondition(&req)?;
+        let value = read_body(req, self.cfg.max_value_bytes).await?;
+        let ok = self
+            .write(
+                Op::Put(PutOp {
+                    key,
+                    value,
+                    precondition,
+                }),
+                &q,
+            )
+            .await?;
+        let r = rejected(&ok.result)?;
+        Ok(Reply::json(
+            StatusCode::OK,
+            json!({"index": r.index, "version": r.version, "acked": ok.acked.as_str()}),
+            Some(r.index),
+        ))
+    }
+
+    async fn delete(&self, req: Request<Incoming>, key: String, q: Query) -> Answer {
+        let precondition = precondition(&req)?;
+        let ok = self
+            .write(Op::Delete(DeleteOp { key, precondition }), &q)
+            .await?;
+        let r = rejected(&ok.result)?;
+        Ok(Reply::json(
+            StatusCode::OK,
+            json!({"index": r.index, "deleted": r.deleted, "acked": ok.acked.as_str()}),
+            Some(r.index),
+        ))
+    }
+
+    async fn add(&self, req: Request<Incoming>, key: String, q: Query) -> Answer {
+        let body = read_body(req, MAX_JSON_BYTES).await?;
+        let b: AddBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("expected {{\"delta\": i64, \"min\"?: i64, \"max\"?: i64}}: {e}"))
+        })?;
+        let ok = self
+            .write(
+                Op::Add(AddOp {
+                    key,
+                    delta: b.delta,
+                    min: b.min,
+                    max: b.max,
+                }),
+                &q,
+            )
+            .await?;
+        let r = rejected(&ok.result)?;
+        Ok(Reply::json(
+            StatusCode::OK,
+            json!({"value": r.value, "index": r.index, "version": r.version, "acked": ok.acked.as_str()}),
+            Some(r.index),
+        ))
+    }
+}
+
+/// Turns a deterministic rejection into its HTTP error; passes successes through.
+fn rejected(r: &ApplyResult) -> Result<&ApplyResult, ApiError> {
+    if r.is_ok() {
+        return Ok(r);
+    }
+    let mut err = match r.error_code.as_str() {
+        codes::PRECONDITION_FAILED => ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            codes::PRECONDITION_FAILED,
+            r.error_message.clone(),
+        ),
+        codes::BOUND_VIOLATED => ApiError::new(
+            StatusCode::CONFLICT,
+            codes::BOUND_VIOLATED,
+            r.error_message.clone(),
+        )
+        .with("value", json!(r.value)),
+        codes::NOT_INTEGER => {
+            ApiError::bad_request(codes::NOT_INTEGER, r.error_message.clone())
+        }
+        _ => ApiError::bad_request("invalid_command", r.error_message.clone()),
+    };
+    err = err.with("index", json!(r.index));
+    err.index = Some(r.index);
+    Err(err)
+}
+
+/// The address a listener actually bound (for logs).
+pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}

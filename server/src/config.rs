@@ -1,0 +1,164 @@
+//! Command-line flags of the `keel` binary (every server flag may also come from a `KEEL_*`
+//! environment variable) and their validation into typed settings.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::mode::WriteMode;
+
+/// keel: a leader-routed replicated key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands of `keel`.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one node of a cluster.
+    Server(ServerArgs),
+    /// Start a local cluster of N nodes on 127.0.0.1 as child processes (the embedded default).
+    Cluster(ClusterArgs),
+}
+
+/// Flags of `keel server`.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// This node's id (a member of --cluster).
+    #[arg(long, env = "KEEL_ID")]
+    pub id: u64,
+    /// Address the client HTTP API listens on.
+    #[arg(long, env = "KEEL_HTTP", default_value = "127.0.0.1:7001")]
+    pub http: String,
+    /// Address the peer transport listens on (default: this node's entry in --cluster).
+    #[arg(long, env = "KEEL_PEER")]
+    pub peer: Option<String>,
+    /// HTTP address other nodes and clients should use for this node (default: --http).
+    #[arg(long, env = "KEEL_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    /// Directory of this node's RocksDB database.
+    #[arg(long, env = "KEEL_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Every initial member and its peer address: `1=host:port,2=host:port,...`.
+    #[arg(long, env = "KEEL_CLUSTER")]
+    pub cluster: String,
+    /// Mode of writes that do not give `?mode=`.
+    #[arg(long, env = "KEEL_DEFAULT_MODE", default_value = "semi")]
+    pub default_mode: WriteMode,
+    /// How long a `sync` write waits for every voter before answering 504.
+    #[arg(long, env = "KEEL_SYNC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub sync_timeout: Duration,
+    /// Deadline of a write, forwarding included.
+    #[arg(long, env = "KEEL_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// How long a read may wait for its read index or for `min_index`.
+    #[arg(long, env = "KEEL_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "KEEL_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+    /// Length of a Raft tick in milliseconds.
+    #[arg(long, env = "KEEL_TICK_MS", default_value_t = 100)]
+    pub tick_ms: u64,
+    /// Election timeout in ticks (randomised in [n, 2n)).
+    #[arg(long, env = "KEEL_ELECTION_TICKS", default_value_t = 10)]
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    #[arg(long, env = "KEEL_HEARTBEAT_TICKS", default_value_t = 2)]
+    pub heartbeat_ticks: usize,
+}
+
+/// Flags of `keel cluster`.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Parent directory of the nodes' data directories (`node1`, `node2`, ...).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// HTTP port of node 1; node i listens on base+i-1 for HTTP and base+100+i-1 for peers.
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+    /// Mode of writes that do not give `?mode=`.
+    #[arg(long, default_value = "semi")]
+    pub default_mode: WriteMode,
+}
+
+/// Invalid flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--cluster` did not parse.
+    #[error("invalid --cluster {0:?}: expected id=host:port,id=host:port,...")]
+    Cluster(String),
+    /// This node is not a member.
+    #[error("--id {0} is not in --cluster")]
+    NotAMember(u64),
+    /// Some other setting is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_cluster(spec: &str) -> Result<HashMap<u64, String>, ConfigError> {
+    let mut members = HashMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Cluster(spec.to_string()))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Cluster(spec.to_string()))?;
+        let addr = addr.trim();
+        if id == 0 || addr.rsplit_once(':').is_none() || members.insert(id, addr.to_string()).is_some() {
+            return Err(ConfigError::Cluster(spec.to_string()));
+        }
+    }
+    if members.is_empty() {
+        return Err(ConfigError::Cluster(spec.to_string()));
+    }
+    Ok(members)
+}
+
+impl ServerArgs {
+    /// Checks cross-flag constraints.
+    pub fn validate(&self) -> Result<HashMap<u64, String>, ConfigError> {
+        let members = parse_cluster(&self.cluster)?;
+        if !members.contains_key(&self.id) {
+            return Err(ConfigError::NotAMember(self.id));
+        }
+        if self.tick_ms == 0 || self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError::Invalid(
+                "need --tick-ms > 0 and 0 < --heartbeat-ticks < --election-ticks".into(),
+            ));
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "--max-value-bytes must be between 1 and 64 MiB".into(),
+            ));
+        }
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_spec() {
+        let m = parse_cluster("1=127.0.0.1:7101, 2=node2:7102,3=[::1]:7103").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&2], "node2:7102");
+        for bad in ["", "1", "0=a:1", "1=a:1,1=b:2", "x=a:1", "1=nohostport"] {
+            assert!(parse_cluster(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Write routing: propose locally when this node leads, otherwise forward the write to the leader
+//! over the peer transport and relay its answer.
+//!
+//! A forwarded write carries its mode, so the leader answers at the point the client asked for.
+//! Only errors that prove the write was not applied ([`WriteError::certainly_not_applied`]: no
+//! leader, not the leader, dropped) are retried here, a bounded number of times within the
+//! request deadline; a timeout without an answer is `outcome_unknown`, never retried.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::error::WriteError;
+use crate::mode::{AckPoint, WriteMode};
+use crate::proto::{frame::Body, Command, ForwardReply, ForwardRequest};
+use crate::raft_node::{NodeHandle, WriteOk};
+use crate::transport::Transport;
+
+/// Attempts per write when the leader moves under it.
+const MAX_ATTEMPTS: usize = 3;
+/// Pause between attempts, giving an election time to settle.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Time the leader keeps for itself out of a forwarded deadline, so its answer can travel back.
+const REPLY_MARGIN: Duration = Duration::from_millis(200);
+
+/// Routes writes to the leader and matches forwarded replies to their callers.
+pub struct Router {
+    node: NodeHandle,
+    transport: Transport,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
+    next_id: AtomicU64,
+}
+
+impl Router {
+    /// Creates a router over this node and its transport.
+    pub fn new(node: NodeHandle, transport: Transport) -> Arc<Self> {
+        Arc::new(Router {
+            node,
+            transport,
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Performs a client write wherever the leader is, answering within `timeout`.
+    pub async fn write(
+        &self,
+        command: Command,
+        mode: WriteMode,
+        timeout: Duration,
+    ) -> Result<WriteOk, WriteError> {
+        let deadline = Instant::now() + timeout;
+        let mut last_err = WriteError::NoLeader;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    break;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = match self.node.shared().leader() {
+                None => Err(WriteError::NoLeader),
+                Some(leader) if leader == self.node.shared().id() => {
+                    match tokio::time::timeout(remaining, self.node.propose(command.clone(), mode))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(WriteError::OutcomeUnknown),
+                    }
+                }
+                Some(leader) => self.forward(leader, command.clone(), mode, remaining).await,
+            };
+            match result {
+                Err(e) if e.certainly_not_applied() => {
+                    debug!(attempt, error = %e, "write not applied; retrying");
+                    last_err = e;
+                }
+                other => return other,
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        command: Command,
+        mode: WriteMode,
+        timeout: Duration,
+    ) -> Result<WriteOk, WriteError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiting().insert(id, tx);
+        let req = ForwardRequest {
+            id,
+            command: Some(command),
+            mode: mode.as_u32(),
+            timeout_ms: timeout.saturating_sub(REPLY_MARGIN).as_millis() as u64,
+        };
+        if !self.transport.send(leader, Body::Forward(req)) {
+            self.lock_waiting().remove(&id);
+            // Nothing left this node: certainly not applied.
+            return Err(WriteError::NoLeader);
+        }
+        let reply = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            _ => {
+                self.lock_waiting().remove(&id);
+                return Err(WriteError::OutcomeUnknown);
+            }
+        };
+        match (reply.result, AckPoint::from_u32(reply.acked)) {
+            (Some(result), Some(acked)) if reply.error_code.is_empty() => {
+                Ok(WriteOk { result, acked })
+            }
+            _ => Err(WriteError::from_code(
+                &reply.error_code,
+                reply.leader,
+                reply.index,
+            )),
+        }
+    }
+
+    /// Delivers a forwarded write's reply to its waiting caller.
+    pub fn on_reply(&self, reply: ForwardReply) {
+        if let Some(tx) = self.lock_waiting().remove(&reply.id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Serves a write forwarded by peer `from` (this node is expected to lead) and sends back the
+    /// answer.
+    pub async fn serve_forwarded(&self, from: u64, req: ForwardRequest) {
+        let timeout = Duration::from_millis(req.timeout_ms);
+        let outcome = match (req.command, WriteMode::from_u32(req.mode)) {
+            (Some(command), Some(mode)) => {
+                match tokio::time::timeout(timeout, self.node.propose(command, mode)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(WriteError::OutcomeUnknown),
+                }
+            }
+            // A peer running another version sent something we cannot read: refuse it unapplied.
+            _ => Err(WriteError::Dropped),
+        };
+        let mut reply = ForwardReply {
+            id: req.id,
+            leader: self.node.shared().leader().unwrap_or(0),
+            ..Default::default()
+        };
+        match outcome {
+            Ok(ok) => {
+                reply.acked = ok.acked.as_u32();
+                reply.result = Some(ok.result);
+            }
+            Err(e) => {
+                reply.error_code = e.code().to_string();
+                reply.error_message = e.to_string();
+                if let WriteError::ReplicationTimeout { index } = e {
+                    reply.index = index;
+                }
+            }
+        }
+        // If the reply cannot be queued the follower times out with outcome_unknown.
+        self.transport.send(from, Body::ForwardReply(reply));
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<ForwardReply>>> {
+        // A poisoned lock only means another task panicked mid-insert; the map is still usable.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,501 @@
+//! RocksDB storage for one node: the Raft log and its metadata behind raft-rs's [`Storage`]
+//! trait, in the same database as the key-value state machine (see [`crate::state_machine`]).
+//!
+//! # Layout
+//! One RocksDB database per node, three column families:
+//! - `raft_log`: log entries keyed by their index as a big-endian `u64` (so keys sort by index),
+//!   values are protobuf-encoded `eraftpb::Entry`.
+//! - `meta`: the hard state, the conf state, the applied index and the truncation point
+//!   (index and term of the last entry removed by compaction).
+//! - `data`: the state machine's keys and [`crate::proto::ValueRecord`]s.
+//!
+//! # Durability
+//! [`RaftLogStore::append`] writes a whole Ready's entries and hard state in one `WriteBatch` with
+//! `sync = true`: one fsync per Ready (group commit). The state machine writes its data together
+//! with the applied index in one `WriteBatch` without fsync: all writes share one WAL, written in
+//! order, so a crash can only lose a suffix of apply batches, which are re-applied from the
+//! (synced) log on restart; since the applied index moves in the same batch as the data, no entry
+//! is ever applied twice.
+//!
+//! The one ordering hazard (the Ready loop applies committed entries before it persists the hard
+//! state carrying the new commit index) is handled at load: the commit index is raised to the
+//! applied index, which is safe because only committed entries are ever applied.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+/// Column family of the Raft log.
+pub const CF_LOG: &str = "raft_log";
+/// Column family of metadata (hard state, conf state, applied index, truncation point).
+pub const CF_META: &str = "meta";
+/// Column family of the key-value data.
+pub const CF_DATA: &str = "data";
+
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+/// Key of the applied index in [`CF_META`]; written by the state machine.
+pub const KEY_APPLIED: &[u8] = b"applied_index";
+const KEY_TRUNCATED: &[u8] = b"truncated";
+
+/// Failures of the storage layer. Any of these makes the node stop: the disk is not trustworthy.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB reported an error.
+    #[error("rocksdb {context}: {source}")]
+    Rocks {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// Stored bytes did not decode.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// A column family is missing (the database was not created by keel).
+    #[error("missing column family {0}")]
+    MissingColumnFamily(&'static str),
+}
+
+impl StorageError {
+    fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StorageError {
+        move |source| StorageError::Rocks { context, source }
+    }
+}
+
+/// Opens (creating if needed) the node's database at `path`.
+pub fn open_db(path: &Path) -> Result<Arc<DB>, StorageError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    let cfs = [CF_LOG, CF_META, CF_DATA]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StorageError::rocks("open"))?;
+    Ok(Arc::new(db))
+}
+
+/// Looks up a column family handle.
+pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StorageError> {
+    db.cf_handle(name)
+        .ok_or(StorageError::MissingColumnFamily(name))
+}
+
+/// Big-endian encoding of a log index: keys sort by index.
+pub fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Decodes a big-endian `u64`.
+pub fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, StorageError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        what,
+        detail: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn decode_pb<M: PbMessage>(bytes: &[u8], what: &'static str) -> Result<M, StorageError> {
+    M::parse_from_bytes(bytes).map_err(|e| StorageError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn encode_pb<M: PbMessage>(m: &M, what: &'static str) -> Result<Vec<u8>, StorageError> {
+    m.write_to_bytes().map_err(|e| StorageError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// Puts the conf state into `batch` (used by the apply path, which changes membership).
+pub fn put_conf_state(db: &DB, batch: &mut WriteBatch, cs: &ConfState) -> Result<(), StorageError> {
+    batch.put_cf(cf(db, CF_META)?, KEY_CONF_STATE, encode_pb(cs, "conf state")?);
+    Ok(())
+}
+
+/// Reads the applied index (0 when nothing was ever applied).
+pub fn read_applied(db: &DB) -> Result<u64, StorageError> {
+    match db
+        .get_cf(cf(db, CF_META)?, KEY_APPLIED)
+        .map_err(StorageError::rocks("read applied index"))?
+    {
+        Some(v) => decode_u64(&v, "applied index"),
+        None => Ok(0),
+    }
+}
+
+/// The Raft log, hard state and conf state of one node, implementing raft-rs's `Storage`.
+///
+/// Owned by the Ready loop thread; positions are cached in memory and every change is written
+/// through to RocksDB before the cache moves.
+pub struct RaftLogStore {
+    db: Arc<DB>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction (0, 0 when none).
+    truncated_index: u64,
+    truncated_term: u64,
+    /// Index and term of the last entry in the log (equal to the truncation point when empty).
+    last_index: u64,
+    last_term: u64,
+}
+
+impl RaftLogStore {
+    /// Loads the log state from `db`. On first boot (nothing stored), initialises the conf state
+    /// with `voters` so that all initial members start as equals and elect a leader.
+    pub fn open(db: Arc<DB>, voters: &[u64]) -> Result<Self, StorageError> {
+        let meta = cf(&db, CF_META)?;
+        let hard_state: HardState = match db
+            .get_cf(meta, KEY_HARD_STATE)
+            .map_err(StorageError::rocks("read hard state"))?
+        {
+            Some(v) => decode_pb(&v, "hard state")?,
+            None => HardState::default(),
+        };
+        let conf_state = match db
+            .get_cf(meta, KEY_CONF_STATE)
+            .map_err(StorageError::rocks("read conf state"))?
+        {
+            Some(v) => decode_pb(&v, "conf state")?,
+            None => {
+                let cs = ConfState {
+                    voters: voters.to_vec(),
+                    ..Default::default()
+                };
+                db.put_cf(meta, KEY_CONF_STATE, encode_pb(&cs, "conf state")?)
+                    .map_err(StorageError::rocks("write initial conf state"))?;
+                cs
+            }
+        };
+        let (truncated_index, truncated_term) = match db
+            .get_cf(meta, KEY_TRUNCATED)
+            .map_err(StorageError::rocks("read truncation point"))?
+        {
+            Some(v) if v.len() == 16 => (
+                decode_u64(&v[..8], "truncated index")?,
+                decode_u64(&v[8..], "truncated term")?,
+            ),
+            Some(v) => {
+                return Err(StorageError::Corrupt {
+                    what: "truncation point",
+                    detail: format!("expected 16 bytes, found {}", v.len()),
+                })
+            }
+            None => (0, 0),
+        };
+        let mut store = RaftLogStore {
+            db,
+            hard_state,
+            conf_state,
+            truncated_index,
+            truncated_term,
+            last_index: truncated_index,
+            last_term: truncated_term,
+        };
+        if let Some(last) = store.read_last_entry()? {
+            store.last_index = last.index;
+            store.last_term = last.term;
+        }
+        // Apply happens before the hard state of the same Ready is persisted; a crash in between
+        // leaves applied > commit. Applied entries were committed, so the commit index may move up.
+        let applied = read_applied(&store.db)?;
+        if applied > store.hard_state.commit && applied <= store.last_index {
+            store.hard_state.commit = applied;
+        }
+        Ok(store)
+    }
+
+    fn read_last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        let log = cf(&self.db, CF_LOG)?;
+        match self.db.iterator_cf(log, IteratorMode::End).next() {
+            Some(item) => {
+                let (_, v) = item.map_err(StorageError::rocks("read last entry"))?;
+                Ok(Some(decode_pb(&v, "log entry")?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The database this log lives in (shared with the state machine).
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// The persisted hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The persisted conf state.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Records a conf state that the caller persists in its own batch (see [`put_conf_state`]).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// Appends `entries` (truncating any conflicting suffix) and persists `hs`, in one batch.
+    /// `sync` asks for an fsync; the Ready loop passes `true` whenever there is something to make
+    /// durable (one fsync for the whole Ready: group commit).
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let log = cf(&self.db, CF_LOG)?;
+        let meta = cf(&self.db, CF_META)?;
+        let mut batch = WriteBatch::default();
+        let mut new_last = None;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            if first.index <= self.truncated_index {
+                return Err(StorageError::Corrupt {
+                    what: "append",
+                    detail: format!(
+                        "entry {} is at or before the truncation point {}",
+                        first.index, self.truncated_index
+                    ),
+                });
+            }
+            if first.index > self.last_index + 1 {
+                return Err(StorageError::Corrupt {
+                    what: "append",
+                    detail: format!(
+                        "gap in the log: last index {}, appending from {}",
+                        self.last_index, first.index
+                    ),
+                });
+            }
+            for e in entries {
+                batch.put_cf(log, index_key(e.index), encode_pb(e, "log entry")?);
+            }
+            if last.index < self.last_index {
+                // A new leader overwrote our tail: drop what lies beyond the new last entry.
+                batch.delete_range_cf(
+                    log,
+                    index_key(last.index + 1),
+                    index_key(self.last_index + 1),
+                );
+            }
+            new_last = Some((last.index, last.term));
+        }
+        if let Some(hs) = hs {
+            batch.put_cf(meta, KEY_HARD_STATE, encode_pb(hs, "hard state")?);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(StorageError::rocks("append log"))?;
+        if let Some((index, term)) = new_last {
+            self.last_index = index;
+            self.last_term = term;
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Persists a new commit index (from a light ready). No fsync: the commit index can always be
+    /// recovered from the leader; it is only an optimisation on restart.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        let meta = cf(&self.db, CF_META)?;
+        self.db
+            .put_cf(meta, KEY_HARD_STATE, encode_pb(&hs, "hard state")?)
+            .map_err(StorageError::rocks("write commit index"))?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    fn entry_at(&self, index: u64) -> Result<Option<Entry>, StorageError> {
+        let log = cf(&self.db, CF_LOG)?;
+        match self
+            .db
+            .get_pinned_cf(log, index_key(index))
+            .map_err(StorageError::rocks("read entry"))?
+        {
+            Some(v) => Ok(Some(decode_pb(&v, "log entry")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn to_raft_error(e: StorageError) -> raft::Error {
+        raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+    }
+}
+
+impl raft::Storage for RaftLogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let log = cf(&self.db, CF_LOG).map_err(Self::to_raft_error)?;
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let start = index_key(low);
+        let iter = self
+            .db
+            .iterator_cf(log, IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (k, v) = item
+                .map_err(StorageError::rocks("read entries"))
+                .map_err(Self::to_raft_error)?;
+            let index = decode_u64(&k, "log key").map_err(Self::to_raft_error)?;
+            if index >= high {
+                break;
+            }
+            let expected = low + out.len() as u64;
+            if index != expected {
+                return Err(Self::to_raft_error(StorageError::Corrupt {
+                    what: "log",
+                    detail: format!("expected entry {expected}, found {index}"),
+                }));
+            }
+            size += v.len() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(decode_pb(&v, "log entry").map_err(Self::to_raft_error)?);
+        }
+        if out.is_empty() && low < high {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if idx < self.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        match self.entry_at(idx).map_err(Self::to_raft_error)? {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The log is never compacted yet (snapshots come with log compaction), so no follower can
+        // fall behind the first index and raft-rs never needs one.
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("e{index}").into_bytes().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_truncates_conflicting_tail_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let mut store = RaftLogStore::open(db.clone(), &[1, 2, 3]).unwrap();
+        assert_eq!(store.first_index().unwrap(), 1);
+        assert_eq!(store.last_index().unwrap(), 0);
+        let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
+        let hs = HardState {
+            term: 1,
+            vote: 2,
+            commit: 3,
+        };
+        store.append(&ents, Some(&hs), true).unwrap();
+        assert_eq!(store.last_index().unwrap(), 5);
+        // A new leader in term 2 overwrites from index 4 with a single entry.
+        store.append(&[entry(4, 2)], None, true).unwrap();
+        assert_eq!(store.last_index().unwrap(), 4);
+        assert_eq!(store.term(4).unwrap(), 2);
+        assert_eq!(store.term(3).unwrap(), 1);
+        let got = store
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        drop(store);
+        let store = RaftLogStore::open(db, &[1, 2, 3]).unwrap();
+        assert_eq!(store.last_index().unwrap(), 4);
+        assert_eq!(store.hard_state(), &hs);
+        assert_eq!(store.conf_state().voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn entries_respects_max_size_but_returns_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let mut store = RaftLogStore::open(db, &[1]).unwrap();
+        let ents: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
+        store.append(&ents, None, false).unwrap();
+        let one = store
+            .entries(3, 11, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        let all = store
+            .entries(3, 11, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(all.len(), 8);
+    }
+}
