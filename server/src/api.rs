@@ -8,7 +8,6 @@
 //! extra fields (`index`, `committed`, `value`).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,9 @@ use tracing::{debug, warn};
 use crate::error::{ReadError, WriteError};
 use crate::forward::Router;
 use crate::mode::{ReadConsistency, WriteMode};
-use crate::proto::{command::Op, AddOp, ApplyResult, Command, DeleteOp, Precondition, PutOp, ValueRecord};
+use crate::proto::{
+    command::Op, AddOp, ApplyResult, Command, DeleteOp, Precondition, PutOp, ValueRecord,
+};
 use crate::raft_node::{NodeHandle, WriteOk};
 use crate::state_machine::{codes, StateMachine};
 use crate::storage::StorageError;
@@ -387,7 +388,10 @@ fn precondition(req: &Request<Incoming>) -> Result<Option<Precondition>, ApiErro
         if s == "*" {
             pre.if_exists = true;
         } else {
-            let inner = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s);
+            let inner = s
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(s);
             pre.if_version = Some(inner.parse().map_err(|_| {
                 ApiError::bad_request(
                     "invalid_header",
@@ -452,7 +456,8 @@ impl Api {
         let method = req.method().clone();
         let query = parse_query(req.uri().query())?;
         match path.as_str() {
-            "/health" => self.only(&method, &[Method::GET])
+            "/health" => self
+                .only(&method, &[Method::GET])
                 .map(|_| Reply::json(StatusCode::OK, json!({"status": "ok"}), None)),
             "/ready" => {
                 self.only(&method, &[Method::GET])?;
@@ -536,7 +541,8 @@ impl Api {
                     "error".into(),
                     json!({"code": err.code, "message": err.message}),
                 );
-                let mut resp = Response::new(Full::new(Bytes::from(Value::Object(body).to_string())));
+                let mut resp =
+                    Response::new(Full::new(Bytes::from(Value::Object(body).to_string())));
                 *resp.status_mut() = err.status;
                 resp.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -572,9 +578,7 @@ impl Api {
             leader => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
-                format!(
-                    "leader: {leader:?}, applied {applied} of commit {commit}"
-                ),
+                format!("leader: {leader:?}, applied {applied} of commit {commit}"),
             )),
         }
     }
@@ -628,8 +632,9 @@ impl Api {
                 json!({"id": id, "peer_addr": peer, "http_addr": http})
             })
             .collect();
-        let mut v = serde_json::to_value(&report)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        let mut v = serde_json::to_value(&report).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
         if let Value::Object(m) = &mut v {
             m.insert("members".into(), Value::Array(members));
         }
@@ -739,7 +744,10 @@ impl Api {
     async fn add(&self, req: Request<Incoming>, key: String, q: Query) -> Answer {
         let body = read_body(req, MAX_JSON_BYTES).await?;
         let b: AddBody = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("expected {{\"delta\": i64, \"min\"?: i64, \"max\"?: i64}}: {e}"))
+            ApiError::bad_request(
+                "invalid_json",
+                format!("expected {{\"delta\": i64, \"min\"?: i64, \"max\"?: i64}}: {e}"),
+            )
         })?;
         let ok = self
             .write(
@@ -778,17 +786,10 @@ fn rejected(r: &ApplyResult) -> Result<&ApplyResult, ApiError> {
             r.error_message.clone(),
         )
         .with("value", json!(r.value)),
-        codes::NOT_INTEGER => {
-            ApiError::bad_request(codes::NOT_INTEGER, r.error_message.clone())
-        }
+        codes::NOT_INTEGER => ApiError::bad_request(codes::NOT_INTEGER, r.error_message.clone()),
         _ => ApiError::bad_request("invalid_command", r.error_message.clone()),
     };
     err = err.with("index", json!(r.index));
     err.index = Some(r.index);
     Err(err)
-}
-
-/// The address a listener actually bound (for logs).
-pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
 }

@@ -45,7 +45,9 @@ struct ChildNode {
 /// Runs the local cluster until Ctrl-C.
 pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     if args.nodes == 0 || args.nodes > 99 {
-        return Err(ClusterError::Invalid("--nodes must be between 1 and 99".into()));
+        return Err(ClusterError::Invalid(
+            "--nodes must be between 1 and 99".into(),
+        ));
     }
     if u32::from(args.base_port) + 100 + args.nodes as u32 > 65535 {
         return Err(ClusterError::Invalid("--base-port is too high".into()));
@@ -75,7 +77,8 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
             source,
         })?;
         let http = format!("127.0.0.1:{}", http_port(i));
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("server")
             .args(["--id", &i.to_string()])
             .args(["--http", &http])
@@ -86,12 +89,19 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| ClusterError::Io {
-                context: format!("cannot start node {i}"),
-                source,
-            })?;
+            .kill_on_drop(true);
+        // If this launcher dies, however it dies, its nodes get SIGTERM instead of lingering.
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| ClusterError::Io {
+            context: format!("cannot start node {i}"),
+            source,
+        })?;
         println!(
             "node {i}: http://{http}  (peer 127.0.0.1:{}, data {}, log {})",
             peer_port(i),
@@ -123,8 +133,14 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     println!("press Ctrl-C to stop the cluster");
 
     let exited = watch_children(&mut nodes);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| ClusterError::Io {
+            context: "cannot install the SIGTERM handler".into(),
+            source,
+        })?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => println!("stopping the cluster"),
+        _ = term.recv() => println!("stopping the cluster"),
         _ = exited => println!("every node has exited"),
     }
     stop_all(&mut nodes).await;

@@ -117,7 +117,10 @@ pub fn parse_cluster(spec: &str) -> Result<HashMap<u64, String>, ConfigError> {
             .parse()
             .map_err(|_| ConfigError::Cluster(spec.to_string()))?;
         let addr = addr.trim();
-        if id == 0 || addr.rsplit_once(':').is_none() || members.insert(id, addr.to_string()).is_some() {
+        if id == 0
+            || addr.rsplit_once(':').is_none()
+            || members.insert(id, addr.to_string()).is_some()
+        {
             return Err(ConfigError::Cluster(spec.to_string()));
         }
     }
@@ -134,7 +137,10 @@ impl ServerArgs {
         if !members.contains_key(&self.id) {
             return Err(ConfigError::NotAMember(self.id));
         }
-        if self.tick_ms == 0 || self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+        if self.tick_ms == 0
+            || self.heartbeat_ticks == 0
+            || self.election_ticks <= self.heartbeat_ticks
+        {
             return Err(ConfigError::Invalid(
                 "need --tick-ms > 0 and 0 < --heartbeat-ticks < --election-ticks".into(),
             ));

@@ -19,7 +19,9 @@ pub enum WriteError {
     Dropped,
     /// Leadership was lost, or the leader stopped answering, while the write was in flight: it may
     /// or may not be applied.
-    #[error("leadership was lost while the write was in flight; it may or may not have been applied")]
+    #[error(
+        "leadership was lost while the write was in flight; it may or may not have been applied"
+    )]
     OutcomeUnknown,
     /// A `sync` write committed (it is durable) but not every voter confirmed it in time.
     #[error("committed at index {index} but not applied on every voting member in time")]

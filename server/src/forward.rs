@@ -169,7 +169,9 @@ impl Router {
         self.transport.send(from, Body::ForwardReply(reply));
     }
 
-    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<ForwardReply>>> {
+    fn lock_waiting(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<ForwardReply>>> {
         // A poisoned lock only means another task panicked mid-insert; the map is still usable.
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -372,10 +372,16 @@ pub fn start<O: Outbox>(
     tx: Sender<Event>,
     rx: Receiver<Event>,
     logger: &slog::Logger,
-) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), StorageError>>), raft::Error> {
-    let applied = sm.applied_index().map_err(|e| {
-        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
-    })?;
+) -> Result<
+    (
+        NodeHandle,
+        std::thread::JoinHandle<Result<(), StorageError>>,
+    ),
+    raft::Error,
+> {
+    let applied = sm
+        .applied_index()
+        .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?;
     let raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
@@ -431,13 +437,17 @@ pub fn start<O: Outbox>(
             shared.stopped.store(true, Ordering::Release);
             result
         })
-        .map_err(|e| raft::Error::Io(e))?;
+        .map_err(raft::Error::Io)?;
     Ok((handle, thread))
 }
 
 impl<O: Outbox> Driver<O> {
     fn run(&mut self) -> Result<(), StorageError> {
-        info!(id = self.cfg.id, applied = self.applied, "raft loop started");
+        info!(
+            id = self.cfg.id,
+            applied = self.applied,
+            "raft loop started"
+        );
         let mut next_tick = Instant::now() + self.cfg.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -570,7 +580,7 @@ impl<O: Outbox> Driver<O> {
                 }
             }
         }
-        if self.ticks % READ_REISSUE_TICKS == 0 && self.raw.raft.leader_id != 0 {
+        if self.ticks.is_multiple_of(READ_REISSUE_TICKS) && self.raw.raft.leader_id != 0 {
             let ctxs: Vec<u64> = self.reads.keys().copied().collect();
             for ctx in ctxs {
                 self.raw.read_index(ctx.to_be_bytes().to_vec());
@@ -613,7 +623,8 @@ impl<O: Outbox> Driver<O> {
 
         // 2. Role or leader changed: publish it; a deposed leader fails its pending proposals.
         if let Some(ss) = ready.ss() {
-            let was_leader = Role::from_u8(self.shared.role.load(Ordering::Acquire)) == Role::Leader;
+            let was_leader =
+                Role::from_u8(self.shared.role.load(Ordering::Acquire)) == Role::Leader;
             let leader_changed = ss.leader_id != self.shared.leader.load(Ordering::Acquire);
             self.shared.leader.store(ss.leader_id, Ordering::Release);
             self.shared
@@ -870,12 +881,16 @@ impl<O: Outbox> Driver<O> {
         }
         for w in std::mem::take(&mut self.awaiting_all) {
             // Applied on the old leader, so committed: durable, just not confirmed everywhere.
-            let _ = w.reply.send(Err(WriteError::ReplicationTimeout { index: w.index }));
+            let _ = w
+                .reply
+                .send(Err(WriteError::ReplicationTimeout { index: w.index }));
         }
     }
 
     fn publish(&self) {
-        self.shared.term.store(self.raw.raft.term, Ordering::Release);
+        self.shared
+            .term
+            .store(self.raw.raft.term, Ordering::Release);
         self.shared
             .commit
             .store(self.raw.raft.raft_log.committed, Ordering::Release);

@@ -88,8 +88,8 @@ impl Inbound for PeerFrames {
 }
 
 /// Routes raft-rs's slog output into `tracing` (through the `log` facade).
-fn raft_logger(id: u64) -> slog::Logger {
-    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!("raft_id" => id))
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 
 /// Runs a node until SIGINT/SIGTERM or a fatal error.
@@ -99,7 +99,10 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         .peer
         .clone()
         .unwrap_or_else(|| members[&args.id].clone());
-    let advertise_http = args.advertise_http.clone().unwrap_or_else(|| args.http.clone());
+    let advertise_http = args
+        .advertise_http
+        .clone()
+        .unwrap_or_else(|| args.http.clone());
     std::fs::create_dir_all(&args.data_dir).map_err(|source| ServerError::DataDir {
         path: args.data_dir.display().to_string(),
         source,
@@ -112,12 +115,13 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
     let sm = StateMachine::new(db.clone());
 
     let peer_listener = transport::bind(&peer_listen).await?;
-    let http_listener = TcpListener::bind(&args.http)
-        .await
-        .map_err(|source| ServerError::HttpBind {
-            addr: args.http.clone(),
-            source,
-        })?;
+    let http_listener =
+        TcpListener::bind(&args.http)
+            .await
+            .map_err(|source| ServerError::HttpBind {
+                addr: args.http.clone(),
+                source,
+            })?;
 
     let (tx, rx) = mpsc::channel();
     let transport = Transport::start(args.id, advertise_http.clone(), &members, tx.clone());
@@ -137,7 +141,7 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         transport.clone(),
         tx,
         rx,
-        &raft_logger(args.id),
+        &raft_logger(),
     )?;
     let router = Router::new(node.clone(), transport.clone());
     let inbound = Arc::new(PeerFrames {
@@ -150,7 +154,8 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         inbound,
     ));
 
-    let mut member_list: Vec<(u64, String)> = members.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let mut member_list: Vec<(u64, String)> =
+        members.iter().map(|(k, v)| (*k, v.clone())).collect();
     member_list.sort_unstable();
     let api_state = Api::new(
         ApiConfig {

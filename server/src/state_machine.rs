@@ -17,7 +17,9 @@ use bytes::Bytes;
 use prost::Message as _;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
-use crate::proto::{command::Op, AddOp, ApplyResult, Command, DeleteOp, Precondition, PutOp, ValueRecord};
+use crate::proto::{
+    command::Op, AddOp, ApplyResult, Command, DeleteOp, Precondition, PutOp, ValueRecord,
+};
 use crate::storage::{cf, decode_u64, StorageError, CF_DATA, CF_META, KEY_APPLIED};
 
 /// Error codes of deterministic rejections, as they appear in [`ApplyResult::error_code`].
@@ -199,7 +201,13 @@ impl ApplyBatch<'_> {
         self.applied = Some(index);
         let op = match Command::decode(data) {
             Ok(Command { op: Some(op) }) => op,
-            Ok(Command { op: None }) => return Ok(reject(index, codes::INVALID_COMMAND, "empty command".into())),
+            Ok(Command { op: None }) => {
+                return Ok(reject(
+                    index,
+                    codes::INVALID_COMMAND,
+                    "empty command".into(),
+                ))
+            }
             Err(e) => return Ok(reject(index, codes::INVALID_COMMAND, e.to_string())),
         };
         match op {
@@ -443,7 +451,10 @@ mod tests {
                 }),
             }))
         };
-        assert_eq!(b.apply(3, &cas(7)).unwrap().error_code, codes::PRECONDITION_FAILED);
+        assert_eq!(
+            b.apply(3, &cas(7)).unwrap().error_code,
+            codes::PRECONDITION_FAILED
+        );
         assert!(b.apply(4, &cas(1)).unwrap().is_ok());
         let create = cmd(Op::Put(PutOp {
             key: "k".into(),
@@ -453,7 +464,10 @@ mod tests {
                 ..Default::default()
             }),
         }));
-        assert_eq!(b.apply(5, &create).unwrap().error_code, codes::PRECONDITION_FAILED);
+        assert_eq!(
+            b.apply(5, &create).unwrap().error_code,
+            codes::PRECONDITION_FAILED
+        );
         let del = cmd(Op::Delete(DeleteOp {
             key: "k".into(),
             precondition: None,
@@ -490,7 +504,15 @@ mod tests {
     fn strict_integers() {
         assert_eq!(parse_int(b"42"), Some(42));
         assert_eq!(parse_int(b"-7"), Some(-7));
-        for bad in [&b""[..], b"-", b"+1", b" 1", b"1.0", b"0x10", b"99999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b" 1",
+            b"1.0",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
             assert_eq!(parse_int(bad), None, "{bad:?}");
         }
     }

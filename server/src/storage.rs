@@ -27,7 +27,10 @@ use std::sync::Arc;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
 
 /// Column family of the Raft log.
 pub const CF_LOG: &str = "raft_log";
@@ -122,7 +125,11 @@ fn encode_pb<M: PbMessage>(m: &M, what: &'static str) -> Result<Vec<u8>, Storage
 
 /// Puts the conf state into `batch` (used by the apply path, which changes membership).
 pub fn put_conf_state(db: &DB, batch: &mut WriteBatch, cs: &ConfState) -> Result<(), StorageError> {
-    batch.put_cf(cf(db, CF_META)?, KEY_CONF_STATE, encode_pb(cs, "conf state")?);
+    batch.put_cf(
+        cf(db, CF_META)?,
+        KEY_CONF_STATE,
+        encode_pb(cs, "conf state")?,
+    );
     Ok(())
 }
 
@@ -463,6 +470,7 @@ mod tests {
             term: 1,
             vote: 2,
             commit: 3,
+            ..Default::default()
         };
         store.append(&ents, Some(&hs), true).unwrap();
         assert_eq!(store.last_index().unwrap(), 5);
@@ -474,7 +482,10 @@ mod tests {
         let got = store
             .entries(1, 5, None, GetEntriesContext::empty(false))
             .unwrap();
-        assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         drop(store);
         let store = RaftLogStore::open(db, &[1, 2, 3]).unwrap();
         assert_eq!(store.last_index().unwrap(), 4);

@@ -1,1 +1,449 @@
-//! placeholder
+//! Test harness for multi-process keel clusters: real `keel server` processes on loopback, each
+//! with its own RocksDB directory, driven over real HTTP.
+//!
+//! A [`Cluster`] picks free ports, starts the nodes, and can kill (-9), pause (SIGSTOP), resume
+//! and restart any of them. Every wait is a bounded poll for a condition ([`wait_until`]), never
+//! a fixed sleep. When a test panics, the cluster keeps its directory (data and node logs) and
+//! prints where it is, with the tail of each node's log.
+//!
+//! The `keel` binary is found through `KEEL_BIN`, or next to the test executable's directory
+//! (`target/<profile>/keel`): build it first (`cargo build --release --workspace`).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Default deadline for cluster-wide conditions (leader elected, data replicated).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+/// Poll interval of [`wait_until`].
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Polls `cond` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {:?} waiting for {what}", timeout);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Path of the `keel` binary under test.
+pub fn keel_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KEEL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/keel
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = dir.join("keel");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build --release --workspace` or set KEEL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Reserves `n` distinct free TCP ports on 127.0.0.1.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: HashMap<String, String>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The body as JSON (panics if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// A header as u64.
+    pub fn header_u64(&self, name: &str) -> Option<u64> {
+        self.headers.get(name).and_then(|v| v.parse().ok())
+    }
+    /// The error code of a JSON error body.
+    pub fn error_code(&self) -> Option<String> {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()?
+            .get("error")?
+            .get("code")?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+/// One `keel server` process (running or not).
+pub struct Node {
+    /// Node id.
+    pub id: u64,
+    /// Client address, host:port.
+    pub http: String,
+    /// Peer address, host:port.
+    pub peer: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Log file (stdout and stderr).
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Whether the process is running (it may be paused).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+    fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+}
+
+/// A cluster of real processes.
+pub struct Cluster {
+    /// The nodes, `nodes[i].id == i + 1`.
+    pub nodes: Vec<Node>,
+    dir: Option<tempfile::TempDir>,
+    cluster_arg: String,
+    extra_args: Vec<String>,
+    agent: ureq::Agent,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with default flags.
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Starts `n` nodes, passing `extra` flags to every `keel server`.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("keel-test-")
+            .tempdir()
+            .expect("tempdir");
+        let ports = free_ports(2 * n);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let id = i as u64 + 1;
+            nodes.push(Node {
+                id,
+                http: format!("127.0.0.1:{}", ports[2 * i]),
+                peer: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                data_dir: dir.path().join(format!("node{id}")),
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let cluster_arg = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .build();
+        let mut c = Cluster {
+            nodes,
+            dir: Some(dir),
+            cluster_arg,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            agent,
+        };
+        for id in 1..=n as u64 {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// The node with this id.
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Ids of all nodes.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Directory holding data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("dir").path()
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let bin = keel_bin();
+        let cluster_arg = self.cluster_arg.clone();
+        let extra = self.extra_args.clone();
+        let node = self.node(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open node log");
+        let log2 = log.try_clone().expect("clone log handle");
+        let child = Command::new(bin)
+            .arg("server")
+            .args(["--id", &id.to_string()])
+            .args(["--http", &node.http])
+            .args(["--cluster", &cluster_arg])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&extra)
+            .env("KEEL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn keel server");
+        node.child = Some(child);
+    }
+
+    /// kill -9 the node and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.node(id);
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a killed node on the same data directory.
+    pub fn restart(&mut self, id: u64) {
+        assert!(!self.node(id).is_running(), "node {id} is still running");
+        self.spawn(id);
+    }
+
+    /// SIGSTOP: the process freezes (sockets stay open).
+    pub fn pause(&mut self, id: u64) {
+        if let Some(pid) = self.node(id).pid() {
+            // SAFETY: kill(2) on a child we spawned.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&mut self, id: u64) {
+        if let Some(pid) = self.node(id).pid() {
+            // SAFETY: kill(2) on a child we spawned.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+
+    /// Sends one HTTP request to node `id`. Err only for transport failures (node down).
+    pub fn request(
+        &self,
+        id: u64,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Resp, String> {
+        let url = format!(
+            "http://{}{}",
+            self.nodes[id as usize - 1].http,
+            path_and_query
+        );
+        let mut req = self.agent.request(method, &url);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(e.to_string()),
+        };
+        let status = resp.status();
+        let mut hdrs = HashMap::new();
+        for name in resp.headers_names() {
+            if let Some(v) = resp.header(&name) {
+                hdrs.insert(name.to_ascii_lowercase(), v.to_string());
+            }
+        }
+        let mut body = Vec::new();
+        resp.into_reader()
+            .take(64 * 1024 * 1024)
+            .read_to_end(&mut body)
+            .map_err(|e| e.to_string())?;
+        Ok(Resp {
+            status,
+            headers: hdrs,
+            body,
+        })
+    }
+
+    /// PUT a value (query such as `?mode=sync` may be appended to the key path).
+    pub fn put(&self, id: u64, key_and_query: &str, value: &[u8]) -> Result<Resp, String> {
+        self.request(
+            id,
+            "PUT",
+            &format!("/v1/kv/{key_and_query}"),
+            &[],
+            Some(value),
+        )
+    }
+
+    /// GET a key (query may be appended).
+    pub fn get(&self, id: u64, key_and_query: &str) -> Result<Resp, String> {
+        self.request(id, "GET", &format!("/v1/kv/{key_and_query}"), &[], None)
+    }
+
+    /// POST an atomic add.
+    pub fn add(&self, id: u64, key_and_query: &str, delta: i64) -> Result<Resp, String> {
+        let path = match key_and_query.split_once('?') {
+            Some((k, q)) => format!("/v1/kv/{k}/add?{q}"),
+            None => format!("/v1/kv/{key_and_query}/add"),
+        };
+        let body = format!("{{\"delta\": {delta}}}");
+        self.request(id, "POST", &path, &[], Some(body.as_bytes()))
+    }
+
+    /// The node's `/v1/status` JSON, if it answers.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        let r = self.request(id, "GET", "/v1/status", &[], None).ok()?;
+        (r.status == 200).then(|| r.json())
+    }
+
+    /// Waits until every running node (except `excluding`) agrees on one leader that itself
+    /// reports being leader; returns its id.
+    pub fn wait_for_leader_excluding(&mut self, excluding: &[u64], timeout: Duration) -> u64 {
+        let ids: Vec<u64> = self
+            .ids()
+            .into_iter()
+            .filter(|id| !excluding.contains(id))
+            .collect();
+        wait_until(timeout, "a leader known to every live node", || {
+            let mut leader = None;
+            for &id in &ids {
+                let s = self.status(id)?;
+                let l = s.get("leader")?.as_u64()?;
+                if leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            let l = leader?;
+            let s = self.status(l)?;
+            (s.get("role")?.as_str()? == "leader").then_some(l)
+        })
+    }
+
+    /// [`Cluster::wait_for_leader_excluding`] with nobody excluded.
+    pub fn wait_for_leader(&mut self) -> u64 {
+        self.wait_for_leader_excluding(&[], DEADLINE)
+    }
+
+    /// Retries a write through node `id` until it answers 200 (503/504 and transport errors
+    /// are retried), within `timeout`. Use only for writes that are safe to repeat.
+    pub fn put_until_ok(
+        &self,
+        id: u64,
+        key_and_query: &str,
+        value: &[u8],
+        timeout: Duration,
+    ) -> Resp {
+        wait_until(
+            timeout,
+            &format!("PUT {key_and_query} via node {id} to succeed"),
+            || match self.put(id, key_and_query, value) {
+                Ok(r) if r.status == 200 => Some(r),
+                Ok(r) if r.status == 503 || r.status == 504 => None,
+                Ok(r) => panic!("PUT {key_and_query}: unexpected {} {}", r.status, r.text()),
+                Err(_) => None,
+            },
+        )
+    }
+
+    /// Tail of a node's log (for failure reports).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[id as usize - 1].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Sends raw bytes to a node's address and returns what comes back before the peer closes
+    /// or `timeout` passes.
+    pub fn raw_exchange(addr: &str, bytes: &[u8], timeout: Duration) -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(timeout)).expect("read timeout");
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                // SAFETY: kill(2) on a child we spawned; SIGCONT first so a paused child dies.
+                unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let path = dir.keep();
+                eprintln!(
+                    "test failed: cluster data and logs kept in {}",
+                    path.display()
+                );
+                for n in &self.nodes {
+                    let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("---- node {} log (last 30 lines) ----", n.id);
+                    for l in &lines[lines.len().saturating_sub(30)..] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}

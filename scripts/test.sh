@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up what is missing and runs every check and test: formatting, clippy, unit tests,
+# doc tests, and the multi-process cluster tests in tests/ (real keel processes, real RocksDB,
+# real HTTP). One build profile (release) serves the tests, the cluster and the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+if cargo fmt --version >/dev/null 2>&1; then
+  echo "== cargo fmt --check"
+  cargo fmt --all -- --check
+else
+  echo "== SKIPPED cargo fmt: rustfmt is not installed" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  echo "== cargo clippy"
+  cargo clippy --release --workspace --all-targets -- -D warnings
+else
+  echo "== SKIPPED cargo clippy: clippy is not installed" >&2
+fi
+echo "== build"
+cargo build --release --workspace --all-targets
+echo "== tests"
+# Two test threads: each cluster test runs three nodes; more at once starves two cores.
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release --workspace
+echo "== all tests passed"

@@ -1,0 +1,166 @@
+//! Bad input gets a clear JSON error, changes nothing, and never stops a node from serving.
+
+use std::time::Duration;
+
+use keel_tests::{Cluster, DEADLINE};
+
+fn assert_error(r: &keel_tests::Resp, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some(code), "{}", r.text());
+    assert_eq!(
+        r.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert!(r.headers.contains_key("x-keel-node"));
+    assert!(r.headers.contains_key("x-keel-index"));
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let mut c = Cluster::start_with(3, &["--max-value-bytes", "1024"]);
+    c.wait_for_leader();
+    let follower = 2;
+
+    for id in [1, follower] {
+        // Oversized value: 413, nothing written.
+        let r = c.put(id, "big", &vec![b'x'; 1025]).expect("answers");
+        assert_error(&r, 413, "payload_too_large");
+        // Exactly at the limit is fine.
+        assert_eq!(
+            c.put(id, "limit", &vec![b'x'; 1024])
+                .expect("answers")
+                .status,
+            200
+        );
+        // Oversized key.
+        let long = "k".repeat(4097);
+        assert_error(
+            &c.put(id, &long, b"v").expect("answers"),
+            400,
+            "invalid_key",
+        );
+        assert_error(&c.get(id, &long).expect("answers"), 400, "invalid_key");
+        // A key of exactly 4 KiB is fine.
+        assert_eq!(
+            c.put(id, &"k".repeat(4096), b"v").expect("answers").status,
+            200
+        );
+        // Invalid UTF-8 key.
+        assert_error(
+            &c.put(id, "bad%FFkey", b"v").expect("answers"),
+            400,
+            "invalid_key",
+        );
+        // Unknown mode and consistency.
+        assert_error(
+            &c.put(id, "m?mode=fast", b"v").expect("answers"),
+            400,
+            "invalid_mode",
+        );
+        assert_error(
+            &c.get(id, "m?consistency=strong").expect("answers"),
+            400,
+            "invalid_consistency",
+        );
+        assert_error(
+            &c.get(id, "m?min_index=-1").expect("answers"),
+            400,
+            "invalid_parameter",
+        );
+        // Invalid JSON for add; wrong types; unknown fields.
+        for body in [
+            "{",
+            "[]",
+            "{\"delta\": \"1\"}",
+            "{\"delta\": 1.5}",
+            "{\"dleta\": 1}",
+            "",
+        ] {
+            let r = c
+                .request(id, "POST", "/v1/kv/counter/add", &[], Some(body.as_bytes()))
+                .expect("answers");
+            assert_error(&r, 400, "invalid_json");
+        }
+        // add on a value that is not an integer.
+        c.put_until_ok(id, "text", b"hello", DEADLINE);
+        assert_error(&c.add(id, "text", 1).expect("answers"), 400, "not_integer");
+        // Malformed precondition headers.
+        let r = c
+            .request(
+                id,
+                "PUT",
+                "/v1/kv/cas",
+                &[("If-Match", "W/\"abc\"")],
+                Some(b"v"),
+            )
+            .expect("answers");
+        assert_error(&r, 400, "invalid_header");
+        // Unknown endpoint and method.
+        assert_error(
+            &c.request(id, "GET", "/v2/kv/x", &[], None)
+                .expect("answers"),
+            404,
+            "no_route",
+        );
+        assert_error(
+            &c.request(id, "PATCH", "/v1/kv/x", &[], None)
+                .expect("answers"),
+            405,
+            "method_not_allowed",
+        );
+    }
+
+    // Nothing was written by any rejected request.
+    for key in ["big", "m", "counter", "cas", "x"] {
+        let r = c.get(3, key).expect("answers");
+        assert_eq!(r.status, 404, "{key} must not exist: {}", r.text());
+    }
+    assert_eq!(c.get(3, "text").expect("answers").text(), "hello");
+    assert_eq!(c.get(3, "limit").expect("answers").body.len(), 1024);
+}
+
+#[test]
+fn oversized_body_is_refused_before_it_is_read_and_garbage_never_stops_a_node() {
+    let mut c = Cluster::start(3);
+    c.wait_for_leader();
+    // Announce 100 MiB and send none of it: the answer must come without the body.
+    let head = "PUT /v1/kv/huge HTTP/1.1\r\nHost: keel\r\nContent-Length: 104857600\r\n\r\n";
+    let out = Cluster::raw_exchange(&c.nodes[0].http, head.as_bytes(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 413"), "got: {text}");
+    assert!(text.contains("payload_too_large"), "got: {text}");
+
+    // Garbage on the HTTP port and on the peer port of every node.
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for n in &c.nodes {
+        let _ = Cluster::raw_exchange(&n.http, &garbage, Duration::from_millis(500));
+        let _ = Cluster::raw_exchange(&n.peer, &garbage, Duration::from_millis(500));
+        // A length prefix announcing a 4 GiB frame.
+        let _ = Cluster::raw_exchange(
+            &n.peer,
+            &[0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            Duration::from_millis(500),
+        );
+    }
+    // Every node is alive and the cluster still takes writes and serves reads.
+    for id in c.ids() {
+        assert!(c.node(id).is_running(), "node {id} died");
+        let r = c.request(id, "GET", "/health", &[], None).expect("answers");
+        assert_eq!(r.status, 200);
+    }
+    for id in c.ids() {
+        c.put_until_ok(id, &format!("after-garbage-{id}"), b"fine", DEADLINE);
+    }
+    for id in c.ids() {
+        for k in c.ids() {
+            assert_eq!(
+                c.get(id, &format!("after-garbage-{k}"))
+                    .expect("answers")
+                    .text(),
+                "fine"
+            );
+        }
+    }
+}
