@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod proxy;
+
+pub use proxy::{LinkMode, LinkProxy};
+
 /// Default deadline for cluster-wide conditions (leader elected, data replicated).
 pub const DEADLINE: Duration = Duration::from_secs(30);
 /// Poll interval of [`wait_until`].
@@ -137,7 +141,10 @@ pub struct Cluster {
     /// The nodes, `nodes[i].id == i + 1`.
     pub nodes: Vec<Node>,
     dir: Option<tempfile::TempDir>,
-    cluster_arg: String,
+    /// `--cluster` of each node (they differ when peer links are proxied).
+    cluster_args: Vec<String>,
+    /// Proxies of directed peer links (from, to), when started with [`Cluster::start_proxied`].
+    links: HashMap<(u64, u64), LinkProxy>,
     extra_args: Vec<String>,
     agent: ureq::Agent,
 }
@@ -150,6 +157,16 @@ impl Cluster {
 
     /// Starts `n` nodes, passing `extra` flags to every `keel server`.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Self::launch(n, extra, false)
+    }
+
+    /// Starts `n` nodes whose every directed peer link goes through a [`LinkProxy`] that the
+    /// test controls ([`Cluster::link`], [`Cluster::isolate`], [`Cluster::heal`]).
+    pub fn start_proxied(n: usize, extra: &[&str]) -> Cluster {
+        Self::launch(n, extra, true)
+    }
+
+    fn launch(n: usize, extra: &[&str], proxied: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("keel-test-")
             .tempdir()
@@ -167,11 +184,29 @@ impl Cluster {
                 child: None,
             });
         }
-        let cluster_arg = nodes
+        let mut links = HashMap::new();
+        if proxied {
+            for from in &nodes {
+                for to in &nodes {
+                    if from.id != to.id {
+                        links.insert((from.id, to.id), LinkProxy::start(to.peer.clone()));
+                    }
+                }
+            }
+        }
+        let cluster_args = nodes
             .iter()
-            .map(|n| format!("{}={}", n.id, n.peer))
-            .collect::<Vec<_>>()
-            .join(",");
+            .map(|me| {
+                nodes
+                    .iter()
+                    .map(|n| match links.get(&(me.id, n.id)) {
+                        Some(proxy) => format!("{}={}", n.id, proxy.addr()),
+                        None => format!("{}={}", n.id, n.peer),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))
@@ -179,7 +214,8 @@ impl Cluster {
         let mut c = Cluster {
             nodes,
             dir: Some(dir),
-            cluster_arg,
+            cluster_args,
+            links,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             agent,
         };
@@ -206,7 +242,7 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64) {
         let bin = keel_bin();
-        let cluster_arg = self.cluster_arg.clone();
+        let cluster_arg = self.cluster_args[id as usize - 1].clone();
         let extra = self.extra_args.clone();
         let node = self.node(id);
         let log = std::fs::OpenOptions::new()
@@ -220,6 +256,7 @@ impl Cluster {
             .args(["--id", &id.to_string()])
             .args(["--http", &node.http])
             .args(["--cluster", &cluster_arg])
+            .args(["--peer", &node.peer])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&extra)
@@ -230,6 +267,34 @@ impl Cluster {
             .spawn()
             .expect("spawn keel server");
         node.child = Some(child);
+    }
+
+    /// The proxy of the directed link `from` → `to` (panics unless started proxied).
+    pub fn link(&self, from: u64, to: u64) -> &LinkProxy {
+        self.links
+            .get(&(from, to))
+            .unwrap_or_else(|| panic!("no proxy {from}→{to}: use Cluster::start_proxied"))
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&self, id: u64) {
+        for ((from, to), link) in &self.links {
+            if *from == id || *to == id {
+                link.set(LinkMode::Cut);
+            }
+        }
+    }
+
+    /// Sets every link to `mode`.
+    pub fn set_all_links(&self, mode: LinkMode) {
+        for link in self.links.values() {
+            link.set(mode);
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.set_all_links(LinkMode::Pass);
     }
 
     /// kill -9 the node and reap it.

@@ -1,0 +1,168 @@
+//! A userspace TCP proxy for one directed peer link, so tests can delay or cut traffic between
+//! nodes without netem (this machine's kernel has none).
+//!
+//! keel dials one outbound connection per peer and uses it for everything it sends to that peer,
+//! so a proxy placed on the address node A dials for node B controls exactly the traffic A→B.
+//! The harness gives every node its own `--cluster` map pointing at its proxies.
+//!
+//! Modes: [`LinkMode::Pass`] forwards; [`LinkMode::Delay`] holds each chunk for a fixed time
+//! (latency, not bandwidth); [`LinkMode::Cut`] closes live connections and refuses new ones
+//! (a partition as the sender sees it: connection refused/reset).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a link does with traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Forward at once.
+    Pass,
+    /// Forward each chunk after this long.
+    Delay(Duration),
+    /// Close connections and refuse new ones.
+    Cut,
+}
+
+struct State {
+    mode: Mutex<LinkMode>,
+    /// Bumped on every cut: connections of an older epoch close themselves.
+    epoch: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl State {
+    fn mode(&self) -> LinkMode {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One proxied link: listens on an ephemeral loopback port, forwards to `target`.
+pub struct LinkProxy {
+    addr: String,
+    state: Arc<State>,
+}
+
+/// How often blocked reads wake to notice a cut or a stop.
+const WAKE: Duration = Duration::from_millis(50);
+
+impl LinkProxy {
+    /// Starts a proxy to `target` (host:port).
+    pub fn start(target: String) -> LinkProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let state = Arc::new(State {
+            mode: Mutex::new(LinkMode::Pass),
+            epoch: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || accept_loop(listener, target, st));
+        LinkProxy { addr, state }
+    }
+
+    /// The address to dial instead of the target.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Changes the link's mode; a cut also closes live connections.
+    pub fn set(&self, mode: LinkMode) {
+        *self.state.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+        if mode == LinkMode::Cut {
+            self.state.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> LinkMode {
+        self.state.mode()
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Release);
+        self.state.epoch.fetch_add(1, Ordering::AcqRel);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(
+            &self.addr.parse().expect("proxy addr parses"),
+            Duration::from_millis(200),
+        );
+    }
+}
+
+fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
+    for conn in listener.incoming() {
+        if state.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(inbound) = conn else { continue };
+        if state.mode() == LinkMode::Cut {
+            drop(inbound);
+            continue;
+        }
+        let Ok(target_addr) = target.parse() else { continue };
+        let Ok(outbound) = TcpStream::connect_timeout(&target_addr, Duration::from_secs(1)) else {
+            continue;
+        };
+        let epoch = state.epoch.load(Ordering::Acquire);
+        let _ = inbound.set_nodelay(true);
+        let _ = outbound.set_nodelay(true);
+        for (from, to) in [
+            (inbound.try_clone(), outbound.try_clone()),
+            (outbound.try_clone(), inbound.try_clone()),
+        ] {
+            if let (Ok(from), Ok(to)) = (from, to) {
+                let st = state.clone();
+                std::thread::spawn(move || pump(from, to, st, epoch));
+            }
+        }
+    }
+}
+
+/// Copies one direction, through a delay queue so that ordering holds when the delay changes.
+fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
+    let _ = from.set_read_timeout(Some(WAKE));
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer_state = state.clone();
+    let writer = std::thread::spawn(move || {
+        let mut to = to;
+        while let Ok((at, bytes)) = rx.recv() {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if writer_state.epoch.load(Ordering::Acquire) != epoch || to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if state.epoch.load(Ordering::Acquire) != epoch {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let delay = match state.mode() {
+                    LinkMode::Delay(d) => d,
+                    _ => Duration::ZERO,
+                };
+                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+    let _ = from.shutdown(Shutdown::Both);
+}

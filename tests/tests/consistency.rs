@@ -1,0 +1,149 @@
+//! Read consistency on real processes: linearizable reads never go stale, even on a deposed
+//! leader; `stale&min_index` waits for the index a write returned; `/v1/status` shows each
+//! member's progress on the leader.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use keel_tests::{wait_until, Cluster, LinkMode, DEADLINE};
+
+#[test]
+fn linearizable_read_on_a_follower_sees_a_write_acknowledged_elsewhere() {
+    let mut c = Cluster::start(3);
+    c.wait_for_leader();
+    for i in 0..60u64 {
+        let writer = i % 3 + 1;
+        let reader = (i + 1) % 3 + 1;
+        let value = format!("v{i}");
+        c.put_until_ok(writer, "lin/register", value.as_bytes(), DEADLINE);
+        let r = c.get(reader, "lin/register").expect("reader answers");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), value, "read on node {reader} after a write through node {writer}");
+    }
+}
+
+#[test]
+fn a_cut_off_leader_never_answers_a_linearizable_read_with_old_data() {
+    let mut c = Cluster::start_proxied(3, &[]);
+    let old = c.wait_for_leader();
+    c.put_until_ok(old, "lin/x", b"old", DEADLINE);
+    c.isolate(old);
+    // The majority side elects a leader and takes a new write.
+    let others: Vec<u64> = c.ids().into_iter().filter(|&id| id != old).collect();
+    let new = wait_until(DEADLINE, "a leader on the majority side", || {
+        others.iter().find_map(|&id| {
+            let s = c.status(id)?;
+            (s["role"] == "leader").then_some(id)
+        })
+    });
+    c.put_until_ok(new, "lin/x", b"new", DEADLINE);
+    // The old leader may still believe it leads; its linearizable reads must fail, not return "old".
+    for _ in 0..5 {
+        let r = c.get(old, "lin/x").expect("old leader answers");
+        assert_ne!(r.status, 200, "stale linearizable read on the deposed leader: {}", r.text());
+        assert!(r.status == 503 || r.status == 504, "{} {}", r.status, r.text());
+        // A stale read is allowed to be old, and says how far it has applied.
+        let s = c.get(old, "lin/x?consistency=stale").expect("old leader answers");
+        assert_eq!(s.text(), "old");
+    }
+    // Healed: the old node catches up and its linearizable reads return the new value.
+    c.heal();
+    let r = wait_until(DEADLINE, "a linearizable read on the healed node", || {
+        let r = c.get(old, "lin/x").ok()?;
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(r.text(), "new");
+}
+
+#[test]
+fn linearizable_read_on_a_leader_whose_followers_are_paused_does_not_answer() {
+    let mut c = Cluster::start_with(3, &["--read-timeout", "1500ms"]);
+    let leader = c.wait_for_leader();
+    c.put_until_ok(leader, "lin/p", b"v1", DEADLINE);
+    for id in c.ids().into_iter().filter(|&id| id != leader) {
+        c.pause(id);
+    }
+    let r = c.get(leader, "lin/p").expect("leader answers");
+    assert!(r.status == 503 || r.status == 504, "{} {}", r.status, r.text());
+    for id in c.ids() {
+        c.resume(id);
+    }
+    c.wait_for_leader();
+}
+
+#[test]
+fn stale_read_with_min_index_waits_for_a_lagging_follower() {
+    let mut c = Cluster::start_proxied(3, &[]);
+    let leader = c.wait_for_leader();
+    let lagging = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    c.put_until_ok(leader, "ryw/k", b"v0", DEADLINE);
+    // The leader's traffic to one follower stops: the other follower makes the quorum.
+    c.link(leader, lagging).set(LinkMode::Cut);
+    let r = c.put_until_ok(leader, "ryw/k", b"v1", DEADLINE);
+    let index = r.json()["index"].as_u64().expect("index");
+    // The follower really lags: a plain stale read still sees the old value.
+    let r = c.get(lagging, "ryw/k?consistency=stale").expect("answers");
+    assert_eq!(r.text(), "v0");
+    assert!(r.header_u64("x-keel-index").unwrap_or(u64::MAX) < index);
+
+    let (tx, rx) = mpsc::channel();
+    let addr = c.node(lagging).http.clone();
+    std::thread::spawn(move || {
+        let url = format!("http://{addr}/v1/kv/ryw/k?consistency=stale&min_index={index}");
+        let r = ureq::get(&url).timeout(Duration::from_secs(30)).call();
+        let _ = tx.send(match r {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        });
+    });
+    // While the link is cut the read cannot be served: it waits.
+    assert!(
+        rx.recv_timeout(Duration::from_millis(700)).is_err(),
+        "the min_index read answered while its node could not have applied {index}"
+    );
+    c.link(leader, lagging).set(LinkMode::Pass);
+    let (status, body) = rx.recv_timeout(DEADLINE).expect("the read answers once healed");
+    assert_eq!((status, body.as_str()), (200, "v1"));
+}
+
+#[test]
+fn stale_read_with_an_unreachable_min_index_times_out_with_504() {
+    let mut c = Cluster::start_with(3, &["--read-timeout", "800ms"]);
+    c.wait_for_leader();
+    let r = c.get(2, "nothing?consistency=stale&min_index=1000000").expect("answers");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("timeout"));
+}
+
+#[test]
+fn leader_status_shows_every_members_progress() {
+    let mut c = Cluster::start_proxied(3, &[]);
+    let leader = c.wait_for_leader();
+    let index = c.put_until_ok(leader, "st/k", b"v", DEADLINE).json()["index"].as_u64().expect("index");
+    let s = wait_until(DEADLINE, "every member to report its applied index", || {
+        let s = c.status(leader)?;
+        let all = s["progress"].as_array()?.iter().all(|m| {
+            m["applied_index"].as_u64().unwrap_or(0) >= index && m["reachable"] == true
+        });
+        all.then_some(s)
+    });
+    assert_eq!(s["role"], "leader");
+    assert_eq!(s["progress"].as_array().map(Vec::len), Some(3));
+    assert!(s["members"].as_array().expect("members").iter().all(|m| m["http_addr"].is_string()));
+    // A follower cut off both ways shows up as unreachable and lagging.
+    let f = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    c.isolate(f);
+    let idx2 = c.put_until_ok(leader, "st/k2", b"v", DEADLINE).json()["index"].as_u64().expect("index");
+    let s = wait_until(DEADLINE, "the cut-off follower to show as unreachable", || {
+        let s = c.status(leader)?;
+        let m = s["progress"].as_array()?.iter().find(|m| m["id"] == f)?.clone();
+        (m["reachable"] == false).then_some(m)
+    });
+    assert!(s["match_index"].as_u64().unwrap_or(u64::MAX) < idx2);
+    assert!(s["lag"].as_u64().unwrap_or(0) > 0);
+    // The followers' own status answers too.
+    let fs = c.status(f).expect("follower status");
+    assert_eq!(fs["id"], f);
+    c.heal();
+}
