@@ -104,7 +104,10 @@ async fn one_request(
         .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(status)
 }
 
@@ -134,7 +137,10 @@ impl Plan {
             ),
             (_, true) => (
                 Method::GET,
-                format!("http://{ep}/v1/kv/bench-{key}?consistency={}", self.consistency),
+                format!(
+                    "http://{ep}/v1/kv/bench-{key}?consistency={}",
+                    self.consistency
+                ),
                 Bytes::new(),
             ),
             (_, false) => (
@@ -151,8 +157,12 @@ async fn run(args: &Args, plan: Arc<Plan>, client: HttpClient) -> RunResult {
     let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let (plan, client, stop, measuring) =
-            (plan.clone(), client.clone(), stop.clone(), measuring.clone());
+        let (plan, client, stop, measuring) = (
+            plan.clone(),
+            client.clone(),
+            stop.clone(),
+            measuring.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut errors = 0u64;
@@ -210,7 +220,12 @@ use rand::SeedableRng;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let endpoints: Vec<String> = args.endpoints.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let endpoints: Vec<String> = args
+        .endpoints
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     if endpoints.is_empty() || args.clients == 0 || args.keys == 0 {
         eprintln!("keel-bench: need endpoints, --clients > 0 and --keys > 0");
         std::process::exit(2);
@@ -233,10 +248,25 @@ async fn main() {
     }
     println!(
         "{:<8} {:<8} {:<13} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
-        "workload", "mode", "consistency", "clients", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "errors"
+        "workload",
+        "mode",
+        "consistency",
+        "clients",
+        "ops/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "errors"
     );
     let mut results = Vec::new();
-    for mode in args.modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    for mode in args
+        .modes
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
         let plan = Arc::new(Plan {
             endpoints: endpoints.clone(),
             workload: args.workload,
@@ -248,8 +278,17 @@ async fn main() {
         let r = run(&args, plan, client.clone()).await;
         println!(
             "{:<8} {:<8} {:<13} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}",
-            format!("{:?}", r.workload).to_lowercase(), r.mode, r.consistency, r.clients, r.throughput,
-            r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms, r.errors
+            format!("{:?}", r.workload).to_lowercase(),
+            r.mode,
+            r.consistency,
+            r.clients,
+            r.throughput,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.max_ms,
+            r.errors
         );
         results.push(r);
     }

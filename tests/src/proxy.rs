@@ -105,7 +105,9 @@ fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
             drop(inbound);
             continue;
         }
-        let Ok(target_addr) = target.parse() else { continue };
+        let Ok(target_addr) = target.parse() else {
+            continue;
+        };
         let Ok(outbound) = TcpStream::connect_timeout(&target_addr, Duration::from_secs(1)) else {
             continue;
         };
@@ -136,7 +138,8 @@ fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
             if at > now {
                 std::thread::sleep(at - now);
             }
-            if writer_state.epoch.load(Ordering::Acquire) != epoch || to.write_all(&bytes).is_err() {
+            if writer_state.epoch.load(Ordering::Acquire) != epoch || to.write_all(&bytes).is_err()
+            {
                 break;
             }
         }
@@ -154,7 +157,10 @@ fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
                     LinkMode::Delay(d) => d,
                     _ => Duration::ZERO,
                 };
-                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                if tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -18,7 +18,11 @@ fn linearizable_read_on_a_follower_sees_a_write_acknowledged_elsewhere() {
         c.put_until_ok(writer, "lin/register", value.as_bytes(), DEADLINE);
         let r = c.get(reader, "lin/register").expect("reader answers");
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.text(), value, "read on node {reader} after a write through node {writer}");
+        assert_eq!(
+            r.text(),
+            value,
+            "read on node {reader} after a write through node {writer}"
+        );
     }
 }
 
@@ -40,10 +44,22 @@ fn a_cut_off_leader_never_answers_a_linearizable_read_with_old_data() {
     // The old leader may still believe it leads; its linearizable reads must fail, not return "old".
     for _ in 0..5 {
         let r = c.get(old, "lin/x").expect("old leader answers");
-        assert_ne!(r.status, 200, "stale linearizable read on the deposed leader: {}", r.text());
-        assert!(r.status == 503 || r.status == 504, "{} {}", r.status, r.text());
+        assert_ne!(
+            r.status,
+            200,
+            "stale linearizable read on the deposed leader: {}",
+            r.text()
+        );
+        assert!(
+            r.status == 503 || r.status == 504,
+            "{} {}",
+            r.status,
+            r.text()
+        );
         // A stale read is allowed to be old, and says how far it has applied.
-        let s = c.get(old, "lin/x?consistency=stale").expect("old leader answers");
+        let s = c
+            .get(old, "lin/x?consistency=stale")
+            .expect("old leader answers");
         assert_eq!(s.text(), "old");
     }
     // Healed: the old node catches up and its linearizable reads return the new value.
@@ -64,7 +80,12 @@ fn linearizable_read_on_a_leader_whose_followers_are_paused_does_not_answer() {
         c.pause(id);
     }
     let r = c.get(leader, "lin/p").expect("leader answers");
-    assert!(r.status == 503 || r.status == 504, "{} {}", r.status, r.text());
+    assert!(
+        r.status == 503 || r.status == 504,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     for id in c.ids() {
         c.resume(id);
     }
@@ -75,7 +96,11 @@ fn linearizable_read_on_a_leader_whose_followers_are_paused_does_not_answer() {
 fn stale_read_with_min_index_waits_for_a_lagging_follower() {
     let mut c = Cluster::start_proxied(3, &[]);
     let leader = c.wait_for_leader();
-    let lagging = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let lagging = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
     c.put_until_ok(leader, "ryw/k", b"v0", DEADLINE);
     // The leader's traffic to one follower stops: the other follower makes the quorum.
     c.link(leader, lagging).set(LinkMode::Cut);
@@ -103,7 +128,9 @@ fn stale_read_with_min_index_waits_for_a_lagging_follower() {
         "the min_index read answered while its node could not have applied {index}"
     );
     c.link(leader, lagging).set(LinkMode::Pass);
-    let (status, body) = rx.recv_timeout(DEADLINE).expect("the read answers once healed");
+    let (status, body) = rx
+        .recv_timeout(DEADLINE)
+        .expect("the read answers once healed");
     assert_eq!((status, body.as_str()), (200, "v1"));
 }
 
@@ -111,7 +138,9 @@ fn stale_read_with_min_index_waits_for_a_lagging_follower() {
 fn stale_read_with_an_unreachable_min_index_times_out_with_504() {
     let mut c = Cluster::start_with(3, &["--read-timeout", "800ms"]);
     c.wait_for_leader();
-    let r = c.get(2, "nothing?consistency=stale&min_index=1000000").expect("answers");
+    let r = c
+        .get(2, "nothing?consistency=stale&min_index=1000000")
+        .expect("answers");
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.error_code().as_deref(), Some("timeout"));
 }
@@ -120,26 +149,47 @@ fn stale_read_with_an_unreachable_min_index_times_out_with_504() {
 fn leader_status_shows_every_members_progress() {
     let mut c = Cluster::start_proxied(3, &[]);
     let leader = c.wait_for_leader();
-    let index = c.put_until_ok(leader, "st/k", b"v", DEADLINE).json()["index"].as_u64().expect("index");
+    let index = c.put_until_ok(leader, "st/k", b"v", DEADLINE).json()["index"]
+        .as_u64()
+        .expect("index");
     let s = wait_until(DEADLINE, "every member to report its applied index", || {
         let s = c.status(leader)?;
-        let all = s["progress"].as_array()?.iter().all(|m| {
-            m["applied_index"].as_u64().unwrap_or(0) >= index && m["reachable"] == true
-        });
+        let all = s["progress"]
+            .as_array()?
+            .iter()
+            .all(|m| m["applied_index"].as_u64().unwrap_or(0) >= index && m["reachable"] == true);
         all.then_some(s)
     });
     assert_eq!(s["role"], "leader");
     assert_eq!(s["progress"].as_array().map(Vec::len), Some(3));
-    assert!(s["members"].as_array().expect("members").iter().all(|m| m["http_addr"].is_string()));
+    assert!(s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .all(|m| m["http_addr"].is_string()));
     // A follower cut off both ways shows up as unreachable and lagging.
-    let f = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let f = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
     c.isolate(f);
-    let idx2 = c.put_until_ok(leader, "st/k2", b"v", DEADLINE).json()["index"].as_u64().expect("index");
-    let s = wait_until(DEADLINE, "the cut-off follower to show as unreachable", || {
-        let s = c.status(leader)?;
-        let m = s["progress"].as_array()?.iter().find(|m| m["id"] == f)?.clone();
-        (m["reachable"] == false).then_some(m)
-    });
+    let idx2 = c.put_until_ok(leader, "st/k2", b"v", DEADLINE).json()["index"]
+        .as_u64()
+        .expect("index");
+    let s = wait_until(
+        DEADLINE,
+        "the cut-off follower to show as unreachable",
+        || {
+            let s = c.status(leader)?;
+            let m = s["progress"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == f)?
+                .clone();
+            (m["reachable"] == false).then_some(m)
+        },
+    );
     assert!(s["match_index"].as_u64().unwrap_or(u64::MAX) < idx2);
     assert!(s["lag"].as_u64().unwrap_or(0) > 0);
     // The followers' own status answers too.
