@@ -31,7 +31,8 @@ use crate::error::{ReadError, WriteError};
 use crate::forward::Router;
 use crate::mode::{ReadConsistency, WriteMode};
 use crate::proto::{
-    command::Op, AddOp, ApplyResult, Command, DeleteOp, Precondition, PutOp, ValueRecord,
+    command::Op, txn_step::Step, AddOp, ApplyResult, Command, Compare, CompareOp, CompareTarget,
+    DeleteOp, GetOp, Precondition, PutOp, StepResult, TxnOp, TxnStep, ValueRecord,
 };
 use crate::raft_node::{NodeHandle, WriteOk};
 use crate::state_machine::{codes, StateMachine};
@@ -39,8 +40,14 @@ use crate::storage::StorageError;
 
 /// Longest key, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 4096;
-/// Largest JSON body (add, and later txn).
-pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+/// Largest JSON body of an `add`.
+pub const MAX_ADD_BODY_BYTES: usize = 64 * 1024;
+/// Largest JSON body of a transaction.
+pub const MAX_TXN_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Most compares, and most steps per branch, in one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+/// Longest `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// Default and largest page of a list.
 pub const DEFAULT_LIST_LIMIT: usize = 1000;
 /// Largest page of a list.
@@ -235,6 +242,8 @@ struct Reply {
     content_type: &'static str,
     index: Option<u64>,
     etag: Option<u64>,
+    /// The answer is the stored outcome of an earlier request with the same idempotency key.
+    replayed: bool,
 }
 
 impl Reply {
@@ -245,7 +254,14 @@ impl Reply {
             content_type: "application/json",
             index,
             etag: None,
+            replayed: false,
         }
+    }
+
+    fn write(value: Value, ok: &WriteOk) -> Self {
+        let mut r = Reply::json(StatusCode::OK, value, Some(ok.result.index));
+        r.replayed = ok.result.replayed;
+        r
     }
 }
 
@@ -428,18 +444,7 @@ struct AddBody {
 fn record_json(key: &str, rec: &ValueRecord) -> Value {
     let mut item = Map::new();
     item.insert("key".into(), json!(key));
-    match std::str::from_utf8(&rec.value) {
-        Ok(s) => {
-            item.insert("value".into(), json!(s));
-        }
-        Err(_) => {
-            item.insert("value".into(), Value::Null);
-            item.insert(
-                "value_base64".into(),
-                json!(base64::engine::general_purpose::STANDARD.encode(&rec.value)),
-            );
-        }
-    }
+    put_value_json(&mut item, &rec.value);
     item.insert("version".into(), json!(rec.version));
     Value::Object(item)
 }
@@ -470,6 +475,10 @@ impl Api {
             "/v1/status" => {
                 self.only(&method, &[Method::GET])?;
                 self.status().await
+            }
+            "/v1/txn" => {
+                self.only(&method, &[Method::POST])?;
+                self.txn(req, query).await
             }
             "/v1/kv" | "/v1/kv/" => {
                 self.only(&method, &[Method::GET])?;
@@ -532,6 +541,10 @@ impl Api {
                     if let Ok(h) = HeaderValue::from_str(&format!("\"{v}\"")) {
                         resp.headers_mut().insert("etag", h);
                     }
+                }
+                if reply.replayed {
+                    resp.headers_mut()
+                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
                 }
                 (resp, reply.index)
             }
@@ -608,6 +621,7 @@ impl Api {
             content_type: "text/plain; version=0.0.4",
             index: None,
             etag: None,
+            replayed: false,
         }
     }
 
@@ -663,6 +677,7 @@ impl Api {
                 content_type: "application/octet-stream",
                 index: Some(read.index),
                 etag: Some(rec.version),
+                replayed: false,
             }),
             None => {
                 let mut err = ApiError::new(
@@ -698,9 +713,13 @@ impl Api {
         ))
     }
 
-    async fn write(&self, op: Op, q: &Query) -> Result<WriteOk, ApiError> {
+    async fn write(&self, op: Op, q: &Query, idempotency_key: String) -> Result<WriteOk, ApiError> {
         let mode = q.mode.unwrap_or(self.cfg.default_mode);
-        let command = Command { op: Some(op) };
+        let command = Command {
+            op: Some(op),
+            idempotency_key,
+            proposed_at_ms: 0,
+        };
         Ok(self
             .router
             .write(command, mode, self.cfg.request_timeout)
@@ -709,6 +728,7 @@ impl Api {
 
     async fn put(&self, req: Request<Incoming>, key: String, q: Query) -> Answer {
         let precondition = precondition(&req)?;
+        let idem = idempotency_key(&req)?;
         let value = read_body(req, self.cfg.max_value_bytes).await?;
         let ok = self
             .write(
@@ -718,31 +738,32 @@ impl Api {
                     precondition,
                 }),
                 &q,
+                idem,
             )
             .await?;
         let r = rejected(&ok.result)?;
-        Ok(Reply::json(
-            StatusCode::OK,
+        Ok(Reply::write(
             json!({"index": r.index, "version": r.version, "acked": ok.acked.as_str()}),
-            Some(r.index),
+            &ok,
         ))
     }
 
     async fn delete(&self, req: Request<Incoming>, key: String, q: Query) -> Answer {
         let precondition = precondition(&req)?;
+        let idem = idempotency_key(&req)?;
         let ok = self
-            .write(Op::Delete(DeleteOp { key, precondition }), &q)
+            .write(Op::Delete(DeleteOp { key, precondition }), &q, idem)
             .await?;
         let r = rejected(&ok.result)?;
-        Ok(Reply::json(
-            StatusCode::OK,
+        Ok(Reply::write(
             json!({"index": r.index, "deleted": r.deleted, "acked": ok.acked.as_str()}),
-            Some(r.index),
+            &ok,
         ))
     }
 
     async fn add(&self, req: Request<Incoming>, key: String, q: Query) -> Answer {
-        let body = read_body(req, MAX_JSON_BYTES).await?;
+        let idem = idempotency_key(&req)?;
+        let body = read_body(req, MAX_ADD_BODY_BYTES).await?;
         let b: AddBody = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
@@ -758,14 +779,309 @@ impl Api {
                     max: b.max,
                 }),
                 &q,
+                idem,
             )
             .await?;
         let r = rejected(&ok.result)?;
-        Ok(Reply::json(
-            StatusCode::OK,
+        Ok(Reply::write(
             json!({"value": r.value, "index": r.index, "version": r.version, "acked": ok.acked.as_str()}),
-            Some(r.index),
+            &ok,
         ))
+    }
+
+    async fn txn(&self, req: Request<Incoming>, q: Query) -> Answer {
+        let idem = idempotency_key(&req)?;
+        let body = read_body(req, MAX_TXN_BODY_BYTES).await?;
+        let parsed: TxnBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("invalid transaction: {e}"))
+        })?;
+        let txn = parsed.into_txn(self.cfg.max_value_bytes)?;
+        let read_only = txn
+            .success
+            .iter()
+            .chain(txn.failure.iter())
+            .all(|s| matches!(s.step, Some(Step::Get(_))));
+        if read_only && idem.is_empty() {
+            // Compares and gets only: served like a read, at the requested consistency, from one
+            // snapshot; nothing goes through the log.
+            self.read_barrier(&q).await?;
+            let read = self.sm.read_txn(&txn)?;
+            let r = rejected(&read.value)?;
+            return Ok(Reply::json(
+                StatusCode::OK,
+                json!({"succeeded": r.succeeded, "results": step_results_json(&r.results), "index": read.index}),
+                Some(read.index),
+            ));
+        }
+        let ok = self.write(Op::Txn(txn), &q, idem).await?;
+        let r = rejected(&ok.result)?;
+        Ok(Reply::write(
+            json!({
+                "succeeded": r.succeeded,
+                "results": step_results_json(&r.results),
+                "index": r.index,
+                "acked": ok.acked.as_str(),
+            }),
+            &ok,
+        ))
+    }
+}
+
+/// Reads and validates the `Idempotency-Key` header (empty when absent).
+fn idempotency_key(req: &Request<Incoming>) -> Result<String, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(String::new());
+    };
+    let s = v.to_str().map_err(|_| {
+        ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
+    })?;
+    if s.is_empty()
+        || s.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !s.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+            ),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// JSON of a value: a string when UTF-8, else null plus `value_base64`.
+fn put_value_json(item: &mut Map<String, Value>, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(s) => {
+            item.insert("value".into(), json!(s));
+        }
+        Err(_) => {
+            item.insert("value".into(), Value::Null);
+            item.insert(
+                "value_base64".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(value)),
+            );
+        }
+    }
+}
+
+fn step_results_json(results: &[StepResult]) -> Vec<Value> {
+    results
+        .iter()
+        .map(|r| {
+            let mut item = Map::new();
+            item.insert("op".into(), json!(r.kind));
+            item.insert("key".into(), json!(r.key));
+            match r.kind.as_str() {
+                "get" => {
+                    item.insert("found".into(), json!(r.found));
+                    if r.found {
+                        put_value_json(&mut item, &r.value);
+                        item.insert("version".into(), json!(r.version));
+                    }
+                }
+                "delete" => {
+                    item.insert("deleted".into(), json!(r.deleted));
+                }
+                "add" => {
+                    item.insert("value".into(), json!(r.int));
+                    item.insert("version".into(), json!(r.version));
+                }
+                _ => {
+                    item.insert("version".into(), json!(r.version));
+                }
+            }
+            Value::Object(item)
+        })
+        .collect()
+}
+
+/// Body of `POST /v1/txn`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnBody {
+    #[serde(default)]
+    compare: Vec<CompareJson>,
+    #[serde(default)]
+    success: Vec<StepJson>,
+    #[serde(default)]
+    failure: Vec<StepJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareJson {
+    key: String,
+    target: String,
+    op: String,
+    value: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum StepJson {
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    Get {
+        key: String,
+    },
+    Add {
+        key: String,
+        delta: i64,
+        #[serde(default)]
+        min: Option<i64>,
+        #[serde(default)]
+        max: Option<i64>,
+    },
+}
+
+fn validate_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            format!("keys must be 1 to {MAX_KEY_BYTES} bytes, not {}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl TxnBody {
+    fn into_txn(self, max_value_bytes: usize) -> Result<TxnOp, ApiError> {
+        for (what, n) in [
+            ("compare", self.compare.len()),
+            ("success", self.success.len()),
+            ("failure", self.failure.len()),
+        ] {
+            if n > MAX_TXN_OPS {
+                return Err(ApiError::bad_request(
+                    "txn_too_large",
+                    format!("{what} has {n} entries; a transaction allows at most {MAX_TXN_OPS} per list"),
+                ));
+            }
+        }
+        let compare = self
+            .compare
+            .into_iter()
+            .map(CompareJson::into_compare)
+            .collect::<Result<Vec<_>, _>>()?;
+        let steps = |list: Vec<StepJson>| {
+            list.into_iter()
+                .map(|s| s.into_step(max_value_bytes))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(TxnOp {
+            compare,
+            success: steps(self.success)?,
+            failure: steps(self.failure)?,
+        })
+    }
+}
+
+impl CompareJson {
+    fn into_compare(self) -> Result<Compare, ApiError> {
+        validate_key(&self.key)?;
+        let bad = |m: String| ApiError::bad_request("invalid_txn", m);
+        let op = match self.op.as_str() {
+            "==" => CompareOp::Eq,
+            "!=" => CompareOp::Ne,
+            "<" => CompareOp::Lt,
+            "<=" => CompareOp::Le,
+            ">" => CompareOp::Gt,
+            ">=" => CompareOp::Ge,
+            other => {
+                return Err(bad(format!(
+                    "unknown compare op {other:?}: expected == != < <= > >="
+                )))
+            }
+        };
+        let mut c = Compare {
+            key: self.key,
+            op: op as i32,
+            ..Default::default()
+        };
+        match self.target.as_str() {
+            "value" => {
+                let v = self
+                    .value
+                    .as_str()
+                    .ok_or_else(|| bad("a value compare needs a string".into()))?;
+                c.target = CompareTarget::Value as i32;
+                c.value = Bytes::from(v.to_string());
+            }
+            "version" => {
+                c.target = CompareTarget::Version as i32;
+                c.version = self
+                    .value
+                    .as_u64()
+                    .ok_or_else(|| bad("a version compare needs a non-negative integer".into()))?;
+            }
+            "int" => {
+                c.target = CompareTarget::Int as i32;
+                c.int = self
+                    .value
+                    .as_i64()
+                    .ok_or_else(|| bad("an int compare needs an integer".into()))?;
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown compare target {other:?}: expected value, version or int"
+                )))
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl StepJson {
+    fn into_step(self, max_value_bytes: usize) -> Result<TxnStep, ApiError> {
+        let step = match self {
+            StepJson::Put { key, value } => {
+                validate_key(&key)?;
+                if value.len() > max_value_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("the value of {key:?} is larger than {max_value_bytes} bytes"),
+                    ));
+                }
+                Step::Put(PutOp {
+                    key,
+                    value: Bytes::from(value),
+                    precondition: None,
+                })
+            }
+            StepJson::Delete { key } => {
+                validate_key(&key)?;
+                Step::Delete(DeleteOp {
+                    key,
+                    precondition: None,
+                })
+            }
+            StepJson::Get { key } => {
+                validate_key(&key)?;
+                Step::Get(GetOp { key })
+            }
+            StepJson::Add {
+                key,
+                delta,
+                min,
+                max,
+            } => {
+                validate_key(&key)?;
+                Step::Add(AddOp {
+                    key,
+                    delta,
+                    min,
+                    max,
+                })
+            }
+        };
+        Ok(TxnStep { step: Some(step) })
     }
 }
 
@@ -789,6 +1105,9 @@ fn rejected(r: &ApplyResult) -> Result<&ApplyResult, ApiError> {
         codes::NOT_INTEGER => ApiError::bad_request(codes::NOT_INTEGER, r.error_message.clone()),
         _ => ApiError::bad_request("invalid_command", r.error_message.clone()),
     };
+    if !r.error_key.is_empty() {
+        err = err.with("key", json!(r.error_key));
+    }
     err = err.with("index", json!(r.index));
     err.index = Some(r.index);
     Err(err)

@@ -16,8 +16,16 @@ use bytes::Bytes;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// The operation.
-    #[prost(oneof = "command::Op", tags = "1, 2, 3")]
+    #[prost(oneof = "command::Op", tags = "1, 2, 3, 4")]
     pub op: Option<command::Op>,
+    /// The client's `Idempotency-Key` (empty: none). A command whose key was applied within
+    /// [`crate::state_machine::IDEMPOTENCY_TTL_MS`] is answered with the first outcome instead.
+    #[prost(string, tag = "10")]
+    pub idempotency_key: String,
+    /// The leader's wall clock when it proposed the command (ms since the epoch). Part of the
+    /// entry, so every replica expires idempotency records at the same entry.
+    #[prost(uint64, tag = "11")]
+    pub proposed_at_ms: u64,
 }
 
 /// Nested types of [`Command`].
@@ -34,7 +42,158 @@ pub mod command {
         /// Atomic add on a decimal integer value.
         #[prost(message, tag = "3")]
         Add(super::AddOp),
+        /// Multi-key transaction.
+        #[prost(message, tag = "4")]
+        Txn(super::TxnOp),
     }
+}
+
+/// An etcd-style transaction: if every compare holds, run `success`, else `failure`; all in one
+/// entry, atomically. An `add` out of its bounds aborts the whole transaction.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnOp {
+    /// Conditions, all of which must hold.
+    #[prost(message, repeated, tag = "1")]
+    pub compare: Vec<Compare>,
+    /// Steps run when every compare holds.
+    #[prost(message, repeated, tag = "2")]
+    pub success: Vec<TxnStep>,
+    /// Steps run otherwise.
+    #[prost(message, repeated, tag = "3")]
+    pub failure: Vec<TxnStep>,
+}
+
+/// What a [`Compare`] looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum CompareTarget {
+    /// Not set (invalid).
+    Unspecified = 0,
+    /// The value bytes.
+    Value = 1,
+    /// The version (0 when absent).
+    Version = 2,
+    /// The value as a decimal integer (0 when absent).
+    Int = 3,
+}
+
+/// How a [`Compare`] compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum CompareOp {
+    /// Not set (invalid).
+    Unspecified = 0,
+    /// `==`
+    Eq = 1,
+    /// `!=`
+    Ne = 2,
+    /// `<`
+    Lt = 3,
+    /// `<=`
+    Le = 4,
+    /// `>`
+    Gt = 5,
+    /// `>=`
+    Ge = 6,
+}
+
+/// One condition of a transaction.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Compare {
+    /// The key.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// What to compare.
+    #[prost(enumeration = "CompareTarget", tag = "2")]
+    pub target: i32,
+    /// How.
+    #[prost(enumeration = "CompareOp", tag = "3")]
+    pub op: i32,
+    /// Operand for `Value`.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub value: Bytes,
+    /// Operand for `Version`.
+    #[prost(uint64, tag = "5")]
+    pub version: u64,
+    /// Operand for `Int`.
+    #[prost(sint64, tag = "6")]
+    pub int: i64,
+}
+
+/// Read one key inside a transaction.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetOp {
+    /// The key.
+    #[prost(string, tag = "1")]
+    pub key: String,
+}
+
+/// One step of a transaction branch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnStep {
+    /// The step.
+    #[prost(oneof = "txn_step::Step", tags = "1, 2, 3, 4")]
+    pub step: Option<txn_step::Step>,
+}
+
+/// Nested types of [`TxnStep`].
+pub mod txn_step {
+    /// A transaction step.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Step {
+        /// Set a key (its precondition is ignored: compares play that role).
+        #[prost(message, tag = "1")]
+        Put(super::PutOp),
+        /// Remove a key.
+        #[prost(message, tag = "2")]
+        Delete(super::DeleteOp),
+        /// Read a key.
+        #[prost(message, tag = "3")]
+        Get(super::GetOp),
+        /// Atomic add with bounds.
+        #[prost(message, tag = "4")]
+        Add(super::AddOp),
+    }
+}
+
+/// The outcome of one transaction step.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StepResult {
+    /// `put`, `delete`, `get` or `add`.
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    /// The key.
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// For get: whether the key exists.
+    #[prost(bool, tag = "3")]
+    pub found: bool,
+    /// For get: the value.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub value: Bytes,
+    /// The key's version after the step (get: as read).
+    #[prost(uint64, tag = "5")]
+    pub version: u64,
+    /// For delete: whether the key existed.
+    #[prost(bool, tag = "6")]
+    pub deleted: bool,
+    /// For add: the new value.
+    #[prost(sint64, optional, tag = "7")]
+    pub int: Option<i64>,
+}
+
+/// What the state machine remembers of an idempotent command.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdempotencyRecord {
+    /// Hash of the command (without key and stamp): a reused key with another request is refused.
+    #[prost(fixed64, tag = "1")]
+    pub fingerprint: u64,
+    /// The first outcome.
+    #[prost(message, optional, tag = "2")]
+    pub result: Option<ApplyResult>,
+    /// `proposed_at_ms` of the first command.
+    #[prost(uint64, tag = "3")]
+    pub stamp_ms: u64,
 }
 
 /// Preconditions shared by put and delete (HTTP `If-Match` / `If-None-Match: *`).
@@ -123,13 +282,25 @@ pub struct ApplyResult {
     /// For add: the new value (or, when rejected, the current value).
     #[prost(sint64, optional, tag = "4")]
     pub value: Option<i64>,
-    /// Empty on success; otherwise a stable error code (`precondition_failed`,
-    /// `bound_violated`, `not_integer`, `overflow`, `invalid_command`).
+    /// Empty on success; otherwise a stable error code (see
+    /// [`crate::state_machine::codes`]).
     #[prost(string, tag = "5")]
     pub error_code: String,
     /// Human-readable detail for `error_code`.
     #[prost(string, tag = "6")]
     pub error_message: String,
+    /// For txn: whether every compare held.
+    #[prost(bool, tag = "7")]
+    pub succeeded: bool,
+    /// For txn: one result per step of the branch taken.
+    #[prost(message, repeated, tag = "8")]
+    pub results: Vec<StepResult>,
+    /// The key a rejection is about (txn bound violations).
+    #[prost(string, tag = "9")]
+    pub error_key: String,
+    /// This is the stored outcome of an earlier command with the same idempotency key.
+    #[prost(bool, tag = "10")]
+    pub replayed: bool,
 }
 
 impl ApplyResult {

@@ -521,7 +521,7 @@ impl<O: Outbox> Driver<O> {
 
     fn propose(
         &mut self,
-        command: Command,
+        mut command: Command,
         mode: WriteMode,
         reply: oneshot::Sender<Result<WriteOk, WriteError>>,
     ) {
@@ -533,10 +533,13 @@ impl<O: Outbox> Driver<O> {
             let _ = reply.send(Err(err));
             return;
         }
-        let blind = matches!(
-            &command.op,
-            Some(Op::Put(p)) if p.precondition.is_none()
-        );
+        // A put without precondition or idempotency key: its answer does not depend on state.
+        let blind = command.idempotency_key.is_empty()
+            && matches!(&command.op, Some(Op::Put(p)) if p.precondition.is_none());
+        // The stamp that idempotency expiry is measured by (see state_machine).
+        command.proposed_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let before = self.raw.raft.raft_log.last_index();
         if let Err(e) = self.raw.propose(Vec::new(), command.encode_to_vec()) {
             debug!(error = %e, "proposal dropped");

@@ -2,13 +2,23 @@
 //! serves local reads.
 //!
 //! # Invariants
-//! - Apply is deterministic: the outcome of a command depends only on the data and the entry's
-//!   index, so every replica reaches the same state and the same [`ApplyResult`].
+//! - Apply is deterministic: the outcome of a command depends only on the data and the entry
+//!   (its index and the leader's `proposed_at_ms` stamp), so every replica reaches the same state
+//!   and the same [`ApplyResult`].
 //! - A batch of entries is applied in one RocksDB `WriteBatch` that also moves the applied index
 //!   (see [`crate::storage`]): data and applied index never disagree, so no entry is applied twice.
 //! - Within a batch, later commands see earlier ones through an in-memory overlay (RocksDB write
-//!   batches cannot be read back).
+//!   batches cannot be read back). A transaction works on a scratch overlay merged only if every
+//!   step succeeds, so an aborted transaction changes nothing.
 //! - A key's version is the index of the entry that last wrote it.
+//!
+//! # Idempotency
+//! A command with an idempotency key records its outcome (and a fingerprint of the request)
+//! in the `idempotency` column family, in the same batch as its effects. A later command with the
+//! same key whose stamp is within [`IDEMPOTENCY_TTL_MS`] of the record's is not applied: it is
+//! answered with the recorded outcome (`replayed`), or refused if the request differs. Whether a
+//! record counts is decided by the stamps alone, so replicas agree however late they physically
+//! delete expired records (a bounded number per batch).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +28,18 @@ use prost::Message as _;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use crate::proto::{
-    command::Op, AddOp, ApplyResult, Command, DeleteOp, Precondition, PutOp, ValueRecord,
+    command::Op, txn_step::Step, AddOp, ApplyResult, Command, Compare, CompareOp, CompareTarget,
+    DeleteOp, IdempotencyRecord, Precondition, PutOp, StepResult, TxnOp, ValueRecord,
 };
-use crate::storage::{cf, decode_u64, StorageError, CF_DATA, CF_META, KEY_APPLIED};
+use crate::storage::{
+    cf, decode_u64, StorageError, CF_DATA, CF_IDEM, CF_IDEM_TTL, CF_META, KEY_APPLIED,
+};
+
+/// How long an idempotency key is remembered, measured on the proposing leaders' clocks. A
+/// constant, not a flag: every replica must decide alike.
+pub const IDEMPOTENCY_TTL_MS: u64 = 5 * 60 * 1000;
+/// Expired idempotency records deleted per apply batch at most (bounds the work of one batch).
+const EVICT_PER_BATCH: usize = 1024;
 
 /// Error codes of deterministic rejections, as they appear in [`ApplyResult::error_code`].
 pub mod codes {
@@ -28,10 +47,12 @@ pub mod codes {
     pub const PRECONDITION_FAILED: &str = "precondition_failed";
     /// An `add` would leave its bounds (or the range of i64).
     pub const BOUND_VIOLATED: &str = "bound_violated";
-    /// An `add` target holds something other than a decimal integer.
+    /// An `add` target or an `int` compare holds something other than a decimal integer.
     pub const NOT_INTEGER: &str = "not_integer";
-    /// The entry did not decode as a command.
+    /// The entry did not decode as a valid command.
     pub const INVALID_COMMAND: &str = "invalid_command";
+    /// An idempotency key was reused for a different request.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
 }
 
 /// Read access to the state machine, shared by the HTTP handlers (RocksDB is thread-safe).
@@ -69,24 +90,35 @@ impl StateMachine {
         crate::storage::read_applied(&self.db)
     }
 
-    /// Reads one key from a consistent snapshot.
-    pub fn get(&self, key: &str) -> Result<ReadResult<Option<ValueRecord>>, StorageError> {
-        let snap = self.db.snapshot();
-        let index = match snap
+    fn snapshot_applied(&self, snap: &rocksdb::Snapshot<'_>) -> Result<u64, StorageError> {
+        match snap
             .get_cf(cf(&self.db, CF_META)?, KEY_APPLIED)
             .map_err(rocks("read applied index"))?
         {
-            Some(v) => decode_u64(&v, "applied index")?,
-            None => 0,
-        };
-        let value = match snap
-            .get_cf(cf(&self.db, CF_DATA)?, key.as_bytes())
-            .map_err(rocks("read key"))?
-        {
-            Some(v) => Some(decode_record(&v)?),
-            None => None,
-        };
+            Some(v) => decode_u64(&v, "applied index"),
+            None => Ok(0),
+        }
+    }
+
+    /// Reads one key from a consistent snapshot.
+    pub fn get(&self, key: &str) -> Result<ReadResult<Option<ValueRecord>>, StorageError> {
+        let snap = self.db.snapshot();
+        let index = self.snapshot_applied(&snap)?;
+        let value = read_record(&snap.get_cf(cf(&self.db, CF_DATA)?, key.as_bytes()))?;
         Ok(ReadResult { value, index })
+    }
+
+    /// Evaluates a transaction of compares and gets only, on one consistent snapshot.
+    pub fn read_txn(&self, t: &TxnOp) -> Result<ReadResult<ApplyResult>, StorageError> {
+        let snap = self.db.snapshot();
+        let index = self.snapshot_applied(&snap)?;
+        let data = cf(&self.db, CF_DATA)?;
+        let read = |key: &str| read_record(&snap.get_cf(data, key.as_bytes()));
+        let (result, _) = run_txn(read, index, t)?;
+        Ok(ReadResult {
+            value: result,
+            index,
+        })
     }
 
     /// Lists keys starting with `prefix`, strictly after `after` if given, at most `limit`.
@@ -98,13 +130,7 @@ impl StateMachine {
     ) -> Result<ReadResult<ListPage>, StorageError> {
         let data = cf(&self.db, CF_DATA)?;
         let snap = self.db.snapshot();
-        let index = match snap
-            .get_cf(cf(&self.db, CF_META)?, KEY_APPLIED)
-            .map_err(rocks("read applied index"))?
-        {
-            Some(v) => decode_u64(&v, "applied index")?,
-            None => 0,
-        };
+        let index = self.snapshot_applied(&snap)?;
         let start: Vec<u8> = match after {
             // The smallest key strictly greater than `after`.
             Some(a) if a >= prefix => {
@@ -148,7 +174,9 @@ impl StateMachine {
             db: &self.db,
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
+            idem_overlay: HashMap::new(),
             applied: None,
+            max_stamp: 0,
         }
     }
 }
@@ -176,13 +204,46 @@ fn decode_record(bytes: &[u8]) -> Result<ValueRecord, StorageError> {
     })
 }
 
+fn read_record(
+    got: &Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<Option<ValueRecord>, StorageError> {
+    match got {
+        Ok(Some(v)) => Ok(Some(decode_record(v)?)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(StorageError::Rocks {
+            context: "read key",
+            source: e.clone(),
+        }),
+    }
+}
+
+/// A stable 64-bit FNV-1a hash (the fingerprint of an idempotent request).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn idem_ttl_key(stamp: u64, key: &str) -> Vec<u8> {
+    let mut k = stamp.to_be_bytes().to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 /// Applies a run of committed entries as one atomic RocksDB write.
 pub struct ApplyBatch<'a> {
     db: &'a DB,
     batch: WriteBatch,
     /// Writes of this batch not yet in RocksDB: key → record (None = deleted).
     overlay: HashMap<String, Option<ValueRecord>>,
+    /// Idempotency records written by this batch.
+    idem_overlay: HashMap<String, IdempotencyRecord>,
     applied: Option<u64>,
+    /// Highest `proposed_at_ms` seen in the batch (drives expiry).
+    max_stamp: u64,
 }
 
 impl ApplyBatch<'_> {
@@ -199,21 +260,71 @@ impl ApplyBatch<'_> {
     /// Applies the command encoded in `data` at `index`.
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<ApplyResult, StorageError> {
         self.applied = Some(index);
-        let op = match Command::decode(data) {
-            Ok(Command { op: Some(op) }) => op,
-            Ok(Command { op: None }) => {
-                return Ok(reject(
-                    index,
-                    codes::INVALID_COMMAND,
-                    "empty command".into(),
-                ))
-            }
+        let cmd = match Command::decode(data) {
+            Ok(cmd) => cmd,
             Err(e) => return Ok(reject(index, codes::INVALID_COMMAND, e.to_string())),
         };
+        self.max_stamp = self.max_stamp.max(cmd.proposed_at_ms);
+        let Some(op) = cmd.op else {
+            return Ok(reject(
+                index,
+                codes::INVALID_COMMAND,
+                "empty command".into(),
+            ));
+        };
+        if cmd.idempotency_key.is_empty() {
+            return self.apply_op(index, op);
+        }
+        let fingerprint = fnv1a(
+            &Command {
+                op: Some(op.clone()),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        if let Some(rec) = self.idem_lookup(&cmd.idempotency_key)? {
+            if rec.stamp_ms.saturating_add(IDEMPOTENCY_TTL_MS) >= cmd.proposed_at_ms {
+                if rec.fingerprint != fingerprint {
+                    return Ok(reject(
+                        index,
+                        codes::IDEMPOTENCY_KEY_REUSED,
+                        format!(
+                            "Idempotency-Key {:?} was used for a different request",
+                            cmd.idempotency_key
+                        ),
+                    ));
+                }
+                let mut first = rec.result.unwrap_or_default();
+                first.replayed = true;
+                return Ok(first);
+            }
+        }
+        let result = self.apply_op(index, op)?;
+        let rec = IdempotencyRecord {
+            fingerprint,
+            result: Some(result.clone()),
+            stamp_ms: cmd.proposed_at_ms,
+        };
+        self.batch.put_cf(
+            cf(self.db, CF_IDEM)?,
+            cmd.idempotency_key.as_bytes(),
+            rec.encode_to_vec(),
+        );
+        self.batch.put_cf(
+            cf(self.db, CF_IDEM_TTL)?,
+            idem_ttl_key(cmd.proposed_at_ms, &cmd.idempotency_key),
+            [],
+        );
+        self.idem_overlay.insert(cmd.idempotency_key, rec);
+        Ok(result)
+    }
+
+    fn apply_op(&mut self, index: u64, op: Op) -> Result<ApplyResult, StorageError> {
         match op {
             Op::Put(p) => self.put(index, p),
             Op::Delete(d) => self.delete(index, d),
             Op::Add(a) => self.add(index, a),
+            Op::Txn(t) => self.txn(index, t),
         }
     }
 
@@ -229,6 +340,7 @@ impl ApplyBatch<'_> {
                 None => self.batch.delete_cf(data, key.as_bytes()),
             }
         }
+        self.evict_expired()?;
         self.batch
             .put_cf(cf(self.db, CF_META)?, KEY_APPLIED, applied.to_be_bytes());
         let mut opts = WriteOptions::default();
@@ -237,6 +349,64 @@ impl ApplyBatch<'_> {
             .write_opt(self.batch, &opts)
             .map_err(rocks("apply batch"))?;
         Ok(Some(applied))
+    }
+
+    /// Deletes a bounded number of idempotency records that no command can use any more.
+    fn evict_expired(&mut self) -> Result<(), StorageError> {
+        let Some(threshold) = self.max_stamp.checked_sub(IDEMPOTENCY_TTL_MS) else {
+            return Ok(());
+        };
+        let ttl = cf(self.db, CF_IDEM_TTL)?;
+        let idem = cf(self.db, CF_IDEM)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(threshold.to_be_bytes().to_vec());
+        for item in self
+            .db
+            .iterator_cf_opt(ttl, opts, IteratorMode::Start)
+            .take(EVICT_PER_BATCH)
+        {
+            let (k, _) = item.map_err(rocks("scan idempotency records"))?;
+            if k.len() < 8 {
+                continue;
+            }
+            let stamp = decode_u64(&k[..8], "idempotency stamp")?;
+            let key = &k[8..];
+            self.batch.delete_cf(ttl, &k);
+            // Delete the record only if it is still the one this entry tracks (the key may have
+            // been used again after it expired).
+            let current = self
+                .db
+                .get_pinned_cf(idem, key)
+                .map_err(rocks("read idempotency record"))?;
+            if let Some(v) = current {
+                if let Ok(rec) = IdempotencyRecord::decode(&v[..]) {
+                    let key_str = String::from_utf8_lossy(key);
+                    if rec.stamp_ms == stamp && !self.idem_overlay.contains_key(key_str.as_ref()) {
+                        self.batch.delete_cf(idem, key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn idem_lookup(&self, key: &str) -> Result<Option<IdempotencyRecord>, StorageError> {
+        if let Some(rec) = self.idem_overlay.get(key) {
+            return Ok(Some(rec.clone()));
+        }
+        match self
+            .db
+            .get_pinned_cf(cf(self.db, CF_IDEM)?, key.as_bytes())
+            .map_err(rocks("read idempotency record"))?
+        {
+            Some(v) => Ok(Some(IdempotencyRecord::decode(&v[..]).map_err(|e| {
+                StorageError::Corrupt {
+                    what: "idempotency record",
+                    detail: e.to_string(),
+                }
+            })?)),
+            None => Ok(None),
+        }
     }
 
     fn current(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
@@ -258,15 +428,8 @@ impl ApplyBatch<'_> {
         if let Some(msg) = check_precondition(p.precondition.as_ref(), cur.as_ref()) {
             return Ok(reject(index, codes::PRECONDITION_FAILED, msg));
         }
-        let create_index = cur.as_ref().map_or(index, |c| c.create_index);
-        self.overlay.insert(
-            p.key,
-            Some(ValueRecord {
-                value: p.value,
-                version: index,
-                create_index,
-            }),
-        );
+        self.overlay
+            .insert(p.key, Some(new_record(cur.as_ref(), p.value, index)));
         Ok(ApplyResult {
             index,
             version: index,
@@ -292,27 +455,71 @@ impl ApplyBatch<'_> {
 
     fn add(&mut self, index: u64, a: AddOp) -> Result<ApplyResult, StorageError> {
         let cur = self.current(&a.key)?;
-        let current = match &cur {
-            None => 0,
-            Some(rec) => match parse_int(&rec.value) {
-                Some(v) => v,
-                None => {
-                    return Ok(reject(
+        match compute_add(cur.as_ref(), &a) {
+            Ok(new) => {
+                self.overlay.insert(
+                    a.key,
+                    Some(new_record(
+                        cur.as_ref(),
+                        Bytes::from(new.to_string()),
                         index,
-                        codes::NOT_INTEGER,
-                        format!("the value of {:?} is not a decimal integer", a.key),
-                    ))
-                }
-            },
-        };
-        let new = current.checked_add(a.delta);
-        let within = new.filter(|n| a.min.is_none_or(|m| *n >= m) && a.max.is_none_or(|m| *n <= m));
-        let Some(new) = within else {
+                    )),
+                );
+                Ok(ApplyResult {
+                    index,
+                    version: index,
+                    value: Some(new),
+                    ..Default::default()
+                })
+            }
+            Err(mut r) => {
+                r.index = index;
+                Ok(r)
+            }
+        }
+    }
+
+    fn txn(&mut self, index: u64, t: TxnOp) -> Result<ApplyResult, StorageError> {
+        let (result, scratch) = run_txn(|k| self.current(k), index, &t)?;
+        if result.is_ok() {
+            self.overlay.extend(scratch);
+        }
+        Ok(result)
+    }
+}
+
+fn new_record(cur: Option<&ValueRecord>, value: Bytes, index: u64) -> ValueRecord {
+    ValueRecord {
+        value,
+        version: index,
+        create_index: cur.map_or(index, |c| c.create_index),
+    }
+}
+
+/// The result of an `add`, or its rejection (index left 0 for the caller to fill).
+fn compute_add(cur: Option<&ValueRecord>, a: &AddOp) -> Result<i64, ApplyResult> {
+    let current = match cur {
+        None => 0,
+        Some(rec) => parse_int(&rec.value).ok_or_else(|| {
             let mut r = reject(
-                index,
+                0,
+                codes::NOT_INTEGER,
+                format!("the value of {:?} is not a decimal integer", a.key),
+            );
+            r.error_key = a.key.clone();
+            r
+        })?,
+    };
+    let new = current.checked_add(a.delta);
+    match new.filter(|n| a.min.is_none_or(|m| *n >= m) && a.max.is_none_or(|m| *n <= m)) {
+        Some(n) => Ok(n),
+        None => {
+            let mut r = reject(
+                0,
                 codes::BOUND_VIOLATED,
                 format!(
-                    "{current} + {} would leave [{}, {}]",
+                    "{:?}: {current} + {} would leave [{}, {}]",
+                    a.key,
                     a.delta,
                     a.min.map_or("-inf".into(), |m| m.to_string()),
                     a.max.map_or("+inf".into(), |m| m.to_string())
@@ -320,24 +527,170 @@ impl ApplyBatch<'_> {
             );
             r.value = Some(current);
             r.version = cur.map_or(0, |c| c.version);
-            return Ok(r);
-        };
-        let create_index = cur.as_ref().map_or(index, |c| c.create_index);
-        self.overlay.insert(
-            a.key,
-            Some(ValueRecord {
-                value: Bytes::from(new.to_string()),
-                version: index,
-                create_index,
-            }),
-        );
-        Ok(ApplyResult {
-            index,
-            version: index,
-            value: Some(new),
-            ..Default::default()
-        })
+            r.error_key = a.key.clone();
+            Err(r)
+        }
     }
+}
+
+/// Evaluates one compare against a key's current record.
+fn eval_compare(cur: Option<&ValueRecord>, c: &Compare) -> Result<bool, ApplyResult> {
+    let op = CompareOp::try_from(c.op).unwrap_or(CompareOp::Unspecified);
+    let ord = match CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Unspecified) {
+        CompareTarget::Value => match cur {
+            // An absent key has no value: only `!=` holds.
+            None => return Ok(op == CompareOp::Ne),
+            Some(rec) => rec.value.as_ref().cmp(c.value.as_ref()),
+        },
+        CompareTarget::Version => cur.map_or(0, |r| r.version).cmp(&c.version),
+        CompareTarget::Int => {
+            let v = match cur {
+                None => 0,
+                Some(rec) => parse_int(&rec.value).ok_or_else(|| {
+                    let mut r = reject(
+                        0,
+                        codes::NOT_INTEGER,
+                        format!("compare on {:?}: the value is not a decimal integer", c.key),
+                    );
+                    r.error_key = c.key.clone();
+                    r
+                })?,
+            };
+            v.cmp(&c.int)
+        }
+        CompareTarget::Unspecified => {
+            return Err(reject(
+                0,
+                codes::INVALID_COMMAND,
+                "compare without a target".into(),
+            ))
+        }
+    };
+    use std::cmp::Ordering::*;
+    Ok(match op {
+        CompareOp::Eq => ord == Equal,
+        CompareOp::Ne => ord != Equal,
+        CompareOp::Lt => ord == Less,
+        CompareOp::Le => ord != Greater,
+        CompareOp::Gt => ord == Greater,
+        CompareOp::Ge => ord != Less,
+        CompareOp::Unspecified => {
+            return Err(reject(
+                0,
+                codes::INVALID_COMMAND,
+                "compare without an operator".into(),
+            ))
+        }
+    })
+}
+
+/// Runs a transaction against `read` (the state before it), returning its result and the writes
+/// it would make. Rejections (bound violated, not an integer) come back as a result with an
+/// error code and no writes.
+fn run_txn(
+    mut read: impl FnMut(&str) -> Result<Option<ValueRecord>, StorageError>,
+    index: u64,
+    t: &TxnOp,
+) -> Result<(ApplyResult, HashMap<String, Option<ValueRecord>>), StorageError> {
+    let mut scratch: HashMap<String, Option<ValueRecord>> = HashMap::new();
+    let mut lookup =
+        |scratch: &HashMap<String, Option<ValueRecord>>, key: &str| match scratch.get(key) {
+            Some(rec) => Ok(rec.clone()),
+            None => read(key),
+        };
+    let fail = |mut r: ApplyResult| {
+        r.index = index;
+        Ok((r, HashMap::new()))
+    };
+    let mut succeeded = true;
+    for c in &t.compare {
+        let cur = lookup(&scratch, &c.key)?;
+        match eval_compare(cur.as_ref(), c) {
+            Ok(holds) => succeeded &= holds,
+            Err(r) => return fail(r),
+        }
+    }
+    let steps = if succeeded { &t.success } else { &t.failure };
+    let mut results = Vec::with_capacity(steps.len());
+    for step in steps {
+        let Some(step) = &step.step else {
+            return fail(reject(
+                0,
+                codes::INVALID_COMMAND,
+                "empty transaction step".into(),
+            ));
+        };
+        match step {
+            Step::Put(p) => {
+                let cur = lookup(&scratch, &p.key)?;
+                scratch.insert(
+                    p.key.clone(),
+                    Some(new_record(cur.as_ref(), p.value.clone(), index)),
+                );
+                results.push(StepResult {
+                    kind: "put".into(),
+                    key: p.key.clone(),
+                    version: index,
+                    ..Default::default()
+                });
+            }
+            Step::Delete(d) => {
+                let existed = lookup(&scratch, &d.key)?.is_some();
+                if existed {
+                    scratch.insert(d.key.clone(), None);
+                }
+                results.push(StepResult {
+                    kind: "delete".into(),
+                    key: d.key.clone(),
+                    deleted: existed,
+                    ..Default::default()
+                });
+            }
+            Step::Get(g) => {
+                let cur = lookup(&scratch, &g.key)?;
+                results.push(StepResult {
+                    kind: "get".into(),
+                    key: g.key.clone(),
+                    found: cur.is_some(),
+                    value: cur.as_ref().map(|r| r.value.clone()).unwrap_or_default(),
+                    version: cur.as_ref().map_or(0, |r| r.version),
+                    ..Default::default()
+                });
+            }
+            Step::Add(a) => {
+                let cur = lookup(&scratch, &a.key)?;
+                match compute_add(cur.as_ref(), a) {
+                    Ok(new) => {
+                        scratch.insert(
+                            a.key.clone(),
+                            Some(new_record(
+                                cur.as_ref(),
+                                Bytes::from(new.to_string()),
+                                index,
+                            )),
+                        );
+                        results.push(StepResult {
+                            kind: "add".into(),
+                            key: a.key.clone(),
+                            version: index,
+                            int: Some(new),
+                            ..Default::default()
+                        });
+                    }
+                    Err(r) => return fail(r),
+                }
+            }
+        }
+    }
+    Ok((
+        ApplyResult {
+            index,
+            succeeded,
+            results,
+            ..Default::default()
+        },
+        scratch,
+    ))
 }
 
 /// Parses a strict decimal integer (optional leading `-`, digits only).
@@ -385,9 +738,153 @@ fn reject(index: u64, code: &str, message: String) -> ApplyResult {
 mod tests {
     use super::*;
     use crate::proto::command::Op;
+    use crate::proto::txn_step::Step;
 
     fn cmd(op: Op) -> Vec<u8> {
-        Command { op: Some(op) }.encode_to_vec()
+        Command {
+            op: Some(op),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn idem(op: Op, key: &str, stamp: u64) -> Vec<u8> {
+        Command {
+            op: Some(op),
+            idempotency_key: key.into(),
+            proposed_at_ms: stamp,
+        }
+        .encode_to_vec()
+    }
+
+    fn step(s: Step) -> crate::proto::TxnStep {
+        crate::proto::TxnStep { step: Some(s) }
+    }
+
+    fn add_op(key: &str, delta: i64, min: Option<i64>) -> AddOp {
+        AddOp {
+            key: key.into(),
+            delta,
+            min,
+            max: None,
+        }
+    }
+
+    #[test]
+    fn txn_applies_all_or_nothing() {
+        let (_d, sm) = open();
+        let mut b = sm.batch();
+        b.apply(1, &add("a", 100, None)).unwrap();
+        b.apply(2, &add("b", 0, None)).unwrap();
+        // Transfer 30 from a to b when a >= 30.
+        let transfer = |amount: i64| {
+            cmd(Op::Txn(TxnOp {
+                compare: vec![Compare {
+                    key: "a".into(),
+                    target: CompareTarget::Int as i32,
+                    op: CompareOp::Ge as i32,
+                    int: amount,
+                    ..Default::default()
+                }],
+                success: vec![
+                    step(Step::Add(add_op("a", -amount, Some(0)))),
+                    step(Step::Add(add_op("b", amount, None))),
+                ],
+                failure: vec![step(Step::Get(crate::proto::GetOp { key: "a".into() }))],
+            }))
+        };
+        let r = b.apply(3, &transfer(30)).unwrap();
+        assert!(r.is_ok() && r.succeeded);
+        assert_eq!(r.results[0].int, Some(70));
+        assert_eq!(r.results[1].int, Some(30));
+        // Compare fails: the failure branch reads a.
+        let r = b.apply(4, &transfer(500)).unwrap();
+        assert!(r.is_ok() && !r.succeeded);
+        assert_eq!(&r.results[0].value[..], b"70");
+        // Compare passes but the first add would break its bound... make a bound that the second
+        // step violates: the whole txn aborts, the first step's effect is discarded.
+        let abort = cmd(Op::Txn(TxnOp {
+            compare: vec![],
+            success: vec![
+                step(Step::Add(add_op("a", -10, Some(0)))),
+                step(Step::Add(add_op("b", -1000, Some(0)))),
+            ],
+            failure: vec![],
+        }));
+        let r = b.apply(5, &abort).unwrap();
+        assert_eq!(r.error_code, codes::BOUND_VIOLATED);
+        assert_eq!(r.error_key, "b");
+        assert_eq!(r.value, Some(30));
+        b.commit().unwrap();
+        assert_eq!(&sm.get("a").unwrap().value.unwrap().value[..], b"70");
+        assert_eq!(&sm.get("b").unwrap().value.unwrap().value[..], b"30");
+        // A read-only txn on a snapshot.
+        let ro = TxnOp {
+            compare: vec![],
+            success: vec![
+                step(Step::Get(crate::proto::GetOp { key: "a".into() })),
+                step(Step::Get(crate::proto::GetOp { key: "zz".into() })),
+            ],
+            failure: vec![],
+        };
+        let r = sm.read_txn(&ro).unwrap();
+        assert_eq!(r.index, 5);
+        assert!(r.value.results[0].found && !r.value.results[1].found);
+    }
+
+    #[test]
+    fn idempotent_commands_apply_once_until_their_key_expires() {
+        let (_d, sm) = open();
+        let t0 = 1_000_000_000;
+        let mut b = sm.batch();
+        let r1 = b
+            .apply(1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0))
+            .unwrap();
+        let r2 = b
+            .apply(2, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 10))
+            .unwrap();
+        assert_eq!(r1.value, Some(5));
+        assert!(r2.replayed);
+        assert_eq!(r2.value, Some(5));
+        assert_eq!(r2.index, 1, "the replay carries the first outcome");
+        b.commit().unwrap();
+        // Survives a new batch (persisted), and a different request under the same key is refused.
+        let mut b = sm.batch();
+        let r3 = b
+            .apply(3, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 20))
+            .unwrap();
+        assert!(r3.replayed);
+        let r4 = b
+            .apply(4, &idem(Op::Add(add_op("n", 7, None)), "req-1", t0 + 30))
+            .unwrap();
+        assert_eq!(r4.error_code, codes::IDEMPOTENCY_KEY_REUSED);
+        // After the TTL the key is free again: the command applies.
+        let later = t0 + IDEMPOTENCY_TTL_MS + 1;
+        let r5 = b
+            .apply(5, &idem(Op::Add(add_op("n", 5, None)), "req-1", later))
+            .unwrap();
+        assert!(!r5.replayed);
+        assert_eq!(r5.value, Some(10));
+        b.commit().unwrap();
+        assert_eq!(&sm.get("n").unwrap().value.unwrap().value[..], b"10");
+        // Expired records are physically removed by later batches, but not the fresh one.
+        let mut b = sm.batch();
+        b.apply(
+            6,
+            &idem(
+                Op::Add(add_op("m", 1, None)),
+                "req-2",
+                later + IDEMPOTENCY_TTL_MS / 2,
+            ),
+        )
+        .unwrap();
+        b.commit().unwrap();
+        let mut b = sm.batch();
+        let r = b
+            .apply(7, &idem(Op::Add(add_op("n", 5, None)), "req-1", later + 5))
+            .unwrap();
+        assert!(r.replayed, "the record written at `later` is still live");
+        b.commit().unwrap();
     }
 
     fn put(key: &str, value: &str) -> Vec<u8> {

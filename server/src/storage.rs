@@ -2,12 +2,14 @@
 //! trait, in the same database as the key-value state machine (see [`crate::state_machine`]).
 //!
 //! # Layout
-//! One RocksDB database per node, three column families:
+//! One RocksDB database per node, five column families:
 //! - `raft_log`: log entries keyed by their index as a big-endian `u64` (so keys sort by index),
 //!   values are protobuf-encoded `eraftpb::Entry`.
 //! - `meta`: the hard state, the conf state, the applied index and the truncation point
 //!   (index and term of the last entry removed by compaction).
 //! - `data`: the state machine's keys and [`crate::proto::ValueRecord`]s.
+//! - `idempotency`, `idempotency_ttl`: the state machine's memory of recent idempotent commands
+//!   and their outcomes, and the same ordered by age for expiry.
 //!
 //! # Durability
 //! [`RaftLogStore::append`] writes a whole Ready's entries and hard state in one `WriteBatch` with
@@ -38,6 +40,10 @@ pub const CF_LOG: &str = "raft_log";
 pub const CF_META: &str = "meta";
 /// Column family of the key-value data.
 pub const CF_DATA: &str = "data";
+/// Column family of idempotency records: client key → [`crate::proto::IdempotencyRecord`].
+pub const CF_IDEM: &str = "idempotency";
+/// Column family ordering idempotency records by age: BE stamp ++ client key → ().
+pub const CF_IDEM_TTL: &str = "idempotency_ttl";
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -82,7 +88,7 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, StorageError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
-    let cfs = [CF_LOG, CF_META, CF_DATA]
+    let cfs = [CF_LOG, CF_META, CF_DATA, CF_IDEM, CF_IDEM_TTL]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StorageError::rocks("open"))?;
