@@ -21,6 +21,8 @@ fi
 echo "== build"
 cargo build --release --workspace --all-targets
 echo "== tests"
+# The cluster tests and the client's doc examples start real `keel server` processes.
+export KEEL_BIN="$PWD/target/release/keel"
 # Two test threads: each cluster test runs three nodes; more at once starves two cores.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release --workspace
 echo "== all tests passed"

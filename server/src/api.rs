@@ -1103,6 +1103,11 @@ fn rejected(r: &ApplyResult) -> Result<&ApplyResult, ApiError> {
         )
         .with("value", json!(r.value)),
         codes::NOT_INTEGER => ApiError::bad_request(codes::NOT_INTEGER, r.error_message.clone()),
+        codes::IDEMPOTENCY_KEY_REUSED => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            codes::IDEMPOTENCY_KEY_REUSED,
+            r.error_message.clone(),
+        ),
         _ => ApiError::bad_request("invalid_command", r.error_message.clone()),
     };
     if !r.error_key.is_empty() {

@@ -472,10 +472,7 @@ impl ApplyBatch<'_> {
                     ..Default::default()
                 })
             }
-            Err(mut r) => {
-                r.index = index;
-                Ok(r)
-            }
+            Err(r) => Ok(r.into_result(index)),
         }
     }
 
@@ -496,26 +493,53 @@ fn new_record(cur: Option<&ValueRecord>, value: Bytes, index: u64) -> ValueRecor
     }
 }
 
-/// The result of an `add`, or its rejection (index left 0 for the caller to fill).
-fn compute_add(cur: Option<&ValueRecord>, a: &AddOp) -> Result<i64, ApplyResult> {
+/// Why a command was refused, before it is turned into an [`ApplyResult`].
+struct Rejection {
+    code: &'static str,
+    message: String,
+    key: String,
+    /// The current value, for bound violations.
+    value: Option<i64>,
+    version: u64,
+}
+
+impl Rejection {
+    fn new(code: &'static str, message: String, key: &str) -> Self {
+        Rejection {
+            code,
+            message,
+            key: key.to_string(),
+            value: None,
+            version: 0,
+        }
+    }
+
+    fn into_result(self, index: u64) -> ApplyResult {
+        let mut r = reject(index, self.code, self.message);
+        r.error_key = self.key;
+        r.value = self.value;
+        r.version = self.version;
+        r
+    }
+}
+
+/// The result of an `add`, or why it is refused.
+fn compute_add(cur: Option<&ValueRecord>, a: &AddOp) -> Result<i64, Rejection> {
     let current = match cur {
         None => 0,
         Some(rec) => parse_int(&rec.value).ok_or_else(|| {
-            let mut r = reject(
-                0,
+            Rejection::new(
                 codes::NOT_INTEGER,
                 format!("the value of {:?} is not a decimal integer", a.key),
-            );
-            r.error_key = a.key.clone();
-            r
+                &a.key,
+            )
         })?,
     };
     let new = current.checked_add(a.delta);
     match new.filter(|n| a.min.is_none_or(|m| *n >= m) && a.max.is_none_or(|m| *n <= m)) {
         Some(n) => Ok(n),
         None => {
-            let mut r = reject(
-                0,
+            let mut r = Rejection::new(
                 codes::BOUND_VIOLATED,
                 format!(
                     "{:?}: {current} + {} would leave [{}, {}]",
@@ -524,17 +548,17 @@ fn compute_add(cur: Option<&ValueRecord>, a: &AddOp) -> Result<i64, ApplyResult>
                     a.min.map_or("-inf".into(), |m| m.to_string()),
                     a.max.map_or("+inf".into(), |m| m.to_string())
                 ),
+                &a.key,
             );
             r.value = Some(current);
             r.version = cur.map_or(0, |c| c.version);
-            r.error_key = a.key.clone();
             Err(r)
         }
     }
 }
 
 /// Evaluates one compare against a key's current record.
-fn eval_compare(cur: Option<&ValueRecord>, c: &Compare) -> Result<bool, ApplyResult> {
+fn eval_compare(cur: Option<&ValueRecord>, c: &Compare) -> Result<bool, Rejection> {
     let op = CompareOp::try_from(c.op).unwrap_or(CompareOp::Unspecified);
     let ord = match CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Unspecified) {
         CompareTarget::Value => match cur {
@@ -547,22 +571,20 @@ fn eval_compare(cur: Option<&ValueRecord>, c: &Compare) -> Result<bool, ApplyRes
             let v = match cur {
                 None => 0,
                 Some(rec) => parse_int(&rec.value).ok_or_else(|| {
-                    let mut r = reject(
-                        0,
+                    Rejection::new(
                         codes::NOT_INTEGER,
                         format!("compare on {:?}: the value is not a decimal integer", c.key),
-                    );
-                    r.error_key = c.key.clone();
-                    r
+                        &c.key,
+                    )
                 })?,
             };
             v.cmp(&c.int)
         }
         CompareTarget::Unspecified => {
-            return Err(reject(
-                0,
+            return Err(Rejection::new(
                 codes::INVALID_COMMAND,
                 "compare without a target".into(),
+                "",
             ))
         }
     };
@@ -575,10 +597,10 @@ fn eval_compare(cur: Option<&ValueRecord>, c: &Compare) -> Result<bool, ApplyRes
         CompareOp::Gt => ord == Greater,
         CompareOp::Ge => ord != Less,
         CompareOp::Unspecified => {
-            return Err(reject(
-                0,
+            return Err(Rejection::new(
                 codes::INVALID_COMMAND,
                 "compare without an operator".into(),
+                "",
             ))
         }
     })
@@ -598,10 +620,7 @@ fn run_txn(
             Some(rec) => Ok(rec.clone()),
             None => read(key),
         };
-    let fail = |mut r: ApplyResult| {
-        r.index = index;
-        Ok((r, HashMap::new()))
-    };
+    let fail = |r: Rejection| Ok((r.into_result(index), HashMap::new()));
     let mut succeeded = true;
     for c in &t.compare {
         let cur = lookup(&scratch, &c.key)?;
@@ -614,10 +633,10 @@ fn run_txn(
     let mut results = Vec::with_capacity(steps.len());
     for step in steps {
         let Some(step) = &step.step else {
-            return fail(reject(
-                0,
+            return fail(Rejection::new(
                 codes::INVALID_COMMAND,
                 "empty transaction step".into(),
+                "",
             ));
         };
         match step {

@@ -230,6 +230,11 @@ impl Cluster {
         &mut self.nodes[id as usize - 1]
     }
 
+    /// Client addresses (host:port) of all nodes.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.http.clone()).collect()
+    }
+
     /// Ids of all nodes.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.id).collect()

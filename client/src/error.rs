@@ -1,0 +1,81 @@
+//! Typed errors: every answer of a keel server that is not a success maps to one variant.
+
+/// What went wrong with a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The key does not exist (404 `not_found`).
+    #[error("key not found: {key}")]
+    NotFound {
+        /// The key.
+        key: String,
+    },
+    /// A compare-and-set or create-only condition did not hold (412 `precondition_failed`).
+    #[error("precondition failed: {message}")]
+    PreconditionFailed {
+        /// The server's explanation.
+        message: String,
+    },
+    /// An `add` would leave its bounds (409 `bound_violated`).
+    #[error("bound violated on {key}: current value {current}")]
+    BoundViolated {
+        /// The key whose bound was violated.
+        key: String,
+        /// Its value, unchanged.
+        current: i64,
+    },
+    /// No leader is known, even after retries (503 `no_leader`).
+    #[error("no leader: {message}")]
+    NoLeader {
+        /// The last server explanation.
+        message: String,
+    },
+    /// The request or a read's wait timed out (504 `timeout`, or no answer in time).
+    #[error("timed out: {message}")]
+    Timeout {
+        /// What timed out.
+        message: String,
+    },
+    /// The write may or may not have been applied, and retries did not settle it
+    /// (504 `outcome_unknown`, or the connection broke after the request was sent).
+    #[error("outcome unknown: {message}")]
+    OutcomeUnknown {
+        /// The last server explanation.
+        message: String,
+    },
+    /// A `sync` write is committed (durable) but not yet applied on every voter
+    /// (504 `replication_timeout`).
+    #[error("replication timeout: committed at index {index} but not yet on every member")]
+    ReplicationTimeout {
+        /// The write's log index.
+        index: u64,
+    },
+    /// The request was refused as invalid (400/405/413/422), with the server's code.
+    #[error("bad request ({code}): {message}")]
+    BadRequest {
+        /// The server's error code (`invalid_key`, `not_integer`, `payload_too_large`, ...).
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The client was given no endpoint, or none it could parse.
+    #[error("invalid endpoint: {0}")]
+    InvalidEndpoint(String),
+    /// Anything else: an unexpected status or an unreadable answer.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+impl Error {
+    /// Whether the error says the operation certainly had no effect.
+    pub fn certainly_not_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::NotFound { .. }
+                | Error::PreconditionFailed { .. }
+                | Error::BoundViolated { .. }
+                | Error::NoLeader { .. }
+                | Error::BadRequest { .. }
+                | Error::InvalidEndpoint(_)
+        )
+    }
+}

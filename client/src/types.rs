@@ -1,0 +1,199 @@
+//! Options and results of client calls.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+/// When a write is acknowledged (see docs/consistency.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Durable in the leader's log.
+    Async,
+    /// Committed by a majority and applied on the leader.
+    Semi,
+    /// Applied on every voting member.
+    Sync,
+}
+
+impl Mode {
+    /// The API's name for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Async => "async",
+            Mode::Semi => "semi",
+            Mode::Sync => "sync",
+        }
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read began (Raft ReadIndex), on any member.
+    Linearizable,
+    /// Whatever the chosen member has applied.
+    Stale,
+    /// Read-your-writes: a stale read on any member that waits until the member has applied the
+    /// highest index this client has seen.
+    Session,
+}
+
+/// Retry and timeout settings.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// First backoff; doubles per attempt, with full jitter.
+    pub base_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 12,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A value read from keel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value bytes.
+    pub value: Bytes,
+    /// The version (log index of the last write of the key); use it for compare-and-set.
+    pub version: u64,
+    /// The applied index the read reflects.
+    pub index: u64,
+}
+
+impl KeyValue {
+    /// The value as UTF-8, if it is.
+    pub fn value_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.value).ok()
+    }
+
+    /// The value as a decimal integer, if it is one.
+    pub fn value_i64(&self) -> Option<i64> {
+        self.value_str()?.parse().ok()
+    }
+}
+
+/// Where a write was acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acked {
+    /// Durable in the leader's log.
+    LeaderLog,
+    /// Committed by a majority, applied on the leader.
+    Quorum,
+    /// Applied on every voter.
+    All,
+}
+
+/// Outcome of a put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    /// The write's log index.
+    pub index: u64,
+    /// The key's new version.
+    pub version: u64,
+    /// Where it was acknowledged.
+    pub acked: Acked,
+    /// The server answered with the stored outcome of an earlier attempt of this same call.
+    pub replayed: bool,
+}
+
+/// Outcome of a delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteResult {
+    /// The write's log index.
+    pub index: u64,
+    /// Whether the key existed.
+    pub deleted: bool,
+    /// Where it was acknowledged.
+    pub acked: Acked,
+    /// Replayed outcome of an earlier attempt.
+    pub replayed: bool,
+}
+
+/// Outcome of an add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddResult {
+    /// The new value.
+    pub value: i64,
+    /// The write's log index.
+    pub index: u64,
+    /// The key's new version.
+    pub version: u64,
+    /// Where it was acknowledged.
+    pub acked: Acked,
+    /// Replayed outcome of an earlier attempt.
+    pub replayed: bool,
+}
+
+/// One page of a prefix listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    /// Keys in order.
+    pub items: Vec<KeyValue>,
+    /// The applied index the page reflects.
+    pub index: u64,
+    /// Whether more keys follow the last one.
+    pub more: bool,
+}
+
+/// A member as `/v1/status` describes it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    /// Member id.
+    pub id: u64,
+    /// Peer address.
+    pub peer_addr: String,
+    /// Client address, when known.
+    pub http_addr: Option<String>,
+}
+
+/// A member's progress as the leader sees it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Member id.
+    pub id: u64,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Highest index replicated on it.
+    pub match_index: u64,
+    /// Its last reported applied index.
+    pub applied_index: u64,
+    /// Entries it lags behind the leader's log.
+    pub lag: u64,
+    /// Whether the leader heard from it recently.
+    pub reachable: bool,
+}
+
+/// A node's `/v1/status`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// The answering node.
+    pub id: u64,
+    /// `leader`, `follower` or `candidate`.
+    pub role: String,
+    /// Raft term.
+    pub term: u64,
+    /// The leader it knows.
+    pub leader: Option<u64>,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Members with their addresses.
+    pub members: Vec<Member>,
+    /// On the leader: each member's progress.
+    pub progress: Option<Vec<Progress>>,
+}
