@@ -59,6 +59,8 @@ struct Inner {
     retry: RetryPolicy,
     mode: Mode,
     consistency: Consistency,
+    /// Send every request to the given endpoints only (they forward writes to the leader).
+    pinned: bool,
 }
 
 /// Configures a [`Client`].
@@ -88,6 +90,7 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     mode: Mode,
     consistency: Consistency,
+    pinned: bool,
 }
 
 impl ClientBuilder {
@@ -112,6 +115,14 @@ impl ClientBuilder {
     /// Consistency of reads (default `Linearizable`).
     pub fn default_consistency(mut self, c: Consistency) -> Self {
         self.consistency = c;
+        self
+    }
+
+    /// Sends every request to the given endpoints only, never straight to the leader: the
+    /// node forwards writes itself. For showing (or testing) a particular node's path; normal
+    /// clients leave this off.
+    pub fn pin_to_endpoints(mut self, pinned: bool) -> Self {
+        self.pinned = pinned;
         self
     }
 
@@ -144,9 +155,12 @@ impl ClientBuilder {
                 retry: self.retry,
                 mode: self.mode,
                 consistency: self.consistency,
+                pinned: self.pinned,
             }),
         };
-        client.refresh().await;
+        if !client.inner.pinned {
+            client.refresh().await;
+        }
         Ok(client)
     }
 }
@@ -306,6 +320,7 @@ impl Client {
             retry: RetryPolicy::default(),
             mode: Mode::Semi,
             consistency: Consistency::Linearizable,
+            pinned: false,
         }
     }
 
@@ -331,8 +346,12 @@ impl Client {
         self.inner.session_index.load(Ordering::Acquire)
     }
 
-    /// Re-reads the topology from the first member that answers `/v1/status`.
+    /// Re-reads the topology from the first member that answers `/v1/status` (a pinned client
+    /// keeps its endpoints).
     pub async fn refresh(&self) {
+        if self.inner.pinned {
+            return;
+        }
         let mut candidates = self
             .members()
             .into_iter()
@@ -483,7 +502,7 @@ impl Client {
             if attempt > 0 {
                 self.backoff(attempt).await;
             }
-            let target = if call.write {
+            let target = if call.write && !self.inner.pinned {
                 self.leader_addr().unwrap_or_else(|| self.any_member())
             } else {
                 self.any_member()

@@ -39,53 +39,84 @@ pub enum ClusterError {
 struct ChildNode {
     id: u64,
     http: String,
-    child: Child,
+    dir: std::path::PathBuf,
+    log_path: std::path::PathBuf,
+    child: Option<Child>,
 }
 
-/// Runs the local cluster until Ctrl-C.
-pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
-    if args.nodes == 0 || args.nodes > 99 {
-        return Err(ClusterError::Invalid(
-            "--nodes must be between 1 and 99".into(),
-        ));
-    }
-    if u32::from(args.base_port) + 100 + args.nodes as u32 > 65535 {
-        return Err(ClusterError::Invalid("--base-port is too high".into()));
-    }
-    let exe = std::env::current_exe().map_err(|source| ClusterError::Io {
-        context: "cannot find the keel binary".into(),
-        source,
-    })?;
-    std::fs::create_dir_all(&args.data_dir).map_err(|source| ClusterError::Io {
-        context: format!("cannot create {}", args.data_dir.display()),
-        source,
-    })?;
-    let peer_port = |i: u64| args.base_port + 100 + (i - 1) as u16;
-    let http_port = |i: u64| args.base_port + (i - 1) as u16;
-    let cluster: Vec<String> = (1..=args.nodes)
-        .map(|i| format!("{i}=127.0.0.1:{}", peer_port(i)))
-        .collect();
-    let cluster = cluster.join(",");
+/// A cluster of `keel server` child processes on 127.0.0.1 (used by `keel cluster` and by the
+/// demos that kill a leader on purpose).
+pub struct LocalCluster {
+    exe: std::path::PathBuf,
+    cluster: String,
+    default_mode: crate::mode::WriteMode,
+    nodes: Vec<ChildNode>,
+}
 
-    let mut nodes = Vec::new();
-    for i in 1..=args.nodes {
-        let dir = args.data_dir.join(format!("node{i}"));
-        let log_path = args.data_dir.join(format!("node{i}.log"));
-        let log = open_log(&log_path)?;
+impl LocalCluster {
+    /// Starts `args.nodes` nodes under `args.data_dir`.
+    pub fn start(args: &ClusterArgs) -> Result<LocalCluster, ClusterError> {
+        if args.nodes == 0 || args.nodes > 99 {
+            return Err(ClusterError::Invalid(
+                "--nodes must be between 1 and 99".into(),
+            ));
+        }
+        if u32::from(args.base_port) + 100 + args.nodes as u32 > 65535 {
+            return Err(ClusterError::Invalid("--base-port is too high".into()));
+        }
+        let exe = std::env::current_exe().map_err(|source| ClusterError::Io {
+            context: "cannot find the keel binary".into(),
+            source,
+        })?;
+        std::fs::create_dir_all(&args.data_dir).map_err(|source| ClusterError::Io {
+            context: format!("cannot create {}", args.data_dir.display()),
+            source,
+        })?;
+        let peer_port = |i: u64| args.base_port + 100 + (i - 1) as u16;
+        let http_port = |i: u64| args.base_port + (i - 1) as u16;
+        let cluster: Vec<String> = (1..=args.nodes)
+            .map(|i| format!("{i}=127.0.0.1:{}", peer_port(i)))
+            .collect();
+        let mut lc = LocalCluster {
+            exe,
+            cluster: cluster.join(","),
+            default_mode: args.default_mode,
+            nodes: (1..=args.nodes)
+                .map(|i| ChildNode {
+                    id: i,
+                    http: format!("127.0.0.1:{}", http_port(i)),
+                    dir: args.data_dir.join(format!("node{i}")),
+                    log_path: args.data_dir.join(format!("node{i}.log")),
+                    child: None,
+                })
+                .collect(),
+        };
+        for i in 1..=args.nodes {
+            lc.spawn(i)?;
+        }
+        Ok(lc)
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<(), ClusterError> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ClusterError::Invalid(format!("no node {id}")))?;
+        let log = open_log(&n.log_path)?;
         let log_err = log.try_clone().map_err(|source| ClusterError::Io {
             context: "cannot duplicate the log handle".into(),
             source,
         })?;
-        let http = format!("127.0.0.1:{}", http_port(i));
-        let mut command = Command::new(&exe);
+        let mut command = Command::new(&self.exe);
         command
             .arg("server")
-            .args(["--id", &i.to_string()])
-            .args(["--http", &http])
-            .args(["--cluster", &cluster])
-            .args(["--default-mode", args.default_mode.as_str()])
+            .args(["--id", &id.to_string()])
+            .args(["--http", &n.http])
+            .args(["--cluster", &self.cluster])
+            .args(["--default-mode", self.default_mode.as_str()])
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(&n.dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -99,27 +130,111 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
             });
         }
         let child = command.spawn().map_err(|source| ClusterError::Io {
-            context: format!("cannot start node {i}"),
+            context: format!("cannot start node {id}"),
             source,
         })?;
-        println!(
-            "node {i}: http://{http}  (peer 127.0.0.1:{}, data {}, log {})",
-            peer_port(i),
-            dir.display(),
-            log_path.display()
-        );
-        nodes.push(ChildNode { id: i, http, child });
+        n.child = Some(child);
+        Ok(())
     }
 
-    match wait_for_leader(&nodes).await {
-        Some(leader) => {
-            let url = nodes
-                .iter()
-                .find(|n| n.id == leader)
-                .map(|n| n.http.clone())
-                .unwrap_or_default();
-            println!("leader: node {leader} (http://{url})");
+    /// Client addresses (host:port) of the nodes, in id order.
+    pub fn http_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.http.clone()).collect()
+    }
+
+    /// One line per node: where it listens, its data and its log.
+    pub fn describe(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "node {}: http://{}  (data {}, log {})",
+                    n.id,
+                    n.http,
+                    n.dir.display(),
+                    n.log_path.display()
+                )
+            })
+            .collect()
+    }
+
+    /// kill -9 a node.
+    pub async fn kill(&mut self, id: u64) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill().await;
+            }
         }
+    }
+
+    /// Starts a killed node again on its data.
+    pub fn restart(&mut self, id: u64) -> Result<(), ClusterError> {
+        self.spawn(id)
+    }
+
+    /// Waits until some node names a leader (up to `timeout`).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        let addrs = self.http_addrs();
+        wait_for_leader(&addrs, timeout).await
+    }
+
+    /// SIGTERM to every node, then SIGKILL after a grace period.
+    pub async fn stop(&mut self) {
+        for n in &self.nodes {
+            if let Some(pid) = n.child.as_ref().and_then(|c| c.id()) {
+                // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for n in &mut self.nodes {
+            if let Some(c) = n.child.as_mut() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, c.wait()).await.is_err() {
+                    let _ = c.kill().await;
+                }
+            }
+        }
+    }
+
+    /// Returns once every node has exited, printing each exit.
+    async fn watch(&mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let mut running = 0;
+            for n in &mut self.nodes {
+                if let Some(c) = n.child.as_mut() {
+                    match c.try_wait() {
+                        Ok(Some(status)) => {
+                            println!("node {} exited: {status}", n.id);
+                            n.child = None;
+                        }
+                        _ => running += 1,
+                    }
+                }
+            }
+            if running == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the local cluster until Ctrl-C.
+pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
+    let mut lc = LocalCluster::start(&args)?;
+    for line in lc.describe() {
+        println!("{line}");
+    }
+    let addrs = lc.http_addrs();
+    match lc.wait_for_leader(LEADER_WAIT).await {
+        Some(leader) => println!(
+            "leader: node {leader} (http://{})",
+            addrs.get(leader as usize - 1).cloned().unwrap_or_default()
+        ),
         None => println!(
             "no leader after {} s; see the node logs",
             LEADER_WAIT.as_secs()
@@ -127,12 +242,10 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     }
     println!(
         "try: curl -X PUT --data-binary hello http://{}/v1/kv/greeting && curl http://{}/v1/kv/greeting",
-        nodes[0].http,
-        nodes[nodes.len() - 1].http
+        addrs[0],
+        addrs[addrs.len() - 1]
     );
     println!("press Ctrl-C to stop the cluster");
-
-    let exited = watch_children(&mut nodes);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ClusterError::Io {
             context: "cannot install the SIGTERM handler".into(),
@@ -141,9 +254,9 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => println!("stopping the cluster"),
         _ = term.recv() => println!("stopping the cluster"),
-        _ = exited => println!("every node has exited"),
+        _ = lc.watch() => println!("every node has exited"),
     }
-    stop_all(&mut nodes).await;
+    lc.stop().await;
     Ok(())
 }
 
@@ -158,47 +271,13 @@ fn open_log(path: &Path) -> Result<std::fs::File, ClusterError> {
         })
 }
 
-/// Returns once every child has exited, printing each exit.
-async fn watch_children(nodes: &mut [ChildNode]) {
-    let mut running: Vec<bool> = vec![true; nodes.len()];
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    while running.iter().any(|r| *r) {
-        tick.tick().await;
-        for (n, alive) in nodes.iter_mut().zip(running.iter_mut()) {
-            if *alive {
-                if let Ok(Some(status)) = n.child.try_wait() {
-                    println!("node {} exited: {status}", n.id);
-                    *alive = false;
-                }
-            }
-        }
-    }
-}
-
-async fn stop_all(nodes: &mut [ChildNode]) {
-    for n in nodes.iter() {
-        if let Some(pid) = n.child.id() {
-            // SAFETY: kill(2) with a pid we spawned and a valid signal number has no memory effects.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    for n in nodes.iter_mut() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, n.child.wait()).await.is_err() {
-            let _ = n.child.kill().await;
-        }
-    }
-}
-
-async fn wait_for_leader(nodes: &[ChildNode]) -> Option<u64> {
+/// Polls `/v1/status` of `addrs` until one names a leader.
+async fn wait_for_leader(addrs: &[String], timeout: Duration) -> Option<u64> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let deadline = Instant::now() + LEADER_WAIT;
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        for n in nodes {
-            let Ok(uri) = format!("http://{}/v1/status", n.http).parse::<hyper::Uri>() else {
+        for addr in addrs {
+            let Ok(uri) = format!("http://{addr}/v1/status").parse::<hyper::Uri>() else {
                 continue;
             };
             let fetch = async {

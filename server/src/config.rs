@@ -13,6 +13,9 @@ use crate::mode::WriteMode;
 #[derive(Parser, Debug)]
 #[command(name = "keel", version, about)]
 pub struct Cli {
+    /// Where the cluster is, for the client commands and the demos.
+    #[command(flatten)]
+    pub endpoints: crate::cli::Endpoints,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +28,11 @@ pub enum Command {
     Server(ServerArgs),
     /// Start a local cluster of N nodes on 127.0.0.1 as child processes (the embedded default).
     Cluster(ClusterArgs),
+    /// Run a correctness demonstration: balance, inventory or bank.
+    Demo(crate::demo::DemoArgs),
+    /// Client commands.
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Flags of `keel server`.

@@ -16,10 +16,13 @@
 //! - [`proto`]: the prost messages of the log and the wire.
 //! - [`mode`], [`error`]: the vocabulary shared by all of the above.
 //! - [`config`], [`server`], [`cluster`]: flags, wiring of one node, the local cluster launcher.
+//! - [`cli`], [`demo`]: the client commands and the demonstrations, on `keel-client`.
 
 pub mod api;
+pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod mode;

@@ -22,18 +22,26 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let endpoints = cli.endpoints;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => keel_server::server::run(args)
                 .await
+                .map(|_| 0)
                 .map_err(|e| e.to_string()),
             Command::Cluster(args) => keel_server::cluster::run(args)
                 .await
+                .map(|_| 0)
                 .map_err(|e| e.to_string()),
+            Command::Demo(args) => keel_server::demo::run(&endpoints, args)
+                .await
+                .map(|ok| if ok { 0 } else { 3 })
+                .map_err(|e| e.to_string()),
+            Command::Client(cmd) => Ok(keel_server::cli::run(&endpoints, cmd).await),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("keel: {e}");
             std::process::ExitCode::FAILURE

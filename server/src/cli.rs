@@ -1,0 +1,356 @@
+//! The `keel` CLI's client commands (`get`, `put`, `delete`, `list`, `cas`, `add`, `txn`,
+//! `status`), all on the `keel-client` library.
+
+use std::io::Read;
+
+use clap::{Args, Subcommand, ValueEnum};
+use keel_client::{Client, Cmp, Compare, Consistency, Error, Mode, Op, OpResult, PutOptions};
+use serde_json::{json, Value};
+
+/// Where the cluster is.
+#[derive(Args, Debug, Clone)]
+pub struct Endpoints {
+    /// Nodes to contact (host:port, comma-separated); the client discovers the rest.
+    #[arg(
+        long,
+        env = "KEEL_ENDPOINTS",
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        global = true
+    )]
+    pub endpoints: String,
+}
+
+/// Read consistency on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CliConsistency {
+    /// Raft ReadIndex.
+    Linearizable,
+    /// Local state of the node asked.
+    Stale,
+}
+
+/// Write mode on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CliMode {
+    /// Leader's log.
+    Async,
+    /// Majority.
+    Semi,
+    /// Every voter.
+    Sync,
+}
+
+impl From<CliMode> for Mode {
+    fn from(m: CliMode) -> Mode {
+        match m {
+            CliMode::Async => Mode::Async,
+            CliMode::Semi => Mode::Semi,
+            CliMode::Sync => Mode::Sync,
+        }
+    }
+}
+
+/// Client commands.
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Print a key's value.
+    Get {
+        /// The key.
+        key: String,
+        /// Read consistency.
+        #[arg(long, value_enum, default_value = "linearizable")]
+        consistency: CliConsistency,
+    },
+    /// Set a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value (read from stdin when `-`).
+        value: String,
+        /// Write mode.
+        #[arg(long, value_enum, default_value = "semi")]
+        mode: CliMode,
+        /// Only create: fail if the key exists.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+        /// Only if the key has this version.
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// List keys by prefix, in order.
+    List {
+        /// The prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Most keys.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Compare-and-set: write only if the key's version is VERSION.
+    Cas {
+        /// The key.
+        key: String,
+        /// The expected version.
+        version: u64,
+        /// The new value.
+        value: String,
+    },
+    /// Atomic add on an integer value.
+    Add {
+        /// The key.
+        key: String,
+        /// The amount (negative to subtract).
+        #[arg(allow_hyphen_values = true)]
+        delta: i64,
+        /// Refuse if the result would be below this.
+        #[arg(long, allow_hyphen_values = true)]
+        min: Option<i64>,
+        /// Refuse if the result would be above this.
+        #[arg(long, allow_hyphen_values = true)]
+        max: Option<i64>,
+    },
+    /// Run a transaction given as the JSON body of POST /v1/txn (a file, or `-` for stdin).
+    Txn {
+        /// The file.
+        file: String,
+    },
+    /// Show the cluster's status as the leader sees it.
+    Status,
+}
+
+/// Runs a client command; the exit code is 0 on success, 1 on error, 2 for a missing key.
+pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
+    let eps: Vec<&str> = endpoints.endpoints.split(',').map(str::trim).collect();
+    let client = match Client::new(eps).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            return 1;
+        }
+    };
+    match execute(&client, cmd).await {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            0
+        }
+        Err(e @ Error::NotFound { .. }) => {
+            eprintln!("keel: {e}");
+            2
+        }
+        Err(e) => {
+            eprintln!("keel: {e}");
+            1
+        }
+    }
+}
+
+async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
+    Ok(match cmd {
+        ClientCommand::Get { key, consistency } => {
+            let c = match consistency {
+                CliConsistency::Linearizable => Consistency::Linearizable,
+                CliConsistency::Stale => Consistency::Stale,
+            };
+            let kv = client.get_with(&key, c).await?;
+            String::from_utf8_lossy(&kv.value).into_owned()
+        }
+        ClientCommand::Put {
+            key,
+            value,
+            mode,
+            if_absent,
+        } => {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| Error::BadRequest {
+                        code: "stdin".into(),
+                        message: e.to_string(),
+                    })?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            let mut opts = PutOptions::new().mode(mode.into());
+            if if_absent {
+                opts = opts.if_absent();
+            }
+            let r = client.put_with(&key, value, opts).await?;
+            json!({"index": r.index, "version": r.version, "acked": format!("{:?}", r.acked)})
+                .to_string()
+        }
+        ClientCommand::Delete { key, if_version } => {
+            let r = client.delete_if(&key, if_version).await?;
+            json!({"index": r.index, "deleted": r.deleted}).to_string()
+        }
+        ClientCommand::List {
+            prefix,
+            limit,
+            after,
+        } => {
+            let page = client.list(&prefix, after.as_deref(), limit).await?;
+            let mut lines: Vec<String> = page
+                .items
+                .iter()
+                .map(|kv| format!("{}\t{}", kv.key, String::from_utf8_lossy(&kv.value)))
+                .collect();
+            if page.more {
+                lines.push("(more)".into());
+            }
+            lines.join("\n")
+        }
+        ClientCommand::Cas {
+            key,
+            version,
+            value,
+        } => {
+            let r = client.compare_and_set(&key, version, value).await?;
+            json!({"index": r.index, "version": r.version}).to_string()
+        }
+        ClientCommand::Add {
+            key,
+            delta,
+            min,
+            max,
+        } => {
+            let r = client.add_bounded(&key, delta, min, max).await?;
+            json!({"value": r.value, "index": r.index, "version": r.version}).to_string()
+        }
+        ClientCommand::Txn { file } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map(|_| s)
+                    .map_err(|e| e.to_string())
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))
+            }
+            .map_err(|message| Error::BadRequest {
+                code: "input".into(),
+                message,
+            })?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| Error::BadRequest {
+                code: "invalid_json".into(),
+                message: e.to_string(),
+            })?;
+            let r = build_txn(client, &v)?.commit().await?;
+            let results: Vec<Value> = r
+                .results
+                .iter()
+                .map(|res| match res {
+                    OpResult::Put { key, version } => {
+                        json!({"op": "put", "key": key, "version": version})
+                    }
+                    OpResult::Delete { key, deleted } => {
+                        json!({"op": "delete", "key": key, "deleted": deleted})
+                    }
+                    OpResult::Get { key, value } => {
+                        json!({"op": "get", "key": key, "value": value.as_ref().map(|(v, _)| v)})
+                    }
+                    OpResult::Add { key, value } => {
+                        json!({"op": "add", "key": key, "value": value})
+                    }
+                })
+                .collect();
+            json!({"succeeded": r.succeeded, "results": results, "index": r.index}).to_string()
+        }
+        ClientCommand::Status => {
+            let s = client.status().await?;
+            let mut out = format!(
+                "node {} ({}), term {}, leader {:?}, commit {}, applied {}",
+                s.id, s.role, s.term, s.leader, s.commit_index, s.applied_index
+            );
+            for m in &s.members {
+                out.push_str(&format!(
+                    "\n  member {}: http {}, peer {}",
+                    m.id,
+                    m.http_addr.as_deref().unwrap_or("?"),
+                    m.peer_addr
+                ));
+            }
+            for p in s.progress.iter().flatten() {
+                out.push_str(&format!(
+                    "\n  progress {}: match {}, applied {}, lag {}, {}",
+                    p.id,
+                    p.match_index,
+                    p.applied_index,
+                    p.lag,
+                    if p.reachable {
+                        "reachable"
+                    } else {
+                        "UNREACHABLE"
+                    }
+                ));
+            }
+            out
+        }
+    })
+}
+
+/// Turns the JSON body of POST /v1/txn into a transaction builder.
+fn build_txn<'a>(client: &'a Client, v: &Value) -> Result<keel_client::TxnBuilder<'a>, Error> {
+    let bad = |m: String| Error::BadRequest {
+        code: "invalid_txn".into(),
+        message: m,
+    };
+    let mut t = client.txn();
+    for c in v["compare"].as_array().into_iter().flatten() {
+        let key = c["key"]
+            .as_str()
+            .ok_or_else(|| bad("compare without key".into()))?;
+        let cmp = match c["op"].as_str() {
+            Some("==") => Cmp::Eq,
+            Some("!=") => Cmp::Ne,
+            Some("<") => Cmp::Lt,
+            Some("<=") => Cmp::Le,
+            Some(">") => Cmp::Gt,
+            Some(">=") => Cmp::Ge,
+            other => return Err(bad(format!("unknown compare op {other:?}"))),
+        };
+        let compare = match c["target"].as_str() {
+            Some("value") => Compare::value(key, cmp, c["value"].as_str().unwrap_or_default()),
+            Some("version") => Compare::version(key, cmp, c["value"].as_u64().unwrap_or(0)),
+            Some("int") => Compare::int(key, cmp, c["value"].as_i64().unwrap_or(0)),
+            other => return Err(bad(format!("unknown compare target {other:?}"))),
+        };
+        t = t.when(compare);
+    }
+    let op = |o: &Value| -> Result<Op, Error> {
+        let key = o["key"]
+            .as_str()
+            .ok_or_else(|| bad("op without key".into()))?;
+        Ok(match o["op"].as_str() {
+            Some("put") => Op::put(key, o["value"].as_str().unwrap_or_default()),
+            Some("delete") => Op::delete(key),
+            Some("get") => Op::get(key),
+            Some("add") => Op::add_bounded(
+                key,
+                o["delta"]
+                    .as_i64()
+                    .ok_or_else(|| bad("add without delta".into()))?,
+                o["min"].as_i64(),
+                o["max"].as_i64(),
+            ),
+            other => return Err(bad(format!("unknown op {other:?}"))),
+        })
+    };
+    for o in v["success"].as_array().into_iter().flatten() {
+        t = t.then(op(o)?);
+    }
+    for o in v["failure"].as_array().into_iter().flatten() {
+        t = t.otherwise(op(o)?);
+    }
+    Ok(t)
+}
