@@ -18,8 +18,8 @@ use tracing::debug;
 use crate::error::Error;
 use crate::txn::{parse_txn_result, TxnBuilder, TxnResult};
 use crate::types::{
-    Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Mode, PutResult, RetryPolicy,
-    Status,
+    Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Mode, PutResult, ReadFrom,
+    RetryPolicy, Status,
 };
 
 /// Characters left as they are in a key's path segment (RFC 3986 unreserved).
@@ -61,6 +61,7 @@ struct Inner {
     consistency: Consistency,
     /// Send every request to the given endpoints only (they forward writes to the leader).
     pinned: bool,
+    read_from: ReadFrom,
 }
 
 /// Configures a [`Client`].
@@ -91,6 +92,7 @@ pub struct ClientBuilder {
     mode: Mode,
     consistency: Consistency,
     pinned: bool,
+    read_from: ReadFrom,
 }
 
 impl ClientBuilder {
@@ -115,6 +117,12 @@ impl ClientBuilder {
     /// Consistency of reads (default `Linearizable`).
     pub fn default_consistency(mut self, c: Consistency) -> Self {
         self.consistency = c;
+        self
+    }
+
+    /// Which members serve reads (default [`ReadFrom::Any`]).
+    pub fn read_from(mut self, r: ReadFrom) -> Self {
+        self.read_from = r;
         self
     }
 
@@ -156,6 +164,7 @@ impl ClientBuilder {
                 mode: self.mode,
                 consistency: self.consistency,
                 pinned: self.pinned,
+                read_from: self.read_from,
             }),
         };
         if !client.inner.pinned {
@@ -210,6 +219,8 @@ impl PutOptions {
 /// An HTTP answer as the retry loop sees it.
 struct Answer {
     status: u16,
+    /// `X-Keel-Node` of the answering member.
+    node: Option<u64>,
     body: Bytes,
     index: Option<u64>,
     /// The `ETag` version, on reads of a key.
@@ -321,6 +332,7 @@ impl Client {
             mode: Mode::Semi,
             consistency: Consistency::Linearizable,
             pinned: false,
+            read_from: ReadFrom::Any,
         }
     }
 
@@ -409,6 +421,20 @@ impl Client {
         members[i % members.len()].1.clone()
     }
 
+    /// Where the next read goes.
+    fn read_target(&self) -> String {
+        match self.inner.read_from {
+            _ if self.inner.pinned => self.any_member(),
+            ReadFrom::Any => self.any_member(),
+            ReadFrom::Leader => self.leader_addr().unwrap_or_else(|| self.any_member()),
+            ReadFrom::Endpoints => {
+                let seeds = &self.inner.seeds;
+                let i = self.inner.next_read.fetch_add(1, Ordering::Relaxed);
+                seeds[i % seeds.len()].clone()
+            }
+        }
+    }
+
     async fn send_once(
         &self,
         addr: &str,
@@ -442,15 +468,16 @@ impl Client {
             let leader: Option<u64> = header("x-keel-leader").and_then(|v| v.parse().ok());
             let replayed = header("idempotent-replayed").is_some_and(|v| v == "true");
             let version = header("etag").and_then(|v| v.trim_matches('"').parse().ok());
+            let node: Option<u64> = header("x-keel-node").and_then(|v| v.parse().ok());
             let body = resp
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            Ok::<_, String>((status, index, version, leader, replayed, body))
+            Ok::<_, String>((status, node, index, version, leader, replayed, body))
         };
-        let (status, index, version, leader, replayed, body) =
+        let (status, node, index, version, leader, replayed, body) =
             match tokio::time::timeout(self.inner.request_timeout, fut).await {
                 Ok(r) => r?,
                 Err(_) => {
@@ -470,6 +497,7 @@ impl Client {
         }
         Ok(Answer {
             status,
+            node,
             body,
             index,
             version,
@@ -504,8 +532,10 @@ impl Client {
             }
             let target = if call.write && !self.inner.pinned {
                 self.leader_addr().unwrap_or_else(|| self.any_member())
-            } else {
+            } else if call.write {
                 self.any_member()
+            } else {
+                self.read_target()
             };
             match self
                 .send_once(
@@ -602,6 +632,7 @@ impl Client {
             key: key.to_string(),
             version: ans.version.unwrap_or(0),
             index: ans.index.unwrap_or(0),
+            served_by: ans.node,
             value: ans.body,
         })
     }
@@ -813,6 +844,7 @@ impl Client {
                     value,
                     version: i["version"].as_u64().unwrap_or(0),
                     index: v["index"].as_u64().unwrap_or(0),
+                    served_by: ans.node,
                 }
             })
             .collect();

@@ -39,6 +39,18 @@ pub enum Consistency {
     Session,
 }
 
+/// Which members serve reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Every member, in turn (the default): spreads the load.
+    Any,
+    /// The leader only.
+    Leader,
+    /// Only the endpoints the client was built with (e.g. the nearest node); writes still go to
+    /// the leader.
+    Endpoints,
+}
+
 /// Retry and timeout settings.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -71,6 +83,8 @@ pub struct KeyValue {
     pub version: u64,
     /// The applied index the read reflects.
     pub index: u64,
+    /// The member that served the read (`X-Keel-Node`).
+    pub served_by: Option<u64>,
 }
 
 impl KeyValue {
