@@ -51,5 +51,5 @@ pub use error::Error;
 pub use txn::{Cmp, Compare, Op, OpResult, TxnBuilder, TxnResult};
 pub use types::{
     Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Member, Mode, Progress,
-    PutResult, RetryPolicy, Status,
+    PutResult, ReadFrom, RetryPolicy, Status,
 };

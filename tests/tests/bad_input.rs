@@ -110,8 +110,54 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         );
     }
 
+    // Transactions: malformed JSON, unknown ops, wrong operand types, too many ops, an add on a
+    // non-integer, an add out of bounds: all refused, none applied (not even their first steps).
+    let id = follower;
+    let too_many: Vec<String> = (0..129)
+        .map(|i| format!("{{\"op\": \"put\", \"key\": \"txn/{i}\", \"value\": \"v\"}}"))
+        .collect();
+    let too_many = format!("{{\"success\": [{}]}}", too_many.join(","));
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{\"success\": [".into(), 400, "invalid_json"),
+        ("{\"success\": [{\"op\": \"frob\", \"key\": \"txn/a\"}]}".into(), 400, "invalid_json"),
+        ("{\"success\": [{\"op\": \"put\", \"key\": \"txn/a\"}]}".into(), 400, "invalid_json"),
+        ("{\"compare\": [{\"key\": \"txn/a\", \"target\": \"int\", \"op\": \">=\", \"value\": \"x\"}], \"success\": [{\"op\": \"put\", \"key\": \"txn/a\", \"value\": \"1\"}]}".into(), 400, "invalid_txn"),
+        ("{\"compare\": [{\"key\": \"txn/a\", \"target\": \"int\", \"op\": \"~\", \"value\": 1}]}".into(), 400, "invalid_txn"),
+        ("{\"success\": [{\"op\": \"put\", \"key\": \"\", \"value\": \"1\"}]}".into(), 400, "invalid_key"),
+        ("{\"succes\": []}".into(), 400, "invalid_json"),
+        (too_many, 400, "txn_too_large"),
+        ("{\"success\": [{\"op\": \"put\", \"key\": \"txn/a\", \"value\": \"1\"}, {\"op\": \"add\", \"key\": \"text\", \"delta\": 1}]}".into(), 400, "not_integer"),
+        ("{\"success\": [{\"op\": \"put\", \"key\": \"txn/a\", \"value\": \"1\"}, {\"op\": \"add\", \"key\": \"txn/b\", \"delta\": -1, \"min\": 0}]}".into(), 409, "bound_violated"),
+    ];
+    for (body, status, code) in &cases {
+        let r = c
+            .request(id, "POST", "/v1/txn", &[], Some(body.as_bytes()))
+            .expect("answers");
+        assert_error(&r, *status, code);
+    }
+    let r = c
+        .request(id, "GET", "/v1/kv?prefix=txn/", &[], None)
+        .expect("answers");
+    assert_eq!(
+        r.json()["items"].as_array().map(Vec::len),
+        Some(0),
+        "a refused txn wrote {}",
+        r.text()
+    );
+    // Malformed Idempotency-Key.
+    let r = c
+        .request(
+            id,
+            "PUT",
+            "/v1/kv/idem",
+            &[("Idempotency-Key", &"x".repeat(300))],
+            Some(b"v"),
+        )
+        .expect("answers");
+    assert_error(&r, 400, "invalid_header");
+
     // Nothing was written by any rejected request.
-    for key in ["big", "m", "counter", "cas", "x"] {
+    for key in ["big", "m", "counter", "cas", "x", "idem"] {
         let r = c.get(3, key).expect("answers");
         assert_eq!(r.status, 404, "{key} must not exist: {}", r.text());
     }

@@ -1,0 +1,294 @@
+//! keel-client against real clusters: discovery from one follower, failover without help from
+//! the caller, session reads on a lagging follower, a timed-out write applied exactly once, and
+//! every typed error produced by a real server answer.
+
+use std::time::Duration;
+
+use keel_client::{Client, Consistency, Error, Mode, ReadFrom, RetryPolicy};
+use keel_tests::{wait_until, Cluster, LinkMode, DEADLINE};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn few_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 2,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(50),
+    }
+}
+
+#[test]
+fn a_client_given_one_follower_finds_the_leader_and_survives_its_kill() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("follower");
+    let addr = c.node(follower).http.clone();
+    let rt = rt();
+    let client = rt.block_on(Client::new([addr.as_str()])).expect("client");
+    assert_eq!(
+        client.members().len(),
+        3,
+        "discovered every member from one follower"
+    );
+    for i in 0..20 {
+        rt.block_on(client.put(&format!("c/{i}"), format!("v{i}")))
+            .expect("put");
+    }
+    assert_eq!(
+        client.leader(),
+        Some(leader),
+        "writes went to the leader it discovered"
+    );
+
+    c.kill(leader);
+    // The same client keeps working: no call from the caller but more writes.
+    for i in 20..60 {
+        rt.block_on(client.put(&format!("c/{i}"), format!("v{i}")))
+            .expect("put after the kill");
+    }
+    assert_ne!(
+        client.leader(),
+        Some(leader),
+        "the client follows the new leader"
+    );
+    for i in 0..60 {
+        let kv = rt.block_on(client.get(&format!("c/{i}"))).expect("get");
+        assert_eq!(kv.value_str(), Some(format!("v{i}").as_str()));
+        assert_ne!(kv.served_by, Some(leader));
+    }
+}
+
+#[test]
+fn a_session_read_after_a_session_write_waits_on_a_lagging_follower() {
+    let mut c = Cluster::start_proxied(3, &[]);
+    let leader = c.wait_for_leader();
+    let lagging = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("follower");
+    let rt = rt();
+    // Built with the lagging follower only; reads are served there, writes go to the leader.
+    let client = rt
+        .block_on(
+            Client::builder([c.node(lagging).http.as_str()])
+                .default_consistency(Consistency::Session)
+                .read_from(ReadFrom::Endpoints)
+                .build(),
+        )
+        .expect("client");
+    rt.block_on(client.put("s/k", "old")).expect("put");
+    wait_until(DEADLINE, "the follower to apply the first write", || {
+        let r = c.get(lagging, "s/k?consistency=stale").ok()?;
+        (r.text() == "old").then_some(())
+    });
+    c.link(leader, lagging).set(LinkMode::Cut);
+    let put = rt
+        .block_on(client.put("s/k", "new"))
+        .expect("put while the follower lags");
+    assert_eq!(client.session_index(), put.index);
+    // A plain stale read there is behind...
+    assert_eq!(
+        c.get(lagging, "s/k?consistency=stale")
+            .expect("answers")
+            .text(),
+        "old"
+    );
+    // ...but the session read waits until the follower has the write.
+    let handle = rt.spawn({
+        let client = client.clone();
+        async move { client.get("s/k").await }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !handle.is_finished(),
+        "the session read answered before its node could have the write"
+    );
+    c.link(leader, lagging).set(LinkMode::Pass);
+    let kv = rt.block_on(handle).expect("task").expect("session read");
+    assert_eq!(kv.value_str(), Some("new"));
+    assert_eq!(kv.served_by, Some(lagging));
+    assert!(kv.index >= put.index);
+}
+
+#[test]
+fn a_write_whose_first_attempt_timed_out_is_applied_exactly_once() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let rt = rt();
+    let client = rt
+        .block_on(
+            Client::builder(c.endpoints())
+                .request_timeout(Duration::from_millis(800))
+                .build(),
+        )
+        .expect("client");
+    rt.block_on(client.put("once/n", "0")).expect("setup");
+    assert_eq!(client.leader(), Some(leader));
+    // Freeze the leader: the first attempt goes to it and times out.
+    c.pause(leader);
+    let add = rt.spawn({
+        let client = client.clone();
+        async move { client.add("once/n", 1).await }
+    });
+    let r = rt
+        .block_on(add)
+        .expect("task")
+        .expect("the add succeeds after retries");
+    assert_eq!(r.value, 1);
+    c.resume(leader);
+    // The frozen leader wakes up with the first attempt in its socket; whatever it does with it,
+    // the add is applied once on every node.
+    c.wait_for_leader();
+    let idx = rt
+        .block_on(client.put("once/marker", "x"))
+        .expect("marker")
+        .index;
+    for id in c.ids() {
+        let v = wait_until(DEADLINE, "every node to apply the marker", || {
+            let r = c
+                .get(id, &format!("once/n?consistency=stale&min_index={idx}"))
+                .ok()?;
+            (r.status == 200).then(|| r.text())
+        });
+        assert_eq!(v, "1", "node {id}");
+    }
+}
+
+#[test]
+fn every_typed_error_comes_from_a_real_answer() {
+    let mut c = Cluster::start_proxied(3, &["--sync-timeout", "500ms", "--read-timeout", "500ms"]);
+    let leader = c.wait_for_leader();
+    let rt = rt();
+    let client = rt.block_on(Client::new(c.endpoints())).expect("client");
+
+    // NotFound.
+    assert!(matches!(
+        rt.block_on(client.get("e/none")),
+        Err(Error::NotFound { .. })
+    ));
+    // PreconditionFailed: stale compare-and-set, and create of an existing key.
+    let v = rt.block_on(client.put("e/k", "1")).expect("put").version;
+    rt.block_on(client.put("e/k", "2")).expect("put");
+    assert!(matches!(
+        rt.block_on(client.compare_and_set("e/k", v, "3")),
+        Err(Error::PreconditionFailed { .. })
+    ));
+    assert!(matches!(
+        rt.block_on(client.create("e/k", "4")),
+        Err(Error::PreconditionFailed { .. })
+    ));
+    // BoundViolated, with the current value.
+    match rt.block_on(client.add_bounded("e/k", -5, Some(0), None)) {
+        Err(Error::BoundViolated { key, current }) => {
+            assert_eq!((key.as_str(), current), ("e/k", 2))
+        }
+        other => panic!("expected BoundViolated, got {other:?}"),
+    }
+    // BadRequest: an oversized key; add on a non-integer.
+    match rt.block_on(client.put(&"k".repeat(5000), "v")) {
+        Err(Error::BadRequest { code, .. }) => assert_eq!(code, "invalid_key"),
+        other => panic!("expected BadRequest, got {other:?}"),
+    }
+    rt.block_on(client.put("e/text", "abc")).expect("put");
+    match rt.block_on(client.add("e/text", 1)) {
+        Err(Error::BadRequest { code, .. }) => assert_eq!(code, "not_integer"),
+        other => panic!("expected BadRequest, got {other:?}"),
+    }
+
+    // ReplicationTimeout: a sync write while a follower cannot confirm.
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("follower");
+    c.link(leader, follower).set(LinkMode::Cut);
+    let sync_client = rt
+        .block_on(
+            Client::builder(c.endpoints())
+                .default_mode(Mode::Sync)
+                .build(),
+        )
+        .expect("client");
+    match rt.block_on(sync_client.put("e/sync", "v")) {
+        Err(Error::ReplicationTimeout { index }) => assert!(index > 0),
+        other => panic!("expected ReplicationTimeout, got {other:?}"),
+    }
+
+    // Timeout: a session read on the cut-off follower cannot reach the session's index in time
+    // (the server answers 504 timeout).
+    let lagging = rt
+        .block_on(
+            Client::builder([c.node(follower).http.as_str()])
+                .default_consistency(Consistency::Session)
+                .read_from(ReadFrom::Endpoints)
+                .retry(few_retries())
+                .build(),
+        )
+        .expect("client");
+    rt.block_on(lagging.put("e/t", "v"))
+        .expect("put goes to the leader");
+    assert!(matches!(
+        rt.block_on(lagging.get("e/t")),
+        Err(Error::Timeout { .. })
+    ));
+    c.heal();
+
+    // OutcomeUnknown: a write to a leader that is cut off from everyone loses its leadership
+    // mid-request (504 outcome_unknown), and the client may not retry.
+    let leader = c.wait_for_leader();
+    let pinned = rt
+        .block_on(
+            Client::builder([c.node(leader).http.as_str()])
+                .pin_to_endpoints(true)
+                .retry(RetryPolicy {
+                    max_attempts: 1,
+                    ..RetryPolicy::default()
+                })
+                .build(),
+        )
+        .expect("client");
+    c.isolate(leader);
+    match rt.block_on(pinned.put("e/unknown", "v")) {
+        Err(Error::OutcomeUnknown { .. }) => {}
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+    c.heal();
+
+    // NoLeader: two of three nodes gone; the survivor knows no leader and answers 503.
+    let leader = c.wait_for_leader();
+    let survivor = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("survivor");
+    for id in c.ids().into_iter().filter(|&id| id != survivor) {
+        c.kill(id);
+    }
+    wait_until(DEADLINE, "the survivor to know no leader", || {
+        let s = c.status(survivor)?;
+        s["leader"].is_null().then_some(())
+    });
+    let alone = rt
+        .block_on(
+            Client::builder([c.node(survivor).http.as_str()])
+                .pin_to_endpoints(true)
+                .retry(few_retries())
+                .build(),
+        )
+        .expect("client");
+    assert!(matches!(
+        rt.block_on(alone.put("e/x", "v")),
+        Err(Error::NoLeader { .. })
+    ));
+}
