@@ -360,6 +360,8 @@ struct Driver<O: Outbox> {
     peers: HashMap<u64, PeerInfo>,
     ticks: u64,
     applied: u64,
+    /// Pending read-index requests must be asked again (after the current Ready cycle).
+    reissue_reads: bool,
 }
 
 /// Starts the Ready loop on its own thread. Returns the handle and the thread, which ends with
@@ -425,6 +427,7 @@ pub fn start<O: Outbox>(
         peers: HashMap::new(),
         ticks: 0,
         applied,
+        reissue_reads: false,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -484,6 +487,9 @@ impl<O: Outbox> Driver<O> {
             }
             self.issue_reads();
             self.on_ready()?;
+            if self.reissue_reads {
+                self.reissue_pending_reads();
+            }
             self.publish();
         }
     }
@@ -583,13 +589,23 @@ impl<O: Outbox> Driver<O> {
                 }
             }
         }
-        if self.ticks.is_multiple_of(READ_REISSUE_TICKS) && self.raw.raft.leader_id != 0 {
-            let ctxs: Vec<u64> = self.reads.keys().copied().collect();
-            for ctx in ctxs {
-                self.raw.read_index(ctx.to_be_bytes().to_vec());
-            }
+        if self.ticks.is_multiple_of(READ_REISSUE_TICKS) {
+            self.reissue_reads = true;
         }
         self.release_sync_writes(now);
+    }
+
+    /// Asks again for every read index not yet answered (raft-rs drops requests it cannot serve
+    /// and requests sent to a leader that has since changed). Outside a Ready cycle only.
+    fn reissue_pending_reads(&mut self) {
+        self.reissue_reads = false;
+        if self.raw.raft.leader_id == 0 {
+            return;
+        }
+        let ctxs: Vec<u64> = self.reads.keys().copied().collect();
+        for ctx in ctxs {
+            self.raw.read_index(ctx.to_be_bytes().to_vec());
+        }
     }
 
     /// Turns the read requests of this cycle into one read-index request.
@@ -644,10 +660,10 @@ impl<O: Outbox> Driver<O> {
                 self.fail_all(WriteError::OutcomeUnknown);
             }
             if leader_changed && ss.leader_id != 0 {
-                let ctxs: Vec<u64> = self.reads.keys().copied().collect();
-                for ctx in ctxs {
-                    self.raw.read_index(ctx.to_be_bytes().to_vec());
-                }
+                // Not here: a follower's read_index emits a message, and raft-rs forbids new
+                // messages between ready() and advance() on a follower. The loop re-issues after
+                // this cycle.
+                self.reissue_reads = true;
             }
         }
 
