@@ -41,6 +41,8 @@
 //! they need the `keel` binary: `cargo build --release --workspace` and `KEEL_BIN` pointing at it
 //! (scripts/test.sh does both).
 
+#![warn(missing_docs)]
+
 mod client;
 mod error;
 mod txn;

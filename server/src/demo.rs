@@ -288,9 +288,10 @@ async fn bounded_decrement(
         .map_err(failed("setting up"))?;
     println!("{} {key} starts at {}", s.thing, s.start);
     println!(
-        "three requests at the same time, each through a different node, each to {} only if enough is left:",
+        "three requests at the same time, each through a different node, each to {} only if enough is left",
         s.take_verb
     );
+    println!("(answers in the order they came back):");
     let barrier = Arc::new(Barrier::new(3));
     let mut tasks = Vec::new();
     for (i, amount) in s.takes.iter().copied().enumerate() {
@@ -307,8 +308,10 @@ async fn bounded_decrement(
     }
     let mut approved = 0;
     let mut small_ok = true;
-    for t in tasks {
-        let (node, amount, r) = t.await.map_err(|e| DemoError::Other(e.to_string()))?;
+    // In the order the answers come back, which is the order the leader applied them.
+    let mut answers: futures::stream::FuturesUnordered<_> = tasks.into_iter().collect();
+    while let Some(answer) = futures::StreamExt::next(&mut answers).await {
+        let (node, amount, r) = answer.map_err(|e| DemoError::Other(e.to_string()))?;
         match r {
             Ok(a) => {
                 approved += amount;

@@ -18,6 +18,8 @@
 //! - [`config`], [`server`], [`cluster`]: flags, wiring of one node, the local cluster launcher.
 //! - [`cli`], [`demo`]: the client commands and the demonstrations, on `keel-client`.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod cli;
 pub mod cluster;

@@ -9,6 +9,8 @@
 //! The `keel` binary is found through `KEEL_BIN`, or next to the test executable's directory
 //! (`target/<profile>/keel`): build it first (`cargo build --release --workspace`).
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
