@@ -20,6 +20,11 @@ else
 fi
 echo "== build"
 cargo build --release --workspace --all-targets
+# The fault suite's planted-bug build, never the default one: the same crate with the
+# planted-bugs feature, kept as keel-planted; then the default keel again (cached, no rebuild).
+cargo build --release -p keel-server --features planted-bugs
+cp target/release/keel target/release/keel-planted
+cargo build --release -p keel-server
 echo "== tests"
 # The cluster tests and the client's doc examples start real `keel server` processes.
 export KEEL_BIN="$PWD/target/release/keel"

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod mode;
+pub mod planted;
 pub mod proto;
 pub mod raft_node;
 pub mod server;

@@ -735,7 +735,12 @@ impl<O: Outbox> Driver<O> {
         let ready: Vec<u64> = self
             .pending
             .range(..=durable)
-            .filter(|(_, p)| p.mode == WriteMode::Async && p.blind && p.term == term)
+            .filter(|(_, p)| {
+                let early = p.mode == WriteMode::Async
+                    || (p.mode == WriteMode::Semi
+                        && crate::planted::active(crate::planted::Bug::EarlyAck));
+                early && p.blind && p.term == term
+            })
             .map(|(i, _)| *i)
             .collect();
         for index in ready {

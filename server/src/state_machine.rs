@@ -272,7 +272,9 @@ impl ApplyBatch<'_> {
                 "empty command".into(),
             ));
         };
-        if cmd.idempotency_key.is_empty() {
+        if cmd.idempotency_key.is_empty()
+            || crate::planted::active(crate::planted::Bug::SkipIdempotency)
+        {
             return self.apply_op(index, op);
         }
         let fingerprint = fnv1a(

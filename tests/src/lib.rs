@@ -20,7 +20,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod checker;
+pub mod history;
+pub mod nemesis;
 pub mod proxy;
+pub mod suite;
+pub mod workload;
 
 pub use proxy::{LinkMode, LinkProxy};
 
@@ -148,6 +153,8 @@ pub struct Cluster {
     /// Proxies of directed peer links (from, to), when started with [`Cluster::start_proxied`].
     links: HashMap<(u64, u64), LinkProxy>,
     extra_args: Vec<String>,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
     agent: ureq::Agent,
 }
 
@@ -169,6 +176,18 @@ impl Cluster {
     }
 
     fn launch(n: usize, extra: &[&str], proxied: bool) -> Cluster {
+        Self::launch_with(n, extra, proxied, keel_bin(), &[])
+    }
+
+    /// Starts `n` nodes of binary `bin` with extra environment variables (the fault suite uses
+    /// this for the planted-bug build).
+    pub fn launch_with(
+        n: usize,
+        extra: &[&str],
+        proxied: bool,
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("keel-test-")
             .tempdir()
@@ -219,6 +238,11 @@ impl Cluster {
             cluster_args,
             links,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            bin,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             agent,
         };
         for id in 1..=n as u64 {
@@ -248,7 +272,8 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let bin = keel_bin();
+        let bin = self.bin.clone();
+        let env = self.env.clone();
         let cluster_arg = self.cluster_args[id as usize - 1].clone();
         let extra = self.extra_args.clone();
         let node = self.node(id);
@@ -268,6 +293,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(&extra)
             .env("KEEL_LOG", "info")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

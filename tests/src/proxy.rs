@@ -6,8 +6,9 @@
 //! The harness gives every node its own `--cluster` map pointing at its proxies.
 //!
 //! Modes: [`LinkMode::Pass`] forwards; [`LinkMode::Delay`] holds each chunk for a fixed time
-//! (latency, not bandwidth); [`LinkMode::Cut`] closes live connections and refuses new ones
-//! (a partition as the sender sees it: connection refused/reset).
+//! (latency, not bandwidth); [`LinkMode::Lossy`] stalls random chunks; [`LinkMode::Cut`] closes
+//! live connections and refuses new ones (a partition as the sender sees it: connection
+//! refused/reset); [`LinkMode::Blackhole`] swallows bytes on open connections.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a link does with traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LinkMode {
     /// Forward at once.
     Pass,
@@ -25,6 +26,17 @@ pub enum LinkMode {
     Delay(Duration),
     /// Close connections and refuse new ones.
     Cut,
+    /// Keep connections open but drop every byte (what an iptables DROP looks like to the
+    /// application: messages vanish, nothing fails fast).
+    Blackhole,
+    /// Stall a chunk with this probability for this long (head-of-line blocking, as TCP
+    /// retransmissions after loss cause).
+    Lossy {
+        /// Chance that a chunk stalls.
+        probability: f64,
+        /// How long it stalls.
+        stall: Duration,
+    },
 }
 
 struct State {
@@ -155,7 +167,15 @@ fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
             Ok(n) => {
                 let delay = match state.mode() {
                     LinkMode::Delay(d) => d,
-                    _ => Duration::ZERO,
+                    LinkMode::Blackhole => continue,
+                    LinkMode::Lossy { probability, stall } => {
+                        if rand::random::<f64>() < probability {
+                            stall
+                        } else {
+                            Duration::ZERO
+                        }
+                    }
+                    LinkMode::Pass | LinkMode::Cut => Duration::ZERO,
                 };
                 if tx
                     .send((Instant::now() + delay, buf[..n].to_vec()))

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The long fault run: every profile (crash, partition, network, five nodes, a 2-2 split of four),
+# KEEL_FAULTS_SECS seconds each (default 120), checked for linearizability, bank and set
+# anomalies. Reports go to target/fault-reports/. Usage: scripts/faults.sh [seconds-per-profile]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --workspace --all-targets
+export KEEL_BIN="$PWD/target/release/keel"
+export KEEL_FAULTS_SECS="${1:-${KEEL_FAULTS_SECS:-120}}"
+cargo test --release -p keel-tests --test faults long_run_over_every_profile -- --ignored --nocapture

@@ -1,0 +1,44 @@
+//! Deliberate bugs, compiled only with the `planted-bugs` feature, so the fault suite can show
+//! that its checkers catch them. The bug is chosen at start-up with `KEEL_PLANTED_BUG`:
+//!
+//! - `stale-read`: linearizable reads skip ReadIndex and serve local state;
+//! - `early-ack`: `semi` writes are acknowledged once in the leader's log, before commit;
+//! - `skip-idempotency`: the state machine ignores `Idempotency-Key`s.
+//!
+//! Without the feature, [`active`] is a constant `false` and the optimiser removes every hook.
+
+/// A plantable bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Linearizable reads served from local state.
+    StaleRead,
+    /// Semi writes acknowledged before commit.
+    EarlyAck,
+    /// Idempotency keys ignored.
+    SkipIdempotency,
+}
+
+/// Whether `bug` is planted in this process.
+#[cfg(feature = "planted-bugs")]
+pub fn active(bug: Bug) -> bool {
+    use std::sync::OnceLock;
+    static PLANTED: OnceLock<Option<Bug>> = OnceLock::new();
+    let planted = PLANTED.get_or_init(|| {
+        let b = match std::env::var("KEEL_PLANTED_BUG").ok()?.as_str() {
+            "stale-read" => Bug::StaleRead,
+            "early-ack" => Bug::EarlyAck,
+            "skip-idempotency" => Bug::SkipIdempotency,
+            _ => return None,
+        };
+        tracing::warn!(bug = ?b, "PLANTED BUG ACTIVE: this node is deliberately wrong");
+        Some(b)
+    });
+    *planted == Some(bug)
+}
+
+/// Whether `bug` is planted in this process (never, without the `planted-bugs` feature).
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub fn active(_bug: Bug) -> bool {
+    false
+}
