@@ -23,6 +23,7 @@ use serde_json::Value;
 pub mod checker;
 pub mod history;
 pub mod nemesis;
+pub mod netns;
 pub mod proxy;
 pub mod suite;
 pub mod workload;
@@ -155,6 +156,8 @@ pub struct Cluster {
     extra_args: Vec<String>,
     bin: PathBuf,
     env: Vec<(String, String)>,
+    /// Namespaces, when the nodes run in their own network namespaces.
+    net: Option<netns::NetnsNet>,
     agent: ureq::Agent,
 }
 
@@ -188,6 +191,29 @@ impl Cluster {
         bin: PathBuf,
         env: &[(&str, &str)],
     ) -> Cluster {
+        Self::launch_opts(n, extra, proxied, None, bin, env)
+    }
+
+    /// Starts `n` nodes, each in its own network namespace on a private bridge (see
+    /// [`netns`]), with every peer link through a proxy; partitions become iptables DROP rules.
+    pub fn launch_netns(
+        n: usize,
+        extra: &[&str],
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Result<Cluster, String> {
+        let net = netns::NetnsNet::create(n)?;
+        Ok(Self::launch_opts(n, extra, true, Some(net), bin, env))
+    }
+
+    fn launch_opts(
+        n: usize,
+        extra: &[&str],
+        proxied: bool,
+        net: Option<netns::NetnsNet>,
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("keel-test-")
             .tempdir()
@@ -196,21 +222,37 @@ impl Cluster {
         let mut nodes = Vec::new();
         for i in 0..n {
             let id = i as u64 + 1;
+            let (http, peer) = match &net {
+                Some(net) => (
+                    format!("{}:7001", net.ip(id)),
+                    format!("{}:7101", net.ip(id)),
+                ),
+                None => (
+                    format!("127.0.0.1:{}", ports[2 * i]),
+                    format!("127.0.0.1:{}", ports[2 * i + 1]),
+                ),
+            };
             nodes.push(Node {
                 id,
-                http: format!("127.0.0.1:{}", ports[2 * i]),
-                peer: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                http,
+                peer,
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
             });
         }
+        let proxy_ip = net
+            .as_ref()
+            .map_or("127.0.0.1".to_string(), |n| n.host_ip());
         let mut links = HashMap::new();
         if proxied {
             for from in &nodes {
                 for to in &nodes {
                     if from.id != to.id {
-                        links.insert((from.id, to.id), LinkProxy::start(to.peer.clone()));
+                        links.insert(
+                            (from.id, to.id),
+                            LinkProxy::start_on(&proxy_ip, to.peer.clone()),
+                        );
                     }
                 }
             }
@@ -243,12 +285,18 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            net,
             agent,
         };
         for id in 1..=n as u64 {
             c.spawn(id);
         }
         c
+    }
+
+    /// Whether the nodes run in network namespaces.
+    pub fn in_netns(&self) -> bool {
+        self.net.is_some()
     }
 
     /// The node with this id.
@@ -274,6 +322,7 @@ impl Cluster {
     fn spawn(&mut self, id: u64) {
         let bin = self.bin.clone();
         let env = self.env.clone();
+        let ns = self.net.as_ref().map(|n| n.ns(id).to_string());
         let cluster_arg = self.cluster_args[id as usize - 1].clone();
         let extra = self.extra_args.clone();
         let node = self.node(id);
@@ -283,7 +332,16 @@ impl Cluster {
             .open(&node.log)
             .expect("open node log");
         let log2 = log.try_clone().expect("clone log handle");
-        let child = Command::new(bin)
+        let mut cmd = match &ns {
+            // `ip netns exec` enters the namespace and execs keel: the pid is keel's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("server")
             .args(["--id", &id.to_string()])
             .args(["--http", &node.http])
@@ -309,11 +367,27 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no proxy {from}→{to}: use Cluster::start_proxied"))
     }
 
+    /// Cuts the directed link `from` → `to`: with namespaces, an iptables rule in `from`'s
+    /// namespace drops every packet it sends on that link; otherwise the link's proxy closes its
+    /// connections and refuses new ones.
+    pub fn cut(&self, from: u64, to: u64) {
+        match (&self.net, self.links.get(&(from, to))) {
+            (Some(net), Some(proxy)) => {
+                if let Err(e) = net.drop_output(from, &net.host_ip(), proxy.port()) {
+                    panic!("cannot cut {from}→{to}: {e}");
+                }
+            }
+            (_, Some(proxy)) => proxy.set(LinkMode::Cut),
+            (_, None) => panic!("no link {from}→{to}: start the cluster proxied"),
+        }
+    }
+
     /// Cuts every link to and from `id`.
     pub fn isolate(&self, id: u64) {
-        for ((from, to), link) in &self.links {
-            if *from == id || *to == id {
-                link.set(LinkMode::Cut);
+        for other in self.ids() {
+            if other != id {
+                self.cut(id, other);
+                self.cut(other, id);
             }
         }
     }
@@ -325,8 +399,11 @@ impl Cluster {
         }
     }
 
-    /// Restores every link.
+    /// Restores every link (proxies pass, iptables rules flushed).
     pub fn heal(&self) {
+        if let Some(net) = &self.net {
+            net.flush();
+        }
         self.set_all_links(LinkMode::Pass);
     }
 

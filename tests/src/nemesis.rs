@@ -128,7 +128,7 @@ pub fn inject(c: &mut Cluster, fault: Fault, rng: &mut impl Rng) -> (Injected, S
             for &a in &ids {
                 for &b in &ids {
                     if a != b && (minority.contains(&a) != minority.contains(&b)) {
-                        c.link(a, b).set(LinkMode::Cut);
+                        c.cut(a, b);
                     }
                 }
             }
@@ -138,8 +138,8 @@ pub fn inject(c: &mut Cluster, fault: Fault, rng: &mut impl Rng) -> (Injected, S
         Fault::OneWayLeaderOut | Fault::OneWayLeaderIn | Fault::BlackholeLeader => {
             for &other in ids.iter().filter(|&&id| id != leader) {
                 match fault {
-                    Fault::OneWayLeaderOut => c.link(leader, other).set(LinkMode::Cut),
-                    Fault::OneWayLeaderIn => c.link(other, leader).set(LinkMode::Cut),
+                    Fault::OneWayLeaderOut => c.cut(leader, other),
+                    Fault::OneWayLeaderIn => c.cut(other, leader),
                     _ => {
                         c.link(leader, other).set(LinkMode::Blackhole);
                         c.link(other, leader).set(LinkMode::Blackhole);
@@ -170,7 +170,7 @@ pub fn inject(c: &mut Cluster, fault: Fault, rng: &mut impl Rng) -> (Injected, S
             for &a in &ids {
                 for &b in &ids {
                     if a != b && (half.contains(&a) != half.contains(&b)) {
-                        c.link(a, b).set(LinkMode::Cut);
+                        c.cut(a, b);
                     }
                 }
             }

@@ -62,9 +62,14 @@ pub struct LinkProxy {
 const WAKE: Duration = Duration::from_millis(50);
 
 impl LinkProxy {
-    /// Starts a proxy to `target` (host:port).
+    /// Starts a proxy to `target` (host:port), listening on loopback.
     pub fn start(target: String) -> LinkProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        Self::start_on("127.0.0.1", target)
+    }
+
+    /// Starts a proxy to `target`, listening on an ephemeral port of `ip`.
+    pub fn start_on(ip: &str, target: String) -> LinkProxy {
+        let listener = TcpListener::bind(format!("{ip}:0")).expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr").to_string();
         let state = Arc::new(State {
             mode: Mutex::new(LinkMode::Pass),
@@ -79,6 +84,15 @@ impl LinkProxy {
     /// The address to dial instead of the target.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Changes the link's mode; a cut also closes live connections.

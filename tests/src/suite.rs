@@ -78,6 +78,8 @@ pub struct Report {
     pub planted: Option<String>,
     /// Nodes.
     pub nodes: usize,
+    /// How partitions were made: `netns+iptables` or `proxies`.
+    pub network: String,
     /// Seconds the workloads ran.
     pub seconds: f64,
     /// Outcomes per workload.
@@ -148,12 +150,13 @@ impl Report {
                 .unwrap_or_default()
         };
         format!(
-            "profile {} ({} nodes{}): {:.0} s; ok/fail/unknown register {} bank {} set {}; \
+            "profile {} ({} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {}; \
              {} register keys ({} ops) checked, {} not linearizable, {} undecided; \
              {} bank reads, {} violations; acked adds lost {:?}; duplicates {}; unexpected {}; \
              leader changes {}; longest unavailability {:.1} s; ops/s {:?}{}",
             self.profile,
             self.nodes,
+            self.network,
             self.planted
                 .as_ref()
                 .map(|p| format!(", planted bug {p}"))
@@ -311,7 +314,25 @@ pub fn run(opts: RunOpts) -> Report {
         .planted
         .map(|b| vec![("KEEL_PLANTED_BUG", b)])
         .unwrap_or_default();
-    let mut c = Cluster::launch_with(p.nodes, &["--read-timeout", "2s"], true, bin, &env);
+    let extra = ["--read-timeout", "2s"];
+    // Real packet drops when namespaces can be made (root); proxies alone otherwise.
+    let mut c = if crate::netns::NetnsNet::available() {
+        match Cluster::launch_netns(p.nodes, &extra, bin.clone(), &env) {
+            Ok(c) => c,
+            Err(e) => panic!("cannot set up network namespaces: {e}"),
+        }
+    } else {
+        eprintln!(
+            "[{}] not root: partitions come from the peer-link proxies",
+            p.name
+        );
+        Cluster::launch_with(p.nodes, &extra, true, bin, &env)
+    };
+    let network = if c.in_netns() {
+        "netns+iptables"
+    } else {
+        "proxies"
+    };
     c.wait_for_leader();
     for i in 0..ACCOUNTS {
         c.put_until_ok(
@@ -534,6 +555,7 @@ pub fn run(opts: RunOpts) -> Report {
         profile: p.name.clone(),
         planted: opts.planted.map(str::to_string),
         nodes: p.nodes,
+        network: network.to_string(),
         seconds,
         counts,
         register_keys,

@@ -1,0 +1,187 @@
+//! Network namespaces for cluster tests: each node in its own namespace with its own address on
+//! a private bridge, so partitions are real packet drops (iptables in the node's namespace) rather
+//! than closed connections.
+//!
+//! Layout, for a cluster numbered `k` in process `pid`:
+//! - bridge `kb<pid>x<k>` in the root namespace, address `10.<200+k>.<pid & 255>.254/24`;
+//! - namespace `kt<pid>x<k>n<i>` per node, a veth pair into the bridge, address `.<i>`.
+//!
+//! Everything is created by [`NetnsNet::create`] and removed on drop; leftovers of dead test
+//! processes are removed first. Requires root (CAP_NET_ADMIN), `ip` and `iptables`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The namespaces and bridge of one cluster.
+pub struct NetnsNet {
+    bridge: String,
+    namespaces: Vec<String>,
+    subnet: String,
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces and bridges left by test processes that no longer run.
+fn clean_leftovers() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("kt") else {
+            continue;
+        };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            let _ = run(&["ip", "netns", "del", &name]);
+            let k = rest
+                .split('x')
+                .nth(1)
+                .and_then(|s| s.split('n').next())
+                .unwrap_or("0");
+            let _ = run(&["ip", "link", "del", &format!("kb{pid}x{k}")]);
+        }
+    }
+}
+
+impl NetnsNet {
+    /// Whether namespaces can be made here (root, and `ip netns` works).
+    pub fn available() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return false;
+        }
+        let probe = format!("ktprobe{}", std::process::id());
+        let ok = run(&["ip", "netns", "add", &probe]).is_ok()
+            && run(&["ip", "netns", "exec", &probe, "iptables", "-L", "-n"]).is_ok();
+        let _ = run(&["ip", "netns", "del", &probe]);
+        ok
+    }
+
+    /// Creates a bridge and `n` namespaces, one per node.
+    pub fn create(n: usize) -> Result<NetnsNet, String> {
+        clean_leftovers();
+        let pid = std::process::id();
+        let k = NEXT.fetch_add(1, Ordering::Relaxed) % 50;
+        let subnet = format!("10.{}.{}", 200 + k, pid & 255);
+        let bridge = format!("kb{pid}x{k}");
+        let mut net = NetnsNet {
+            bridge: bridge.clone(),
+            namespaces: Vec::new(),
+            subnet: subnet.clone(),
+        };
+        run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.254/24"),
+            "dev",
+            &bridge,
+        ])?;
+        run(&["ip", "link", "set", &bridge, "up"])?;
+        for i in 1..=n {
+            let ns = format!("kt{pid}x{k}n{i}");
+            let host_end = format!("kv{pid}x{k}n{i}");
+            let host_end: String = host_end.chars().take(15).collect();
+            run(&["ip", "netns", "add", &ns])?;
+            net.namespaces.push(ns.clone());
+            run(&[
+                "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            run(&["ip", "link", "set", &host_end, "master", &bridge, "up"])?;
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                &format!("{subnet}.{i}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            run(&[
+                "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
+            ])?;
+            run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    /// The address of node `id` (1-based).
+    pub fn ip(&self, id: u64) -> String {
+        format!("{}.{id}", self.subnet)
+    }
+
+    /// The root namespace's address on the bridge (where the peer-link proxies listen).
+    pub fn host_ip(&self) -> String {
+        format!("{}.254", self.subnet)
+    }
+
+    /// The namespace of node `id`.
+    pub fn ns(&self, id: u64) -> &str {
+        &self.namespaces[id as usize - 1]
+    }
+
+    /// Drops, inside node `from`'s namespace, every packet it sends to `ip:port`.
+    pub fn drop_output(&self, from: u64, ip: &str, port: u16) -> Result<(), String> {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            self.ns(from),
+            "iptables",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            ip,
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ])
+    }
+
+    /// Removes every rule in every namespace.
+    pub fn flush(&self) {
+        for ns in &self.namespaces {
+            let _ = run(&["ip", "netns", "exec", ns, "iptables", "-F"]);
+        }
+    }
+}
+
+impl Drop for NetnsNet {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        let _ = run(&["ip", "link", "del", &self.bridge]);
+    }
+}
