@@ -80,6 +80,10 @@ pub struct ServerArgs {
     /// Heartbeat interval in ticks.
     #[arg(long, env = "KEEL_HEARTBEAT_TICKS", default_value_t = 2)]
     pub heartbeat_ticks: usize,
+    /// Compact the Raft log after this many applied entries (keeping half for lagging
+    /// followers; one further behind gets a snapshot); 0 never compacts.
+    #[arg(long, env = "KEEL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
 }
 
 /// Flags of `keel cluster`.

@@ -314,7 +314,7 @@ impl ApplyResult {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
     /// The payload.
-    #[prost(oneof = "frame::Body", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "frame::Body", tags = "1, 2, 3, 4, 5, 6")]
     pub body: Option<frame::Body>,
 }
 
@@ -338,6 +338,9 @@ pub mod frame {
         /// A follower's applied index, reported to the leader.
         #[prost(message, tag = "5")]
         Applied(super::AppliedReport),
+        /// A piece of a state-machine snapshot, sent before the Raft snapshot message itself.
+        #[prost(message, tag = "6")]
+        SnapshotChunk(super::SnapshotChunk),
     }
 }
 
@@ -350,6 +353,9 @@ pub struct Hello {
     /// The dialing node's client (HTTP) address, so members can be discovered.
     #[prost(string, tag = "2")]
     pub http_addr: String,
+    /// The dialing node's data incarnation (see [`crate::storage::incarnation`]).
+    #[prost(uint64, tag = "3")]
+    pub incarnation: u64,
 }
 
 /// A write forwarded to the leader.
@@ -401,4 +407,45 @@ pub struct AppliedReport {
     /// The follower's applied index.
     #[prost(uint64, tag = "1")]
     pub applied: u64,
+}
+
+/// One key-value pair of a snapshot, with the column family it belongs to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotPair {
+    /// Which column family ([`crate::storage::SNAPSHOT_CFS`] index).
+    #[prost(uint32, tag = "1")]
+    pub cf: u32,
+    /// The key.
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    /// The value.
+    #[prost(bytes = "vec", tag = "3")]
+    pub value: Vec<u8>,
+}
+
+/// A piece of the state machine, streamed to a follower that needs a snapshot. The chunks of one
+/// snapshot share `(snap_index, snap_term)`, are numbered from 0, and the last has `done`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotChunk {
+    /// Index of the Raft snapshot this data goes with.
+    #[prost(uint64, tag = "1")]
+    pub snap_index: u64,
+    /// Term of the Raft snapshot this data goes with.
+    #[prost(uint64, tag = "2")]
+    pub snap_term: u64,
+    /// Position in the stream, from 0.
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+    /// Whether this is the last chunk.
+    #[prost(bool, tag = "4")]
+    pub done: bool,
+    /// The applied index the data reflects (at least `snap_index`).
+    #[prost(uint64, tag = "5")]
+    pub applied: u64,
+    /// The data.
+    #[prost(message, repeated, tag = "6")]
+    pub pairs: Vec<SnapshotPair>,
+    /// The term of the entry at `applied`.
+    #[prost(uint64, tag = "7")]
+    pub applied_term: u64,
 }

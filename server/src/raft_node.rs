@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use rocksdb::WriteBatch;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -68,6 +69,9 @@ pub struct RaftConfig {
     pub read_timeout: Duration,
     /// How long a `sync` write waits for every voter after it is applied on the leader.
     pub sync_timeout: Duration,
+    /// Compact the log once this many entries are applied beyond the last compaction (keeping
+    /// half of them for followers that lag a little); 0 never compacts.
+    pub snapshot_entries: u64,
 }
 
 /// Work for the Ready loop.
@@ -90,6 +94,15 @@ pub enum Event {
     Raft(Box<Message>),
     /// The transport could not deliver to this peer.
     Unreachable(u64),
+    /// A peer restarted with a new, empty data directory: its progress must start over.
+    PeerWiped(u64),
+    /// The transport finished (or failed) streaming a snapshot to this peer.
+    SnapshotSent {
+        /// The peer.
+        to: u64,
+        /// Whether every chunk and the snapshot message were queued.
+        ok: bool,
+    },
     /// A follower reports its applied index.
     Applied {
         /// The follower.
@@ -238,6 +251,8 @@ pub struct StatusReport {
     pub commit_index: u64,
     /// Its applied index.
     pub applied_index: u64,
+    /// Its first log index (everything before was compacted into the state machine).
+    pub first_index: u64,
     /// Its last log index.
     pub last_index: u64,
     /// Voters of the current configuration.
@@ -362,6 +377,8 @@ struct Driver<O: Outbox> {
     applied: u64,
     /// Pending read-index requests must be asked again (after the current Ready cycle).
     reissue_reads: bool,
+    /// A staged snapshot is locked for installation until the end of this cycle.
+    staging_locked: bool,
 }
 
 /// Starts the Ready loop on its own thread. Returns the handle and the thread, which ends with
@@ -428,6 +445,7 @@ pub fn start<O: Outbox>(
         ticks: 0,
         applied,
         reissue_reads: false,
+        staging_locked: false,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -487,9 +505,14 @@ impl<O: Outbox> Driver<O> {
             }
             self.issue_reads();
             self.on_ready()?;
+            if self.staging_locked {
+                self.sm.unlock_staged();
+                self.staging_locked = false;
+            }
             if self.reissue_reads {
                 self.reissue_pending_reads();
             }
+            self.maybe_compact()?;
             self.publish();
         }
     }
@@ -503,8 +526,29 @@ impl<O: Outbox> Driver<O> {
                 reply,
             } => self.propose(command, mode, reply),
             Event::ReadIndex { reply } => self.new_reads.push(reply),
-            Event::Raft(msg) => {
+            Event::Raft(mut msg) => {
                 let from = msg.from;
+                if msg.get_msg_type() == MessageType::MsgHeartbeat
+                    && msg.commit > self.raw.raft.raft_log.last_index()
+                {
+                    // The leader believes we hold entries we do not (our data was wiped): raft-rs
+                    // would abort on such a commit index. Taking none of it is always safe.
+                    msg.commit = self.raw.raft.raft_log.committed;
+                }
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    // Raft may only take a snapshot whose data has arrived whole (the chunks
+                    // precede the message on the same connection); otherwise the leader retries.
+                    let meta = msg.get_snapshot().get_metadata();
+                    if !self.sm.lock_staged(meta.index, meta.term) {
+                        warn!(
+                            from,
+                            index = meta.index,
+                            "snapshot message without its data; dropped"
+                        );
+                        return true;
+                    }
+                    self.staging_locked = true;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     debug!(from, error = %e, "raft message rejected");
                 } else {
@@ -512,6 +556,24 @@ impl<O: Outbox> Driver<O> {
                 }
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::PeerWiped(peer) => {
+                // raft-rs never lowers a follower's match index; a wiped follower lost what it
+                // matched, so the leader must probe it from the start (and send a snapshot).
+                if self.raw.raft.state == StateRole::Leader {
+                    if let Some(pr) = self.raw.raft.mut_prs().get_mut(peer) {
+                        pr.matched = 0;
+                        pr.become_probe();
+                    }
+                }
+            }
+            Event::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
             Event::Applied { from, applied } => {
                 let info = self.peers.entry(from).or_default();
                 info.applied = info.applied.max(applied);
@@ -672,11 +734,21 @@ impl<O: Outbox> Driver<O> {
             self.outbox.send_raft(ready.take_messages());
         }
 
-        // 4. Snapshots: never produced until log compaction exists.
+        // 4. A snapshot from the leader: install its staged data and the log's new start.
         if !ready.snapshot().is_empty() {
-            warn!(
-                index = ready.snapshot().get_metadata().index,
-                "ignoring an incoming snapshot: not supported yet"
+            let meta = ready.snapshot().get_metadata().clone();
+            let mut batch = WriteBatch::default();
+            let (applied, applied_term) = self.sm.install_staged(&mut batch)?;
+            self.raw
+                .mut_store()
+                .install_snapshot(batch, &meta, applied, applied_term)?;
+            self.applied = applied;
+            self.shared.applied_tx.send_replace(applied);
+            info!(
+                index = meta.index,
+                term = meta.term,
+                applied,
+                "installed a snapshot"
             );
         }
 
@@ -730,6 +802,20 @@ impl<O: Outbox> Driver<O> {
         Ok(())
     }
 
+    /// Compacts the log when enough has been applied since the last compaction. Outside a Ready
+    /// cycle only.
+    fn maybe_compact(&mut self) -> Result<(), StorageError> {
+        let every = self.cfg.snapshot_entries;
+        let (truncated, _) = self.raw.store().truncated();
+        if every == 0 || self.applied <= truncated + every {
+            return Ok(());
+        }
+        let to = self.applied - every / 2;
+        self.raw.mut_store().compact(to)?;
+        debug!(to, "compacted the log");
+        Ok(())
+    }
+
     fn answer_async(&mut self, durable: u64) {
         let term = self.raw.raft.term;
         let ready: Vec<u64> = self
@@ -765,10 +851,16 @@ impl<O: Outbox> Driver<O> {
         let mut batch = self.sm.batch();
         let mut outcomes = Vec::new();
         for entry in &entries {
+            // After a snapshot the state machine may already cover entries Raft hands out again
+            // (its data was read at an index above the snapshot's): their effects are in it.
+            let covered = entry.index <= self.applied;
             match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => batch.skip(entry.index),
+                EntryType::EntryNormal if covered => {}
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    batch.skip(entry.index, entry.term)
+                }
                 EntryType::EntryNormal => {
-                    let result = batch.apply(entry.index, &entry.data)?;
+                    let result = batch.apply(entry.index, entry.term, &entry.data)?;
                     outcomes.push((entry.index, entry.term, result));
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -792,12 +884,15 @@ impl<O: Outbox> Driver<O> {
                         }
                         Err(e) => warn!(index = entry.index, error = %e, "conf change rejected"),
                     }
-                    batch.skip(entry.index);
+                    if !covered {
+                        batch.skip(entry.index, entry.term);
+                    }
                 }
             }
         }
-        if let Some(applied) = batch.commit()? {
+        if let Some((applied, applied_term)) = batch.commit()? {
             self.applied = applied;
+            self.raw.mut_store().set_applied(applied, applied_term);
             self.shared.applied_tx.send_replace(applied);
             let leader = self.raw.raft.leader_id;
             if leader != 0 && leader != self.cfg.id {
@@ -959,6 +1054,7 @@ impl<O: Outbox> Driver<O> {
             leader: (raft.leader_id != 0).then_some(raft.leader_id),
             commit_index: raft.raft_log.committed,
             applied_index: self.applied,
+            first_index: self.raw.store().truncated().0 + 1,
             last_index,
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),

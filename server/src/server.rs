@@ -65,6 +65,7 @@ pub enum ServerError {
 struct PeerFrames {
     node: NodeHandle,
     router: Arc<Router>,
+    sm: StateMachine,
 }
 
 impl Inbound for PeerFrames {
@@ -80,6 +81,11 @@ impl Inbound for PeerFrames {
                     from,
                     applied: report.applied,
                 });
+            }
+            Body::SnapshotChunk(chunk) => {
+                if let Err(e) = self.sm.stage_chunk(chunk) {
+                    error!(from, error = %e, "cannot stage a snapshot chunk");
+                }
             }
             // Hello and Raft frames are handled by the transport itself.
             Body::Hello(_) | Body::Raft(_) => {}
@@ -124,7 +130,15 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
             })?;
 
     let (tx, rx) = mpsc::channel();
-    let transport = Transport::start(args.id, advertise_http.clone(), &members, tx.clone());
+    let incarnation = storage::incarnation(&db)?;
+    let transport = Transport::start(
+        args.id,
+        advertise_http.clone(),
+        incarnation,
+        &members,
+        tx.clone(),
+        sm.clone(),
+    );
     let raft_cfg = RaftConfig {
         id: args.id,
         voters,
@@ -133,6 +147,7 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         heartbeat_ticks: args.heartbeat_ticks,
         read_timeout: args.read_timeout,
         sync_timeout: args.sync_timeout,
+        snapshot_entries: args.snapshot_entries,
     };
     let (node, raft_thread) = raft_node::start(
         raft_cfg,
@@ -147,6 +162,7 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
     let inbound = Arc::new(PeerFrames {
         node: node.clone(),
         router: router.clone(),
+        sm: sm.clone(),
     });
     let peer_task = tokio::spawn(transport.clone().serve_inbound(
         peer_listener,

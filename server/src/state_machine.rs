@@ -29,10 +29,12 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB
 
 use crate::proto::{
     command::Op, txn_step::Step, AddOp, ApplyResult, Command, Compare, CompareOp, CompareTarget,
-    DeleteOp, IdempotencyRecord, Precondition, PutOp, StepResult, TxnOp, ValueRecord,
+    DeleteOp, IdempotencyRecord, Precondition, PutOp, SnapshotChunk, SnapshotPair, StepResult,
+    TxnOp, ValueRecord,
 };
 use crate::storage::{
-    cf, decode_u64, StorageError, CF_DATA, CF_IDEM, CF_IDEM_TTL, CF_META, KEY_APPLIED,
+    cf, decode_u64, StorageError, CF_DATA, CF_IDEM, CF_IDEM_TTL, CF_META, CF_SNAP_STAGING,
+    KEY_APPLIED, KEY_APPLIED_TERM, SNAPSHOT_CFS,
 };
 
 /// How long an idempotency key is remembered, measured on the proposing leaders' clocks. A
@@ -59,6 +61,28 @@ pub mod codes {
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<DB>,
+    staging: Arc<std::sync::Mutex<Staging>>,
+}
+
+/// An incoming snapshot being received (see [`StateMachine::stage_chunk`]).
+#[derive(Default)]
+struct Staging {
+    /// The (index, term) of the Raft snapshot the chunks belong to.
+    snap: Option<(u64, u64)>,
+    next_seq: u64,
+    /// Applied index and term of the data, once the last chunk arrived.
+    complete: Option<(u64, u64)>,
+    /// Being installed: new streams wait.
+    locked: bool,
+}
+
+/// Largest chunk of a streamed snapshot.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// An upper bound for every key of the state machine's column families (keys are at most 4 KiB
+/// plus an 8-byte prefix), for range deletions of a whole column family.
+fn cf_upper_bound() -> Vec<u8> {
+    vec![0xff; 8192]
 }
 
 /// A consistent read: what was found and the applied index it reflects.
@@ -82,7 +106,168 @@ pub struct ListPage {
 impl StateMachine {
     /// Wraps the node's database.
     pub fn new(db: Arc<DB>) -> Self {
-        StateMachine { db }
+        StateMachine {
+            db,
+            staging: Arc::new(std::sync::Mutex::new(Staging::default())),
+        }
+    }
+
+    fn lock_staging(&self) -> std::sync::MutexGuard<'_, Staging> {
+        self.staging.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Streams the state machine, as of one RocksDB snapshot, in chunks of at most `max_bytes`,
+    /// tagged with the Raft snapshot `(snap_index, snap_term)` they go with. `emit` returns false
+    /// to stop (the receiver is gone). Returns whether every chunk was emitted.
+    pub fn snapshot_chunks(
+        &self,
+        snap_index: u64,
+        snap_term: u64,
+        max_bytes: usize,
+        mut emit: impl FnMut(SnapshotChunk) -> bool,
+    ) -> Result<bool, StorageError> {
+        let snap = self.db.snapshot();
+        let read_u64 = |key: &[u8], what| -> Result<u64, StorageError> {
+            match snap
+                .get_cf(cf(&self.db, CF_META)?, key)
+                .map_err(rocks("read snapshot metadata"))?
+            {
+                Some(v) => decode_u64(&v, what),
+                None => Ok(0),
+            }
+        };
+        let applied = read_u64(KEY_APPLIED, "applied index")?;
+        let applied_term = read_u64(KEY_APPLIED_TERM, "applied term")?;
+        let mut chunk = SnapshotChunk {
+            snap_index,
+            snap_term,
+            applied,
+            applied_term,
+            ..Default::default()
+        };
+        let mut size = 0usize;
+        for (n, name) in SNAPSHOT_CFS.iter().enumerate() {
+            let handle = cf(&self.db, name)?;
+            for item in snap.iterator_cf(handle, IteratorMode::Start) {
+                let (k, v) = item.map_err(rocks("read snapshot data"))?;
+                size += k.len() + v.len() + 8;
+                chunk.pairs.push(SnapshotPair {
+                    cf: n as u32,
+                    key: k.into_vec(),
+                    value: v.into_vec(),
+                });
+                if size >= max_bytes {
+                    let next = SnapshotChunk {
+                        seq: chunk.seq + 1,
+                        pairs: Vec::new(),
+                        ..chunk.clone()
+                    };
+                    if !emit(std::mem::replace(&mut chunk, next)) {
+                        return Ok(false);
+                    }
+                    size = 0;
+                }
+            }
+        }
+        chunk.done = true;
+        Ok(emit(chunk))
+    }
+
+    /// Receives one chunk of an incoming snapshot into the staging column family. A chunk out of
+    /// sequence abandons the stream; chunk 0 starts a new one. Ignored while a snapshot is being
+    /// installed.
+    pub fn stage_chunk(&self, chunk: SnapshotChunk) -> Result<(), StorageError> {
+        let mut st = self.lock_staging();
+        if st.locked {
+            return Ok(());
+        }
+        let staging = cf(&self.db, CF_SNAP_STAGING)?;
+        let id = (chunk.snap_index, chunk.snap_term);
+        if chunk.seq == 0 {
+            *st = Staging {
+                snap: Some(id),
+                ..Staging::default()
+            };
+            self.db
+                .delete_range_cf(staging, Vec::new(), cf_upper_bound())
+                .map_err(rocks("clear snapshot staging"))?;
+        }
+        if st.snap != Some(id) || chunk.seq != st.next_seq || st.complete.is_some() {
+            st.snap = None;
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for p in &chunk.pairs {
+            let mut key = Vec::with_capacity(1 + p.key.len());
+            key.push(p.cf as u8);
+            key.extend_from_slice(&p.key);
+            batch.put_cf(staging, key, &p.value);
+        }
+        self.db
+            .write(batch)
+            .map_err(rocks("stage snapshot chunk"))?;
+        st.next_seq += 1;
+        if chunk.done {
+            st.complete = Some((chunk.applied, chunk.applied_term));
+        }
+        Ok(())
+    }
+
+    /// If the staged snapshot is complete and belongs to `(index, term)`, locks it for
+    /// installation and returns true.
+    pub fn lock_staged(&self, index: u64, term: u64) -> bool {
+        let mut st = self.lock_staging();
+        let ready = st.snap == Some((index, term)) && st.complete.is_some();
+        st.locked |= ready;
+        ready
+    }
+
+    /// Releases the lock of [`StateMachine::lock_staged`] (after installing, or if Raft did not
+    /// take the snapshot after all).
+    pub fn unlock_staged(&self) {
+        self.lock_staging().locked = false;
+    }
+
+    /// Adds to `batch` the replacement of the state machine by the staged snapshot, and returns
+    /// the applied index and term it reflects. The caller writes the batch.
+    pub fn install_staged(&self, batch: &mut WriteBatch) -> Result<(u64, u64), StorageError> {
+        let mut st = self.lock_staging();
+        let Some((applied, applied_term)) = st.complete else {
+            return Err(StorageError::Corrupt {
+                what: "snapshot",
+                detail: "installing a snapshot that was not completely received".into(),
+            });
+        };
+        let staging = cf(&self.db, CF_SNAP_STAGING)?;
+        let targets: Vec<&rocksdb::ColumnFamily> = SNAPSHOT_CFS
+            .iter()
+            .map(|n| cf(&self.db, n))
+            .collect::<Result<_, _>>()?;
+        for t in &targets {
+            batch.delete_range_cf(*t, Vec::new(), cf_upper_bound());
+        }
+        for item in self.db.iterator_cf(staging, IteratorMode::Start) {
+            let (k, v) = item.map_err(rocks("read staged snapshot"))?;
+            let Some((&n, key)) = k.split_first() else {
+                continue;
+            };
+            let Some(t) = targets.get(n as usize) else {
+                return Err(StorageError::Corrupt {
+                    what: "snapshot",
+                    detail: format!("unknown column family number {n}"),
+                });
+            };
+            batch.put_cf(*t, key, v);
+        }
+        batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
+        let meta = cf(&self.db, CF_META)?;
+        batch.put_cf(meta, KEY_APPLIED, applied.to_be_bytes());
+        batch.put_cf(meta, KEY_APPLIED_TERM, applied_term.to_be_bytes());
+        *st = Staging {
+            locked: true,
+            ..Staging::default()
+        };
+        Ok((applied, applied_term))
     }
 
     /// The applied index as stored.
@@ -176,6 +361,7 @@ impl StateMachine {
             overlay: HashMap::new(),
             idem_overlay: HashMap::new(),
             applied: None,
+            applied_term: 0,
             max_stamp: 0,
         }
     }
@@ -242,6 +428,7 @@ pub struct ApplyBatch<'a> {
     /// Idempotency records written by this batch.
     idem_overlay: HashMap<String, IdempotencyRecord>,
     applied: Option<u64>,
+    applied_term: u64,
     /// Highest `proposed_at_ms` seen in the batch (drives expiry).
     max_stamp: u64,
 }
@@ -252,14 +439,22 @@ impl ApplyBatch<'_> {
         &mut self.batch
     }
 
-    /// Marks `index` applied without a command (the leader's empty entry, conf changes).
-    pub fn skip(&mut self, index: u64) {
+    /// Marks the entry at `index` (of `term`) applied without a command (the leader's empty
+    /// entry, conf changes).
+    pub fn skip(&mut self, index: u64, term: u64) {
         self.applied = Some(index);
+        self.applied_term = term;
     }
 
-    /// Applies the command encoded in `data` at `index`.
-    pub fn apply(&mut self, index: u64, data: &[u8]) -> Result<ApplyResult, StorageError> {
+    /// Applies the command encoded in `data`, the entry at `index` of `term`.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<ApplyResult, StorageError> {
         self.applied = Some(index);
+        self.applied_term = term;
         let cmd = match Command::decode(data) {
             Ok(cmd) => cmd,
             Err(e) => return Ok(reject(index, codes::INVALID_COMMAND, e.to_string())),
@@ -330,9 +525,14 @@ impl ApplyBatch<'_> {
         }
     }
 
-    /// Writes the batch and the applied index. Returns the applied index (None if nothing ran).
-    pub fn commit(mut self) -> Result<Option<u64>, StorageError> {
+    /// Writes the batch and the applied index. Returns the applied index and its term (None if
+    /// nothing ran).
+    pub fn commit(mut self) -> Result<Option<(u64, u64)>, StorageError> {
         let Some(applied) = self.applied else {
+            // Nothing applied, but the caller may have added records (a conf state).
+            if !self.batch.is_empty() {
+                self.db.write(self.batch).map_err(rocks("apply batch"))?;
+            }
             return Ok(None);
         };
         let data = cf(self.db, CF_DATA)?;
@@ -343,14 +543,16 @@ impl ApplyBatch<'_> {
             }
         }
         self.evict_expired()?;
+        let meta = cf(self.db, CF_META)?;
+        self.batch.put_cf(meta, KEY_APPLIED, applied.to_be_bytes());
         self.batch
-            .put_cf(cf(self.db, CF_META)?, KEY_APPLIED, applied.to_be_bytes());
+            .put_cf(meta, KEY_APPLIED_TERM, self.applied_term.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.db
             .write_opt(self.batch, &opts)
             .map_err(rocks("apply batch"))?;
-        Ok(Some(applied))
+        Ok(Some((applied, self.applied_term)))
     }
 
     /// Deletes a bounded number of idempotency records that no command can use any more.
@@ -795,8 +997,8 @@ mod tests {
     fn txn_applies_all_or_nothing() {
         let (_d, sm) = open();
         let mut b = sm.batch();
-        b.apply(1, &add("a", 100, None)).unwrap();
-        b.apply(2, &add("b", 0, None)).unwrap();
+        b.apply(1, 1, &add("a", 100, None)).unwrap();
+        b.apply(2, 1, &add("b", 0, None)).unwrap();
         // Transfer 30 from a to b when a >= 30.
         let transfer = |amount: i64| {
             cmd(Op::Txn(TxnOp {
@@ -814,12 +1016,12 @@ mod tests {
                 failure: vec![step(Step::Get(crate::proto::GetOp { key: "a".into() }))],
             }))
         };
-        let r = b.apply(3, &transfer(30)).unwrap();
+        let r = b.apply(3, 1, &transfer(30)).unwrap();
         assert!(r.is_ok() && r.succeeded);
         assert_eq!(r.results[0].int, Some(70));
         assert_eq!(r.results[1].int, Some(30));
         // Compare fails: the failure branch reads a.
-        let r = b.apply(4, &transfer(500)).unwrap();
+        let r = b.apply(4, 1, &transfer(500)).unwrap();
         assert!(r.is_ok() && !r.succeeded);
         assert_eq!(&r.results[0].value[..], b"70");
         // Compare passes but the first add would break its bound... make a bound that the second
@@ -832,7 +1034,7 @@ mod tests {
             ],
             failure: vec![],
         }));
-        let r = b.apply(5, &abort).unwrap();
+        let r = b.apply(5, 1, &abort).unwrap();
         assert_eq!(r.error_code, codes::BOUND_VIOLATED);
         assert_eq!(r.error_key, "b");
         assert_eq!(r.value, Some(30));
@@ -859,10 +1061,10 @@ mod tests {
         let t0 = 1_000_000_000;
         let mut b = sm.batch();
         let r1 = b
-            .apply(1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0))
+            .apply(1, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0))
             .unwrap();
         let r2 = b
-            .apply(2, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 10))
+            .apply(2, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 10))
             .unwrap();
         assert_eq!(r1.value, Some(5));
         assert!(r2.replayed);
@@ -872,17 +1074,17 @@ mod tests {
         // Survives a new batch (persisted), and a different request under the same key is refused.
         let mut b = sm.batch();
         let r3 = b
-            .apply(3, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 20))
+            .apply(3, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 20))
             .unwrap();
         assert!(r3.replayed);
         let r4 = b
-            .apply(4, &idem(Op::Add(add_op("n", 7, None)), "req-1", t0 + 30))
+            .apply(4, 1, &idem(Op::Add(add_op("n", 7, None)), "req-1", t0 + 30))
             .unwrap();
         assert_eq!(r4.error_code, codes::IDEMPOTENCY_KEY_REUSED);
         // After the TTL the key is free again: the command applies.
         let later = t0 + IDEMPOTENCY_TTL_MS + 1;
         let r5 = b
-            .apply(5, &idem(Op::Add(add_op("n", 5, None)), "req-1", later))
+            .apply(5, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", later))
             .unwrap();
         assert!(!r5.replayed);
         assert_eq!(r5.value, Some(10));
@@ -892,6 +1094,7 @@ mod tests {
         let mut b = sm.batch();
         b.apply(
             6,
+            1,
             &idem(
                 Op::Add(add_op("m", 1, None)),
                 "req-2",
@@ -902,7 +1105,11 @@ mod tests {
         b.commit().unwrap();
         let mut b = sm.batch();
         let r = b
-            .apply(7, &idem(Op::Add(add_op("n", 5, None)), "req-1", later + 5))
+            .apply(
+                7,
+                1,
+                &idem(Op::Add(add_op("n", 5, None)), "req-1", later + 5),
+            )
             .unwrap();
         assert!(r.replayed, "the record written at `later` is still live");
         b.commit().unwrap();
@@ -935,15 +1142,15 @@ mod tests {
     fn batch_sees_its_own_writes_and_moves_applied_index_atomically() {
         let (_d, sm) = open();
         let mut b = sm.batch();
-        assert!(b.apply(1, &add("n", 5, None)).unwrap().is_ok());
-        let r = b.apply(2, &add("n", -3, Some(0))).unwrap();
+        assert!(b.apply(1, 1, &add("n", 5, None)).unwrap().is_ok());
+        let r = b.apply(2, 1, &add("n", -3, Some(0))).unwrap();
         assert_eq!(r.value, Some(2));
-        let r = b.apply(3, &add("n", -3, Some(0))).unwrap();
+        let r = b.apply(3, 1, &add("n", -3, Some(0))).unwrap();
         assert_eq!(r.error_code, codes::BOUND_VIOLATED);
         assert_eq!(r.value, Some(2));
         // Nothing is visible before commit.
         assert!(sm.get("n").unwrap().value.is_none());
-        assert_eq!(b.commit().unwrap(), Some(3));
+        assert_eq!(b.commit().unwrap(), Some((3, 1)));
         let got = sm.get("n").unwrap();
         assert_eq!(got.index, 3);
         let rec = got.value.unwrap();
@@ -956,8 +1163,8 @@ mod tests {
     fn preconditions_and_non_integer_add() {
         let (_d, sm) = open();
         let mut b = sm.batch();
-        b.apply(1, &put("k", "hello")).unwrap();
-        let r = b.apply(2, &add("k", 1, None)).unwrap();
+        b.apply(1, 1, &put("k", "hello")).unwrap();
+        let r = b.apply(2, 1, &add("k", 1, None)).unwrap();
         assert_eq!(r.error_code, codes::NOT_INTEGER);
         let cas = |v| {
             cmd(Op::Put(PutOp {
@@ -970,10 +1177,10 @@ mod tests {
             }))
         };
         assert_eq!(
-            b.apply(3, &cas(7)).unwrap().error_code,
+            b.apply(3, 1, &cas(7)).unwrap().error_code,
             codes::PRECONDITION_FAILED
         );
-        assert!(b.apply(4, &cas(1)).unwrap().is_ok());
+        assert!(b.apply(4, 1, &cas(1)).unwrap().is_ok());
         let create = cmd(Op::Put(PutOp {
             key: "k".into(),
             value: Bytes::from_static(b"y"),
@@ -983,16 +1190,16 @@ mod tests {
             }),
         }));
         assert_eq!(
-            b.apply(5, &create).unwrap().error_code,
+            b.apply(5, 1, &create).unwrap().error_code,
             codes::PRECONDITION_FAILED
         );
         let del = cmd(Op::Delete(DeleteOp {
             key: "k".into(),
             precondition: None,
         }));
-        assert!(b.apply(6, &del).unwrap().deleted);
-        assert!(!b.apply(7, &del).unwrap().deleted);
-        assert!(b.apply(8, &create).unwrap().is_ok());
+        assert!(b.apply(6, 1, &del).unwrap().deleted);
+        assert!(!b.apply(7, 1, &del).unwrap().deleted);
+        assert!(b.apply(8, 1, &create).unwrap().is_ok());
         b.commit().unwrap();
         let rec = sm.get("k").unwrap().value.unwrap();
         assert_eq!(&rec.value[..], b"y");
@@ -1004,7 +1211,7 @@ mod tests {
         let (_d, sm) = open();
         let mut b = sm.batch();
         for (i, k) in ["b/2", "a/1", "b/1", "b/3", "c"].iter().enumerate() {
-            b.apply(i as u64 + 1, &put(k, "v")).unwrap();
+            b.apply(i as u64 + 1, 1, &put(k, "v")).unwrap();
         }
         b.commit().unwrap();
         let page = sm.list("b/", None, 2).unwrap().value;

@@ -2,7 +2,7 @@
 //! trait, in the same database as the key-value state machine (see [`crate::state_machine`]).
 //!
 //! # Layout
-//! One RocksDB database per node, five column families:
+//! One RocksDB database per node, six column families:
 //! - `raft_log`: log entries keyed by their index as a big-endian `u64` (so keys sort by index),
 //!   values are protobuf-encoded `eraftpb::Entry`.
 //! - `meta`: the hard state, the conf state, the applied index and the truncation point
@@ -10,6 +10,15 @@
 //! - `data`: the state machine's keys and [`crate::proto::ValueRecord`]s.
 //! - `idempotency`, `idempotency_ttl`: the state machine's memory of recent idempotent commands
 //!   and their outcomes, and the same ordered by age for expiry.
+//! - `snapshot_staging`: an incoming snapshot, received in chunks, before it is installed.
+//!
+//! # Compaction and snapshots
+//! The log is compacted up to an applied index once the WAL has been synced (so no apply batch
+//! the compacted entries fed can be lost); the truncation point keeps the index and term of the
+//! last removed entry. A snapshot is the state machine itself: [`RaftLogStore::snapshot`]
+//! returns its metadata (applied index and term, conf state) and the transport streams the data
+//! of a RocksDB snapshot taken a moment later, at an applied index at least as high; the
+//! receiver skips the entries its installed data already covers.
 //!
 //! # Durability
 //! [`RaftLogStore::append`] writes a whole Ready's entries and hard state in one `WriteBatch` with
@@ -44,6 +53,13 @@ pub const CF_DATA: &str = "data";
 pub const CF_IDEM: &str = "idempotency";
 /// Column family ordering idempotency records by age: BE stamp ++ client key → ().
 pub const CF_IDEM_TTL: &str = "idempotency_ttl";
+/// Column family where an incoming snapshot is staged before it is installed.
+pub const CF_SNAP_STAGING: &str = "snapshot_staging";
+/// The state machine's column families, as a snapshot carries them (the index is the `cf`
+/// number in [`crate::proto::SnapshotPair`]).
+pub const SNAPSHOT_CFS: [&str; 3] = [CF_DATA, CF_IDEM, CF_IDEM_TTL];
+/// Key of the term of the applied index in [`CF_META`].
+pub const KEY_APPLIED_TERM: &[u8] = b"applied_term";
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -88,9 +104,16 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, StorageError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
-    let cfs = [CF_LOG, CF_META, CF_DATA, CF_IDEM, CF_IDEM_TTL]
-        .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = [
+        CF_LOG,
+        CF_META,
+        CF_DATA,
+        CF_IDEM,
+        CF_IDEM_TTL,
+        CF_SNAP_STAGING,
+    ]
+    .into_iter()
+    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StorageError::rocks("open"))?;
     Ok(Arc::new(db))
 }
@@ -129,6 +152,15 @@ fn encode_pb<M: PbMessage>(m: &M, what: &'static str) -> Result<Vec<u8>, Storage
     })
 }
 
+/// The `data` of every snapshot keel sends: the real data travels in chunks beside it.
+pub const SNAPSHOT_MARKER: &[u8] = b"keel-snapshot-stream-v1";
+
+fn truncation_value(index: u64, term: u64) -> Vec<u8> {
+    let mut v = index.to_be_bytes().to_vec();
+    v.extend_from_slice(&term.to_be_bytes());
+    v
+}
+
 /// Puts the conf state into `batch` (used by the apply path, which changes membership).
 pub fn put_conf_state(db: &DB, batch: &mut WriteBatch, cs: &ConfState) -> Result<(), StorageError> {
     batch.put_cf(
@@ -137,6 +169,23 @@ pub fn put_conf_state(db: &DB, batch: &mut WriteBatch, cs: &ConfState) -> Result
         encode_pb(cs, "conf state")?,
     );
     Ok(())
+}
+
+/// This data directory's incarnation: a random number made when the database is created, so
+/// that peers can tell a restarted node from one whose data was wiped.
+pub fn incarnation(db: &DB) -> Result<u64, StorageError> {
+    const KEY: &[u8] = b"incarnation";
+    let meta = cf(db, CF_META)?;
+    if let Some(v) = db
+        .get_cf(meta, KEY)
+        .map_err(StorageError::rocks("read incarnation"))?
+    {
+        return decode_u64(&v, "incarnation");
+    }
+    let n: u64 = rand::random::<u64>() | 1;
+    db.put_cf(meta, KEY, n.to_be_bytes())
+        .map_err(StorageError::rocks("write incarnation"))?;
+    Ok(n)
 }
 
 /// Reads the applied index (0 when nothing was ever applied).
@@ -164,6 +213,9 @@ pub struct RaftLogStore {
     /// Index and term of the last entry in the log (equal to the truncation point when empty).
     last_index: u64,
     last_term: u64,
+    /// The state machine's applied index and its term: the metadata of a snapshot.
+    applied: u64,
+    applied_term: u64,
 }
 
 impl RaftLogStore {
@@ -209,6 +261,13 @@ impl RaftLogStore {
             }
             None => (0, 0),
         };
+        let applied_term = match db
+            .get_cf(meta, KEY_APPLIED_TERM)
+            .map_err(StorageError::rocks("read applied term"))?
+        {
+            Some(v) => decode_u64(&v, "applied term")?,
+            None => 0,
+        };
         let mut store = RaftLogStore {
             db,
             hard_state,
@@ -217,6 +276,8 @@ impl RaftLogStore {
             truncated_term,
             last_index: truncated_index,
             last_term: truncated_term,
+            applied: 0,
+            applied_term,
         };
         if let Some(last) = store.read_last_entry()? {
             store.last_index = last.index;
@@ -225,6 +286,7 @@ impl RaftLogStore {
         // Apply happens before the hard state of the same Ready is persisted; a crash in between
         // leaves applied > commit. Applied entries were committed, so the commit index may move up.
         let applied = read_applied(&store.db)?;
+        store.applied = applied;
         if applied > store.hard_state.commit && applied <= store.last_index {
             store.hard_state.commit = applied;
         }
@@ -255,6 +317,96 @@ impl RaftLogStore {
     /// The persisted conf state.
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
+    }
+
+    /// The index and term of the last entry removed by compaction.
+    pub fn truncated(&self) -> (u64, u64) {
+        (self.truncated_index, self.truncated_term)
+    }
+
+    /// Records what the state machine has applied (the metadata of the next snapshot).
+    pub fn set_applied(&mut self, index: u64, term: u64) {
+        self.applied = index;
+        self.applied_term = term;
+    }
+
+    /// Drops the log up to and including `to` (which must be applied). The WAL is synced first,
+    /// so that no apply batch fed by the dropped entries can be lost in a crash.
+    pub fn compact(&mut self, to: u64) -> Result<(), StorageError> {
+        if to <= self.truncated_index || to > self.applied || to > self.last_index {
+            return Ok(());
+        }
+        let term = match self.entry_at(to)? {
+            Some(e) => e.term,
+            None => {
+                return Err(StorageError::Corrupt {
+                    what: "compaction",
+                    detail: format!("entry {to} is missing"),
+                })
+            }
+        };
+        self.db
+            .flush_wal(true)
+            .map_err(StorageError::rocks("sync the WAL before compaction"))?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG)?,
+            index_key(self.truncated_index + 1),
+            index_key(to + 1),
+        );
+        batch.put_cf(
+            cf(&self.db, CF_META)?,
+            KEY_TRUNCATED,
+            truncation_value(to, term),
+        );
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(StorageError::rocks("compact log"))?;
+        self.truncated_index = to;
+        self.truncated_term = term;
+        Ok(())
+    }
+
+    /// Installs a snapshot: `batch` already holds the state machine's new data; this adds the
+    /// log's side (every entry dropped, truncation point, hard state, conf state) and writes it
+    /// all at once, synced.
+    pub fn install_snapshot(
+        &mut self,
+        mut batch: WriteBatch,
+        meta: &raft::eraftpb::SnapshotMetadata,
+        applied: u64,
+        applied_term: u64,
+    ) -> Result<(), StorageError> {
+        let log = cf(&self.db, CF_LOG)?;
+        let metacf = cf(&self.db, CF_META)?;
+        batch.delete_range_cf(log, index_key(0), index_key(u64::MAX));
+        batch.put_cf(
+            metacf,
+            KEY_TRUNCATED,
+            truncation_value(meta.index, meta.term),
+        );
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        batch.put_cf(metacf, KEY_HARD_STATE, encode_pb(&hs, "hard state")?);
+        let cs = meta.get_conf_state().clone();
+        batch.put_cf(metacf, KEY_CONF_STATE, encode_pb(&cs, "conf state")?);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(StorageError::rocks("install snapshot"))?;
+        self.truncated_index = meta.index;
+        self.truncated_term = meta.term;
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        self.hard_state = hs;
+        self.conf_state = cs;
+        self.applied = applied;
+        self.applied_term = applied_term;
+        Ok(())
     }
 
     /// Records a conf state that the caller persists in its own batch (see [`put_conf_state`]).
@@ -441,12 +593,21 @@ impl raft::Storage for RaftLogStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted yet (snapshots come with log compaction), so no follower can
-        // fall behind the first index and raft-rs never needs one.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The snapshot is the state machine as it stands: its metadata here, its data streamed
+        // by the transport (see the module docs).
+        if self.applied == 0 || self.applied < request_index {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.data = SNAPSHOT_MARKER.to_vec().into();
+        let meta = snap.mut_metadata();
+        meta.index = self.applied;
+        meta.term = self.applied_term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }
 

@@ -36,6 +36,8 @@ use tracing::{debug, info, warn};
 
 use crate::proto::{frame::Body, AppliedReport, Frame, Hello};
 use crate::raft_node::{Event, Outbox};
+use crate::state_machine::{StateMachine, SNAPSHOT_CHUNK_BYTES};
+use raft::eraftpb::MessageType;
 
 /// Largest frame accepted on the peer port.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -78,8 +80,14 @@ struct Inner {
     id: u64,
     queues: HashMap<u64, mpsc::Sender<Body>>,
     node_tx: StdSender<Event>,
+    /// Source of snapshot data, streamed to followers that need it.
+    sm: StateMachine,
+    /// The runtime, for work started from the Raft thread.
+    runtime: tokio::runtime::Handle,
     /// Client addresses of peers, learned from their Hello.
     peer_http: RwLock<HashMap<u64, String>>,
+    /// Data incarnations of peers, learned from their Hello.
+    peer_incarnation: RwLock<HashMap<u64, u64>>,
 }
 
 impl Transport {
@@ -87,8 +95,10 @@ impl Transport {
     pub fn start(
         id: u64,
         http_addr: String,
+        incarnation: u64,
         members: &HashMap<u64, String>,
         node_tx: StdSender<Event>,
+        sm: StateMachine,
     ) -> Transport {
         let mut queues = HashMap::new();
         for (&peer, addr) in members {
@@ -101,6 +111,7 @@ impl Transport {
                 body: Some(Body::Hello(Hello {
                     from: id,
                     http_addr: http_addr.clone(),
+                    incarnation,
                 })),
             };
             tokio::spawn(peer_writer(peer, addr.clone(), hello, rx, node_tx.clone()));
@@ -110,7 +121,10 @@ impl Transport {
                 id,
                 queues,
                 node_tx,
+                sm,
+                runtime: tokio::runtime::Handle::current(),
                 peer_http: RwLock::new(HashMap::new()),
+                peer_incarnation: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -192,6 +206,19 @@ impl Transport {
                 body: Some(Body::Hello(h)),
             }) if h.from != self.inner.id && members.contains_key(&h.from) => {
                 self.record_peer_http(h.from, h.http_addr);
+                let previous = self
+                    .inner
+                    .peer_incarnation
+                    .write()
+                    .ok()
+                    .and_then(|mut m| m.insert(h.from, h.incarnation));
+                if previous.is_some_and(|p| p != h.incarnation) {
+                    warn!(
+                        peer = h.from,
+                        "peer came back with new data (wiped): resetting its progress"
+                    );
+                    let _ = self.inner.node_tx.send(Event::PeerWiped(h.from));
+                }
                 h.from
             }
             Ok(_) => return Err("first frame is not a Hello from a member".into()),
@@ -226,10 +253,46 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Streams the state machine to `msg.to` in chunks, then the snapshot message itself, on the
+    /// same ordered queue, and tells the Raft loop how it went.
+    fn stream_snapshot(&self, msg: Message) {
+        let to = msg.to;
+        let node_tx = self.inner.node_tx.clone();
+        let (Some(queue), Ok(raw)) = (self.inner.queues.get(&to).cloned(), msg.write_to_bytes())
+        else {
+            let _ = node_tx.send(Event::SnapshotSent { to, ok: false });
+            return;
+        };
+        let meta = msg.get_snapshot().get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let sm = self.inner.sm.clone();
+        info!(peer = to, index, "streaming a snapshot");
+        self.inner.runtime.spawn_blocking(move || {
+            let sent = sm.snapshot_chunks(index, term, SNAPSHOT_CHUNK_BYTES, |chunk| {
+                queue.blocking_send(Body::SnapshotChunk(chunk)).is_ok()
+            });
+            let ok = match sent {
+                Ok(true) => queue.blocking_send(Body::Raft(raw.into())).is_ok(),
+                Ok(false) => false,
+                Err(e) => {
+                    warn!(peer = to, error = %e, "cannot read a snapshot");
+                    false
+                }
+            };
+            let _ = node_tx.send(Event::SnapshotSent { to, ok });
+        });
+    }
+}
+
 impl Outbox for Transport {
     fn send_raft(&self, msgs: Vec<Message>) {
         for msg in msgs {
             let to = msg.to;
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                self.stream_snapshot(msg);
+                continue;
+            }
             let sent = match msg.write_to_bytes() {
                 Ok(bytes) => self.send(to, Body::Raft(bytes.into())),
                 Err(e) => {

@@ -106,6 +106,8 @@ pub struct Report {
     pub unexpected: usize,
     /// Distinct (term, leader) pairs seen, minus one.
     pub leader_changes: usize,
+    /// Snapshots installed by nodes that fell behind the compacted log.
+    pub snapshots_installed: usize,
     /// Longest time without any successful operation, in seconds.
     pub longest_unavailability_s: f64,
     /// Successful operations per second before the first fault, during the faults, after the
@@ -153,7 +155,7 @@ impl Report {
             "profile {} ({} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {}; \
              {} register keys ({} ops) checked, {} not linearizable, {} undecided; \
              {} bank reads, {} violations; acked adds lost {:?}; duplicates {}; unexpected {}; \
-             leader changes {}; longest unavailability {:.1} s; ops/s {:?}{}",
+             leader changes {}; snapshots installed {}; longest unavailability {:.1} s; ops/s {:?}{}",
             self.profile,
             self.nodes,
             self.network,
@@ -175,6 +177,7 @@ impl Report {
             self.duplicates,
             self.unexpected,
             self.leader_changes,
+            self.snapshots_installed,
             self.longest_unavailability_s,
             self.throughput,
             self.invalid
@@ -314,7 +317,8 @@ pub fn run(opts: RunOpts) -> Report {
         .planted
         .map(|b| vec![("KEEL_PLANTED_BUG", b)])
         .unwrap_or_default();
-    let extra = ["--read-timeout", "2s"];
+    // Frequent compaction, so that nodes that were down or cut off catch up by snapshot.
+    let extra = ["--read-timeout", "2s", "--snapshot-entries", "30"];
     // Real packet drops when namespaces can be made (root); proxies alone otherwise.
     let mut c = if crate::netns::NetnsNet::available() {
         match Cluster::launch_netns(p.nodes, &extra, bin.clone(), &env) {
@@ -533,6 +537,15 @@ pub fn run(opts: RunOpts) -> Report {
     throughput.insert("after".to_string(), rate(last_heal, seconds));
 
     let leader_changes = seen.len().saturating_sub(1);
+    let snapshots_installed = c
+        .nodes
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(&n.log)
+                .map(|t| t.matches("installed a snapshot").count())
+                .unwrap_or(0)
+        })
+        .sum();
     let ok_ops: usize = counts.values().map(|c| c.ok).sum();
     let invalid = if leader_changes == 0
         && opts
@@ -569,6 +582,7 @@ pub fn run(opts: RunOpts) -> Report {
         duplicates,
         unexpected,
         leader_changes,
+        snapshots_installed,
         longest_unavailability_s: longest,
         throughput,
         faults: faults.clone(),

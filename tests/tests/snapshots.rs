@@ -1,0 +1,142 @@
+//! Log compaction and snapshots on real processes: the log stays bounded under a continuous
+//! write load; a follower that fell behind the first log index, or whose data was wiped, catches
+//! up by snapshot and then serves linearizable reads with every acknowledged write.
+
+use keel_tests::{wait_until, Cluster, DEADLINE};
+
+const EVERY: u64 = 60;
+
+fn log_span(c: &Cluster, id: u64) -> Option<(u64, u64, u64)> {
+    let s = c.status(id)?;
+    Some((
+        s["first_index"].as_u64()?,
+        s["last_index"].as_u64()?,
+        s["applied_index"].as_u64()?,
+    ))
+}
+
+fn write_range(c: &Cluster, via: u64, from: u64, to: u64) {
+    for i in from..to {
+        c.put_until_ok(
+            via,
+            &format!("snap/{i:05}"),
+            format!("value-{i}").as_bytes(),
+            DEADLINE,
+        );
+    }
+}
+
+fn assert_all(c: &Cluster, id: u64, n: u64) {
+    let r = wait_until(DEADLINE, "a linearizable list", || {
+        let r = c
+            .request(id, "GET", "/v1/kv?prefix=snap/&limit=10000", &[], None)
+            .ok()?;
+        (r.status == 200).then_some(r)
+    });
+    let v = r.json();
+    let items = v["items"].as_array().expect("items");
+    assert_eq!(
+        items.len() as u64,
+        n,
+        "node {id} holds every acknowledged write"
+    );
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["key"], format!("snap/{i:05}"));
+        assert_eq!(item["value"], format!("value-{i}"));
+    }
+}
+
+#[test]
+fn the_log_stays_bounded_under_a_continuous_write_load() {
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", &EVERY.to_string()]);
+    c.wait_for_leader();
+    let mut longest = 0;
+    for round in 0..10u64 {
+        write_range(&c, round % 3 + 1, round * 50, round * 50 + 50);
+        for id in c.ids() {
+            if let Some((first, last, _)) = log_span(&c, id) {
+                longest = longest.max(last + 1 - first);
+                assert!(
+                    last + 1 - first <= EVERY + 50,
+                    "node {id}: log spans {first}..={last}, more than the compaction bound"
+                );
+            }
+        }
+    }
+    let (first, last, applied) = log_span(&c, 1).expect("status");
+    eprintln!(
+        "after 500 writes: log {first}..={last}, applied {applied}; longest log seen {longest}"
+    );
+    assert!(first > 400, "the log was compacted (first index {first})");
+    assert_all(&c, 2, 500);
+}
+
+#[test]
+fn a_follower_far_behind_catches_up_by_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", &EVERY.to_string()]);
+    let leader = c.wait_for_leader();
+    let lagging = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("follower");
+    write_range(&c, leader, 0, 50);
+    c.kill(lagging);
+    write_range(&c, leader, 50, 300);
+    let (first, _, _) = log_span(&c, leader).expect("status");
+    assert!(
+        first > 60,
+        "the leader compacted past the stopped follower (first index {first})"
+    );
+    c.restart(lagging);
+    let idx = c.put_until_ok(leader, "snap/marker", b"m", DEADLINE).json()["index"]
+        .as_u64()
+        .expect("index");
+    wait_until(DEADLINE, "the restarted follower to catch up", || {
+        let r = c
+            .get(
+                lagging,
+                &format!("snap/marker?consistency=stale&min_index={idx}"),
+            )
+            .ok()?;
+        (r.status == 200).then_some(())
+    });
+    let log = std::fs::read_to_string(&c.node(lagging).log).expect("log");
+    assert!(
+        log.contains("installed a snapshot"),
+        "it caught up by snapshot"
+    );
+    c.request(lagging, "DELETE", "/v1/kv/snap/marker", &[], None)
+        .expect("delete");
+    assert_all(&c, lagging, 300);
+}
+
+#[test]
+fn a_follower_whose_data_was_wiped_rejoins_by_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", &EVERY.to_string()]);
+    let leader = c.wait_for_leader();
+    let wiped = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("follower");
+    write_range(&c, leader, 0, 200);
+    c.kill(wiped);
+    std::fs::remove_dir_all(&c.node(wiped).data_dir).expect("wipe");
+    write_range(&c, leader, 200, 260);
+    c.restart(wiped);
+    wait_until(DEADLINE, "the wiped follower to install a snapshot", || {
+        let log = std::fs::read_to_string(&c.node(wiped).log).ok()?;
+        log.contains("installed a snapshot").then_some(())
+    });
+    assert!(c.node(wiped).is_running(), "the wiped node must not crash");
+    assert_all(&c, wiped, 260);
+    // And it takes part again: with the other follower down, the cluster still commits.
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id != wiped)
+        .expect("other");
+    c.kill(other);
+    c.put_until_ok(leader, "snap/99999", b"with the rejoined node", DEADLINE);
+}
