@@ -601,8 +601,10 @@ impl raft::Storage for RaftLogStore {
                 RaftStorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let mut snap = Snapshot::default();
-        snap.data = SNAPSHOT_MARKER.to_vec().into();
+        let mut snap = Snapshot {
+            data: SNAPSHOT_MARKER.to_vec().into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = self.applied;
         meta.term = self.applied_term;
