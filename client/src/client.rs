@@ -902,6 +902,92 @@ impl Client {
         parse_txn_result(&ans.json()?)
     }
 
+    /// Adds a member as a learner (it replicates but does not vote); returns every member.
+    /// Promote it with [`Client::promote_member`] once it has caught up.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        peer_addr: &str,
+        http_addr: Option<&str>,
+    ) -> Result<Vec<crate::types::Member>, Error> {
+        let body = serde_json::json!({"id": id, "peer_addr": peer_addr, "http_addr": http_addr});
+        let ans = self
+            .execute(Call {
+                method: Method::POST,
+                path: "/v1/cluster/members".into(),
+                headers: Vec::new(),
+                body: Bytes::from(body.to_string()),
+                write: true,
+                key: "",
+            })
+            .await?;
+        parse_members(&ans.json()?)
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote_member(&self, id: u64) -> Result<Vec<crate::types::Member>, Error> {
+        let ans = self
+            .execute(Call {
+                method: Method::POST,
+                path: format!("/v1/cluster/members/{id}/promote"),
+                headers: Vec::new(),
+                body: Bytes::new(),
+                write: true,
+                key: "",
+            })
+            .await?;
+        parse_members(&ans.json()?)
+    }
+
+    /// Removes a member (not the leader: transfer leadership first).
+    pub async fn remove_member(&self, id: u64) -> Result<Vec<crate::types::Member>, Error> {
+        let ans = self
+            .execute(Call {
+                method: Method::DELETE,
+                path: format!("/v1/cluster/members/{id}"),
+                headers: Vec::new(),
+                body: Bytes::new(),
+                write: true,
+                key: "",
+            })
+            .await?;
+        parse_members(&ans.json()?)
+    }
+
+    /// Every member, as the leader knows them.
+    pub async fn list_members(&self) -> Result<Vec<crate::types::Member>, Error> {
+        let ans = self
+            .execute(Call {
+                method: Method::GET,
+                path: "/v1/cluster/members".into(),
+                headers: Vec::new(),
+                body: Bytes::new(),
+                write: true,
+                key: "",
+            })
+            .await?;
+        parse_members(&ans.json()?)
+    }
+
+    /// Hands leadership to `to` (or to the most up-to-date voter); returns the new leader.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, Error> {
+        let body = serde_json::json!({ "to": to });
+        let ans = self
+            .execute(Call {
+                method: Method::POST,
+                path: "/v1/cluster/transfer-leader".into(),
+                headers: Vec::new(),
+                body: Bytes::from(body.to_string()),
+                write: true,
+                key: "",
+            })
+            .await?;
+        let v = ans.json()?;
+        let leader = field_u64(&v, "leader")?;
+        self.inner.leader.store(leader, Ordering::Release);
+        Ok(leader)
+    }
+
     /// The status of the leader (or, if it cannot be reached, of any member).
     pub async fn status(&self) -> Result<Status, Error> {
         let ans = self
@@ -917,6 +1003,11 @@ impl Client {
         serde_json::from_slice(&ans.body)
             .map_err(|e| Error::Unexpected(format!("invalid status ({e})")))
     }
+}
+
+fn parse_members(v: &Value) -> Result<Vec<crate::types::Member>, Error> {
+    serde_json::from_value(v["members"].clone())
+        .map_err(|e| Error::Unexpected(format!("invalid member list ({e}): {v}")))
 }
 
 fn strip_scheme(a: &str) -> String {

@@ -163,7 +163,7 @@ pub struct ListPage {
     pub more: bool,
 }
 
-/// A member as `/v1/status` describes it.
+/// A member as `/v1/status` and `/v1/cluster/members` describe it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct Member {
     /// Member id.
@@ -172,6 +172,9 @@ pub struct Member {
     pub peer_addr: String,
     /// Client address, when known.
     pub http_addr: Option<String>,
+    /// `voter` or `learner` (from `/v1/cluster/members`).
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// A member's progress as the leader sees it.

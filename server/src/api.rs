@@ -76,20 +76,17 @@ pub struct Api {
     node: NodeHandle,
     sm: StateMachine,
     router: Arc<Router>,
-    members: Vec<(u64, String)>,
     http_addr: String,
     peer_http: Box<dyn Fn() -> std::collections::HashMap<u64, String> + Send + Sync>,
 }
 
 impl Api {
-    /// Builds the API state. `members` are (id, peer address) of the configured members;
-    /// `peer_http` returns the client addresses learned from peers.
+    /// Builds the API state. `peer_http` returns the client addresses learned from peers.
     pub fn new(
         cfg: ApiConfig,
         node: NodeHandle,
         sm: StateMachine,
         router: Arc<Router>,
-        members: Vec<(u64, String)>,
         http_addr: String,
         peer_http: Box<dyn Fn() -> std::collections::HashMap<u64, String> + Send + Sync>,
     ) -> Arc<Self> {
@@ -98,11 +95,33 @@ impl Api {
             node,
             sm,
             router,
-            members,
             http_addr,
             peer_http,
         })
     }
+}
+
+/// How long a leadership transfer may take before the API answers 504.
+const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+/// A learner more entries behind the leader than this is not promoted.
+const MAX_PROMOTE_LAG: u64 = 1000;
+
+/// Body of `POST /v1/cluster/members`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMemberBody {
+    id: u64,
+    peer_addr: String,
+    #[serde(default)]
+    http_addr: Option<String>,
+}
+
+/// Body of `POST /v1/cluster/transfer-leader`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    #[serde(default)]
+    to: Option<u64>,
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves.
@@ -476,6 +495,38 @@ impl Api {
                 self.only(&method, &[Method::GET])?;
                 self.status().await
             }
+            "/v1/cluster/members" => match method {
+                Method::GET => self.list_members().await,
+                Method::POST => self.add_member(req).await,
+                _ => Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not allowed here"),
+                )),
+            },
+            "/v1/cluster/transfer-leader" => {
+                self.only(&method, &[Method::POST])?;
+                self.transfer_leader(req).await
+            }
+            p if p.starts_with("/v1/cluster/members/") => {
+                let rest = &p["/v1/cluster/members/".len()..];
+                let (id, action) = match rest.split_once('/') {
+                    Some((id, action)) => (id, Some(action)),
+                    None => (rest, None),
+                };
+                let id: u64 = id.parse().map_err(|_| {
+                    ApiError::bad_request("invalid_member", format!("bad member id {id:?}"))
+                })?;
+                match (method.clone(), action) {
+                    (Method::POST, Some("promote")) => self.promote_member(id).await,
+                    (Method::DELETE, None) => self.remove_member(id).await,
+                    _ => Err(ApiError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        format!("{method} {path} is not a member operation"),
+                    )),
+                }
+            }
             "/v1/txn" => {
                 self.only(&method, &[Method::POST])?;
                 self.txn(req, query).await
@@ -625,27 +676,43 @@ impl Api {
         }
     }
 
-    async fn status(&self) -> Answer {
-        let report = self.node.status().await.ok_or_else(|| {
+    async fn report(&self) -> Result<crate::raft_node::StatusReport, ApiError> {
+        self.node.status().await.ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 "the node is stopping",
             )
-        })?;
+        })
+    }
+
+    /// Every member with its addresses and role, as this node knows them.
+    fn members_json(&self, report: &crate::raft_node::StatusReport) -> Vec<Value> {
         let learned = (self.peer_http)();
-        let members: Vec<Value> = self
-            .members
+        report
+            .addresses
             .iter()
-            .map(|(id, peer)| {
+            .map(|(id, addr)| {
                 let http = if *id == report.id {
                     Some(self.http_addr.clone())
                 } else {
-                    learned.get(id).cloned()
+                    learned.get(id).cloned().or_else(|| addr.http_addr.clone())
                 };
-                json!({"id": id, "peer_addr": peer, "http_addr": http})
+                let role = if report.voters.contains(id) {
+                    "voter"
+                } else if report.learners.contains(id) {
+                    "learner"
+                } else {
+                    "joining"
+                };
+                json!({"id": id, "peer_addr": addr.peer_addr, "http_addr": http, "role": role})
             })
-            .collect();
+            .collect()
+    }
+
+    async fn status(&self) -> Answer {
+        let report = self.report().await?;
+        let members = self.members_json(&report);
         let mut v = serde_json::to_value(&report).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?;
@@ -653,6 +720,204 @@ impl Api {
             m.insert("members".into(), Value::Array(members));
         }
         Ok(Reply::json(StatusCode::OK, v, Some(report.applied_index)))
+    }
+
+    async fn list_members(&self) -> Answer {
+        let report = self.report().await?;
+        Ok(Reply::json(
+            StatusCode::OK,
+            json!({"members": self.members_json(&report), "leader": report.leader}),
+            Some(report.applied_index),
+        ))
+    }
+
+    /// Proposes one membership change here (the leader) and answers with the members after it.
+    async fn change_membership(
+        &self,
+        change: raft::eraftpb::ConfChangeType,
+        id: u64,
+        context: Vec<u8>,
+    ) -> Answer {
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(change);
+        single.node_id = id;
+        let mut cc = raft::eraftpb::ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        let ok = match tokio::time::timeout(
+            self.cfg.request_timeout,
+            self.node.propose_conf_change(cc, context),
+        )
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => return Err(WriteError::OutcomeUnknown.into()),
+        };
+        let r = rejected(&ok.result)?;
+        let report = self.report().await?;
+        Ok(Reply::json(
+            StatusCode::OK,
+            json!({"index": r.index, "members": self.members_json(&report)}),
+            Some(r.index),
+        ))
+    }
+
+    fn require_leader(&self, report: &crate::raft_node::StatusReport) -> Result<(), ApiError> {
+        if report.role == crate::raft_node::Role::Leader {
+            return Ok(());
+        }
+        Err(match report.leader {
+            Some(l) => WriteError::NotLeader(l),
+            None => WriteError::NoLeader,
+        }
+        .into())
+    }
+
+    async fn add_member(&self, req: Request<Incoming>) -> Answer {
+        let body = read_body(req, MAX_ADD_BODY_BYTES).await?;
+        let b: AddMemberBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("expected {{\"id\": u64, \"peer_addr\": \"host:port\", \"http_addr\"?: \"host:port\"}}: {e}"),
+            )
+        })?;
+        if b.id == 0 || !b.peer_addr.contains(':') {
+            return Err(ApiError::bad_request(
+                "invalid_member",
+                "the id must be at least 1 and peer_addr must be host:port",
+            ));
+        }
+        let report = self.report().await?;
+        self.require_leader(&report)?;
+        if report.addresses.contains_key(&b.id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "member_exists",
+                format!("member {} already exists", b.id),
+            ));
+        }
+        let context = serde_json::to_vec(&crate::members::JoinContext {
+            id: b.id,
+            addr: crate::members::MemberAddr {
+                peer_addr: b.peer_addr,
+                http_addr: b.http_addr,
+            },
+        })
+        .unwrap_or_default();
+        self.change_membership(raft::eraftpb::ConfChangeType::AddLearnerNode, b.id, context)
+            .await
+    }
+
+    async fn promote_member(&self, id: u64) -> Answer {
+        let report = self.report().await?;
+        self.require_leader(&report)?;
+        if !report.learners.contains(&id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_learner",
+                format!("member {id} is not a learner"),
+            ));
+        }
+        let lag = report
+            .progress
+            .iter()
+            .flatten()
+            .find(|p| p.id == id && p.reachable && p.match_index > 0)
+            .map_or(u64::MAX, |p| {
+                report.commit_index.saturating_sub(p.match_index)
+            });
+        if lag > MAX_PROMOTE_LAG {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "learner_behind",
+                if lag == u64::MAX {
+                    format!(
+                        "learner {id} has not caught up yet (unreachable or nothing replicated)"
+                    )
+                } else {
+                    format!(
+                        "learner {id} is {lag} entries behind; promote it once it has caught up"
+                    )
+                },
+            ));
+        }
+        self.change_membership(raft::eraftpb::ConfChangeType::AddNode, id, Vec::new())
+            .await
+    }
+
+    async fn remove_member(&self, id: u64) -> Answer {
+        let report = self.report().await?;
+        self.require_leader(&report)?;
+        if !report.addresses.contains_key(&id) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_member",
+                format!("member {id} does not exist"),
+            ));
+        }
+        if id == report.id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "is_leader",
+                "member is the leader: transfer leadership first (POST /v1/cluster/transfer-leader)",
+            ));
+        }
+        self.change_membership(raft::eraftpb::ConfChangeType::RemoveNode, id, Vec::new())
+            .await
+    }
+
+    async fn transfer_leader(&self, req: Request<Incoming>) -> Answer {
+        let body = read_body(req, MAX_ADD_BODY_BYTES).await?;
+        let b: TransferBody = if body.is_empty() {
+            TransferBody::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ApiError::bad_request("invalid_json", format!("expected {{\"to\"?: u64}}: {e}"))
+            })?
+        };
+        let report = self.report().await?;
+        self.require_leader(&report)?;
+        let target = match b.to {
+            Some(to) if to == report.id => {
+                return Ok(Reply::json(StatusCode::OK, json!({"leader": to}), None))
+            }
+            Some(to) if report.voters.contains(&to) => to,
+            Some(to) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_a_voter",
+                    format!("member {to} is not a voter"),
+                ))
+            }
+            None => best_successor(&report).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "no_successor",
+                    "no other voter to lead",
+                )
+            })?,
+        };
+        self.node
+            .send(crate::raft_node::Event::TransferLeader(target));
+        let shared = self.node.shared().clone();
+        let moved = async {
+            loop {
+                if shared.leader() == Some(target) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        match tokio::time::timeout(TRANSFER_WAIT, moved).await {
+            Ok(()) => Ok(Reply::json(StatusCode::OK, json!({"leader": target}), None)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "leadership did not move to {target} within {} s",
+                    TRANSFER_WAIT.as_secs()
+                ),
+            )),
+        }
     }
 
     /// Waits until this node may serve a read at the requested consistency.
@@ -1085,6 +1350,17 @@ impl StepJson {
         };
         Ok(TxnStep { step: Some(step) })
     }
+}
+
+/// The voter (other than the leader) with the highest match index.
+pub fn best_successor(report: &crate::raft_node::StatusReport) -> Option<u64> {
+    report
+        .progress
+        .iter()
+        .flatten()
+        .filter(|p| p.voter && p.id != report.id)
+        .max_by_key(|p| (p.match_index, p.reachable))
+        .map(|p| p.id)
 }
 
 /// Turns a deterministic rejection into its HTTP error; passes successes through.

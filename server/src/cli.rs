@@ -124,6 +124,45 @@ pub enum ClientCommand {
     },
     /// Show the cluster's status as the leader sees it.
     Status,
+    /// Membership: add a learner, promote it, remove a member, list members.
+    Member {
+        /// What to do.
+        #[command(subcommand)]
+        action: MemberAction,
+    },
+    /// Hand leadership to another voter (the most up-to-date one unless --to).
+    TransferLeader {
+        /// The voter to lead.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+/// Membership commands.
+#[derive(Subcommand, Debug)]
+pub enum MemberAction {
+    /// Add a node as a learner (start it with `keel server --join` instead to do both at once).
+    Add {
+        /// Its id.
+        id: u64,
+        /// Its peer address (host:port).
+        peer_addr: String,
+        /// Its client address (host:port).
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        /// Its id.
+        id: u64,
+    },
+    /// Remove a member (transfer leadership away from it first if it leads).
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+    /// List the members.
+    List,
 }
 
 /// Runs a client command; the exit code is 0 on success, 1 on error, 2 for a missing key.
@@ -265,6 +304,35 @@ async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
                 })
                 .collect();
             json!({"succeeded": r.succeeded, "results": results, "index": r.index}).to_string()
+        }
+        ClientCommand::Member { action } => {
+            let members = match action {
+                MemberAction::Add {
+                    id,
+                    peer_addr,
+                    http,
+                } => client.add_member(id, &peer_addr, http.as_deref()).await?,
+                MemberAction::Promote { id } => client.promote_member(id).await?,
+                MemberAction::Remove { id } => client.remove_member(id).await?,
+                MemberAction::List => client.list_members().await?,
+            };
+            members
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}\t{}\tpeer {}\thttp {}",
+                        m.id,
+                        m.role.as_deref().unwrap_or("?"),
+                        m.peer_addr,
+                        m.http_addr.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        ClientCommand::TransferLeader { to } => {
+            let leader = client.transfer_leader(to).await?;
+            format!("node {leader} leads")
         }
         ClientCommand::Status => {
             let s = client.status().await?;

@@ -53,9 +53,17 @@ pub struct ServerArgs {
     /// Directory of this node's RocksDB database.
     #[arg(long, env = "KEEL_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Every initial member and its peer address: `1=host:port,2=host:port,...`.
+    /// Every initial member and its peer address: `1=host:port,2=host:port,...` (not needed
+    /// with --join, nor once the node has data).
     #[arg(long, env = "KEEL_CLUSTER")]
-    pub cluster: String,
+    pub cluster: Option<String>,
+    /// Join a running cluster through one of its members (host:port of its HTTP API): the node
+    /// is added as a learner and catches up by snapshot; promote it with `keel member promote`.
+    #[arg(long, env = "KEEL_JOIN")]
+    pub join: Option<String>,
+    /// Peer address other nodes should dial (default: --peer).
+    #[arg(long, env = "KEEL_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
     /// Mode of writes that do not give `?mode=`.
     #[arg(long, env = "KEEL_DEFAULT_MODE", default_value = "semi")]
     pub default_mode: WriteMode,
@@ -143,11 +151,25 @@ pub fn parse_cluster(spec: &str) -> Result<HashMap<u64, String>, ConfigError> {
 }
 
 impl ServerArgs {
-    /// Checks cross-flag constraints.
+    /// Checks cross-flag constraints; returns the `--cluster` members (empty with --join).
     pub fn validate(&self) -> Result<HashMap<u64, String>, ConfigError> {
-        let members = parse_cluster(&self.cluster)?;
-        if !members.contains_key(&self.id) {
+        let members = match (&self.cluster, &self.join) {
+            (Some(c), _) => parse_cluster(c)?,
+            (None, Some(_)) => HashMap::new(),
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "give --cluster (a new cluster, or a node with data) or --join".into(),
+                ))
+            }
+        };
+        if self.cluster.is_some() && !members.contains_key(&self.id) {
             return Err(ConfigError::NotAMember(self.id));
+        }
+        if self.id == 0 {
+            return Err(ConfigError::Invalid("--id must be at least 1".into()));
+        }
+        if self.cluster.is_none() && self.peer.is_none() {
+            return Err(ConfigError::Invalid("--join needs --peer".into()));
         }
         if self.tick_ms == 0
             || self.heartbeat_ticks == 0

@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod members;
 pub mod mode;
 pub mod planted;
 pub mod proto;

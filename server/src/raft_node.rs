@@ -34,14 +34,18 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use raft_proto::ConfChangeI;
 use rocksdb::WriteBatch;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::error::{ReadError, WriteError};
+use crate::members::{AddressBook, JoinContext, MemberAddr};
 use crate::mode::{AckPoint, WriteMode};
 use crate::proto::{command::Op, ApplyResult, Command};
 use crate::state_machine::StateMachine;
@@ -85,6 +89,17 @@ pub enum Event {
         /// Where to answer.
         reply: oneshot::Sender<Result<WriteOk, WriteError>>,
     },
+    /// Propose a membership change (only meaningful on the leader).
+    ProposeConfChange {
+        /// The change.
+        cc: ConfChangeV2,
+        /// Its context (a [`JoinContext`] as JSON when a member is added).
+        context: Vec<u8>,
+        /// Where to answer once it is applied.
+        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+    },
+    /// Hand leadership to this voter (only meaningful on the leader).
+    TransferLeader(u64),
     /// Ask for a read index.
     ReadIndex {
         /// Where to answer with the read index.
@@ -134,6 +149,8 @@ pub trait Outbox: Send + 'static {
     fn send_raft(&self, msgs: Vec<Message>);
     /// Reports this node's applied index to the leader.
     fn send_applied(&self, leader: u64, applied: u64);
+    /// Starts (Some) or stops (None) talking to a peer, as membership changes.
+    fn set_peer(&self, id: u64, addr: Option<&MemberAddr>);
 }
 
 /// Raft role as published to the rest of the node.
@@ -176,6 +193,7 @@ pub struct Shared {
     role: AtomicU8,
     commit: AtomicU64,
     stopped: AtomicBool,
+    removed: AtomicBool,
     applied_tx: watch::Sender<u64>,
 }
 
@@ -214,6 +232,10 @@ impl Shared {
     /// Whether the loop has stopped (shutdown or storage failure).
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+    /// Whether this node applied its own removal from the cluster.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 }
 
@@ -261,6 +283,9 @@ pub struct StatusReport {
     pub learners: Vec<u64>,
     /// On the leader: every member's progress.
     pub progress: Option<Vec<MemberProgress>>,
+    /// Every member's addresses.
+    #[serde(skip)]
+    pub addresses: AddressBook,
 }
 
 /// A handle to the Ready loop: the channel into it and the state it publishes.
@@ -292,6 +317,20 @@ impl NodeHandle {
             return Err(WriteError::ShuttingDown);
         }
         // The loop always answers, unless it stops, in which case the outcome is not known.
+        rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
+    }
+
+    /// Proposes a membership change on this node (which must be the leader) and waits until it
+    /// is applied here.
+    pub async fn propose_conf_change(
+        &self,
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+    ) -> Result<WriteOk, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Event::ProposeConfChange { cc, context, reply }) {
+            return Err(WriteError::ShuttingDown);
+        }
         rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
     }
 
@@ -379,14 +418,18 @@ struct Driver<O: Outbox> {
     reissue_reads: bool,
     /// A staged snapshot is locked for installation until the end of this cycle.
     staging_locked: bool,
+    /// Every member's addresses.
+    members: AddressBook,
 }
 
 /// Starts the Ready loop on its own thread. Returns the handle and the thread, which ends with
 /// an error if storage failed (the node must then stop: its disk is not trustworthy).
+#[allow(clippy::too_many_arguments)]
 pub fn start<O: Outbox>(
     cfg: RaftConfig,
     store: RaftLogStore,
     sm: StateMachine,
+    members: AddressBook,
     outbox: O,
     tx: Sender<Event>,
     rx: Receiver<Event>,
@@ -423,6 +466,7 @@ pub fn start<O: Outbox>(
         role: AtomicU8::new(Role::Follower.to_u8()),
         commit: AtomicU64::new(raw.raft.raft_log.committed),
         stopped: AtomicBool::new(false),
+        removed: AtomicBool::new(false),
         applied_tx,
     });
     let handle = NodeHandle {
@@ -446,6 +490,7 @@ pub fn start<O: Outbox>(
         applied,
         reissue_reads: false,
         staging_locked: false,
+        members,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -525,6 +570,15 @@ impl<O: Outbox> Driver<O> {
                 mode,
                 reply,
             } => self.propose(command, mode, reply),
+            Event::ProposeConfChange { cc, context, reply } => {
+                self.propose_conf_change(cc, context, reply)
+            }
+            Event::TransferLeader(to) => {
+                if self.raw.raft.state == StateRole::Leader && to != self.cfg.id {
+                    info!(to, "transferring leadership");
+                    self.raw.transfer_leader(to);
+                }
+            }
             Event::ReadIndex { reply } => self.new_reads.push(reply),
             Event::Raft(mut msg) => {
                 let from = msg.from;
@@ -628,6 +682,91 @@ impl<O: Outbox> Driver<O> {
                 reply,
             },
         );
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+    ) {
+        if self.raw.raft.state != StateRole::Leader {
+            let err = match self.raw.raft.leader_id {
+                0 => WriteError::NoLeader,
+                id => WriteError::NotLeader(id),
+            };
+            let _ = reply.send(Err(err));
+            return;
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        if let Err(e) = self.raw.propose_conf_change(context, cc) {
+            // raft-rs takes one membership change at a time.
+            debug!(error = %e, "conf change dropped");
+            let _ = reply.send(Err(WriteError::Dropped));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        if index != before + 1 {
+            let _ = reply.send(Err(WriteError::Dropped));
+            return;
+        }
+        self.pending.insert(
+            index,
+            PendingWrite {
+                term: self.raw.raft.term,
+                mode: WriteMode::Semi,
+                blind: false,
+                reply,
+            },
+        );
+    }
+
+    /// Applies a membership change: to raft-rs, to the persisted conf state, to the address book
+    /// and the transport. Returns whether this node removed itself.
+    fn apply_membership(
+        &mut self,
+        entry: &Entry,
+        batch: &mut crate::state_machine::ApplyBatch<'_>,
+        peer_changes: &mut Vec<(u64, Option<MemberAddr>)>,
+    ) -> Result<Result<(), String>, StorageError> {
+        let cc = if entry.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&entry.data).map(|cc| cc.into_v2())
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data)
+        };
+        let cc = match cc {
+            Ok(cc) => cc,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        put_conf_state(self.raw.store().db(), batch.write_batch(), &cs)?;
+        self.raw.mut_store().set_conf_state(cs);
+        // raft-rs carries the proposal's context in the entry, not in the change.
+        let joined: Option<JoinContext> = serde_json::from_slice(&entry.context).ok();
+        for change in cc.get_changes() {
+            let id = change.node_id;
+            match change.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(j) = joined.as_ref().filter(|j| j.id == id) {
+                        self.members.insert(id, j.addr.clone());
+                        peer_changes.push((id, Some(j.addr.clone())));
+                    }
+                }
+                ConfChangeType::RemoveNode => {
+                    self.members.remove(&id);
+                    peer_changes.push((id, None));
+                }
+            }
+        }
+        batch.write_batch().put_cf(
+            crate::storage::cf(self.raw.store().db(), crate::storage::CF_META)?,
+            crate::storage::KEY_MEMBERS,
+            crate::members::encode(&self.members),
+        );
+        Ok(Ok(()))
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -848,8 +987,10 @@ impl<O: Outbox> Driver<O> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut batch = self.sm.batch();
+        let sm = self.sm.clone();
+        let mut batch = sm.batch();
         let mut outcomes = Vec::new();
+        let mut peer_changes = Vec::new();
         for entry in &entries {
             // After a snapshot the state machine may already cover entries Raft hands out again
             // (its data was read at an index above the snapshot's): their effects are in it.
@@ -864,28 +1005,25 @@ impl<O: Outbox> Driver<O> {
                     outcomes.push((entry.index, entry.term, result));
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cs = if entry.get_entry_type() == EntryType::EntryConfChange {
-                        ConfChange::parse_from_bytes(&entry.data)
-                            .map_err(|e| e.to_string())
-                            .and_then(|cc| {
-                                self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
-                            })
-                    } else {
-                        ConfChangeV2::parse_from_bytes(&entry.data)
-                            .map_err(|e| e.to_string())
-                            .and_then(|cc| {
-                                self.raw.apply_conf_change(&cc).map_err(|e| e.to_string())
-                            })
-                    };
-                    match cs {
-                        Ok(cs) => {
-                            put_conf_state(self.raw.store().db(), batch.write_batch(), &cs)?;
-                            self.raw.mut_store().set_conf_state(cs);
-                        }
-                        Err(e) => warn!(index = entry.index, error = %e, "conf change rejected"),
-                    }
+                    let result =
+                        match self.apply_membership(entry, &mut batch, &mut peer_changes)? {
+                            Ok(()) => ApplyResult {
+                                index: entry.index,
+                                ..Default::default()
+                            },
+                            Err(e) => {
+                                warn!(index = entry.index, error = %e, "conf change rejected");
+                                ApplyResult {
+                                    index: entry.index,
+                                    error_code: crate::state_machine::codes::INVALID_COMMAND.into(),
+                                    error_message: e,
+                                    ..Default::default()
+                                }
+                            }
+                        };
                     if !covered {
                         batch.skip(entry.index, entry.term);
+                        outcomes.push((entry.index, entry.term, result));
                     }
                 }
             }
@@ -897,6 +1035,16 @@ impl<O: Outbox> Driver<O> {
             let leader = self.raw.raft.leader_id;
             if leader != 0 && leader != self.cfg.id {
                 self.outbox.send_applied(leader, applied);
+            }
+        }
+        for (id, addr) in peer_changes {
+            if id == self.cfg.id {
+                if addr.is_none() {
+                    warn!("this node was removed from the cluster");
+                    self.shared.removed.store(true, Ordering::Release);
+                }
+            } else {
+                self.outbox.set_peer(id, addr.as_ref());
             }
         }
         let now = Instant::now();
@@ -1059,6 +1207,7 @@ impl<O: Outbox> Driver<O> {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             progress,
+            addresses: self.members.clone(),
         }
     }
 }

@@ -12,11 +12,12 @@ use std::time::Duration;
 use slog::Drain;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::{self, Api, ApiConfig};
 use crate::config::{ConfigError, ServerArgs};
 use crate::forward::Router;
+use crate::members::{self, AddressBook, MemberAddr};
 use crate::proto::frame::Body;
 use crate::raft_node::{self, Event, NodeHandle, RaftConfig};
 use crate::state_machine::StateMachine;
@@ -59,6 +60,9 @@ pub enum ServerError {
     /// The Ready loop ended abnormally.
     #[error("the raft loop stopped: {0}")]
     RaftLoop(String),
+    /// Joining through --join failed.
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
 }
 
 /// Routes non-Raft peer frames to where they belong.
@@ -98,13 +102,65 @@ fn raft_logger() -> slog::Logger {
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 
-/// Runs a node until SIGINT/SIGTERM or a fatal error.
+/// How long a leader stopping gracefully waits for its successor to take over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// Decides this node's starting address book and initial voters: from its own data if it has
+/// any, else from `--cluster` (a new cluster), else by joining through `--join`.
+async fn membership(
+    args: &ServerArgs,
+    db: &rocksdb::DB,
+    cluster: &HashMap<u64, String>,
+    advertise_peer: &str,
+    advertise_http: &str,
+) -> Result<(AddressBook, Vec<u64>), ServerError> {
+    if let Some(book) = storage::read_members(db)?.and_then(|b| members::decode(&b)) {
+        return Ok((book, Vec::new()));
+    }
+    if !cluster.is_empty() {
+        let mut voters: Vec<u64> = cluster.keys().copied().collect();
+        voters.sort_unstable();
+        return Ok((members::from_cluster(cluster), voters));
+    }
+    let Some(join) = &args.join else {
+        return Err(ConfigError::Invalid("no --cluster and no --join".into()).into());
+    };
+    info!(via = %join, "joining the cluster as a learner");
+    let client = keel_client::Client::new(join.split(','))
+        .await
+        .map_err(|e| ServerError::Join(e.to_string()))?;
+    let list = client
+        .add_member(args.id, advertise_peer, Some(advertise_http))
+        .await
+        .map_err(|e| ServerError::Join(e.to_string()))?;
+    let book = list
+        .into_iter()
+        .map(|m| {
+            (
+                m.id,
+                MemberAddr {
+                    peer_addr: m.peer_addr,
+                    http_addr: m.http_addr,
+                },
+            )
+        })
+        .collect();
+    // No voters: the node learns the configuration from the leader's snapshot.
+    Ok((book, Vec::new()))
+}
+
+/// Runs a node until SIGINT/SIGTERM, its removal from the cluster, or a fatal error.
 pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
-    let members = args.validate()?;
-    let peer_listen = args
-        .peer
+    let cluster = args.validate()?;
+    let peer_listen = match (&args.peer, cluster.get(&args.id)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(ConfigError::Invalid("--peer is needed".into()).into()),
+    };
+    let advertise_peer = args
+        .advertise_peer
         .clone()
-        .unwrap_or_else(|| members[&args.id].clone());
+        .unwrap_or_else(|| peer_listen.clone());
     let advertise_http = args
         .advertise_http
         .clone()
@@ -115,11 +171,6 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
     })?;
 
     let db = storage::open_db(&args.data_dir)?;
-    let mut voters: Vec<u64> = members.keys().copied().collect();
-    voters.sort_unstable();
-    let store = RaftLogStore::open(db.clone(), &voters)?;
-    let sm = StateMachine::new(db.clone());
-
     let peer_listener = transport::bind(&peer_listen).await?;
     let http_listener =
         TcpListener::bind(&args.http)
@@ -128,14 +179,35 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
                 addr: args.http.clone(),
                 source,
             })?;
+    let (mut book, voters) =
+        membership(&args, &db, &cluster, &advertise_peer, &advertise_http).await?;
+    book.entry(args.id).or_insert_with(|| MemberAddr {
+        peer_addr: advertise_peer.clone(),
+        http_addr: Some(advertise_http.clone()),
+    });
+    db.put_cf(
+        storage::cf(&db, storage::CF_META)?,
+        storage::KEY_MEMBERS,
+        members::encode(&book),
+    )
+    .map_err(|source| StorageError::Rocks {
+        context: "write members",
+        source,
+    })?;
+    let store = RaftLogStore::open(db.clone(), &voters)?;
+    let sm = StateMachine::new(db.clone());
 
     let (tx, rx) = mpsc::channel();
     let incarnation = storage::incarnation(&db)?;
+    let peers: HashMap<u64, String> = book
+        .iter()
+        .map(|(id, a)| (*id, a.peer_addr.clone()))
+        .collect();
     let transport = Transport::start(
         args.id,
         advertise_http.clone(),
         incarnation,
-        &members,
+        &peers,
         tx.clone(),
         sm.clone(),
     );
@@ -153,6 +225,7 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         raft_cfg,
         store,
         sm.clone(),
+        book,
         transport.clone(),
         tx,
         rx,
@@ -164,15 +237,8 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         router: router.clone(),
         sm: sm.clone(),
     });
-    let peer_task = tokio::spawn(transport.clone().serve_inbound(
-        peer_listener,
-        members.clone(),
-        inbound,
-    ));
+    let peer_task = tokio::spawn(transport.clone().serve_inbound(peer_listener, inbound));
 
-    let mut member_list: Vec<(u64, String)> =
-        members.iter().map(|(k, v)| (*k, v.clone())).collect();
-    member_list.sort_unstable();
     let api_state = Api::new(
         ApiConfig {
             max_value_bytes: args.max_value_bytes,
@@ -183,7 +249,6 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         node.clone(),
         sm,
         router,
-        member_list,
         advertise_http,
         {
             let t = transport.clone();
@@ -203,9 +268,22 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
     );
 
     let mut raft_done = tokio::task::spawn_blocking(move || raft_thread.join());
+    let removed = {
+        let shared = node.shared().clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if shared.removed() {
+                    return;
+                }
+            }
+        }
+    };
     let outcome = tokio::select! {
         _ = shutdown_signal() => {
             info!("shutting down");
+            hand_over_leadership(&node).await;
             let _ = stop_tx.send(true);
             node.send(Event::Shutdown);
             match tokio::time::timeout(Duration::from_secs(5), &mut raft_done).await {
@@ -213,6 +291,13 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
                 Ok(Ok(Ok(Err(e)))) => Err(ServerError::Storage(e)),
                 Ok(Ok(Err(_))) | Ok(Err(_)) => Err(ServerError::RaftLoop("panicked".into())),
             }
+        }
+        _ = removed => {
+            info!("removed from the cluster: stopping");
+            let _ = stop_tx.send(true);
+            node.send(Event::Shutdown);
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut raft_done).await;
+            Ok(())
         }
         joined = &mut raft_done => {
             let _ = stop_tx.send(true);
@@ -229,6 +314,34 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         error!(error = %e, "node stopped");
     }
     outcome
+}
+
+/// A leader that stops on purpose hands leadership to its most up-to-date voter first, so that
+/// a planned restart costs no election timeout.
+async fn hand_over_leadership(node: &NodeHandle) {
+    let Some(report) = node.status().await else {
+        return;
+    };
+    if report.role != raft_node::Role::Leader {
+        return;
+    }
+    let Some(target) = api::best_successor(&report) else {
+        return;
+    };
+    info!(to = target, "handing leadership over before stopping");
+    node.send(Event::TransferLeader(target));
+    let shared = node.shared().clone();
+    let moved = async {
+        loop {
+            if shared.leader().is_some_and(|l| l != report.id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(HANDOVER_WAIT, moved).await.is_err() {
+        warn!("leadership did not move in time; stopping anyway");
+    }
 }
 
 async fn shutdown_signal() {

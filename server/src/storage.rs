@@ -152,6 +152,44 @@ fn encode_pb<M: PbMessage>(m: &M, what: &'static str) -> Result<Vec<u8>, Storage
     })
 }
 
+/// Writes the starting point of a node that has nothing yet: the log truncated at
+/// `(index, term)`, the state machine applied to it, the configuration `voters` (empty for a node
+/// that joins, which learns its configuration from the leader's snapshot). Used on first boot
+/// (index 1, term 1) and by restore (the backup's applied index and term).
+pub fn bootstrap(db: &DB, voters: &[u64], index: u64, term: u64) -> Result<(), StorageError> {
+    let meta = cf(db, CF_META)?;
+    let mut batch = WriteBatch::default();
+    let cs = ConfState {
+        voters: voters.to_vec(),
+        ..Default::default()
+    };
+    batch.put_cf(meta, KEY_CONF_STATE, encode_pb(&cs, "conf state")?);
+    if !voters.is_empty() {
+        let hs = HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        };
+        batch.put_cf(meta, KEY_HARD_STATE, encode_pb(&hs, "hard state")?);
+        batch.put_cf(meta, KEY_TRUNCATED, truncation_value(index, term));
+        batch.put_cf(meta, KEY_APPLIED, index.to_be_bytes());
+        batch.put_cf(meta, KEY_APPLIED_TERM, term.to_be_bytes());
+    }
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)
+        .map_err(StorageError::rocks("bootstrap"))
+}
+
+/// Key of the address book (member id → addresses) in [`CF_META`].
+pub const KEY_MEMBERS: &[u8] = b"members";
+
+/// Reads the persisted address book (JSON), if any.
+pub fn read_members(db: &DB) -> Result<Option<Vec<u8>>, StorageError> {
+    db.get_cf(cf(db, CF_META)?, KEY_MEMBERS)
+        .map_err(StorageError::rocks("read members"))
+}
+
 /// The `data` of every snapshot keel sends: the real data travels in chunks beside it.
 pub const SNAPSHOT_MARKER: &[u8] = b"keel-snapshot-stream-v1";
 
@@ -219,10 +257,19 @@ pub struct RaftLogStore {
 }
 
 impl RaftLogStore {
-    /// Loads the log state from `db`. On first boot (nothing stored), initialises the conf state
-    /// with `voters` so that all initial members start as equals and elect a leader.
+    /// Loads the log state from `db`. On first boot (nothing stored) with initial `voters`, every
+    /// initial member bootstraps alike, as if from a snapshot at index 1 of term 1 holding the
+    /// initial configuration: the log starts at 2, so a node added later (which boots with no
+    /// voters) cannot be fed the log from its start and gets a snapshot, configuration included.
     pub fn open(db: Arc<DB>, voters: &[u64]) -> Result<Self, StorageError> {
         let meta = cf(&db, CF_META)?;
+        let first_boot = db
+            .get_cf(meta, KEY_CONF_STATE)
+            .map_err(StorageError::rocks("read conf state"))?
+            .is_none();
+        if first_boot {
+            bootstrap(&db, voters, 1, 1)?;
+        }
         let hard_state: HardState = match db
             .get_cf(meta, KEY_HARD_STATE)
             .map_err(StorageError::rocks("read hard state"))?
@@ -236,13 +283,10 @@ impl RaftLogStore {
         {
             Some(v) => decode_pb(&v, "conf state")?,
             None => {
-                let cs = ConfState {
-                    voters: voters.to_vec(),
-                    ..Default::default()
-                };
-                db.put_cf(meta, KEY_CONF_STATE, encode_pb(&cs, "conf state")?)
-                    .map_err(StorageError::rocks("write initial conf state"))?;
-                cs
+                return Err(StorageError::Corrupt {
+                    what: "conf state",
+                    detail: "missing after bootstrap".into(),
+                })
             }
         };
         let (truncated_index, truncated_term) = match db
@@ -632,9 +676,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
         let mut store = RaftLogStore::open(db.clone(), &[1, 2, 3]).unwrap();
-        assert_eq!(store.first_index().unwrap(), 1);
-        assert_eq!(store.last_index().unwrap(), 0);
-        let ents: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
+        // Bootstrapped as if from a snapshot at index 1, term 1.
+        assert_eq!(store.first_index().unwrap(), 2);
+        assert_eq!(store.last_index().unwrap(), 1);
+        assert_eq!(store.term(1).unwrap(), 1);
+        let ents: Vec<_> = (2..=5).map(|i| entry(i, 1)).collect();
         let hs = HardState {
             term: 1,
             vote: 2,
@@ -649,11 +695,11 @@ mod tests {
         assert_eq!(store.term(4).unwrap(), 2);
         assert_eq!(store.term(3).unwrap(), 1);
         let got = store
-            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .entries(2, 5, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(
             got.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
+            vec![2, 3, 4]
         );
         drop(store);
         let store = RaftLogStore::open(db, &[1, 2, 3]).unwrap();
@@ -667,7 +713,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
         let mut store = RaftLogStore::open(db, &[1]).unwrap();
-        let ents: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
+        let ents: Vec<_> = (2..=10).map(|i| entry(i, 1)).collect();
         store.append(&ents, None, false).unwrap();
         let one = store
             .entries(3, 11, Some(1), GetEntriesContext::empty(false))

@@ -78,7 +78,12 @@ pub struct Transport {
 
 struct Inner {
     id: u64,
-    queues: HashMap<u64, mpsc::Sender<Body>>,
+    /// This node's Hello, sent first on every connection.
+    hello: Frame,
+    /// One outbound queue (and writer task) per peer; changes with membership.
+    queues: RwLock<HashMap<u64, mpsc::Sender<Body>>>,
+    /// Members allowed to connect to us (ids), with their peer addresses.
+    members: RwLock<HashMap<u64, String>>,
     node_tx: StdSender<Event>,
     /// Source of snapshot data, streamed to followers that need it.
     sm: StateMachine,
@@ -100,38 +105,79 @@ impl Transport {
         node_tx: StdSender<Event>,
         sm: StateMachine,
     ) -> Transport {
-        let mut queues = HashMap::new();
-        for (&peer, addr) in members {
-            if peer == id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES);
-            queues.insert(peer, tx);
-            let hello = Frame {
-                body: Some(Body::Hello(Hello {
-                    from: id,
-                    http_addr: http_addr.clone(),
-                    incarnation,
-                })),
-            };
-            tokio::spawn(peer_writer(peer, addr.clone(), hello, rx, node_tx.clone()));
-        }
-        Transport {
+        let hello = Frame {
+            body: Some(Body::Hello(Hello {
+                from: id,
+                http_addr,
+                incarnation,
+            })),
+        };
+        let t = Transport {
             inner: Arc::new(Inner {
                 id,
-                queues,
+                hello,
+                queues: RwLock::new(HashMap::new()),
+                members: RwLock::new(HashMap::new()),
                 node_tx,
                 sm,
                 runtime: tokio::runtime::Handle::current(),
                 peer_http: RwLock::new(HashMap::new()),
                 peer_incarnation: RwLock::new(HashMap::new()),
             }),
+        };
+        for (&peer, addr) in members {
+            t.add_peer(peer, addr.clone());
         }
+        t
+    }
+
+    /// Starts talking to a peer (or updates its address).
+    pub fn add_peer(&self, peer: u64, addr: String) {
+        if let Ok(mut m) = self.inner.members.write() {
+            m.insert(peer, addr.clone());
+        }
+        if peer == self.inner.id {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES);
+        if let Ok(mut q) = self.inner.queues.write() {
+            // Replacing a queue closes the old one, whose writer then exits.
+            q.insert(peer, tx);
+        }
+        self.inner.runtime.spawn(peer_writer(
+            peer,
+            addr,
+            self.inner.hello.clone(),
+            rx,
+            self.inner.node_tx.clone(),
+        ));
+    }
+
+    /// Stops talking to a peer and refuses its connections.
+    pub fn remove_peer(&self, peer: u64) {
+        if let Ok(mut m) = self.inner.members.write() {
+            m.remove(&peer);
+        }
+        if let Ok(mut q) = self.inner.queues.write() {
+            q.remove(&peer);
+        }
+    }
+
+    fn queue(&self, to: u64) -> Option<mpsc::Sender<Body>> {
+        self.inner.queues.read().ok()?.get(&to).cloned()
+    }
+
+    fn is_member(&self, id: u64) -> bool {
+        self.inner
+            .members
+            .read()
+            .map(|m| m.contains_key(&id))
+            .unwrap_or(false)
     }
 
     /// Queues a frame for `to`. False if `to` is unknown or its queue is full (dropped).
     pub fn send(&self, to: u64, body: Body) -> bool {
-        match self.inner.queues.get(&to) {
+        match self.queue(to) {
             Some(q) => q.try_send(body).is_ok(),
             None => false,
         }
@@ -153,12 +199,7 @@ impl Transport {
     }
 
     /// Accepts peer connections on `listener` until the task is dropped.
-    pub async fn serve_inbound(
-        self,
-        listener: TcpListener,
-        members: HashMap<u64, String>,
-        handler: Arc<dyn Inbound>,
-    ) {
+    pub async fn serve_inbound(self, listener: TcpListener, handler: Arc<dyn Inbound>) {
         let limit = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
         loop {
             let (stream, remote) = match listener.accept().await {
@@ -175,10 +216,9 @@ impl Transport {
             };
             let this = self.clone();
             let handler = handler.clone();
-            let members = members.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(reason) = this.read_connection(stream, &members, handler).await {
+                if let Err(reason) = this.read_connection(stream, handler).await {
                     debug!(%remote, %reason, "peer connection closed");
                 }
             });
@@ -188,7 +228,6 @@ impl Transport {
     async fn read_connection(
         &self,
         stream: TcpStream,
-        members: &HashMap<u64, String>,
         handler: Arc<dyn Inbound>,
     ) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
@@ -204,7 +243,7 @@ impl Transport {
         let from = match Frame::decode(first) {
             Ok(Frame {
                 body: Some(Body::Hello(h)),
-            }) if h.from != self.inner.id && members.contains_key(&h.from) => {
+            }) if h.from != self.inner.id && self.is_member(h.from) => {
                 self.record_peer_http(h.from, h.http_addr);
                 let previous = self
                     .inner
@@ -226,6 +265,9 @@ impl Transport {
         };
         info!(peer = from, "peer connected");
         while let Some(next) = frames.next().await {
+            if !self.is_member(from) {
+                return Err(format!("{from} is no longer a member"));
+            }
             let bytes = next.map_err(|e| format!("bad frame from {from}: {e}"))?;
             let frame =
                 Frame::decode(bytes).map_err(|e| format!("undecodable frame from {from}: {e}"))?;
@@ -259,8 +301,7 @@ impl Transport {
     fn stream_snapshot(&self, msg: Message) {
         let to = msg.to;
         let node_tx = self.inner.node_tx.clone();
-        let (Some(queue), Ok(raw)) = (self.inner.queues.get(&to).cloned(), msg.write_to_bytes())
-        else {
+        let (Some(queue), Ok(raw)) = (self.queue(to), msg.write_to_bytes()) else {
             let _ = node_tx.send(Event::SnapshotSent { to, ok: false });
             return;
         };
@@ -308,6 +349,23 @@ impl Outbox for Transport {
 
     fn send_applied(&self, leader: u64, applied: u64) {
         self.send(leader, Body::Applied(AppliedReport { applied }));
+    }
+
+    fn set_peer(&self, id: u64, addr: Option<&crate::members::MemberAddr>) {
+        match addr {
+            Some(a) => {
+                let known = self
+                    .inner
+                    .members
+                    .read()
+                    .map(|m| m.get(&id) == Some(&a.peer_addr))
+                    .unwrap_or(false);
+                if !known {
+                    self.add_peer(id, a.peer_addr.clone());
+                }
+            }
+            None => self.remove_peer(id),
+        }
     }
 }
 

@@ -1,0 +1,76 @@
+//! The address book: every member's peer and client addresses, kept by the Raft loop, persisted
+//! with the conf state it belongs to, and carried in the context of each conf change so that
+//! every node learns a new member's address at the same log index.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a member listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddr {
+    /// Peer transport address (host:port).
+    pub peer_addr: String,
+    /// Client HTTP address (host:port), when known.
+    #[serde(default)]
+    pub http_addr: Option<String>,
+}
+
+/// Member id → addresses.
+pub type AddressBook = BTreeMap<u64, MemberAddr>;
+
+/// The context of a conf change that adds a member: its id and addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinContext {
+    /// The member's id.
+    pub id: u64,
+    /// Its addresses.
+    #[serde(flatten)]
+    pub addr: MemberAddr,
+}
+
+/// Encodes an address book for storage.
+pub fn encode(book: &AddressBook) -> Vec<u8> {
+    serde_json::to_vec(book).unwrap_or_default()
+}
+
+/// Decodes a stored address book (None if it does not parse).
+pub fn decode(bytes: &[u8]) -> Option<AddressBook> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// An address book from `--cluster` (peer addresses only).
+pub fn from_cluster(members: &std::collections::HashMap<u64, String>) -> AddressBook {
+    members
+        .iter()
+        .map(|(id, peer)| {
+            (
+                *id,
+                MemberAddr {
+                    peer_addr: peer.clone(),
+                    http_addr: None,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let mut b = AddressBook::new();
+        b.insert(
+            4,
+            MemberAddr {
+                peer_addr: "n4:7101".into(),
+                http_addr: Some("n4:7001".into()),
+            },
+        );
+        assert_eq!(decode(&encode(&b)), Some(b));
+        let ctx: JoinContext = serde_json::from_str(r#"{"id": 5, "peer_addr": "a:1"}"#).unwrap();
+        assert_eq!(ctx.addr.http_addr, None);
+    }
+}
