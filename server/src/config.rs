@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one node of a cluster.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Start a local cluster of N nodes on 127.0.0.1 as child processes (the embedded default).
     Cluster(ClusterArgs),
     /// Run a correctness demonstration: balance, inventory or bank.

@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     let endpoints = cli.endpoints;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => keel_server::server::run(args)
+            Command::Server(args) => keel_server::server::run(*args)
                 .await
                 .map(|_| 0)
                 .map_err(|e| e.to_string()),
