@@ -128,6 +128,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Log file (stdout and stderr).
     pub log: PathBuf,
+    /// For a node added after the start: the member it joins through.
+    join: Option<String>,
     child: Option<Child>,
 }
 
@@ -238,6 +240,7 @@ impl Cluster {
                 peer,
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
+                join: None,
                 child: None,
             });
         }
@@ -323,9 +326,14 @@ impl Cluster {
         let bin = self.bin.clone();
         let env = self.env.clone();
         let ns = self.net.as_ref().map(|n| n.ns(id).to_string());
-        let cluster_arg = self.cluster_args[id as usize - 1].clone();
+        let cluster_arg = self.cluster_args.get(id as usize - 1).cloned();
         let extra = self.extra_args.clone();
         let node = self.node(id);
+        let membership: Vec<String> = match (&node.join, cluster_arg) {
+            (Some(via), _) => vec!["--join".into(), via.clone()],
+            (None, Some(c)) => vec!["--cluster".into(), c],
+            (None, None) => Vec::new(),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -345,7 +353,7 @@ impl Cluster {
             .arg("server")
             .args(["--id", &id.to_string()])
             .args(["--http", &node.http])
-            .args(["--cluster", &cluster_arg])
+            .args(&membership)
             .args(["--peer", &node.peer])
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -405,6 +413,67 @@ impl Cluster {
             net.flush();
         }
         self.set_all_links(LinkMode::Pass);
+    }
+
+    /// Starts a new node that joins the cluster through node `via` (as a learner); returns its id.
+    pub fn add_node(&mut self, via: u64) -> u64 {
+        assert!(
+            self.net.is_none() && self.links.is_empty(),
+            "add_node needs a plain cluster"
+        );
+        let id = self.nodes.len() as u64 + 1;
+        let ports = free_ports(2);
+        let join = self.nodes[via as usize - 1].http.clone();
+        let dir = self.dir().to_path_buf();
+        self.nodes.push(Node {
+            id,
+            http: format!("127.0.0.1:{}", ports[0]),
+            peer: format!("127.0.0.1:{}", ports[1]),
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            join: Some(join),
+            child: None,
+        });
+        self.spawn(id);
+        id
+    }
+
+    /// SIGTERM (a graceful stop: a leader hands over leadership first) and wait for the exit.
+    pub fn stop(&mut self, id: u64) {
+        let node = self.node(id);
+        if let Some(mut c) = node.child.take() {
+            // SAFETY: kill(2) on a child we spawned.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the node's process to exit on its own (e.g. after being removed).
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> bool {
+        let node = self.node(id);
+        let Some(c) = node.child.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                node.child = None;
+                return true;
+            }
+            std::thread::sleep(POLL);
+        }
+        false
     }
 
     /// kill -9 the node and reap it.
