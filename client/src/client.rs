@@ -969,6 +969,27 @@ impl Client {
         parse_members(&ans.json()?)
     }
 
+    /// Asks the leader for a consistent backup into `dir` (an absolute path on its machine that
+    /// does not exist yet); returns the applied index the backup holds and the directory.
+    pub async fn backup(&self, dir: &str) -> Result<(u64, String), Error> {
+        let body = serde_json::json!({ "dir": dir });
+        let ans = self
+            .execute(Call {
+                method: Method::POST,
+                path: "/v1/admin/backup".into(),
+                headers: Vec::new(),
+                body: Bytes::from(body.to_string()),
+                write: true,
+                key: "",
+            })
+            .await?;
+        let v = ans.json()?;
+        Ok((
+            field_u64(&v, "index")?,
+            v["dir"].as_str().unwrap_or(dir).to_string(),
+        ))
+    }
+
     /// Hands leadership to `to` (or to the most up-to-date voter); returns the new leader.
     pub async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, Error> {
         let body = serde_json::json!({ "to": to });

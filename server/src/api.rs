@@ -116,6 +116,13 @@ struct AddMemberBody {
     http_addr: Option<String>,
 }
 
+/// Body of `POST /v1/admin/backup`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    dir: String,
+}
+
 /// Body of `POST /v1/cluster/transfer-leader`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -504,6 +511,10 @@ impl Api {
                     format!("{method} is not allowed here"),
                 )),
             },
+            "/v1/admin/backup" => {
+                self.only(&method, &[Method::POST])?;
+                self.backup(req).await
+            }
             "/v1/cluster/transfer-leader" => {
                 self.only(&method, &[Method::POST])?;
                 self.transfer_leader(req).await
@@ -863,6 +874,37 @@ impl Api {
         }
         self.change_membership(raft::eraftpb::ConfChangeType::RemoveNode, id, Vec::new())
             .await
+    }
+
+    /// A consistent checkpoint of this node, taken once it has applied everything acknowledged
+    /// before the request (a linearizable barrier), into a directory on this node's machine.
+    async fn backup(&self, req: Request<Incoming>) -> Answer {
+        let body = read_body(req, MAX_ADD_BODY_BYTES).await?;
+        let b: BackupBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("expected {{\"dir\": \"/path\"}}: {e}"),
+            )
+        })?;
+        let dir = std::path::PathBuf::from(&b.dir);
+        if !dir.is_absolute() || dir.exists() {
+            return Err(ApiError::bad_request(
+                "invalid_dir",
+                "dir must be an absolute path that does not exist yet",
+            ));
+        }
+        self.read_barrier(&Query::default()).await?;
+        let sm = self.sm.clone();
+        let (index, term) = tokio::task::spawn_blocking(move || sm.checkpoint(&dir))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+        Ok(Reply::json(
+            StatusCode::OK,
+            json!({"index": index, "term": term, "dir": b.dir}),
+            Some(index),
+        ))
     }
 
     async fn transfer_leader(&self, req: Request<Incoming>) -> Answer {

@@ -130,6 +130,12 @@ pub enum ClientCommand {
         #[command(subcommand)]
         action: MemberAction,
     },
+    /// Take a consistent backup: the node writes a checkpoint into DIR on its own machine.
+    Backup {
+        /// An absolute path that does not exist yet.
+        #[arg(long)]
+        to: String,
+    },
     /// Hand leadership to another voter (the most up-to-date one unless --to).
     TransferLeader {
         /// The voter to lead.
@@ -329,6 +335,10 @@ async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
                 })
                 .collect::<Vec<_>>()
                 .join("\n")
+        }
+        ClientCommand::Backup { to } => {
+            let (index, dir) = client.backup(&to).await?;
+            format!("backup of index {index} written to {dir}")
         }
         ClientCommand::TransferLeader { to } => {
             let leader = client.transfer_leader(to).await?;

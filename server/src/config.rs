@@ -30,9 +30,26 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// Run a correctness demonstration: balance, inventory or bank.
     Demo(crate::demo::DemoArgs),
+    /// Restore a backup into a new node's data directory (run once per node of the new cluster,
+    /// with the same --cluster, then start the nodes).
+    Restore(RestoreArgs),
     /// Client commands.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
+}
+
+/// Flags of `keel restore`.
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup (a directory written by `keel backup`).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The new node's data directory (must not exist or be empty).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The new cluster's members: `1=host:port,2=host:port,...`.
+    #[arg(long)]
+    pub cluster: String,
 }
 
 /// Flags of `keel server`.

@@ -37,6 +37,12 @@ fn main() -> std::process::ExitCode {
                 .await
                 .map(|ok| if ok { 0 } else { 3 })
                 .map_err(|e| e.to_string()),
+            Command::Restore(args) => keel_server::server::restore(args)
+                .map(|msg| {
+                    println!("{msg}");
+                    0
+                })
+                .map_err(|e| e.to_string()),
             Command::Client(cmd) => Ok(keel_server::cli::run(&endpoints, cmd).await),
         }
     });

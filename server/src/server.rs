@@ -366,3 +366,43 @@ async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+/// `keel restore`: fills a new node's data directory from a backup, so that it starts at the
+/// backup's applied index with the new cluster's membership.
+pub fn restore(args: crate::config::RestoreArgs) -> Result<String, ServerError> {
+    let cluster = crate::config::parse_cluster(&args.cluster)?;
+    if args.data_dir.exists()
+        && std::fs::read_dir(&args.data_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "{} exists and is not empty",
+            args.data_dir.display()
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| ServerError::DataDir {
+        path: args.data_dir.display().to_string(),
+        source,
+    })?;
+    let db = storage::open_db(&args.data_dir)?;
+    let sm = StateMachine::new(db.clone());
+    let (index, term, keys) = sm.restore_from(&args.from)?;
+    let mut voters: Vec<u64> = cluster.keys().copied().collect();
+    voters.sort_unstable();
+    storage::bootstrap(&db, &voters, index, term)?;
+    db.put_cf(
+        storage::cf(&db, storage::CF_META)?,
+        storage::KEY_MEMBERS,
+        members::encode(&members::from_cluster(&cluster)),
+    )
+    .map_err(|source| StorageError::Rocks {
+        context: "write members",
+        source,
+    })?;
+    Ok(format!(
+        "restored {keys} keys at index {index} (term {term}) into {} for members {voters:?}",
+        args.data_dir.display()
+    ))
+}

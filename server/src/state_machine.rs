@@ -116,6 +116,46 @@ impl StateMachine {
         self.staging.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Writes a consistent checkpoint of the whole database to `dir` (which must not exist) and
+    /// returns the applied index and term it holds.
+    pub fn checkpoint(&self, dir: &std::path::Path) -> Result<(u64, u64), StorageError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(rocks("create a checkpoint"))?;
+        let backup = crate::storage::open_read_only(dir)?;
+        applied_of(&backup)
+    }
+
+    /// Fills this (new, empty) database's state machine from a backup checkpoint; returns the
+    /// backup's applied index and term and the number of keys.
+    pub fn restore_from(
+        &self,
+        backup_dir: &std::path::Path,
+    ) -> Result<(u64, u64, u64), StorageError> {
+        let backup = crate::storage::open_read_only(backup_dir)?;
+        let (applied, term) = applied_of(&backup)?;
+        let mut keys = 0u64;
+        for name in SNAPSHOT_CFS {
+            let (from, to) = (cf(&backup, name)?, cf(&self.db, name)?);
+            let mut batch = WriteBatch::default();
+            for item in backup.iterator_cf(from, IteratorMode::Start) {
+                let (k, v) = item.map_err(rocks("read a backup"))?;
+                if name == CF_DATA {
+                    keys += 1;
+                }
+                batch.put_cf(to, k, v);
+                if batch.len() >= 10_000 {
+                    self.db
+                        .write(std::mem::take(&mut batch))
+                        .map_err(rocks("restore"))?;
+                }
+            }
+            self.db.write(batch).map_err(rocks("restore"))?;
+        }
+        self.db.flush_wal(true).map_err(rocks("restore"))?;
+        Ok((applied, term, keys))
+    }
+
     /// Streams the state machine, as of one RocksDB snapshot, in chunks of at most `max_bytes`,
     /// tagged with the Raft snapshot `(snap_index, snap_term)` they go with. `emit` returns false
     /// to stop (the receiver is gone). Returns whether every chunk was emitted.
@@ -365,6 +405,21 @@ impl StateMachine {
             max_stamp: 0,
         }
     }
+}
+
+/// The applied index and term recorded in a database.
+fn applied_of(db: &DB) -> Result<(u64, u64), StorageError> {
+    let meta = cf(db, CF_META)?;
+    let read = |key: &[u8], what| -> Result<u64, StorageError> {
+        match db.get_cf(meta, key).map_err(rocks("read applied index"))? {
+            Some(v) => decode_u64(&v, what),
+            None => Ok(0),
+        }
+    };
+    Ok((
+        read(KEY_APPLIED, "applied index")?,
+        read(KEY_APPLIED_TERM, "applied term")?,
+    ))
 }
 
 /// The smallest byte string greater than every string with this prefix (None: no bound).

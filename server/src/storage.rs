@@ -118,6 +118,22 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, StorageError> {
     Ok(Arc::new(db))
 }
 
+/// Every column family keel creates.
+pub const ALL_CFS: [&str; 6] = [
+    CF_LOG,
+    CF_META,
+    CF_DATA,
+    CF_IDEM,
+    CF_IDEM_TTL,
+    CF_SNAP_STAGING,
+];
+
+/// Opens a database (a backup checkpoint) read-only.
+pub fn open_read_only(path: &Path) -> Result<DB, StorageError> {
+    DB::open_cf_for_read_only(&Options::default(), path, ALL_CFS, false)
+        .map_err(StorageError::rocks("open a backup"))
+}
+
 /// Looks up a column family handle.
 pub fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily, StorageError> {
     db.cf_handle(name)

@@ -297,6 +297,39 @@ impl Cluster {
         c
     }
 
+    /// Starts `n` nodes whose data directories are first restored from a backup with
+    /// `keel restore` (a new cluster holding the backup's data).
+    pub fn start_from_backup(n: usize, backup: &Path) -> Cluster {
+        let mut c = Self::launch_opts(n, &[], false, None, keel_bin(), &[]);
+        // launch_opts started the nodes: stop them, wipe, restore, start again.
+        for id in c.ids() {
+            c.kill(id);
+            let node = c.node(id);
+            let _ = std::fs::remove_dir_all(&node.data_dir);
+            let data_dir = node.data_dir.clone();
+            let cluster = c.cluster_args[id as usize - 1].clone();
+            let out = Command::new(keel_bin())
+                .arg("restore")
+                .arg("--from")
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--cluster", &cluster])
+                .output()
+                .expect("run keel restore");
+            assert!(
+                out.status.success(),
+                "keel restore failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+        for id in c.ids() {
+            c.spawn(id);
+        }
+        c
+    }
+
     /// Whether the nodes run in network namespaces.
     pub fn in_netns(&self) -> bool {
         self.net.is_some()
