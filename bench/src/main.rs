@@ -1,305 +1,545 @@
-//! `keel-bench`: a closed-loop load generator for keel.
+//! `keel-bench`: benchmarks of keel.
 //!
-//! N concurrent clients, each sending one request at a time for a fixed duration, spread over
-//! the given endpoints; latency recorded in an HDR histogram. Several write modes can be run
-//! one after the other in one invocation, so their figures are measured side by side.
+//! - `keel-bench run`: a closed-loop load (N clients, one request each in flight) against given
+//!   keel nodes or etcd members.
+//! - `keel-bench modes`: the replication modes (async, semi, sync) with the peer links delayed
+//!   by 0, 1, 10 and 50 ms (a userspace proxy on each link: the kernel here has no netem), on a
+//!   cluster it starts, reporting the delay it measured on a link.
+//! - `keel-bench compare`: keel and a 3-member etcd (3.4, through its HTTP gateway) started on
+//!   loopback, the same workloads against both in one run, reported as keel/etcd ratios.
+//! - `keel-bench all`: `modes` and `compare`, writing JSON, a Markdown summary and SVG plots.
 //!
-//! ```text
-//! keel-bench --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \
-//!            --workload write --modes async,semi,sync --clients 64 --duration 10s
-//! ```
+//! Criterion micro-benchmarks of the hot paths are in `benches/hot_paths.rs` (`cargo bench`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod etcd;
+mod load;
+mod plot;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rand::Rng;
-use serde::Serialize;
-
-/// What each client does.
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Workload {
-    /// PUT random keys.
-    Write,
-    /// GET random keys (preloaded).
-    Read,
-    /// Half reads, half writes.
-    Mixed,
-    /// Atomic add on one contended counter.
-    Counter,
-}
+use clap::{Args, Parser, Subcommand};
+use keel_tests::{Cluster, LinkMode, LinkProxy};
+use load::{RunResult, Spec, System, Workload};
 
 #[derive(Parser, Debug)]
-#[command(name = "keel-bench", about = "closed-loop load generator for keel")]
-struct Args {
-    /// Comma-separated host:port of the nodes; requests are spread over all of them.
-    #[arg(long, default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
-    endpoints: String,
-    /// Workload.
-    #[arg(long, value_enum, default_value = "write")]
-    workload: Workload,
-    /// Write modes to run, one after the other.
-    #[arg(long, default_value = "semi")]
-    modes: String,
-    /// Read consistency.
-    #[arg(long, default_value = "linearizable")]
-    consistency: String,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 64)]
-    clients: usize,
-    /// Measured duration of each run.
+#[command(
+    name = "keel-bench",
+    about = "benchmarks of keel, alone and beside etcd"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One closed-loop run against running nodes.
+    Run(RunArgs),
+    /// Replication modes under injected peer-link delay.
+    Modes(Common),
+    /// keel beside etcd, same workloads, one run.
+    Compare(Common),
+    /// Both, with plots and a summary.
+    All(Common),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Measured seconds per run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Unmeasured warm-up before each run.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// Warm-up per run.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Distinct keys.
+    /// Clients of the concurrent runs.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Peer-link delays for `modes`, in milliseconds.
+    #[arg(long, default_value = "0,1,10,50", value_delimiter = ',')]
+    delays: Vec<u64>,
+    /// Where JSON, Markdown and SVG results go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Key space.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Write results as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
 }
 
-#[derive(Serialize)]
-struct RunResult {
-    workload: Workload,
-    mode: String,
-    consistency: String,
-    clients: usize,
-    duration_s: f64,
-    ops: u64,
-    errors: u64,
-    throughput: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
-}
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-async fn one_request(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    body: Bytes,
-) -> Result<u16, String> {
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(status)
-}
-
-struct Plan {
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Nodes (host:port), comma-separated.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
+    /// Target them as etcd members instead of keel nodes.
+    #[arg(long)]
+    etcd: bool,
+    /// Workload.
+    #[arg(long, value_enum, default_value = "write")]
     workload: Workload,
-    mode: String,
-    consistency: String,
+    /// keel write modes to run one after the other.
+    #[arg(long, default_value = "semi", value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Stale (keel) / serializable (etcd) reads instead of linearizable.
+    #[arg(long)]
+    stale: bool,
+    /// Clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Key space.
+    #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    value: Bytes,
+    /// Value size.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
-impl Plan {
-    fn request(&self, rng: &mut impl Rng) -> (Method, String, Bytes) {
-        let ep = &self.endpoints[rng.gen_range(0..self.endpoints.len())];
-        let key = rng.gen_range(0..self.keys);
-        let read = match self.workload {
-            Workload::Read => true,
-            Workload::Write | Workload::Counter => false,
-            Workload::Mixed => rng.gen_bool(0.5),
+fn spec(
+    c: &Common,
+    label: &str,
+    system: &System,
+    workload: Workload,
+    mode: &str,
+    stale: bool,
+    clients: usize,
+) -> Spec {
+    Spec {
+        label: label.to_string(),
+        system: system.clone(),
+        workload,
+        mode: mode.to_string(),
+        stale,
+        clients,
+        duration: c.duration,
+        warmup: c.warmup,
+        keys: c.keys,
+        value_size: c.value_size,
+    }
+}
+
+/// Median one-way delay measured through a proxy in `mode`: pings through it to an echo server.
+fn measure_link_delay(mode: LinkMode) -> f64 {
+    let echo = TcpListener::bind("127.0.0.1:0").expect("echo listener");
+    let addr = echo.local_addr().expect("echo addr").to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = echo.accept() {
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+        }
+    });
+    let proxy = LinkProxy::start(addr);
+    proxy.set(mode);
+    let Ok(mut s) = TcpStream::connect(proxy.addr()) else {
+        return f64::NAN;
+    };
+    let _ = s.set_nodelay(true);
+    let mut rtts = Vec::new();
+    let mut b = [0u8; 1];
+    for _ in 0..21 {
+        let t = Instant::now();
+        if s.write_all(&[7]).is_err() || s.read_exact(&mut b).is_err() {
+            break;
+        }
+        rtts.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    rtts.sort_by(f64::total_cmp);
+    rtts.get(rtts.len() / 2).map_or(f64::NAN, |m| m / 2.0)
+}
+
+/// Results of the modes benchmark: (configured delay, measured one-way delay, results).
+type ModesResults = Vec<(u64, f64, Vec<RunResult>)>;
+
+async fn modes(c: &Common) -> ModesResults {
+    let mut out = Vec::new();
+    for &d in &c.delays {
+        let mut cluster = Cluster::start_proxied(3, &[]);
+        let leader = cluster.wait_for_leader();
+        let mode = if d == 0 {
+            LinkMode::Pass
+        } else {
+            LinkMode::Delay(Duration::from_millis(d))
         };
-        match (self.workload, read) {
-            (Workload::Counter, _) => (
-                Method::POST,
-                format!("http://{ep}/v1/kv/bench-counter/add?mode={}", self.mode),
-                Bytes::from_static(b"{\"delta\": 1}"),
-            ),
-            (_, true) => (
-                Method::GET,
-                format!(
-                    "http://{ep}/v1/kv/bench-{key}?consistency={}",
-                    self.consistency
-                ),
-                Bytes::new(),
-            ),
-            (_, false) => (
-                Method::PUT,
-                format!("http://{ep}/v1/kv/bench-{key}?mode={}", self.mode),
-                self.value.clone(),
-            ),
+        cluster.set_all_links(mode);
+        let measured = measure_link_delay(mode);
+        eprintln!("peer delay {d} ms (measured one-way {measured:.2} ms), writes to the leader (node {leader})");
+        let system = System::Keel(vec![cluster.node(leader).http.clone()]);
+        let http = load::http(c.clients);
+        let mut results = Vec::new();
+        for m in ["async", "semi", "sync"] {
+            let label = format!("{m} @{d}ms");
+            let r = load::run(
+                &http,
+                &spec(c, &label, &system, Workload::Write, m, false, c.clients),
+                true,
+            )
+            .await;
+            eprintln!("{}", load::row(&r));
+            results.push(r);
         }
+        // One client: latency without queueing.
+        for m in ["async", "semi", "sync"] {
+            let label = format!("{m} @{d}ms, 1 client");
+            let r = load::run(
+                &http,
+                &spec(c, &label, &system, Workload::Write, m, false, 1),
+                true,
+            )
+            .await;
+            eprintln!("{}", load::row(&r));
+            results.push(r);
+        }
+        out.push((d, measured, results));
+    }
+    out
+}
+
+/// Pairs of (keel, etcd) results of the same workload.
+struct Compared {
+    pairs: Vec<(String, RunResult, RunResult)>,
+    sweep: Vec<RunResult>,
+}
+
+async fn compare(c: &Common) -> Result<Compared, String> {
+    let etcd = etcd::Etcd::start()?;
+    let mut keel = Cluster::start(3);
+    keel.wait_for_leader();
+    let ks = System::Keel(keel.endpoints());
+    let es = System::Etcd(etcd.endpoints.clone());
+    let http = load::http(c.clients);
+    load::preload(&http, &ks, c.keys, c.value_size).await?;
+    load::preload(&http, &es, c.keys, c.value_size).await?;
+    let cases: Vec<(&str, Workload, bool, usize)> = vec![
+        (
+            "writes (keel semi, etcd put)",
+            Workload::Write,
+            false,
+            c.clients,
+        ),
+        ("linearizable reads", Workload::Read, false, c.clients),
+        (
+            "stale reads (etcd serializable)",
+            Workload::Read,
+            true,
+            c.clients,
+        ),
+        ("writes, 1 client", Workload::Write, false, 1),
+    ];
+    let mut pairs = Vec::new();
+    for (name, w, stale, clients) in cases {
+        let k = load::run(
+            &http,
+            &spec(c, &format!("keel: {name}"), &ks, w, "semi", stale, clients),
+            true,
+        )
+        .await;
+        eprintln!("{}", load::row(&k));
+        let e = load::run(
+            &http,
+            &spec(c, &format!("etcd: {name}"), &es, w, "semi", stale, clients),
+            true,
+        )
+        .await;
+        eprintln!("{}", load::row(&e));
+        pairs.push((name.to_string(), k, e));
+    }
+    // Latency against offered load: writes with more and more clients.
+    let mut sweep = Vec::new();
+    for clients in [1usize, 4, 16, 64] {
+        for system in [&ks, &es] {
+            let label = format!("{} writes, {clients} clients", system.name());
+            let r = load::run(
+                &http,
+                &spec(c, &label, system, Workload::Write, "semi", false, clients),
+                true,
+            )
+            .await;
+            eprintln!("{}", load::row(&r));
+            sweep.push(r);
+        }
+    }
+    drop(etcd);
+    Ok(Compared { pairs, sweep })
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
     }
 }
 
-async fn run(args: &Args, plan: Arc<Plan>, client: HttpClient) -> RunResult {
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..args.clients {
-        let (plan, client, stop, measuring) = (
-            plan.clone(),
-            client.clone(),
-            stop.clone(),
-            measuring.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            let mut errors = 0u64;
-            let mut rng = rand::rngs::StdRng::from_entropy();
-            while !stop.load(Ordering::Relaxed) {
-                let (m, url, body) = plan.request(&mut rng);
-                let t = Instant::now();
-                let ok = matches!(one_request(&client, m, &url, body).await, Ok(s) if s < 300 || s == 404);
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
-                    } else {
-                        errors += 1;
-                    }
-                }
-            }
-            (hist, errors)
-        }));
-    }
-    tokio::time::sleep(args.warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(args.duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let mut errors = 0;
-    for t in tasks {
-        if let Ok((h, e)) = t.await {
-            let _ = hist.add(&h);
-            errors += e;
+fn write_modes(out: &Path, results: &ModesResults) -> String {
+    let mut md = String::from("## Replication modes under peer-link delay\n\nWrites of 100-byte values to the leader of a 3-node cluster whose every peer link goes through a delaying proxy.\n\n");
+    md.push_str("| delay (measured one-way) | mode | clients | ops/s | p50 ms | p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: |\n");
+    for (d, measured, rs) in results {
+        for r in rs {
+            md.push_str(&format!(
+                "| {d} ms ({measured:.2} ms) | {} | {} | {:.0} | {:.2} | {:.2} |\n",
+                r.mode, r.clients, r.throughput, r.p50_ms, r.p99_ms
+            ));
         }
     }
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    RunResult {
-        workload: args.workload,
-        mode: plan.mode.clone(),
-        consistency: plan.consistency.clone(),
-        clients: args.clients,
-        duration_s: elapsed,
-        ops: hist.len(),
-        errors,
-        throughput: hist.len() as f64 / elapsed,
-        p50_ms: ms(0.5),
-        p90_ms: ms(0.9),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: hist.max() as f64 / 1000.0,
+    let labels: Vec<String> = results.iter().map(|(d, _, _)| format!("{d} ms")).collect();
+    let series = |clients_one: bool, f: fn(&RunResult) -> f64| -> Vec<plot::Series> {
+        ["async", "semi", "sync"]
+            .iter()
+            .map(|m| plot::Series {
+                name: m.to_string(),
+                points: results
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, _, rs))| {
+                        rs.iter()
+                            .find(|r| r.mode == *m && (r.clients == 1) == clients_one)
+                            .map(|r| (i as f64, f(r)))
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let plots = [
+        (
+            "modes-latency.svg",
+            "p50 write latency, 1 client",
+            "ms",
+            series(true, |r| r.p50_ms),
+        ),
+        (
+            "modes-throughput.svg",
+            "write throughput, concurrent clients",
+            "ops/s",
+            series(false, |r| r.throughput),
+        ),
+    ];
+    for (file, title, y, s) in plots {
+        if let Err(e) = plot::lines(
+            &out.join(file),
+            title,
+            "peer-link delay",
+            y,
+            &s,
+            Some(&labels),
+        ) {
+            eprintln!("plot {file}: {e}");
+        }
+        md.push_str(&format!("\n![{title}]({file})\n"));
     }
+    md
 }
 
-use rand::SeedableRng;
+fn write_compare(out: &Path, c: &Compared) -> String {
+    let mut md = String::from("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member.\n\n");
+    md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (name, k, e) in &c.pairs {
+        md.push_str(&format!(
+            "| {name} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+            k.clients,
+            k.throughput,
+            e.throughput,
+            ratio(k.throughput, e.throughput),
+            k.p50_ms,
+            e.p50_ms,
+            k.p99_ms,
+            e.p99_ms,
+            ratio(e.p99_ms, k.p99_ms)
+        ));
+    }
+    let names: Vec<String> = c
+        .pairs
+        .iter()
+        .map(|(n, _, _)| n.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    let thr = vec![
+        plot::Series {
+            name: "keel".into(),
+            points: c
+                .pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k, _))| (i as f64, k.throughput))
+                .collect(),
+        },
+        plot::Series {
+            name: "etcd".into(),
+            points: c
+                .pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, e))| (i as f64, e.throughput))
+                .collect(),
+        },
+    ];
+    if let Err(e) = plot::lines(
+        &out.join("compare-throughput.svg"),
+        "throughput by workload",
+        "workload",
+        "ops/s",
+        &thr,
+        Some(&names),
+    ) {
+        eprintln!("plot: {e}");
+    }
+    let sweep = |sys: &str| plot::Series {
+        name: sys.to_string(),
+        points: c
+            .sweep
+            .iter()
+            .filter(|r| r.system == sys)
+            .map(|r| (r.throughput, r.p99_ms))
+            .collect(),
+    };
+    if let Err(e) = plot::lines(
+        &out.join("latency-vs-load.svg"),
+        "write p99 latency against throughput (1, 4, 16, 64 clients)",
+        "ops/s",
+        "p99 ms",
+        &[sweep("keel"), sweep("etcd")],
+        None,
+    ) {
+        eprintln!("plot: {e}");
+    }
+    md.push_str("\n![throughput by workload](compare-throughput.svg)\n\n![latency against load](latency-vs-load.svg)\n\n");
+    md.push_str("### Latency against offered load (writes)\n\n");
+    md.push_str(load::HEADER);
+    md.push('\n');
+    for r in &c.sweep {
+        md.push_str(&load::row(r));
+        md.push('\n');
+    }
+    md
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cores} cores ({cpu}); etcd: {}",
+        etcd::version().unwrap_or_else(|| "not found".into())
+    )
+}
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
-    let endpoints: Vec<String> = args
-        .endpoints
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if endpoints.is_empty() || args.clients == 0 || args.keys == 0 {
-        eprintln!("keel-bench: need endpoints, --clients > 0 and --keys > 0");
-        std::process::exit(2);
-    }
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.clients)
-        .build(connector);
-    let value = Bytes::from(vec![b'x'; args.value_size]);
-    if matches!(args.workload, Workload::Read | Workload::Mixed) {
-        eprintln!("preloading {} keys...", args.keys);
-        for k in 0..args.keys {
-            let url = format!("http://{}/v1/kv/bench-{k}", endpoints[0]);
-            if let Err(e) = one_request(&client, Method::PUT, &url, value.clone()).await {
-                eprintln!("keel-bench: preload failed: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
-    println!(
-        "{:<8} {:<8} {:<13} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
-        "workload",
-        "mode",
-        "consistency",
-        "clients",
-        "ops/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99.9",
-        "max ms",
-        "errors"
-    );
-    let mut results = Vec::new();
-    for mode in args
-        .modes
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-    {
-        let plan = Arc::new(Plan {
-            endpoints: endpoints.clone(),
-            workload: args.workload,
-            mode: mode.to_string(),
-            consistency: args.consistency.clone(),
-            keys: args.keys,
-            value: value.clone(),
-        });
-        let r = run(&args, plan, client.clone()).await;
-        println!(
-            "{:<8} {:<8} {:<13} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}",
-            format!("{:?}", r.workload).to_lowercase(),
-            r.mode,
-            r.consistency,
-            r.clients,
-            r.throughput,
-            r.p50_ms,
-            r.p90_ms,
-            r.p99_ms,
-            r.p999_ms,
-            r.max_ms,
-            r.errors
-        );
-        results.push(r);
-    }
-    if let Some(path) = &args.json {
-        match serde_json::to_string_pretty(&results) {
-            Ok(s) => {
-                if let Err(e) = std::fs::write(path, s) {
-                    eprintln!("keel-bench: cannot write {}: {e}", path.display());
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(a) => {
+            let system = if a.etcd {
+                System::Etcd(a.endpoints.clone())
+            } else {
+                System::Keel(a.endpoints.clone())
+            };
+            let http = load::http(a.clients);
+            if matches!(a.workload, Workload::Read | Workload::Mixed) {
+                if let Err(e) = load::preload(&http, &system, a.keys, a.value_size).await {
+                    eprintln!("keel-bench: preload failed: {e}");
+                    std::process::exit(1);
                 }
             }
-            Err(e) => eprintln!("keel-bench: {e}"),
+            println!("{}", load::HEADER);
+            let mut results = Vec::new();
+            for m in &a.modes {
+                let s = Spec {
+                    label: format!("{} {:?}", system.name(), a.workload),
+                    system: system.clone(),
+                    workload: a.workload,
+                    mode: m.clone(),
+                    stale: a.stale,
+                    clients: a.clients,
+                    duration: a.duration,
+                    warmup: a.warmup,
+                    keys: a.keys,
+                    value_size: a.value_size,
+                };
+                let r = load::run(&http, &s, true).await;
+                println!("{}", load::row(&r));
+                results.push(r);
+            }
+            if let Some(p) = a.json {
+                let _ = std::fs::write(
+                    p,
+                    serde_json::to_string_pretty(&results).unwrap_or_default(),
+                );
+            }
+        }
+        Cmd::Modes(c) | Cmd::Compare(c) | Cmd::All(c)
+            if std::fs::create_dir_all(&c.out).is_err() =>
+        {
+            eprintln!("keel-bench: cannot create {}", c.out.display());
+            std::process::exit(1);
+        }
+        Cmd::Modes(c) => {
+            let r = modes(&c).await;
+            let md = write_modes(&c.out, &r);
+            let _ = std::fs::write(c.out.join("modes.md"), &md);
+            let _ = std::fs::write(
+                c.out.join("modes.json"),
+                serde_json::to_string_pretty(&r).unwrap_or_default(),
+            );
+            println!("{md}");
+        }
+        Cmd::Compare(c) => match compare(&c).await {
+            Ok(r) => {
+                let md = write_compare(&c.out, &r);
+                let _ = std::fs::write(c.out.join("compare.md"), &md);
+                println!("{md}");
+            }
+            Err(e) => {
+                eprintln!("keel-bench: {e}");
+                std::process::exit(1);
+            }
+        },
+        Cmd::All(c) => {
+            let mut md = format!("# keel-bench results\n\nMachine: {}\nRun: {:?} per run after {:?} warm-up, {} clients, {}-byte values, {} keys.\n\n", machine(), c.duration, c.warmup, c.clients, c.value_size, c.keys);
+            match compare(&c).await {
+                Ok(r) => {
+                    md.push_str(&write_compare(&c.out, &r));
+                    let all: Vec<&RunResult> = r
+                        .pairs
+                        .iter()
+                        .flat_map(|(_, k, e)| [k, e])
+                        .chain(r.sweep.iter())
+                        .collect();
+                    let _ = std::fs::write(
+                        c.out.join("compare.json"),
+                        serde_json::to_string_pretty(&all).unwrap_or_default(),
+                    );
+                }
+                Err(e) => md.push_str(&format!("## keel beside etcd\n\nnot run: {e}\n\n")),
+            }
+            let r = modes(&c).await;
+            md.push_str(&write_modes(&c.out, &r));
+            let _ = std::fs::write(
+                c.out.join("modes.json"),
+                serde_json::to_string_pretty(&r).unwrap_or_default(),
+            );
+            let _ = std::fs::write(c.out.join("summary.md"), &md);
+            println!("{md}");
         }
     }
 }

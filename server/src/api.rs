@@ -354,7 +354,7 @@ fn parse_query(raw: Option<&str>) -> Result<Query, ApiError> {
 }
 
 /// Decodes and validates a key taken from the path (still percent-encoded).
-fn decode_key(raw: &str) -> Result<String, ApiError> {
+pub fn decode_key(raw: &str) -> Result<String, ApiError> {
     if raw.is_empty() {
         return Err(ApiError::bad_request("invalid_key", "the key is empty"));
     }
@@ -1101,10 +1101,7 @@ impl Api {
     async fn txn(&self, req: Request<Incoming>, q: Query) -> Answer {
         let idem = idempotency_key(&req)?;
         let body = read_body(req, MAX_TXN_BODY_BYTES).await?;
-        let parsed: TxnBody = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("invalid transaction: {e}"))
-        })?;
-        let txn = parsed.into_txn(self.cfg.max_value_bytes)?;
+        let txn = parse_txn(&body, self.cfg.max_value_bytes)?;
         let read_only = txn
             .success
             .iter()
@@ -1134,6 +1131,13 @@ impl Api {
             &ok,
         ))
     }
+}
+
+/// Parses and validates the body of `POST /v1/txn`.
+pub fn parse_txn(body: &[u8], max_value_bytes: usize) -> Result<TxnOp, ApiError> {
+    let parsed: TxnBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid transaction: {e}")))?;
+    parsed.into_txn(max_value_bytes)
 }
 
 /// Reads and validates the `Idempotency-Key` header (empty when absent).

@@ -1,0 +1,360 @@
+//! The closed-loop load generator: N clients, each with one request in flight, for a fixed
+//! duration after a warm-up, against keel or etcd, with latencies in an HDR histogram.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// An HTTP client with keep-alive connections.
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// Builds the shared HTTP client.
+pub fn http(clients: usize) -> Http {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(clients.max(1))
+        .build(connector)
+}
+
+/// The system under load.
+#[derive(Clone, Debug)]
+pub enum System {
+    /// keel nodes (host:port of their HTTP API).
+    Keel(Vec<String>),
+    /// etcd members (host:port of their client URL), through the v3 HTTP gateway.
+    Etcd(Vec<String>),
+}
+
+impl System {
+    /// `keel` or `etcd`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            System::Keel(_) => "keel",
+            System::Etcd(_) => "etcd",
+        }
+    }
+    fn endpoints(&self) -> &[String] {
+        match self {
+            System::Keel(e) | System::Etcd(e) => e,
+        }
+    }
+}
+
+/// What each client does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Writes of random keys.
+    Write,
+    /// Reads of random (preloaded) keys.
+    Read,
+    /// Half and half.
+    Mixed,
+    /// Atomic add on one contended counter (keel only).
+    Counter,
+}
+
+/// One measured run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Label in tables and plots.
+    pub label: String,
+    /// Target.
+    pub system: System,
+    /// Workload.
+    pub workload: Workload,
+    /// keel write mode (`async`, `semi`, `sync`).
+    pub mode: String,
+    /// Reads: linearizable (false) or stale / serializable (true).
+    pub stale: bool,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured time before.
+    pub warmup: Duration,
+    /// Key space.
+    pub keys: u64,
+    /// Value size.
+    pub value_size: usize,
+}
+
+/// Figures of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// Label.
+    pub label: String,
+    /// `keel` or `etcd`.
+    pub system: String,
+    /// Workload.
+    pub workload: Workload,
+    /// Write mode (keel) or `-`.
+    pub mode: String,
+    /// Read consistency.
+    pub consistency: String,
+    /// Clients.
+    pub clients: usize,
+    /// Successful operations per second.
+    pub throughput: f64,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Successful operations.
+    pub ops: u64,
+}
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Builds one request of `spec` (method, URL, body).
+fn request(spec: &Spec, rng: &mut impl Rng, value: &Bytes) -> (Method, String, Bytes) {
+    let eps = spec.system.endpoints();
+    let ep = &eps[rng.gen_range(0..eps.len())];
+    let key = format!("bench-{}", rng.gen_range(0..spec.keys));
+    let read = match spec.workload {
+        Workload::Read => true,
+        Workload::Write | Workload::Counter => false,
+        Workload::Mixed => rng.gen_bool(0.5),
+    };
+    match (&spec.system, spec.workload, read) {
+        (System::Keel(_), Workload::Counter, _) => (
+            Method::POST,
+            format!("http://{ep}/v1/kv/bench-counter/add?mode={}", spec.mode),
+            Bytes::from_static(b"{\"delta\": 1}"),
+        ),
+        (System::Keel(_), _, true) => (
+            Method::GET,
+            format!(
+                "http://{ep}/v1/kv/{key}?consistency={}",
+                if spec.stale { "stale" } else { "linearizable" }
+            ),
+            Bytes::new(),
+        ),
+        (System::Keel(_), _, false) => (
+            Method::PUT,
+            format!("http://{ep}/v1/kv/{key}?mode={}", spec.mode),
+            value.clone(),
+        ),
+        (System::Etcd(_), _, true) => (
+            Method::POST,
+            format!("http://{ep}/v3/kv/range"),
+            Bytes::from(
+                serde_json::json!({"key": b64(key.as_bytes()), "serializable": spec.stale})
+                    .to_string(),
+            ),
+        ),
+        (System::Etcd(_), _, false) => (
+            Method::POST,
+            format!("http://{ep}/v3/kv/put"),
+            Bytes::from(
+                serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value)}).to_string(),
+            ),
+        ),
+    }
+}
+
+/// Sends one request; Ok(status).
+pub async fn send(http: &Http, method: Method, url: &str, body: Bytes) -> Result<u16, String> {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = http.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
+}
+
+/// Writes every key once, so reads find values.
+pub async fn preload(
+    http: &Http,
+    system: &System,
+    keys: u64,
+    value_size: usize,
+) -> Result<(), String> {
+    let value = Bytes::from(vec![b'x'; value_size]);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, system, value, next) =
+            (http.clone(), system.clone(), value.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= keys {
+                    return Ok(());
+                }
+                let eps = system.endpoints();
+                let ep = &eps[k as usize % eps.len()];
+                let (m, url, body) = match &system {
+                    System::Keel(_) => (
+                        Method::PUT,
+                        format!("http://{ep}/v1/kv/bench-{k}?mode=semi"),
+                        value.clone(),
+                    ),
+                    System::Etcd(_) => (
+                        Method::POST,
+                        format!("http://{ep}/v3/kv/put"),
+                        Bytes::from(
+                            serde_json::json!({"key": b64(format!("bench-{k}").as_bytes()), "value": b64(&value)})
+                                .to_string(),
+                        ),
+                    ),
+                };
+                match send(&http, m, &url, body).await {
+                    Ok(s) if s < 300 => {}
+                    Ok(s) => return Err(format!("preload answered {s}")),
+                    Err(e) => return Err(e),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Runs one closed-loop measurement.
+pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let value = Bytes::from(vec![b'x'; spec.value_size]);
+    let mut tasks = Vec::new();
+    for _ in 0..spec.clients {
+        let (http, spec, stop, measuring, done, value) = (
+            http.clone(),
+            spec.clone(),
+            stop.clone(),
+            measuring.clone(),
+            done.clone(),
+            value.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut errors = 0u64;
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            while !stop.load(Ordering::Relaxed) {
+                let (m, url, body) = request(&spec, &mut rng, &value);
+                let t = Instant::now();
+                let ok = matches!(send(&http, m, &url, body).await, Ok(s) if s < 300 || s == 404);
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (hist, errors)
+        }));
+    }
+    tokio::time::sleep(spec.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new(spec.duration.as_millis() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_prefix(spec.label.clone());
+        b
+    });
+    while started.elapsed() < spec.duration {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(b) = &bar {
+            let el = started.elapsed();
+            b.set_position(el.as_millis() as u64);
+            b.set_message(format!(
+                "{:.0} ops/s",
+                done.load(Ordering::Relaxed) as f64 / el.as_secs_f64().max(0.001)
+            ));
+        }
+    }
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((h, e)) = t.await {
+            let _ = hist.add(&h);
+            errors += e;
+        }
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    RunResult {
+        label: spec.label.clone(),
+        system: spec.system.name().to_string(),
+        workload: spec.workload,
+        mode: match spec.system {
+            System::Keel(_) => spec.mode.clone(),
+            System::Etcd(_) => "-".into(),
+        },
+        consistency: if spec.stale { "stale" } else { "linearizable" }.into(),
+        clients: spec.clients,
+        throughput: hist.len() as f64 / elapsed,
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: hist.max() as f64 / 1000.0,
+        errors,
+        ops: hist.len(),
+    }
+}
+
+/// A table row.
+pub fn row(r: &RunResult) -> String {
+    format!(
+        "| {} | {} | {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+        r.label,
+        r.system,
+        r.workload,
+        r.mode,
+        r.consistency,
+        r.clients,
+        r.throughput,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.errors
+    )
+}
+
+/// The table header matching [`row`].
+pub const HEADER: &str = "| run | system | workload | mode | reads | clients | ops/s | p50 ms | p90 ms | p99 ms | max ms | errors |\n| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
