@@ -30,4 +30,8 @@ echo "== tests"
 export KEEL_BIN="$PWD/target/release/keel"
 # Two test threads: each cluster test runs three nodes; more at once starves two cores.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release --workspace
+echo "== docker compose test"
+# Builds the image from this machine's files (no registry), runs the 3-node compose cluster
+# through a disconnect and a restart; says SKIPPED when there is no Docker engine.
+scripts/compose-test.sh
 echo "== all tests passed"

@@ -18,6 +18,10 @@ pub struct Endpoints {
         global = true
     )]
     pub endpoints: String,
+    /// Talk only to these endpoints (they forward writes), without discovering the others: for
+    /// clusters whose advertised addresses are not reachable from here (e.g. inside Docker).
+    #[arg(long, env = "KEEL_DIRECT", global = true)]
+    pub direct: bool,
 }
 
 /// Read consistency on the command line.
@@ -130,6 +134,12 @@ pub enum ClientCommand {
         #[command(subcommand)]
         action: MemberAction,
     },
+    /// Exit 0 if the first endpoint answers /health (or /ready with --ready): for health checks.
+    Health {
+        /// Check readiness (a leader is known and this node has caught up) instead of liveness.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Take a consistent backup: the node writes a checkpoint into DIR on its own machine.
     Backup {
         /// An absolute path that does not exist yet.
@@ -174,7 +184,14 @@ pub enum MemberAction {
 /// Runs a client command; the exit code is 0 on success, 1 on error, 2 for a missing key.
 pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
     let eps: Vec<&str> = endpoints.endpoints.split(',').map(str::trim).collect();
-    let client = match Client::new(eps).await {
+    if let ClientCommand::Health { ready } = cmd {
+        return health(eps.first().copied().unwrap_or_default(), ready).await;
+    }
+    let client = match Client::builder(eps)
+        .pin_to_endpoints(endpoints.direct)
+        .build()
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keel: {e}");
@@ -194,6 +211,35 @@ pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
         }
         Err(e) => {
             eprintln!("keel: {e}");
+            1
+        }
+    }
+}
+
+/// One GET of /health or /ready on `endpoint`, without the client's discovery and retries.
+async fn health(endpoint: &str, ready: bool) -> i32 {
+    use http_body_util::{BodyExt, Empty};
+    let path = if ready { "ready" } else { "health" };
+    let Ok(uri) = format!("http://{endpoint}/{path}").parse::<hyper::Uri>() else {
+        eprintln!("keel: bad endpoint {endpoint:?}");
+        return 1;
+    };
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let check = async {
+        let resp = client.get(uri).await.ok()?;
+        let ok = resp.status().is_success();
+        let _ = resp.into_body().collect().await;
+        Some(ok)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), check).await {
+        Ok(Some(true)) => 0,
+        _ => {
+            eprintln!(
+                "keel: {endpoint} is not {}",
+                if ready { "ready" } else { "healthy" }
+            );
             1
         }
     }
@@ -336,6 +382,7 @@ async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
                 .collect::<Vec<_>>()
                 .join("\n")
         }
+        ClientCommand::Health { .. } => String::new(),
         ClientCommand::Backup { to } => {
             let (index, dir) = client.backup(&to).await?;
             format!("backup of index {index} written to {dir}")
