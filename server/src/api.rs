@@ -978,7 +978,12 @@ impl Api {
 
     async fn get(&self, key: String, q: Query) -> Answer {
         self.read_barrier(&q).await?;
-        let read = self.sm.get(&key)?;
+        // The applied index first: the value read after it reflects at least that index.
+        let index = self.node.shared().applied();
+        let read = crate::state_machine::ReadResult {
+            value: self.sm.get_value(&key)?,
+            index,
+        };
         match read.value {
             Some(rec) => Ok(Reply {
                 status: StatusCode::OK,

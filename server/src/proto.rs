@@ -262,9 +262,7 @@ pub struct ValueRecord {
     /// Log index of the last modification.
     #[prost(uint64, tag = "2")]
     pub version: u64,
-    /// Log index of the write that created the key (since its last deletion).
-    #[prost(uint64, tag = "3")]
-    pub create_index: u64,
+    // Tag 3 (a creation index, never exposed) is retired: keeping it cost a read per put.
 }
 
 /// The deterministic outcome of applying one [`Command`].

@@ -333,6 +333,19 @@ impl StateMachine {
         Ok(ReadResult { value, index })
     }
 
+    /// Reads one key's current record, without a snapshot: the caller reads the applied index
+    /// first, so that the answer reflects at least that index (one RocksDB lookup per read).
+    pub fn get_value(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
+        match self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_DATA)?, key.as_bytes())
+            .map_err(rocks("read key"))?
+        {
+            Some(v) => Ok(Some(decode_record(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Evaluates a transaction of compares and gets only, on one consistent snapshot.
     pub fn read_txn(&self, t: &TxnOp) -> Result<ReadResult<ApplyResult>, StorageError> {
         let snap = self.db.snapshot();
@@ -683,12 +696,14 @@ impl ApplyBatch<'_> {
     }
 
     fn put(&mut self, index: u64, p: PutOp) -> Result<ApplyResult, StorageError> {
-        let cur = self.current(&p.key)?;
-        if let Some(msg) = check_precondition(p.precondition.as_ref(), cur.as_ref()) {
-            return Ok(reject(index, codes::PRECONDITION_FAILED, msg));
+        // A blind put does not depend on the current value: no read.
+        if p.precondition.is_some() {
+            let cur = self.current(&p.key)?;
+            if let Some(msg) = check_precondition(p.precondition.as_ref(), cur.as_ref()) {
+                return Ok(reject(index, codes::PRECONDITION_FAILED, msg));
+            }
         }
-        self.overlay
-            .insert(p.key, Some(new_record(cur.as_ref(), p.value, index)));
+        self.overlay.insert(p.key, Some(new_record(p.value, index)));
         Ok(ApplyResult {
             index,
             version: index,
@@ -716,14 +731,8 @@ impl ApplyBatch<'_> {
         let cur = self.current(&a.key)?;
         match compute_add(cur.as_ref(), &a) {
             Ok(new) => {
-                self.overlay.insert(
-                    a.key,
-                    Some(new_record(
-                        cur.as_ref(),
-                        Bytes::from(new.to_string()),
-                        index,
-                    )),
-                );
+                self.overlay
+                    .insert(a.key, Some(new_record(Bytes::from(new.to_string()), index)));
                 Ok(ApplyResult {
                     index,
                     version: index,
@@ -744,11 +753,10 @@ impl ApplyBatch<'_> {
     }
 }
 
-fn new_record(cur: Option<&ValueRecord>, value: Bytes, index: u64) -> ValueRecord {
+fn new_record(value: Bytes, index: u64) -> ValueRecord {
     ValueRecord {
         value,
         version: index,
-        create_index: cur.map_or(index, |c| c.create_index),
     }
 }
 
@@ -900,11 +908,7 @@ fn run_txn(
         };
         match step {
             Step::Put(p) => {
-                let cur = lookup(&scratch, &p.key)?;
-                scratch.insert(
-                    p.key.clone(),
-                    Some(new_record(cur.as_ref(), p.value.clone(), index)),
-                );
+                scratch.insert(p.key.clone(), Some(new_record(p.value.clone(), index)));
                 results.push(StepResult {
                     kind: "put".into(),
                     key: p.key.clone(),
@@ -941,11 +945,7 @@ fn run_txn(
                     Ok(new) => {
                         scratch.insert(
                             a.key.clone(),
-                            Some(new_record(
-                                cur.as_ref(),
-                                Bytes::from(new.to_string()),
-                                index,
-                            )),
+                            Some(new_record(Bytes::from(new.to_string()), index)),
                         );
                         results.push(StepResult {
                             kind: "add".into(),
@@ -1211,7 +1211,6 @@ mod tests {
         let rec = got.value.unwrap();
         assert_eq!(&rec.value[..], b"2");
         assert_eq!(rec.version, 2);
-        assert_eq!(rec.create_index, 1);
     }
 
     #[test]

@@ -206,6 +206,13 @@ pub fn read_members(db: &DB) -> Result<Option<Vec<u8>>, StorageError> {
         .map_err(StorageError::rocks("read members"))
 }
 
+/// Records that the entry `index` has `term` in a list of term boundaries (entries in order).
+fn note_term(terms: &mut Vec<(u64, u64)>, index: u64, term: u64) {
+    if terms.last().is_none_or(|(_, t)| *t != term) {
+        terms.push((index, term));
+    }
+}
+
 /// The `data` of every snapshot keel sends: the real data travels in chunks beside it.
 pub const SNAPSHOT_MARKER: &[u8] = b"keel-snapshot-stream-v1";
 
@@ -267,6 +274,10 @@ pub struct RaftLogStore {
     /// Index and term of the last entry in the log (equal to the truncation point when empty).
     last_index: u64,
     last_term: u64,
+    /// Where each term starts in the log, `(first index, term)` in order, covering every entry
+    /// after the truncation point: raft-rs asks for terms constantly, and reading an entry from
+    /// RocksDB (and decoding its payload) to learn its term was the Raft thread's biggest cost.
+    terms: Vec<(u64, u64)>,
     /// The state machine's applied index and its term: the metadata of a snapshot.
     applied: u64,
     applied_term: u64,
@@ -336,9 +347,11 @@ impl RaftLogStore {
             truncated_term,
             last_index: truncated_index,
             last_term: truncated_term,
+            terms: Vec::new(),
             applied: 0,
             applied_term,
         };
+        store.load_terms()?;
         if let Some(last) = store.read_last_entry()? {
             store.last_index = last.index;
             store.last_term = last.term;
@@ -351,6 +364,19 @@ impl RaftLogStore {
             store.hard_state.commit = applied;
         }
         Ok(store)
+    }
+
+    /// Rebuilds the term boundaries from the log on disk (once, at open).
+    fn load_terms(&mut self) -> Result<(), StorageError> {
+        let log = cf(&self.db, CF_LOG)?;
+        let mut terms = Vec::new();
+        for item in self.db.iterator_cf(log, IteratorMode::Start) {
+            let (_, v) = item.map_err(StorageError::rocks("scan the log"))?;
+            let e: Entry = decode_pb(&v, "log entry")?;
+            note_term(&mut terms, e.index, e.term);
+        }
+        self.terms = terms;
+        Ok(())
     }
 
     fn read_last_entry(&self) -> Result<Option<Entry>, StorageError> {
@@ -426,6 +452,15 @@ impl RaftLogStore {
             .map_err(StorageError::rocks("compact log"))?;
         self.truncated_index = to;
         self.truncated_term = term;
+        while self.terms.len() >= 2 && self.terms[1].0 <= to + 1 {
+            self.terms.remove(0);
+        }
+        if let Some(first) = self.terms.first_mut() {
+            first.0 = first.0.max(to + 1);
+        }
+        if self.last_index <= to {
+            self.terms.clear();
+        }
         Ok(())
     }
 
@@ -462,6 +497,7 @@ impl RaftLogStore {
         self.truncated_term = meta.term;
         self.last_index = meta.index;
         self.last_term = meta.term;
+        self.terms.clear();
         self.hard_state = hs;
         self.conf_state = cs;
         self.applied = applied;
@@ -533,6 +569,12 @@ impl RaftLogStore {
         if let Some((index, term)) = new_last {
             self.last_index = index;
             self.last_term = term;
+            let from = entries[0].index;
+            let keep = self.terms.partition_point(|(first, _)| *first < from);
+            self.terms.truncate(keep);
+            for e in entries {
+                note_term(&mut self.terms, e.index, e.term);
+            }
         }
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
@@ -639,8 +681,9 @@ impl raft::Storage for RaftLogStore {
         if idx == self.last_index {
             return Ok(self.last_term);
         }
-        match self.entry_at(idx).map_err(Self::to_raft_error)? {
-            Some(e) => Ok(e.term),
+        let i = self.terms.partition_point(|(first, _)| *first <= idx);
+        match i.checked_sub(1).and_then(|i| self.terms.get(i)) {
+            Some((_, term)) => Ok(*term),
             None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
         }
     }
@@ -710,16 +753,36 @@ mod tests {
         assert_eq!(store.last_index().unwrap(), 4);
         assert_eq!(store.term(4).unwrap(), 2);
         assert_eq!(store.term(3).unwrap(), 1);
-        let got = store
-            .entries(2, 5, None, GetEntriesContext::empty(false))
+        assert_eq!(store.term(2).unwrap(), 1);
+        store
+            .append(&[entry(5, 2), entry(6, 3), entry(7, 3)], None, true)
             .unwrap();
         assert_eq!(
-            got.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![2, 3, 4]
+            (2..=7).map(|i| store.term(i).unwrap()).collect::<Vec<_>>(),
+            vec![1, 1, 2, 2, 3, 3]
+        );
+        store.set_applied(6, 3);
+        store.compact(5).unwrap();
+        assert_eq!(
+            store.term(5).unwrap(),
+            2,
+            "the truncation point keeps its term"
+        );
+        assert_eq!(store.term(6).unwrap(), 3);
+        assert!(store.term(4).is_err());
+        store.append(&[entry(7, 4)], None, true).unwrap();
+        assert_eq!((store.term(6).unwrap(), store.term(7).unwrap()), (3, 4));
+        let got = store
+            .entries(6, 8, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(6, 3), (7, 4)]
         );
         drop(store);
         let store = RaftLogStore::open(db, &[1, 2, 3]).unwrap();
-        assert_eq!(store.last_index().unwrap(), 4);
+        assert_eq!(store.last_index().unwrap(), 7);
+        assert_eq!((store.term(6).unwrap(), store.term(7).unwrap()), (3, 4));
         assert_eq!(store.hard_state(), &hs);
         assert_eq!(store.conf_state().voters, vec![1, 2, 3]);
     }
