@@ -940,26 +940,22 @@ impl Api {
         };
         self.node
             .send(crate::raft_node::Event::TransferLeader(target));
-        let shared = self.node.shared().clone();
-        let moved = async {
-            loop {
-                if shared.leader() == Some(target) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        match tokio::time::timeout(TRANSFER_WAIT, moved).await {
-            Ok(()) => Ok(Reply::json(StatusCode::OK, json!({"leader": target}), None)),
-            Err(_) => Err(ApiError::new(
+        let moved = self
+            .node
+            .shared()
+            .wait_leader(TRANSFER_WAIT, |l| l == Some(target))
+            .await;
+        if !moved {
+            return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 format!(
                     "leadership did not move to {target} within {} s",
                     TRANSFER_WAIT.as_secs()
                 ),
-            )),
+            ));
         }
+        Ok(Reply::json(StatusCode::OK, json!({"leader": target}), None))
     }
 
     /// Waits until this node may serve a read at the requested consistency.
@@ -980,16 +976,12 @@ impl Api {
         self.read_barrier(&q).await?;
         // The applied index first: the value read after it reflects at least that index.
         let index = self.node.shared().applied();
-        let read = crate::state_machine::ReadResult {
-            value: self.sm.get_value(&key)?,
-            index,
-        };
-        match read.value {
+        match self.sm.get_value(&key)? {
             Some(rec) => Ok(Reply {
                 status: StatusCode::OK,
                 body: rec.value,
                 content_type: "application/octet-stream",
-                index: Some(read.index),
+                index: Some(index),
                 etag: Some(rec.version),
                 replayed: false,
             }),
@@ -999,7 +991,7 @@ impl Api {
                     "not_found",
                     format!("no such key: {key:?}"),
                 );
-                err.index = Some(read.index);
+                err.index = Some(index);
                 Err(err)
             }
         }
@@ -1403,14 +1395,15 @@ impl StepJson {
     }
 }
 
-/// The voter (other than the leader) with the highest match index.
+/// The voter (other than the leader) best placed to lead next: reachable first, then the
+/// highest match index.
 pub fn best_successor(report: &crate::raft_node::StatusReport) -> Option<u64> {
     report
         .progress
         .iter()
         .flatten()
         .filter(|p| p.voter && p.id != report.id)
-        .max_by_key(|p| (p.match_index, p.reachable))
+        .max_by_key(|p| (p.reachable, p.match_index))
         .map(|p| p.id)
 }
 

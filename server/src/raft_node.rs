@@ -188,12 +188,12 @@ impl Role {
 /// What the rest of the node may read without asking the loop: cheap, lock-free, slightly behind.
 pub struct Shared {
     id: u64,
-    leader: AtomicU64,
+    leader_tx: watch::Sender<u64>,
     term: AtomicU64,
     role: AtomicU8,
     commit: AtomicU64,
     stopped: AtomicBool,
-    removed: AtomicBool,
+    removed_tx: watch::Sender<bool>,
     applied_tx: watch::Sender<u64>,
 }
 
@@ -204,10 +204,22 @@ impl Shared {
     }
     /// The leader this node knows (None when unknown).
     pub fn leader(&self) -> Option<u64> {
-        match self.leader.load(Ordering::Acquire) {
+        match *self.leader_tx.borrow() {
             0 => None,
             id => Some(id),
         }
+    }
+    /// Waits at most `limit` until the leader this node knows (None: none) satisfies `pred`;
+    /// false if it did not in time.
+    pub async fn wait_leader(
+        &self,
+        limit: Duration,
+        mut pred: impl FnMut(Option<u64>) -> bool,
+    ) -> bool {
+        let mut rx = self.leader_tx.subscribe();
+        let waited =
+            tokio::time::timeout(limit, rx.wait_for(|l| pred((*l != 0).then_some(*l)))).await;
+        matches!(waited, Ok(Ok(_)))
     }
     /// The current term.
     pub fn term(&self) -> u64 {
@@ -233,9 +245,11 @@ impl Shared {
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
-    /// Whether this node applied its own removal from the cluster.
-    pub fn removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire)
+    /// Resolves once this node has applied its own removal from the cluster.
+    pub async fn removed(&self) {
+        let mut rx = self.removed_tx.subscribe();
+        // The sender lives as long as `self`, so this only ends with the removal.
+        let _ = rx.wait_for(|removed| *removed).await;
     }
 }
 
@@ -461,12 +475,12 @@ pub fn start<O: Outbox>(
     let (applied_tx, _) = watch::channel(applied);
     let shared = Arc::new(Shared {
         id: cfg.id,
-        leader: AtomicU64::new(0),
+        leader_tx: watch::channel(0).0,
         term: AtomicU64::new(raw.raft.term),
         role: AtomicU8::new(Role::Follower.to_u8()),
         commit: AtomicU64::new(raw.raft.raft_log.committed),
         stopped: AtomicBool::new(false),
-        removed: AtomicBool::new(false),
+        removed_tx: watch::channel(false).0,
         applied_tx,
     });
     let handle = NodeHandle {
@@ -484,7 +498,8 @@ pub fn start<O: Outbox>(
         awaiting_all: Vec::new(),
         new_reads: Vec::new(),
         reads: HashMap::new(),
-        next_read_ctx: 1,
+        // Random, so that a restarted node never reuses a context a leader may still hold.
+        next_read_ctx: rand::random::<u64>() >> 1,
         peers: HashMap::new(),
         ticks: 0,
         applied,
@@ -647,6 +662,40 @@ impl<O: Outbox> Driver<O> {
         mode: WriteMode,
         reply: oneshot::Sender<Result<WriteOk, WriteError>>,
     ) {
+        // A put without precondition or idempotency key: its answer does not depend on state.
+        let blind = command.idempotency_key.is_empty()
+            && matches!(&command.op, Some(Op::Put(p)) if p.precondition.is_none());
+        // The stamp that idempotency expiry is measured by (see state_machine).
+        command.proposed_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.submit(mode, blind, reply, |raw| {
+            raw.propose(Vec::new(), command.encode_to_vec())
+        });
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+    ) {
+        // raft-rs takes one membership change at a time and refuses the others.
+        self.submit(WriteMode::Semi, false, reply, |raw| {
+            raw.propose_conf_change(context, cc)
+        });
+    }
+
+    /// Appends one proposal to the leader's log through `append` and records the waiting writer
+    /// under the entry's index. Answers at once when this node does not lead or raft-rs drops
+    /// the proposal.
+    fn submit(
+        &mut self,
+        mode: WriteMode,
+        blind: bool,
+        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+        append: impl FnOnce(&mut RawNode<RaftLogStore>) -> raft::Result<()>,
+    ) {
         if self.raw.raft.state != StateRole::Leader {
             let err = match self.raw.raft.leader_id {
                 0 => WriteError::NoLeader,
@@ -655,15 +704,8 @@ impl<O: Outbox> Driver<O> {
             let _ = reply.send(Err(err));
             return;
         }
-        // A put without precondition or idempotency key: its answer does not depend on state.
-        let blind = command.idempotency_key.is_empty()
-            && matches!(&command.op, Some(Op::Put(p)) if p.precondition.is_none());
-        // The stamp that idempotency expiry is measured by (see state_machine).
-        command.proposed_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let before = self.raw.raft.raft_log.last_index();
-        if let Err(e) = self.raw.propose(Vec::new(), command.encode_to_vec()) {
+        if let Err(e) = append(&mut self.raw) {
             debug!(error = %e, "proposal dropped");
             let _ = reply.send(Err(WriteError::Dropped));
             return;
@@ -679,43 +721,6 @@ impl<O: Outbox> Driver<O> {
                 term: self.raw.raft.term,
                 mode,
                 blind,
-                reply,
-            },
-        );
-    }
-
-    fn propose_conf_change(
-        &mut self,
-        cc: ConfChangeV2,
-        context: Vec<u8>,
-        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
-    ) {
-        if self.raw.raft.state != StateRole::Leader {
-            let err = match self.raw.raft.leader_id {
-                0 => WriteError::NoLeader,
-                id => WriteError::NotLeader(id),
-            };
-            let _ = reply.send(Err(err));
-            return;
-        }
-        let before = self.raw.raft.raft_log.last_index();
-        if let Err(e) = self.raw.propose_conf_change(context, cc) {
-            // raft-rs takes one membership change at a time.
-            debug!(error = %e, "conf change dropped");
-            let _ = reply.send(Err(WriteError::Dropped));
-            return;
-        }
-        let index = self.raw.raft.raft_log.last_index();
-        if index != before + 1 {
-            let _ = reply.send(Err(WriteError::Dropped));
-            return;
-        }
-        self.pending.insert(
-            index,
-            PendingWrite {
-                term: self.raw.raft.term,
-                mode: WriteMode::Semi,
-                blind: false,
                 reply,
             },
         );
@@ -805,7 +810,8 @@ impl<O: Outbox> Driver<O> {
         }
         let ctxs: Vec<u64> = self.reads.keys().copied().collect();
         for ctx in ctxs {
-            self.raw.read_index(ctx.to_be_bytes().to_vec());
+            let wire = self.read_ctx(ctx);
+            self.raw.read_index(wire);
         }
     }
 
@@ -830,7 +836,27 @@ impl<O: Outbox> Driver<O> {
                 waiters,
             },
         );
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        let wire = self.read_ctx(ctx);
+        self.raw.read_index(wire);
+    }
+
+    /// The context a read-index request carries: this node's id and the request's number. The
+    /// leader keeps pending requests by context and silently drops one whose context it already
+    /// holds, so contexts must be unique across the cluster, not only on this node.
+    fn read_ctx(&self, ctx: u64) -> Vec<u8> {
+        let mut wire = Vec::with_capacity(16);
+        wire.extend_from_slice(&self.cfg.id.to_be_bytes());
+        wire.extend_from_slice(&ctx.to_be_bytes());
+        wire
+    }
+
+    /// The request number in a context made by [`Self::read_ctx`] on this node.
+    fn own_read_ctx(&self, wire: &[u8]) -> Option<u64> {
+        let (node, ctx) = wire.split_at_checked(8)?;
+        if node != self.cfg.id.to_be_bytes() {
+            return None;
+        }
+        Some(u64::from_be_bytes(ctx.try_into().ok()?))
     }
 
     /// One Ready cycle, in the order raft-rs requires.
@@ -845,8 +871,7 @@ impl<O: Outbox> Driver<O> {
         if let Some(ss) = ready.ss() {
             let was_leader =
                 Role::from_u8(self.shared.role.load(Ordering::Acquire)) == Role::Leader;
-            let leader_changed = ss.leader_id != self.shared.leader.load(Ordering::Acquire);
-            self.shared.leader.store(ss.leader_id, Ordering::Release);
+            let leader_changed = self.shared.leader_tx.send_replace(ss.leader_id) != ss.leader_id;
             self.shared
                 .role
                 .store(Role::from_raft(ss.raft_state).to_u8(), Ordering::Release);
@@ -881,14 +906,16 @@ impl<O: Outbox> Driver<O> {
             self.raw
                 .mut_store()
                 .install_snapshot(batch, &meta, applied, applied_term)?;
-            self.applied = applied;
-            self.shared.applied_tx.send_replace(applied);
+            // Logged before readers waiting on the applied index are woken, so that anyone who
+            // sees the new data also finds the install in the node's log.
             info!(
                 index = meta.index,
                 term = meta.term,
                 applied,
                 "installed a snapshot"
             );
+            self.applied = applied;
+            self.shared.applied_tx.send_replace(applied);
         }
 
         // 5. Apply committed entries.
@@ -897,10 +924,10 @@ impl<O: Outbox> Driver<O> {
 
         // 6. Read states: answer with the read index; callers wait for apply themselves.
         for rs in ready.take_read_states() {
-            let Ok(ctx_bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            let Some(ctx) = self.own_read_ctx(&rs.request_ctx) else {
                 continue;
             };
-            if let Some(group) = self.reads.remove(&u64::from_be_bytes(ctx_bytes)) {
+            if let Some(group) = self.reads.remove(&ctx) {
                 for w in group.waiters {
                     let _ = w.send(Ok(rs.index));
                 }
@@ -1041,7 +1068,7 @@ impl<O: Outbox> Driver<O> {
             if id == self.cfg.id {
                 if addr.is_none() {
                     warn!("this node was removed from the cluster");
-                    self.shared.removed.store(true, Ordering::Release);
+                    self.shared.removed_tx.send_replace(true);
                 }
             } else {
                 self.outbox.set_peer(id, addr.as_ref());

@@ -185,15 +185,7 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
         peer_addr: advertise_peer.clone(),
         http_addr: Some(advertise_http.clone()),
     });
-    db.put_cf(
-        storage::cf(&db, storage::CF_META)?,
-        storage::KEY_MEMBERS,
-        members::encode(&book),
-    )
-    .map_err(|source| StorageError::Rocks {
-        context: "write members",
-        source,
-    })?;
+    storage::write_members(&db, &members::encode(&book))?;
     let store = RaftLogStore::open(db.clone(), &voters)?;
     let sm = StateMachine::new(db.clone());
 
@@ -268,18 +260,8 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
     );
 
     let mut raft_done = tokio::task::spawn_blocking(move || raft_thread.join());
-    let removed = {
-        let shared = node.shared().clone();
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                if shared.removed() {
-                    return;
-                }
-            }
-        }
-    };
+    let shared = node.shared().clone();
+    let removed = shared.removed();
     let outcome = tokio::select! {
         _ = shutdown_signal() => {
             info!("shutting down");
@@ -330,16 +312,11 @@ async fn hand_over_leadership(node: &NodeHandle) {
     };
     info!(to = target, "handing leadership over before stopping");
     node.send(Event::TransferLeader(target));
-    let shared = node.shared().clone();
-    let moved = async {
-        loop {
-            if shared.leader().is_some_and(|l| l != report.id) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(HANDOVER_WAIT, moved).await.is_err() {
+    let moved = node
+        .shared()
+        .wait_leader(HANDOVER_WAIT, |l| l.is_some_and(|l| l != report.id))
+        .await;
+    if !moved {
         warn!("leadership did not move in time; stopping anyway");
     }
 }
@@ -392,15 +369,7 @@ pub fn restore(args: crate::config::RestoreArgs) -> Result<String, ServerError> 
     let mut voters: Vec<u64> = cluster.keys().copied().collect();
     voters.sort_unstable();
     storage::bootstrap(&db, &voters, index, term)?;
-    db.put_cf(
-        storage::cf(&db, storage::CF_META)?,
-        storage::KEY_MEMBERS,
-        members::encode(&members::from_cluster(&cluster)),
-    )
-    .map_err(|source| StorageError::Rocks {
-        context: "write members",
-        source,
-    })?;
+    storage::write_members(&db, &members::encode(&members::from_cluster(&cluster)))?;
     Ok(format!(
         "restored {keys} keys at index {index} (term {term}) into {} for members {voters:?}",
         args.data_dir.display()

@@ -33,8 +33,8 @@ use crate::proto::{
     TxnOp, ValueRecord,
 };
 use crate::storage::{
-    cf, decode_u64, StorageError, CF_DATA, CF_IDEM, CF_IDEM_TTL, CF_META, CF_SNAP_STAGING,
-    KEY_APPLIED, KEY_APPLIED_TERM, SNAPSHOT_CFS,
+    applied_through, cf, decode_u64, read_applied_term, StorageError, CF_DATA, CF_IDEM,
+    CF_IDEM_TTL, CF_META, CF_SNAP_STAGING, KEY_APPLIED, KEY_APPLIED_TERM, SNAPSHOT_CFS,
 };
 
 /// How long an idempotency key is remembered, measured on the proposing leaders' clocks. A
@@ -123,7 +123,7 @@ impl StateMachine {
             .and_then(|c| c.create_checkpoint(dir))
             .map_err(rocks("create a checkpoint"))?;
         let backup = crate::storage::open_read_only(dir)?;
-        applied_of(&backup)
+        read_applied_term(&backup)
     }
 
     /// Fills this (new, empty) database's state machine from a backup checkpoint; returns the
@@ -133,7 +133,7 @@ impl StateMachine {
         backup_dir: &std::path::Path,
     ) -> Result<(u64, u64, u64), StorageError> {
         let backup = crate::storage::open_read_only(backup_dir)?;
-        let (applied, term) = applied_of(&backup)?;
+        let (applied, term) = read_applied_term(&backup)?;
         let mut keys = 0u64;
         for name in SNAPSHOT_CFS {
             let (from, to) = (cf(&backup, name)?, cf(&self.db, name)?);
@@ -167,17 +167,8 @@ impl StateMachine {
         mut emit: impl FnMut(SnapshotChunk) -> bool,
     ) -> Result<bool, StorageError> {
         let snap = self.db.snapshot();
-        let read_u64 = |key: &[u8], what| -> Result<u64, StorageError> {
-            match snap
-                .get_cf(cf(&self.db, CF_META)?, key)
-                .map_err(rocks("read snapshot metadata"))?
-            {
-                Some(v) => decode_u64(&v, what),
-                None => Ok(0),
-            }
-        };
-        let applied = read_u64(KEY_APPLIED, "applied index")?;
-        let applied_term = read_u64(KEY_APPLIED_TERM, "applied term")?;
+        let meta = cf(&self.db, CF_META)?;
+        let (applied, applied_term) = applied_through(|key| snap.get_cf(meta, key))?;
         let mut chunk = SnapshotChunk {
             snap_index,
             snap_term,
@@ -316,21 +307,8 @@ impl StateMachine {
     }
 
     fn snapshot_applied(&self, snap: &rocksdb::Snapshot<'_>) -> Result<u64, StorageError> {
-        match snap
-            .get_cf(cf(&self.db, CF_META)?, KEY_APPLIED)
-            .map_err(rocks("read applied index"))?
-        {
-            Some(v) => decode_u64(&v, "applied index"),
-            None => Ok(0),
-        }
-    }
-
-    /// Reads one key from a consistent snapshot.
-    pub fn get(&self, key: &str) -> Result<ReadResult<Option<ValueRecord>>, StorageError> {
-        let snap = self.db.snapshot();
-        let index = self.snapshot_applied(&snap)?;
-        let value = read_record(&snap.get_cf(cf(&self.db, CF_DATA)?, key.as_bytes()))?;
-        Ok(ReadResult { value, index })
+        let meta = cf(&self.db, CF_META)?;
+        Ok(applied_through(|key| snap.get_cf(meta, key))?.0)
     }
 
     /// Reads one key's current record, without a snapshot: the caller reads the applied index
@@ -418,21 +396,6 @@ impl StateMachine {
             max_stamp: 0,
         }
     }
-}
-
-/// The applied index and term recorded in a database.
-fn applied_of(db: &DB) -> Result<(u64, u64), StorageError> {
-    let meta = cf(db, CF_META)?;
-    let read = |key: &[u8], what| -> Result<u64, StorageError> {
-        match db.get_cf(meta, key).map_err(rocks("read applied index"))? {
-            Some(v) => decode_u64(&v, what),
-            None => Ok(0),
-        }
-    };
-    Ok((
-        read(KEY_APPLIED, "applied index")?,
-        read(KEY_APPLIED_TERM, "applied term")?,
-    ))
 }
 
 /// The smallest byte string greater than every string with this prefix (None: no bound).
@@ -1094,8 +1057,8 @@ mod tests {
         assert_eq!(r.error_key, "b");
         assert_eq!(r.value, Some(30));
         b.commit().unwrap();
-        assert_eq!(&sm.get("a").unwrap().value.unwrap().value[..], b"70");
-        assert_eq!(&sm.get("b").unwrap().value.unwrap().value[..], b"30");
+        assert_eq!(&sm.get_value("a").unwrap().unwrap().value[..], b"70");
+        assert_eq!(&sm.get_value("b").unwrap().unwrap().value[..], b"30");
         // A read-only txn on a snapshot.
         let ro = TxnOp {
             compare: vec![],
@@ -1144,7 +1107,7 @@ mod tests {
         assert!(!r5.replayed);
         assert_eq!(r5.value, Some(10));
         b.commit().unwrap();
-        assert_eq!(&sm.get("n").unwrap().value.unwrap().value[..], b"10");
+        assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"10");
         // Expired records are physically removed by later batches, but not the fresh one.
         let mut b = sm.batch();
         b.apply(
@@ -1204,11 +1167,10 @@ mod tests {
         assert_eq!(r.error_code, codes::BOUND_VIOLATED);
         assert_eq!(r.value, Some(2));
         // Nothing is visible before commit.
-        assert!(sm.get("n").unwrap().value.is_none());
+        assert!(sm.get_value("n").unwrap().is_none());
         assert_eq!(b.commit().unwrap(), Some((3, 1)));
-        let got = sm.get("n").unwrap();
-        assert_eq!(got.index, 3);
-        let rec = got.value.unwrap();
+        assert_eq!(sm.applied_index().unwrap(), 3);
+        let rec = sm.get_value("n").unwrap().unwrap();
         assert_eq!(&rec.value[..], b"2");
         assert_eq!(rec.version, 2);
     }
@@ -1255,7 +1217,7 @@ mod tests {
         assert!(!b.apply(7, 1, &del).unwrap().deleted);
         assert!(b.apply(8, 1, &create).unwrap().is_ok());
         b.commit().unwrap();
-        let rec = sm.get("k").unwrap().value.unwrap();
+        let rec = sm.get_value("k").unwrap().unwrap();
         assert_eq!(&rec.value[..], b"y");
         assert_eq!(rec.version, 8);
     }

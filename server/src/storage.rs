@@ -104,16 +104,9 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, StorageError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
-    let cfs = [
-        CF_LOG,
-        CF_META,
-        CF_DATA,
-        CF_IDEM,
-        CF_IDEM_TTL,
-        CF_SNAP_STAGING,
-    ]
-    .into_iter()
-    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = ALL_CFS
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(StorageError::rocks("open"))?;
     Ok(Arc::new(db))
 }
@@ -206,6 +199,12 @@ pub fn read_members(db: &DB) -> Result<Option<Vec<u8>>, StorageError> {
         .map_err(StorageError::rocks("read members"))
 }
 
+/// Persists the address book (JSON) outside the apply path: at start and on restore.
+pub fn write_members(db: &DB, encoded: &[u8]) -> Result<(), StorageError> {
+    db.put_cf(cf(db, CF_META)?, KEY_MEMBERS, encoded)
+        .map_err(StorageError::rocks("write members"))
+}
+
 /// Records that the entry `index` has `term` in a list of term boundaries (entries in order).
 fn note_term(terms: &mut Vec<(u64, u64)>, index: u64, term: u64) {
     if terms.last().is_none_or(|(_, t)| *t != term) {
@@ -251,13 +250,29 @@ pub fn incarnation(db: &DB) -> Result<u64, StorageError> {
 
 /// Reads the applied index (0 when nothing was ever applied).
 pub fn read_applied(db: &DB) -> Result<u64, StorageError> {
-    match db
-        .get_cf(cf(db, CF_META)?, KEY_APPLIED)
-        .map_err(StorageError::rocks("read applied index"))?
-    {
-        Some(v) => decode_u64(&v, "applied index"),
-        None => Ok(0),
-    }
+    Ok(read_applied_term(db)?.0)
+}
+
+/// Reads the applied index and its term (0 when nothing was ever applied).
+pub fn read_applied_term(db: &DB) -> Result<(u64, u64), StorageError> {
+    let meta = cf(db, CF_META)?;
+    applied_through(|key| db.get_cf(meta, key))
+}
+
+/// Reads the applied index and its term through `get`, a lookup in [`CF_META`] of the database
+/// or of one of its snapshots.
+pub fn applied_through(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<(u64, u64), StorageError> {
+    let read =
+        |key: &[u8], what| match get(key).map_err(StorageError::rocks("read applied index"))? {
+            Some(v) => decode_u64(&v, what),
+            None => Ok(0),
+        };
+    Ok((
+        read(KEY_APPLIED, "applied index")?,
+        read(KEY_APPLIED_TERM, "applied term")?,
+    ))
 }
 
 /// The Raft log, hard state and conf state of one node, implementing raft-rs's `Storage`.
@@ -332,13 +347,7 @@ impl RaftLogStore {
             }
             None => (0, 0),
         };
-        let applied_term = match db
-            .get_cf(meta, KEY_APPLIED_TERM)
-            .map_err(StorageError::rocks("read applied term"))?
-        {
-            Some(v) => decode_u64(&v, "applied term")?,
-            None => 0,
-        };
+        let (applied, applied_term) = read_applied_term(&db)?;
         let mut store = RaftLogStore {
             db,
             hard_state,
@@ -348,7 +357,7 @@ impl RaftLogStore {
             last_index: truncated_index,
             last_term: truncated_term,
             terms: Vec::new(),
-            applied: 0,
+            applied,
             applied_term,
         };
         store.load_terms()?;
@@ -358,8 +367,6 @@ impl RaftLogStore {
         }
         // Apply happens before the hard state of the same Ready is persisted; a crash in between
         // leaves applied > commit. Applied entries were committed, so the commit index may move up.
-        let applied = read_applied(&store.db)?;
-        store.applied = applied;
         if applied > store.hard_state.commit && applied <= store.last_index {
             store.hard_state.commit = applied;
         }

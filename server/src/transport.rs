@@ -254,7 +254,9 @@ impl Transport {
                 if previous.is_some_and(|p| p != h.incarnation) {
                     warn!(
                         peer = h.from,
-                        "peer came back with new data (wiped): resetting its progress"
+                        "peer came back with new data (wiped): resetting its progress; it has \
+                         forgotten its term and vote too, so replace it under a new id \
+                         (docs/operations.md)"
                     );
                     let _ = self.inner.node_tx.send(Event::PeerWiped(h.from));
                 }
