@@ -183,28 +183,22 @@ async fn modes(c: &Common) -> ModesResults {
         let system = System::Keel(vec![cluster.node(leader).http.clone()]);
         let http = load::http(c.clients);
         let mut results = Vec::new();
-        for m in ["async", "semi", "sync"] {
-            let label = format!("{m} @{d}ms");
-            let r = load::run(
-                &http,
-                &spec(c, &label, &system, Workload::Write, m, false, c.clients),
-                true,
-            )
-            .await;
-            eprintln!("{}", load::row(&r));
-            results.push(r);
-        }
-        // One client: latency without queueing.
-        for m in ["async", "semi", "sync"] {
-            let label = format!("{m} @{d}ms, 1 client");
-            let r = load::run(
-                &http,
-                &spec(c, &label, &system, Workload::Write, m, false, 1),
-                true,
-            )
-            .await;
-            eprintln!("{}", load::row(&r));
-            results.push(r);
+        // Concurrent clients, then one client: latency without queueing.
+        for clients in [c.clients, 1] {
+            for m in ["async", "semi", "sync"] {
+                let label = match clients {
+                    1 => format!("{m} @{d}ms, 1 client"),
+                    _ => format!("{m} @{d}ms"),
+                };
+                let r = load::run(
+                    &http,
+                    &spec(c, &label, &system, Workload::Write, m, false, clients),
+                    true,
+                )
+                .await;
+                eprintln!("{}", load::row(&r));
+                results.push(r);
+            }
         }
         out.push((d, measured, results));
     }

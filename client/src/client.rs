@@ -902,6 +902,26 @@ impl Client {
         parse_txn_result(&ans.json()?)
     }
 
+    /// Sends an administrative request to the leader (membership, leader transfer, backup) and
+    /// returns its JSON answer.
+    async fn admin(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<Value, Error> {
+        self.execute(Call {
+            method,
+            path,
+            headers: Vec::new(),
+            body: body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
+            write: true,
+            key: "",
+        })
+        .await?
+        .json()
+    }
+
     /// Adds a member as a learner (it replicates but does not vote); returns every member.
     /// Promote it with [`Client::promote_member`] once it has caught up.
     pub async fn add_member(
@@ -911,79 +931,37 @@ impl Client {
         http_addr: Option<&str>,
     ) -> Result<Vec<crate::types::Member>, Error> {
         let body = serde_json::json!({"id": id, "peer_addr": peer_addr, "http_addr": http_addr});
-        let ans = self
-            .execute(Call {
-                method: Method::POST,
-                path: "/v1/cluster/members".into(),
-                headers: Vec::new(),
-                body: Bytes::from(body.to_string()),
-                write: true,
-                key: "",
-            })
+        let v = self
+            .admin(Method::POST, "/v1/cluster/members".into(), Some(body))
             .await?;
-        parse_members(&ans.json()?)
+        parse_members(&v)
     }
 
     /// Makes a learner a voter.
     pub async fn promote_member(&self, id: u64) -> Result<Vec<crate::types::Member>, Error> {
-        let ans = self
-            .execute(Call {
-                method: Method::POST,
-                path: format!("/v1/cluster/members/{id}/promote"),
-                headers: Vec::new(),
-                body: Bytes::new(),
-                write: true,
-                key: "",
-            })
-            .await?;
-        parse_members(&ans.json()?)
+        let path = format!("/v1/cluster/members/{id}/promote");
+        parse_members(&self.admin(Method::POST, path, None).await?)
     }
 
     /// Removes a member (not the leader: transfer leadership first).
     pub async fn remove_member(&self, id: u64) -> Result<Vec<crate::types::Member>, Error> {
-        let ans = self
-            .execute(Call {
-                method: Method::DELETE,
-                path: format!("/v1/cluster/members/{id}"),
-                headers: Vec::new(),
-                body: Bytes::new(),
-                write: true,
-                key: "",
-            })
-            .await?;
-        parse_members(&ans.json()?)
+        let path = format!("/v1/cluster/members/{id}");
+        parse_members(&self.admin(Method::DELETE, path, None).await?)
     }
 
     /// Every member, as the leader knows them.
     pub async fn list_members(&self) -> Result<Vec<crate::types::Member>, Error> {
-        let ans = self
-            .execute(Call {
-                method: Method::GET,
-                path: "/v1/cluster/members".into(),
-                headers: Vec::new(),
-                body: Bytes::new(),
-                write: true,
-                key: "",
-            })
-            .await?;
-        parse_members(&ans.json()?)
+        let path = "/v1/cluster/members".to_string();
+        parse_members(&self.admin(Method::GET, path, None).await?)
     }
 
     /// Asks the leader for a consistent backup into `dir` (an absolute path on its machine that
     /// does not exist yet); returns the applied index the backup holds and the directory.
     pub async fn backup(&self, dir: &str) -> Result<(u64, String), Error> {
         let body = serde_json::json!({ "dir": dir });
-        let ans = self
-            .execute(Call {
-                method: Method::POST,
-                path: "/v1/admin/backup".into(),
-                headers: Vec::new(),
-                body: Bytes::from(body.to_string()),
-                write: true,
-                key: "",
-            })
+        let v = self
+            .admin(Method::POST, "/v1/admin/backup".into(), Some(body))
             .await?;
-        let v = ans.json()?;
         Ok((
             field_u64(&v, "index")?,
             v["dir"].as_str().unwrap_or(dir).to_string(),
@@ -993,17 +971,13 @@ impl Client {
     /// Hands leadership to `to` (or to the most up-to-date voter); returns the new leader.
     pub async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, Error> {
         let body = serde_json::json!({ "to": to });
-        let ans = self
-            .execute(Call {
-                method: Method::POST,
-                path: "/v1/cluster/transfer-leader".into(),
-                headers: Vec::new(),
-                body: Bytes::from(body.to_string()),
-                write: true,
-                key: "",
-            })
+        let v = self
+            .admin(
+                Method::POST,
+                "/v1/cluster/transfer-leader".into(),
+                Some(body),
+            )
             .await?;
-        let v = ans.json()?;
         let leader = field_u64(&v, "leader")?;
         self.inner.leader.store(leader, Ordering::Release);
         Ok(leader)
