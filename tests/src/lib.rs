@@ -55,18 +55,20 @@ pub fn keel_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> → target/<profile>/keel
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = dir.join("keel");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first with `cargo build --release --workspace` or set KEEL_BIN",
-        bin.display()
-    );
-    bin
+    // A test runs from target/<profile>/deps/, keel-bench from target/<profile>/: keel sits in
+    // target/<profile>/ either way.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("keel"))
+        .collect();
+    match candidates.iter().find(|b| b.is_file()) {
+        Some(bin) => bin.clone(),
+        None => panic!(
+            "keel not found in {candidates:?}: build it first with `cargo build --release --workspace` or set KEEL_BIN"
+        ),
+    }
 }
 
 /// Reserves `n` distinct free TCP ports on 127.0.0.1.
@@ -216,6 +218,22 @@ impl Cluster {
         bin: PathBuf,
         env: &[(&str, &str)],
     ) -> Cluster {
+        let mut c = Self::layout(n, extra, proxied, net, bin, env);
+        for id in c.ids() {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// Plans a cluster of `n` nodes (addresses, directories, proxies) without starting them.
+    fn layout(
+        n: usize,
+        extra: &[&str],
+        proxied: bool,
+        net: Option<netns::NetnsNet>,
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("keel-test-")
             .tempdir()
@@ -277,7 +295,7 @@ impl Cluster {
             .timeout_connect(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))
             .build();
-        let mut c = Cluster {
+        Cluster {
             nodes,
             dir: Some(dir),
             cluster_args,
@@ -290,23 +308,15 @@ impl Cluster {
                 .collect(),
             net,
             agent,
-        };
-        for id in 1..=n as u64 {
-            c.spawn(id);
         }
-        c
     }
 
     /// Starts `n` nodes whose data directories are first restored from a backup with
     /// `keel restore` (a new cluster holding the backup's data).
     pub fn start_from_backup(n: usize, backup: &Path) -> Cluster {
-        let mut c = Self::launch_opts(n, &[], false, None, keel_bin(), &[]);
-        // launch_opts started the nodes: stop them, wipe, restore, start again.
+        let mut c = Self::layout(n, &[], false, None, keel_bin(), &[]);
         for id in c.ids() {
-            c.kill(id);
-            let node = c.node(id);
-            let _ = std::fs::remove_dir_all(&node.data_dir);
-            let data_dir = node.data_dir.clone();
+            let data_dir = c.node(id).data_dir.clone();
             let cluster = c.cluster_args[id as usize - 1].clone();
             let out = Command::new(keel_bin())
                 .arg("restore")
@@ -348,6 +358,14 @@ impl Cluster {
     /// Ids of all nodes.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Every node's id except those in `excluding`, in order.
+    pub fn others(&self, excluding: &[u64]) -> Vec<u64> {
+        self.ids()
+            .into_iter()
+            .filter(|id| !excluding.contains(id))
+            .collect()
     }
 
     /// Directory holding data and logs.
@@ -471,24 +489,15 @@ impl Cluster {
         id
     }
 
-    /// SIGTERM (a graceful stop: a leader hands over leadership first) and wait for the exit.
+    /// SIGTERM (a graceful stop: a leader hands over leadership first) and wait for the exit
+    /// (kill -9 after 15 s).
     pub fn stop(&mut self, id: u64) {
-        let node = self.node(id);
-        if let Some(mut c) = node.child.take() {
+        if let Some(pid) = self.node(id).pid() {
             // SAFETY: kill(2) on a child we spawned.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
-                    _ => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                }
-            }
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        if !self.wait_exit(id, Duration::from_secs(15)) {
+            self.kill(id);
         }
     }
 

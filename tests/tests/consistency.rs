@@ -101,7 +101,9 @@ fn stale_read_with_min_index_waits_for_a_lagging_follower() {
         .into_iter()
         .find(|&id| id != leader)
         .expect("a follower");
-    c.put_until_ok(leader, "ryw/k", b"v0", DEADLINE);
+    // A sync write is answered once every member has applied it, so the follower
+    // holds v0 before its link is cut.
+    c.put_until_ok(leader, "ryw/k?mode=sync", b"v0", DEADLINE);
     // The leader's traffic to one follower stops: the other follower makes the quorum.
     c.link(leader, lagging).set(LinkMode::Cut);
     let r = c.put_until_ok(leader, "ryw/k", b"v1", DEADLINE);

@@ -75,11 +75,7 @@ fn the_log_stays_bounded_under_a_continuous_write_load() {
 fn a_follower_far_behind_catches_up_by_snapshot() {
     let mut c = Cluster::start_with(3, &["--snapshot-entries", &EVERY.to_string()]);
     let leader = c.wait_for_leader();
-    let lagging = c
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("follower");
+    let lagging = c.others(&[leader])[0];
     write_range(&c, leader, 0, 50);
     c.kill(lagging);
     write_range(&c, leader, 50, 300);
@@ -115,11 +111,7 @@ fn a_follower_far_behind_catches_up_by_snapshot() {
 fn a_follower_whose_data_was_wiped_rejoins_by_snapshot() {
     let mut c = Cluster::start_with(3, &["--snapshot-entries", &EVERY.to_string()]);
     let leader = c.wait_for_leader();
-    let wiped = c
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("follower");
+    let wiped = c.others(&[leader])[0];
     write_range(&c, leader, 0, 200);
     c.kill(wiped);
     std::fs::remove_dir_all(&c.node(wiped).data_dir).expect("wipe");
@@ -132,11 +124,7 @@ fn a_follower_whose_data_was_wiped_rejoins_by_snapshot() {
     assert!(c.node(wiped).is_running(), "the wiped node must not crash");
     assert_all(&c, wiped, 260);
     // And it takes part again: with the other follower down, the cluster still commits.
-    let other = c
-        .ids()
-        .into_iter()
-        .find(|&id| id != leader && id != wiped)
-        .expect("other");
+    let other = c.others(&[leader, wiped])[0];
     c.kill(other);
     c.put_until_ok(leader, "snap/99999", b"with the rejoined node", DEADLINE);
 }
