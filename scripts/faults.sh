@@ -8,4 +8,5 @@ scripts/setup.sh
 cargo build --release --workspace --all-targets
 export KEEL_BIN="$PWD/target/release/keel"
 export KEEL_FAULTS_SECS="${1:-${KEEL_FAULTS_SECS:-120}}"
-cargo test --release -p keel-tests --test faults long_run_over_every_profile -- --ignored --nocapture
+# --workspace, like the build above, so that features unify the same way and nothing is rebuilt
+cargo test --release --workspace --test faults long_run_over_every_profile -- --ignored --nocapture

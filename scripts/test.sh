@@ -21,7 +21,8 @@ fi
 echo "== build"
 cargo build --release --workspace --all-targets
 # The fault suite's planted-bug build, never the default one: the same crate with the
-# planted-bugs feature, kept as keel-planted; then the default keel again (cached, no rebuild).
+# planted-bugs feature, kept as keel-planted; then the default keel again. Cargo recompiles
+# keel-server each way (about a minute each on two cores): the feature is the only difference.
 cargo build --release -p keel-server --features planted-bugs
 cp target/release/keel target/release/keel-planted
 cargo build --release -p keel-server
