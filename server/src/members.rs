@@ -34,9 +34,16 @@ pub fn encode(book: &AddressBook) -> Vec<u8> {
     serde_json::to_vec(book).unwrap_or_default()
 }
 
-/// Decodes a stored address book (None if it does not parse).
-pub fn decode(bytes: &[u8]) -> Option<AddressBook> {
-    serde_json::from_slice(bytes).ok()
+/// Decodes a stored address book.
+pub fn decode(bytes: &[u8]) -> Result<AddressBook, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// The member ids of `--cluster` in ascending order: the first voters of a new cluster.
+pub fn ids_sorted(members: &std::collections::HashMap<u64, String>) -> Vec<u64> {
+    let mut ids: Vec<u64> = members.keys().copied().collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// An address book from `--cluster` (peer addresses only).
@@ -69,7 +76,8 @@ mod tests {
                 http_addr: Some("n4:7001".into()),
             },
         );
-        assert_eq!(decode(&encode(&b)), Some(b));
+        assert_eq!(decode(&encode(&b)).ok(), Some(b));
+        assert!(decode(b"{\"4\": garbage").is_err());
         let ctx: JoinContext = serde_json::from_str(r#"{"id": 5, "peer_addr": "a:1"}"#).unwrap();
         assert_eq!(ctx.addr.http_addr, None);
     }

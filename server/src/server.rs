@@ -63,6 +63,9 @@ pub enum ServerError {
     /// Joining through --join failed.
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    /// The address book stored in the data dir does not parse.
+    #[error("the member address book in the data dir is damaged: {0}")]
+    CorruptMembers(#[source] serde_json::Error),
 }
 
 /// Routes non-Raft peer frames to where they belong.
@@ -114,13 +117,14 @@ async fn membership(
     advertise_peer: &str,
     advertise_http: &str,
 ) -> Result<(AddressBook, Vec<u64>), ServerError> {
-    if let Some(book) = storage::read_members(db)?.and_then(|b| members::decode(&b)) {
+    if let Some(bytes) = storage::read_members(db)? {
+        // A node that has run before knows its cluster from its own disk; an address book that
+        // does not parse is damage to report, never a reason to fall back to the flags.
+        let book = members::decode(&bytes).map_err(ServerError::CorruptMembers)?;
         return Ok((book, Vec::new()));
     }
     if !cluster.is_empty() {
-        let mut voters: Vec<u64> = cluster.keys().copied().collect();
-        voters.sort_unstable();
-        return Ok((members::from_cluster(cluster), voters));
+        return Ok((members::from_cluster(cluster), members::ids_sorted(cluster)));
     }
     let Some(join) = &args.join else {
         return Err(ConfigError::Invalid("no --cluster and no --join".into()).into());
@@ -366,12 +370,49 @@ pub fn restore(args: crate::config::RestoreArgs) -> Result<String, ServerError> 
     let db = storage::open_db(&args.data_dir)?;
     let sm = StateMachine::new(db.clone());
     let (index, term, keys) = sm.restore_from(&args.from)?;
-    let mut voters: Vec<u64> = cluster.keys().copied().collect();
-    voters.sort_unstable();
+    let voters = members::ids_sorted(&cluster);
     storage::bootstrap(&db, &voters, index, term)?;
     storage::write_members(&db, &members::encode(&members::from_cluster(&cluster)))?;
     Ok(format!(
         "restored {keys} keys at index {index} (term {term}) into {} for members {voters:?}",
         args.data_dir.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    #[tokio::test]
+    async fn a_damaged_address_book_is_an_error_not_a_fallback_to_the_flags() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args = Cli::parse_from([
+            "keel",
+            "--id",
+            "1",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--cluster",
+            "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+        ])
+        .server;
+        let cluster = args.validate().expect("valid flags");
+        let db = storage::open_db(&args.data_dir).expect("open RocksDB");
+        let (_, voters) = membership(&args, &db, &cluster, "127.0.0.1:1", "127.0.0.1:7001")
+            .await
+            .expect("a new node takes its members from --cluster");
+        assert_eq!(voters, vec![1, 2, 3]);
+        storage::write_members(&db, b"{\"1\": not json").expect("write");
+        let err = membership(&args, &db, &cluster, "127.0.0.1:1", "127.0.0.1:7001")
+            .await
+            .expect_err("a damaged address book must not be ignored");
+        assert!(matches!(err, ServerError::CorruptMembers(_)), "{err}");
+    }
 }
