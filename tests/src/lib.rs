@@ -49,6 +49,23 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Op
     }
 }
 
+/// Whether every thread of process `pid` is in the stopped state (`T` in
+/// `/proc/PID/task/TID/stat`). A process that is gone counts as stopped: nothing of it runs.
+pub fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return true; // the thread exited
+        };
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t" || state == "Z" || state == "X")
+    })
+}
+
 /// Path of the `keel` binary under test.
 pub fn keel_bin() -> PathBuf {
     if let Ok(p) = std::env::var("KEEL_BIN") {
@@ -533,11 +550,18 @@ impl Cluster {
         self.spawn(id);
     }
 
-    /// SIGSTOP: the process freezes (sockets stay open).
+    /// SIGSTOP: the process freezes (sockets stay open). Returns once every thread of the
+    /// process has stopped: kill(2) only starts a group stop, and on a loaded machine the other
+    /// threads of the node can go on answering peers for milliseconds after it returns.
     pub fn pause(&mut self, id: u64) {
         if let Some(pid) = self.node(id).pid() {
             // SAFETY: kill(2) on a child we spawned.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
+            wait_until(
+                Duration::from_secs(10),
+                &format!("every thread of node {id} (pid {pid}) to stop"),
+                || all_threads_stopped(pid).then_some(()),
+            );
         }
     }
 
@@ -731,5 +755,35 @@ impl Drop for Cluster {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sigstopped_process_is_seen_stopped_and_a_running_one_is_not() {
+        let mut child = Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        assert!(
+            !all_threads_stopped(pid),
+            "a sleeping process is not stopped"
+        );
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        wait_until(Duration::from_secs(10), "sleep to stop", || {
+            all_threads_stopped(pid).then_some(())
+        });
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        wait_until(Duration::from_secs(10), "sleep to run again", || {
+            (!all_threads_stopped(pid)).then_some(())
+        });
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
