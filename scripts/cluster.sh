@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p keel-server --bin keel
+cargo build --release -p keel --bin keel
 exec target/release/keel cluster --nodes 3 "$@"

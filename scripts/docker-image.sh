@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tag="${1:-keel:local}"
 scripts/setup.sh
-cargo build --release -p keel-server --bin keel
+cargo build --release -p keel --bin keel
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/rootfs/data" "$stage/rootfs/tmp"

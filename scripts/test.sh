@@ -20,12 +20,13 @@ else
 fi
 echo "== build"
 cargo build --release --workspace --all-targets
-# The fault suite's planted-bug build, never the default one: the same crate with the
+# The fault suite's planted-bug build, never the default one: the same binary with the
 # planted-bugs feature, kept as keel-planted; then the default keel again. Cargo recompiles
-# keel-server each way (about a minute each on two cores): the feature is the only difference.
-cargo build --release -p keel-server --features planted-bugs
+# keel-server and keel each way (about a minute each on two cores): the feature is the only
+# difference.
+cargo build --release -p keel --features planted-bugs
 cp target/release/keel target/release/keel-planted
-cargo build --release -p keel-server
+cargo build --release -p keel
 echo "== tests"
 # The cluster tests and the client's doc examples start real `keel server` processes.
 export KEEL_BIN="$PWD/target/release/keel"

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use keel_server::proto::{command::Op, frame::Body, Command, Frame, PutOp};
-use keel_server::state_machine::StateMachine;
+use keel_server::sm::StateMachine;
 use keel_server::storage::{open_db, RaftLogStore};
 use prost::Message as _;
 use protobuf::Message as PbMessage;
@@ -118,10 +118,10 @@ fn requests(c: &mut Criterion) {
         "failure": [{"op": "get", "key": "acct/a"}]}"#;
     let mut g = c.benchmark_group("request");
     g.bench_function("parse a transfer txn", |b| {
-        b.iter(|| keel_server::api::parse_txn(txn, 1 << 20).expect("valid"))
+        b.iter(|| keel_server::http::parse_txn(txn, 1 << 20).expect("valid"))
     });
     g.bench_function("decode a percent-encoded key", |b| {
-        b.iter(|| keel_server::api::decode_key("users%2F42%2Fprofile%20photo").expect("valid"))
+        b.iter(|| keel_server::http::decode_key("users%2F42%2Fprofile%20photo").expect("valid"))
     });
     g.finish();
 }

@@ -72,17 +72,12 @@ impl Etcd {
             etcd.children.push(child);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(1))
-            .build();
+        let http = keel_tests::http::Http::new(Duration::from_secs(1), Duration::from_secs(1));
         for ep in &etcd.endpoints {
             loop {
-                let healthy = agent
-                    .get(&format!("http://{ep}/health"))
-                    .call()
-                    .ok()
-                    .and_then(|r| r.into_string().ok())
-                    .is_some_and(|b| b.contains("true"));
+                let healthy = http
+                    .send(ep, "GET", "/health", &[], None)
+                    .is_ok_and(|r| r.text().contains("true"));
                 if healthy {
                     break;
                 }

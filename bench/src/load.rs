@@ -8,24 +8,23 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use keel_client::http::{HttpClient, HttpOptions};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-/// An HTTP client with keep-alive connections.
-pub type Http = Client<HttpConnector, Full<Bytes>>;
+/// An HTTP client with keep-alive connections (keel's one HTTP stack, keel_client::http).
+pub type Http = HttpClient;
+
+/// Longest wait for one answer during a run (a stalled request counts as a failure).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds the shared HTTP client.
 pub fn http(clients: usize) -> Http {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(clients.max(1))
-        .build(connector)
+    HttpClient::new(HttpOptions {
+        max_idle_per_host: clients.max(1),
+        request_timeout: REQUEST_TIMEOUT,
+        ..HttpOptions::default()
+    })
 }
 
 /// The system under load.
@@ -128,8 +127,11 @@ fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// Builds one request of `spec` (method, URL, body).
-fn request(spec: &Spec, rng: &mut impl Rng, value: &Bytes) -> (Method, String, Bytes) {
+/// One request: method, address, path and body.
+type Req = (&'static str, String, String, Bytes);
+
+/// Builds one request of `spec`.
+fn request(spec: &Spec, rng: &mut impl Rng, value: &Bytes) -> Req {
     let eps = spec.system.endpoints();
     let ep = &eps[rng.gen_range(0..eps.len())];
     let key = format!("bench-{}", rng.gen_range(0..spec.keys));
@@ -140,34 +142,39 @@ fn request(spec: &Spec, rng: &mut impl Rng, value: &Bytes) -> (Method, String, B
     };
     match (&spec.system, spec.workload, read) {
         (System::Keel(_), Workload::Counter, _) => (
-            Method::POST,
-            format!("http://{ep}/v1/kv/bench-counter/add?mode={}", spec.mode),
+            "POST",
+            ep.to_string(),
+            format!("/v1/kv/bench-counter/add?mode={}", spec.mode),
             Bytes::from_static(b"{\"delta\": 1}"),
         ),
         (System::Keel(_), _, true) => (
-            Method::GET,
+            "GET",
+            ep.to_string(),
             format!(
-                "http://{ep}/v1/kv/{key}?consistency={}",
+                "/v1/kv/{key}?consistency={}",
                 if spec.stale { "stale" } else { "linearizable" }
             ),
             Bytes::new(),
         ),
         (System::Keel(_), _, false) => (
-            Method::PUT,
-            format!("http://{ep}/v1/kv/{key}?mode={}", spec.mode),
+            "PUT",
+            ep.to_string(),
+            format!("/v1/kv/{key}?mode={}", spec.mode),
             value.clone(),
         ),
         (System::Etcd(_), _, true) => (
-            Method::POST,
-            format!("http://{ep}/v3/kv/range"),
+            "POST",
+            ep.to_string(),
+            "/v3/kv/range".to_string(),
             Bytes::from(
                 serde_json::json!({"key": b64(key.as_bytes()), "serializable": spec.stale})
                     .to_string(),
             ),
         ),
         (System::Etcd(_), _, false) => (
-            Method::POST,
-            format!("http://{ep}/v3/kv/put"),
+            "POST",
+            ep.to_string(),
+            "/v3/kv/put".to_string(),
             Bytes::from(
                 serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value)}).to_string(),
             ),
@@ -176,19 +183,18 @@ fn request(spec: &Spec, rng: &mut impl Rng, value: &Bytes) -> (Method, String, B
 }
 
 /// Sends one request; Ok(status).
-pub async fn send(http: &Http, method: Method, url: &str, body: Bytes) -> Result<u16, String> {
-    let req = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let resp = http.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    resp.into_body()
-        .collect()
+pub async fn send(
+    http: &Http,
+    method: &str,
+    addr: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<u16, String> {
+    let resp = http
+        .request(addr, method, path, &[], body)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(status)
+    Ok(resp.status)
 }
 
 /// Writes every key once, so reads find values.
@@ -212,22 +218,24 @@ pub async fn preload(
                 }
                 let eps = system.endpoints();
                 let ep = &eps[k as usize % eps.len()];
-                let (m, url, body) = match &system {
+                let (m, addr, path, body) = match &system {
                     System::Keel(_) => (
-                        Method::PUT,
-                        format!("http://{ep}/v1/kv/bench-{k}?mode=semi"),
+                        "PUT",
+                        ep.to_string(),
+            format!("/v1/kv/bench-{k}?mode=semi"),
                         value.clone(),
                     ),
                     System::Etcd(_) => (
-                        Method::POST,
-                        format!("http://{ep}/v3/kv/put"),
+                        "POST",
+                        ep.to_string(),
+            "/v3/kv/put".to_string(),
                         Bytes::from(
                             serde_json::json!({"key": b64(format!("bench-{k}").as_bytes()), "value": b64(&value)})
                                 .to_string(),
                         ),
                     ),
                 };
-                match send(&http, m, &url, body).await {
+                match send(&http, m, &addr, &path, body).await {
                     Ok(s) if s < 300 => {}
                     Ok(s) => return Err(format!("preload answered {s}")),
                     Err(e) => return Err(e),
@@ -263,9 +271,9 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
             let mut errors = 0u64;
             let mut rng = rand::rngs::StdRng::from_entropy();
             while !stop.load(Ordering::Relaxed) {
-                let (m, url, body) = request(&spec, &mut rng, &value);
+                let (m, addr, path, body) = request(&spec, &mut rng, &value);
                 let t = Instant::now();
-                let ok = matches!(send(&http, m, &url, body).await, Ok(s) if s < 300 || s == 404);
+                let ok = matches!(send(&http, m, &addr, &path, body).await, Ok(s) if s < 300 || s == 404);
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         let _ = hist.record(t.elapsed().as_micros().max(1) as u64);

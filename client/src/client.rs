@@ -1,26 +1,22 @@
-//! The client: topology, routing, retries and the typed calls.
+//! The client's core: topology (discovery, the leader, where each request goes), the retry loop,
+//! and the mapping of answers to typed errors. The calls themselves are in `kv.rs` and
+//! `admin.rs`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use keel_api::cluster::Status;
+use keel_api::{headers, ErrorBody, ErrorCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rand::Rng;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use tracing::debug;
 
 use crate::error::Error;
-use crate::txn::{parse_txn_result, TxnBuilder, TxnResult};
-use crate::types::{
-    Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Mode, PutResult, ReadFrom,
-    RetryPolicy, Status,
-};
+use crate::http::{HttpClient, HttpOptions};
+use crate::types::{Consistency, Mode, ReadFrom, RetryPolicy};
 
 /// Characters left as they are in a key's path segment (RFC 3986 unreserved).
 const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -29,12 +25,10 @@ const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
-
 /// A keel client. Cheap to clone; clones share connections, topology and session.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Client {
@@ -47,20 +41,28 @@ impl std::fmt::Debug for Client {
     }
 }
 
-struct Inner {
-    http: Http,
+pub(crate) struct Inner {
+    /// The HTTP stack (keep-alive connections to every member).
+    http: HttpClient,
+    /// The endpoints the client was built with.
     seeds: Vec<String>,
     /// Known members: (id, host:port). Id 0 for seeds not yet identified.
     members: RwLock<Vec<(u64, String)>>,
-    leader: AtomicU64,
+    /// The leader last seen (0: unknown).
+    pub(crate) leader: AtomicU64,
+    /// The highest log index seen in a successful answer (the session).
     session_index: AtomicU64,
+    /// Round-robin position of reads.
     next_read: AtomicUsize,
-    request_timeout: Duration,
+    /// How often and how long to retry.
     retry: RetryPolicy,
-    mode: Mode,
-    consistency: Consistency,
+    /// Mode of writes that do not say.
+    pub(crate) mode: Mode,
+    /// Consistency of reads that do not say.
+    pub(crate) consistency: Consistency,
     /// Send every request to the given endpoints only (they forward writes to the leader).
     pinned: bool,
+    /// Which members serve reads.
     read_from: ReadFrom,
 }
 
@@ -127,8 +129,8 @@ impl ClientBuilder {
     }
 
     /// Sends every request to the given endpoints only, never straight to the leader: the
-    /// node forwards writes itself. For showing (or testing) a particular node's path; normal
-    /// clients leave this off.
+    /// node forwards writes itself. For showing (or testing) a particular node's path, and for
+    /// clusters whose advertised addresses are not reachable from the client.
     pub fn pin_to_endpoints(mut self, pinned: bool) -> Self {
         self.pinned = pinned;
         self
@@ -145,12 +147,10 @@ impl ClientBuilder {
         if seeds.is_empty() {
             return Err(Error::InvalidEndpoint("no endpoint given".into()));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let http = HttpClient::new(HttpOptions {
+            request_timeout: self.request_timeout,
+            ..HttpOptions::default()
+        });
         let client = Client {
             inner: Arc::new(Inner {
                 http,
@@ -159,7 +159,6 @@ impl ClientBuilder {
                 leader: AtomicU64::new(0),
                 session_index: AtomicU64::new(0),
                 next_read: AtomicUsize::new(0),
-                request_timeout: self.request_timeout,
                 retry: self.retry,
                 mode: self.mode,
                 consistency: self.consistency,
@@ -174,6 +173,7 @@ impl ClientBuilder {
     }
 }
 
+/// `host:port` of an endpoint given as `host:port` or `http://host:port`.
 fn normalize(endpoint: &str) -> Result<String, Error> {
     let e = endpoint.trim();
     let e = e.strip_prefix("http://").unwrap_or(e);
@@ -186,110 +186,75 @@ fn normalize(endpoint: &str) -> Result<String, Error> {
     Ok(e.to_string())
 }
 
-/// Options of a put.
-#[derive(Clone, Debug, Default)]
-pub struct PutOptions {
-    mode: Option<Mode>,
-    if_version: Option<u64>,
-    if_absent: bool,
-}
-
-impl PutOptions {
-    /// No options: the client's defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Write mode of this put.
-    pub fn mode(mut self, m: Mode) -> Self {
-        self.mode = Some(m);
-        self
-    }
-    /// Only if the key's version is exactly `v` (compare-and-set).
-    pub fn if_version(mut self, v: u64) -> Self {
-        self.if_version = Some(v);
-        self
-    }
-    /// Only if the key does not exist.
-    pub fn if_absent(mut self) -> Self {
-        self.if_absent = true;
-        self
-    }
-}
-
 /// An HTTP answer as the retry loop sees it.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     /// `X-Keel-Node` of the answering member.
-    node: Option<u64>,
-    body: Bytes,
-    index: Option<u64>,
+    pub(crate) node: Option<u64>,
+    pub(crate) body: Bytes,
+    pub(crate) index: Option<u64>,
     /// The `ETag` version, on reads of a key.
-    version: Option<u64>,
-    replayed: bool,
+    pub(crate) version: Option<u64>,
+    /// `Idempotent-Replayed: true`.
+    pub(crate) replayed: bool,
 }
 
 impl Answer {
-    fn json(&self) -> Result<Value, Error> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| Error::Unexpected(format!("invalid JSON from server ({e})")))
+    /// The body as the JSON type `T`.
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Error::Unexpected(format!(
+                "invalid answer from server ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            ))
+        })
     }
 
-    fn error_code(&self) -> String {
-        self.json()
-            .ok()
-            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-            .unwrap_or_default()
-    }
-
-    fn error_message(&self) -> String {
-        self.json()
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned())
-    }
-
-    /// Maps a non-2xx answer to a typed error.
+    /// Maps a non-2xx answer to a typed error; `key` names the key in messages.
     fn to_error(&self, key: &str) -> Error {
-        let code = self.error_code();
-        let message = self.error_message();
-        match (self.status, code.as_str()) {
-            (404, "not_found") => Error::NotFound {
+        let body: Option<ErrorBody> = serde_json::from_slice(&self.body).ok();
+        let message = body
+            .as_ref()
+            .map(|b| b.error.message.clone())
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned());
+        let code = body.as_ref().and_then(ErrorBody::code);
+        match (self.status, code) {
+            (404, Some(ErrorCode::NotFound)) => Error::NotFound {
                 key: key.to_string(),
             },
             (412, _) => Error::PreconditionFailed { message },
-            (409, "bound_violated") => {
-                let v = self.json().unwrap_or(Value::Null);
-                Error::BoundViolated {
-                    key: v["key"].as_str().unwrap_or(key).to_string(),
-                    current: v["value"].as_i64().unwrap_or(0),
-                }
-            }
+            (409, Some(ErrorCode::BoundViolated)) => Error::BoundViolated {
+                key: body
+                    .as_ref()
+                    .and_then(|b| b.key.clone())
+                    .unwrap_or_else(|| key.to_string()),
+                current: body.as_ref().and_then(|b| b.value).unwrap_or(0),
+            },
             (503, _) => Error::NoLeader { message },
-            (504, "outcome_unknown") => Error::OutcomeUnknown { message },
-            (504, "replication_timeout") => Error::ReplicationTimeout {
-                index: self
-                    .json()
-                    .ok()
-                    .and_then(|v| v["index"].as_u64())
-                    .unwrap_or(0),
+            (504, Some(ErrorCode::OutcomeUnknown)) => Error::OutcomeUnknown { message },
+            (504, Some(ErrorCode::ReplicationTimeout)) => Error::ReplicationTimeout {
+                index: body.as_ref().and_then(|b| b.index).unwrap_or(0),
             },
             (504, _) => Error::Timeout { message },
-            (400..=499, _) => Error::BadRequest { code, message },
+            (400..=499, _) => Error::BadRequest {
+                code: body.map(|b| b.error.code).unwrap_or_default(),
+                message,
+            },
             (status, _) => Error::Unexpected(format!("{status}: {message}")),
         }
     }
 }
 
 /// A request the retry loop may send several times.
-struct Call<'a> {
-    method: Method,
-    path: String,
-    headers: Vec<(&'static str, String)>,
-    body: Bytes,
-    /// Writes go to the leader; reads to any member.
-    write: bool,
+pub(crate) struct Call<'a> {
+    pub(crate) method: &'static str,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(&'static str, String)>,
+    pub(crate) body: Bytes,
+    /// Writes (and administrative calls) go to the leader; reads to any member.
+    pub(crate) write: bool,
     /// The key, for error messages.
-    key: &'a str,
+    pub(crate) key: &'a str,
 }
 
 impl Client {
@@ -376,7 +341,7 @@ impl Client {
         }
         for addr in candidates {
             let Ok(ans) = self
-                .send_once(&addr, Method::GET, "/v1/status", &[], Bytes::new())
+                .send_once(&addr, "GET", "/v1/status", &[], Bytes::new())
                 .await
             else {
                 continue;
@@ -384,7 +349,7 @@ impl Client {
             if ans.status != 200 {
                 continue;
             }
-            let Ok(status) = serde_json::from_slice::<Status>(&ans.body) else {
+            let Ok(status) = ans.json::<Status>() else {
                 continue;
             };
             let members: Vec<(u64, String)> = status
@@ -435,73 +400,41 @@ impl Client {
         }
     }
 
+    /// One attempt: sends the request and notes the leader and the session index it reports.
     async fn send_once(
         &self,
         addr: &str,
-        method: Method,
+        method: &str,
         path: &str,
         headers: &[(&'static str, String)],
         body: Bytes,
     ) -> Result<Answer, String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"));
-        for (k, v) in headers {
-            req = req.header(*k, v.as_str());
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let fut = async {
-            let resp = self
-                .inner
-                .http
-                .request(req)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let header = |name: &str| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let index = header("x-keel-index").and_then(|v| v.parse().ok());
-            let leader: Option<u64> = header("x-keel-leader").and_then(|v| v.parse().ok());
-            let replayed = header("idempotent-replayed").is_some_and(|v| v == "true");
-            let version = header("etag").and_then(|v| v.trim_matches('"').parse().ok());
-            let node: Option<u64> = header("x-keel-node").and_then(|v| v.parse().ok());
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, node, index, version, leader, replayed, body))
-        };
-        let (status, node, index, version, leader, replayed, body) =
-            match tokio::time::timeout(self.inner.request_timeout, fut).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(format!(
-                        "no answer from {addr} within {:?}",
-                        self.inner.request_timeout
-                    ))
-                }
-            };
-        if let Some(l) = leader {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let resp = self
+            .inner
+            .http
+            .request(addr, method, path, &headers, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let num = |name: &str| resp.header(name).and_then(|v| v.parse::<u64>().ok());
+        let index = num(headers::INDEX);
+        if let Some(l) = num(headers::LEADER) {
             self.inner.leader.store(l, Ordering::Release);
         }
-        if status < 300 {
+        if resp.status < 300 {
             if let Some(i) = index {
                 self.inner.session_index.fetch_max(i, Ordering::AcqRel);
             }
         }
         Ok(Answer {
-            status,
-            node,
-            body,
+            status: resp.status,
+            node: num(headers::NODE),
             index,
-            version,
-            replayed,
+            version: resp
+                .header("etag")
+                .and_then(|v| v.trim_matches('"').parse().ok()),
+            replayed: resp.header(headers::IDEMPOTENT_REPLAYED) == Some("true"),
+            body: resp.body,
         })
     }
 
@@ -516,11 +449,11 @@ impl Client {
     }
 
     /// Sends `call`, retrying what is safe to retry, and returns the 2xx answer or a typed error.
-    async fn execute(&self, call: Call<'_>) -> Result<Answer, Error> {
+    pub(crate) async fn execute(&self, call: Call<'_>) -> Result<Answer, Error> {
         let mut headers = call.headers.clone();
         if call.write {
             // One key for every attempt: the server applies the write at most once.
-            headers.push(("idempotency-key", new_idempotency_key()));
+            headers.push((headers::IDEMPOTENCY_KEY, new_idempotency_key()));
         }
         let mut maybe_applied = false;
         let mut last = Error::NoLeader {
@@ -540,7 +473,7 @@ impl Client {
             match self
                 .send_once(
                     &target,
-                    call.method.clone(),
+                    call.method,
                     &call.path,
                     &headers,
                     call.body.clone(),
@@ -585,424 +518,14 @@ impl Client {
         Err(last)
     }
 
-    fn read_query(&self, consistency: Consistency) -> String {
+    /// The query string of a read at `consistency`.
+    pub(crate) fn read_query(&self, consistency: Consistency) -> String {
         match consistency {
             Consistency::Linearizable => "consistency=linearizable".into(),
             Consistency::Stale => "consistency=stale".into(),
             Consistency::Session => format!("consistency=stale&min_index={}", self.session_index()),
         }
     }
-
-    /// Reads a key at the client's default consistency. [`Error::NotFound`] if it is absent.
-    ///
-    /// ```
-    /// # let cluster = keel_tests::Cluster::start(1);
-    /// # let endpoints = cluster.endpoints();
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// # let client = keel_client::Client::new(endpoints).await?;
-    /// client.put("colour", "teal").await?;
-    /// let kv = client.get("colour").await?;
-    /// assert_eq!(kv.value_str(), Some("teal"));
-    /// assert!(matches!(client.get("nope").await, Err(keel_client::Error::NotFound { .. })));
-    /// # Ok::<(), keel_client::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn get(&self, key: &str) -> Result<KeyValue, Error> {
-        self.get_with(key, self.inner.consistency).await
-    }
-
-    /// Reads a key at the given consistency.
-    pub async fn get_with(&self, key: &str, consistency: Consistency) -> Result<KeyValue, Error> {
-        let path = format!(
-            "/v1/kv/{}?{}",
-            encode_key(key),
-            self.read_query(consistency)
-        );
-        let ans = self
-            .execute(Call {
-                method: Method::GET,
-                path,
-                headers: Vec::new(),
-                body: Bytes::new(),
-                write: false,
-                key,
-            })
-            .await?;
-        Ok(KeyValue {
-            key: key.to_string(),
-            version: ans.version.unwrap_or(0),
-            index: ans.index.unwrap_or(0),
-            served_by: ans.node,
-            value: ans.body,
-        })
-    }
-
-    /// Sets a key.
-    ///
-    /// ```
-    /// # let cluster = keel_tests::Cluster::start(1);
-    /// # let endpoints = cluster.endpoints();
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// # let client = keel_client::Client::new(endpoints).await?;
-    /// let put = client.put("k", b"bytes too".to_vec()).await?;
-    /// assert_eq!(put.version, put.index);
-    /// # Ok::<(), keel_client::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn put(&self, key: &str, value: impl Into<Bytes>) -> Result<PutResult, Error> {
-        self.put_with(key, value, PutOptions::new()).await
-    }
-
-    /// Sets a key with options (mode, compare-and-set, create-only).
-    pub async fn put_with(
-        &self,
-        key: &str,
-        value: impl Into<Bytes>,
-        opts: PutOptions,
-    ) -> Result<PutResult, Error> {
-        let mut headers = Vec::new();
-        if let Some(v) = opts.if_version {
-            headers.push(("if-match", format!("\"{v}\"")));
-        }
-        if opts.if_absent {
-            headers.push(("if-none-match", "*".to_string()));
-        }
-        let mode = opts.mode.unwrap_or(self.inner.mode);
-        let ans = self
-            .execute(Call {
-                method: Method::PUT,
-                path: format!("/v1/kv/{}?mode={}", encode_key(key), mode.as_str()),
-                headers,
-                body: value.into(),
-                write: true,
-                key,
-            })
-            .await?;
-        let v = ans.json()?;
-        Ok(PutResult {
-            index: field_u64(&v, "index")?,
-            version: field_u64(&v, "version")?,
-            acked: acked(&v)?,
-            replayed: ans.replayed,
-        })
-    }
-
-    /// Compare-and-set: writes `value` only if the key's version is `version`
-    /// ([`Error::PreconditionFailed`] otherwise).
-    ///
-    /// ```
-    /// # let cluster = keel_tests::Cluster::start(1);
-    /// # let endpoints = cluster.endpoints();
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// # let client = keel_client::Client::new(endpoints).await?;
-    /// let v1 = client.put("doc", "draft").await?.version;
-    /// client.compare_and_set("doc", v1, "final").await?;
-    /// let stale = client.compare_and_set("doc", v1, "lost update").await;
-    /// assert!(matches!(stale, Err(keel_client::Error::PreconditionFailed { .. })));
-    /// # Ok::<(), keel_client::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn compare_and_set(
-        &self,
-        key: &str,
-        version: u64,
-        value: impl Into<Bytes>,
-    ) -> Result<PutResult, Error> {
-        self.put_with(key, value, PutOptions::new().if_version(version))
-            .await
-    }
-
-    /// Creates a key only if it does not exist ([`Error::PreconditionFailed`] otherwise).
-    pub async fn create(&self, key: &str, value: impl Into<Bytes>) -> Result<PutResult, Error> {
-        self.put_with(key, value, PutOptions::new().if_absent())
-            .await
-    }
-
-    /// Deletes a key (`deleted` says whether it existed).
-    pub async fn delete(&self, key: &str) -> Result<DeleteResult, Error> {
-        self.delete_if(key, None).await
-    }
-
-    /// Deletes a key only if its version is `version` (when given).
-    pub async fn delete_if(&self, key: &str, version: Option<u64>) -> Result<DeleteResult, Error> {
-        let mut headers = Vec::new();
-        if let Some(v) = version {
-            headers.push(("if-match", format!("\"{v}\"")));
-        }
-        let ans = self
-            .execute(Call {
-                method: Method::DELETE,
-                path: format!(
-                    "/v1/kv/{}?mode={}",
-                    encode_key(key),
-                    self.inner.mode.as_str()
-                ),
-                headers,
-                body: Bytes::new(),
-                write: true,
-                key,
-            })
-            .await?;
-        let v = ans.json()?;
-        Ok(DeleteResult {
-            index: field_u64(&v, "index")?,
-            deleted: v["deleted"].as_bool().unwrap_or(false),
-            acked: acked(&v)?,
-            replayed: ans.replayed,
-        })
-    }
-
-    /// Adds `delta` to the decimal integer at `key` (absent counts as 0).
-    pub async fn add(&self, key: &str, delta: i64) -> Result<AddResult, Error> {
-        self.add_bounded(key, delta, None, None).await
-    }
-
-    /// Adds `delta` unless the result would leave `[min, max]` ([`Error::BoundViolated`], with the
-    /// unchanged current value).
-    pub async fn add_bounded(
-        &self,
-        key: &str,
-        delta: i64,
-        min: Option<i64>,
-        max: Option<i64>,
-    ) -> Result<AddResult, Error> {
-        let mut body = serde_json::json!({"delta": delta});
-        if let Some(m) = min {
-            body["min"] = m.into();
-        }
-        if let Some(m) = max {
-            body["max"] = m.into();
-        }
-        let ans = self
-            .execute(Call {
-                method: Method::POST,
-                path: format!(
-                    "/v1/kv/{}/add?mode={}",
-                    encode_key(key),
-                    self.inner.mode.as_str()
-                ),
-                headers: Vec::new(),
-                body: Bytes::from(body.to_string()),
-                write: true,
-                key,
-            })
-            .await?;
-        let v = ans.json()?;
-        Ok(AddResult {
-            value: v["value"]
-                .as_i64()
-                .ok_or_else(|| Error::Unexpected(format!("no value in {v}")))?,
-            index: field_u64(&v, "index")?,
-            version: field_u64(&v, "version")?,
-            acked: acked(&v)?,
-            replayed: ans.replayed,
-        })
-    }
-
-    /// Lists keys with `prefix`, in order, up to `limit` after `after` (exclusive).
-    pub async fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<ListPage, Error> {
-        let mut path = format!(
-            "/v1/kv?prefix={}&limit={limit}&{}",
-            encode_key(prefix),
-            self.read_query(self.inner.consistency)
-        );
-        if let Some(a) = after {
-            path.push_str(&format!("&after={}", encode_key(a)));
-        }
-        let ans = self
-            .execute(Call {
-                method: Method::GET,
-                path,
-                headers: Vec::new(),
-                body: Bytes::new(),
-                write: false,
-                key: prefix,
-            })
-            .await?;
-        let v = ans.json()?;
-        let items = v["items"]
-            .as_array()
-            .ok_or_else(|| Error::Unexpected(format!("no items in {v}")))?
-            .iter()
-            .map(|i| {
-                let value = match (i["value"].as_str(), i["value_base64"].as_str()) {
-                    (Some(s), _) => Bytes::from(s.to_string()),
-                    (None, Some(b)) => Bytes::from(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(b)
-                            .unwrap_or_default(),
-                    ),
-                    _ => Bytes::new(),
-                };
-                KeyValue {
-                    key: i["key"].as_str().unwrap_or_default().to_string(),
-                    value,
-                    version: i["version"].as_u64().unwrap_or(0),
-                    index: v["index"].as_u64().unwrap_or(0),
-                    served_by: ans.node,
-                }
-            })
-            .collect();
-        Ok(ListPage {
-            items,
-            index: field_u64(&v, "index")?,
-            more: v["more"].as_bool().unwrap_or(false),
-        })
-    }
-
-    /// Starts a transaction.
-    ///
-    /// ```
-    /// # let cluster = keel_tests::Cluster::start(1);
-    /// # let endpoints = cluster.endpoints();
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// # let client = keel_client::Client::new(endpoints).await?;
-    /// use keel_client::{Cmp, Compare, Op};
-    /// client.put("acct/alice", "100").await?;
-    /// // Move 30 from alice to bob, only if alice has it.
-    /// let t = client
-    ///     .txn()
-    ///     .when(Compare::int("acct/alice", Cmp::Ge, 30))
-    ///     .then(Op::add("acct/alice", -30))
-    ///     .then(Op::add("acct/bob", 30))
-    ///     .otherwise(Op::get("acct/alice"))
-    ///     .commit()
-    ///     .await?;
-    /// assert!(t.succeeded);
-    /// assert_eq!((t.int(0), t.int(1)), (Some(70), Some(30)));
-    /// # Ok::<(), keel_client::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub fn txn(&self) -> TxnBuilder<'_> {
-        TxnBuilder::new(self)
-    }
-
-    pub(crate) async fn commit_txn(&self, t: TxnBuilder<'_>) -> Result<TxnResult, Error> {
-        let read_only = t.is_read_only();
-        let path = if read_only {
-            format!("/v1/txn?{}", self.read_query(self.inner.consistency))
-        } else {
-            format!("/v1/txn?mode={}", self.inner.mode.as_str())
-        };
-        let ans = self
-            .execute(Call {
-                method: Method::POST,
-                path,
-                headers: Vec::new(),
-                body: Bytes::from(t.body().to_string()),
-                write: !read_only,
-                key: "",
-            })
-            .await?;
-        parse_txn_result(&ans.json()?)
-    }
-
-    /// Sends an administrative request to the leader (membership, leader transfer, backup) and
-    /// returns its JSON answer.
-    async fn admin(
-        &self,
-        method: Method,
-        path: String,
-        body: Option<Value>,
-    ) -> Result<Value, Error> {
-        self.execute(Call {
-            method,
-            path,
-            headers: Vec::new(),
-            body: body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
-            write: true,
-            key: "",
-        })
-        .await?
-        .json()
-    }
-
-    /// Adds a member as a learner (it replicates but does not vote); returns every member.
-    /// Promote it with [`Client::promote_member`] once it has caught up.
-    pub async fn add_member(
-        &self,
-        id: u64,
-        peer_addr: &str,
-        http_addr: Option<&str>,
-    ) -> Result<Vec<crate::types::Member>, Error> {
-        let body = serde_json::json!({"id": id, "peer_addr": peer_addr, "http_addr": http_addr});
-        let v = self
-            .admin(Method::POST, "/v1/cluster/members".into(), Some(body))
-            .await?;
-        parse_members(&v)
-    }
-
-    /// Makes a learner a voter.
-    pub async fn promote_member(&self, id: u64) -> Result<Vec<crate::types::Member>, Error> {
-        let path = format!("/v1/cluster/members/{id}/promote");
-        parse_members(&self.admin(Method::POST, path, None).await?)
-    }
-
-    /// Removes a member (not the leader: transfer leadership first).
-    pub async fn remove_member(&self, id: u64) -> Result<Vec<crate::types::Member>, Error> {
-        let path = format!("/v1/cluster/members/{id}");
-        parse_members(&self.admin(Method::DELETE, path, None).await?)
-    }
-
-    /// Every member, as the leader knows them.
-    pub async fn list_members(&self) -> Result<Vec<crate::types::Member>, Error> {
-        let path = "/v1/cluster/members".to_string();
-        parse_members(&self.admin(Method::GET, path, None).await?)
-    }
-
-    /// Asks the leader for a consistent backup into `dir` (an absolute path on its machine that
-    /// does not exist yet); returns the applied index the backup holds and the directory.
-    pub async fn backup(&self, dir: &str) -> Result<(u64, String), Error> {
-        let body = serde_json::json!({ "dir": dir });
-        let v = self
-            .admin(Method::POST, "/v1/admin/backup".into(), Some(body))
-            .await?;
-        Ok((
-            field_u64(&v, "index")?,
-            v["dir"].as_str().unwrap_or(dir).to_string(),
-        ))
-    }
-
-    /// Hands leadership to `to` (or to the most up-to-date voter); returns the new leader.
-    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<u64, Error> {
-        let body = serde_json::json!({ "to": to });
-        let v = self
-            .admin(
-                Method::POST,
-                "/v1/cluster/transfer-leader".into(),
-                Some(body),
-            )
-            .await?;
-        let leader = field_u64(&v, "leader")?;
-        self.inner.leader.store(leader, Ordering::Release);
-        Ok(leader)
-    }
-
-    /// The status of the leader (or, if it cannot be reached, of any member).
-    pub async fn status(&self) -> Result<Status, Error> {
-        let ans = self
-            .execute(Call {
-                method: Method::GET,
-                path: "/v1/status".into(),
-                headers: Vec::new(),
-                body: Bytes::new(),
-                write: true,
-                key: "",
-            })
-            .await?;
-        serde_json::from_slice(&ans.body)
-            .map_err(|e| Error::Unexpected(format!("invalid status ({e})")))
-    }
-}
-
-fn parse_members(v: &Value) -> Result<Vec<crate::types::Member>, Error> {
-    serde_json::from_value(v["members"].clone())
-        .map_err(|e| Error::Unexpected(format!("invalid member list ({e}): {v}")))
 }
 
 fn strip_scheme(a: &str) -> String {
@@ -1012,22 +535,12 @@ fn strip_scheme(a: &str) -> String {
         .to_string()
 }
 
-fn encode_key(key: &str) -> String {
+/// A key (or any text) encoded for a path segment or a query value.
+pub(crate) fn encode_key(key: &str) -> String {
     utf8_percent_encode(key, KEY_SET).to_string()
 }
 
 fn new_idempotency_key() -> String {
     let n: u128 = rand::thread_rng().gen();
     format!("kc-{n:032x}")
-}
-
-fn field_u64(v: &Value, name: &str) -> Result<u64, Error> {
-    v[name]
-        .as_u64()
-        .ok_or_else(|| Error::Unexpected(format!("no {name} in {v}")))
-}
-
-fn acked(v: &Value) -> Result<Acked, Error> {
-    serde_json::from_value(v["acked"].clone())
-        .map_err(|_| Error::Unexpected(format!("no acked in {v}")))
 }

@@ -41,17 +41,32 @@
 //! they need the `keel` binary: `cargo build --release --workspace` and `KEEL_BIN` pointing at it
 //! (scripts/test.sh does both).
 
+//! # Layout
+//! - `client.rs`: topology, routing, the retry loop, typed errors from answers;
+//! - `kv.rs`, `admin.rs`, `txn.rs`: the calls;
+//! - [`http`]: the one small HTTP client every keel tool uses to talk to a node;
+//! - the request and answer bodies are keel-api's, shared with the server.
+
 #![warn(missing_docs)]
 
+mod admin;
 mod client;
 mod error;
+pub mod http;
+mod kv;
 mod txn;
 mod types;
 
-pub use client::{Client, ClientBuilder, PutOptions};
+pub use client::{Client, ClientBuilder};
 pub use error::Error;
-pub use txn::{Cmp, Compare, Op, OpResult, TxnBuilder, TxnResult};
+pub use keel_api;
+pub use keel_api::txn::{
+    CompareJson as Compare, CompareOp as Cmp, StepJson as Op, StepResultJson as OpResult,
+    TxnResponse as TxnResult,
+};
+pub use kv::PutOptions;
+pub use txn::TxnBuilder;
 pub use types::{
-    Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Member, Mode, Progress,
-    PutResult, ReadFrom, RetryPolicy, Status,
+    Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Member, MemberRole, Mode,
+    Progress, PutResult, ReadFrom, RetryPolicy, Role, Status,
 };

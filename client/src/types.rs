@@ -3,29 +3,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Deserialize;
 
-/// When a write is acknowledged (see docs/consistency.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Durable in the leader's log.
-    Async,
-    /// Committed by a majority and applied on the leader.
-    Semi,
-    /// Applied on every voting member.
-    Sync,
-}
-
-impl Mode {
-    /// The API's name for the mode.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Async => "async",
-            Mode::Semi => "semi",
-            Mode::Sync => "sync",
-        }
-    }
-}
+pub use keel_api::cluster::{Member, MemberRole, Progress, Role, Status};
+pub use keel_api::{AckPoint as Acked, WriteMode as Mode};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,18 +79,6 @@ impl KeyValue {
     }
 }
 
-/// Where a write was acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Acked {
-    /// Durable in the leader's log.
-    LeaderLog,
-    /// Committed by a majority, applied on the leader.
-    Quorum,
-    /// Applied on every voter.
-    All,
-}
-
 /// Outcome of a put.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PutResult {
@@ -161,56 +129,4 @@ pub struct ListPage {
     pub index: u64,
     /// Whether more keys follow the last one.
     pub more: bool,
-}
-
-/// A member as `/v1/status` and `/v1/cluster/members` describe it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Member {
-    /// Member id.
-    pub id: u64,
-    /// Peer address.
-    pub peer_addr: String,
-    /// Client address, when known.
-    pub http_addr: Option<String>,
-    /// `voter` or `learner` (from `/v1/cluster/members`).
-    #[serde(default)]
-    pub role: Option<String>,
-}
-
-/// A member's progress as the leader sees it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Progress {
-    /// Member id.
-    pub id: u64,
-    /// Whether it votes.
-    pub voter: bool,
-    /// Highest index replicated on it.
-    pub match_index: u64,
-    /// Its last reported applied index.
-    pub applied_index: u64,
-    /// Entries it lags behind the leader's log.
-    pub lag: u64,
-    /// Whether the leader heard from it recently.
-    pub reachable: bool,
-}
-
-/// A node's `/v1/status`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Status {
-    /// The answering node.
-    pub id: u64,
-    /// `leader`, `follower` or `candidate`.
-    pub role: String,
-    /// Raft term.
-    pub term: u64,
-    /// The leader it knows.
-    pub leader: Option<u64>,
-    /// Commit index.
-    pub commit_index: u64,
-    /// Applied index.
-    pub applied_index: u64,
-    /// Members with their addresses.
-    pub members: Vec<Member>,
-    /// On the leader: each member's progress.
-    pub progress: Option<Vec<Progress>>,
 }

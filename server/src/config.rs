@@ -1,42 +1,14 @@
-//! Command-line flags of the `keel` binary (every server flag may also come from a `KEEL_*`
-//! environment variable) and their validation into typed settings.
+//! The flags of `keel server` and `keel restore` (every server flag may also come from a `KEEL_*`
+//! environment variable) and their validation into typed settings. The `keel` binary embeds
+//! them in its command line.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
-use crate::mode::WriteMode;
-
-/// keel: a leader-routed replicated key-value store.
-#[derive(Parser, Debug)]
-#[command(name = "keel", version, about)]
-pub struct Cli {
-    /// Where the cluster is, for the client commands and the demos.
-    #[command(flatten)]
-    pub endpoints: crate::cli::Endpoints,
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands of `keel`.
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run one node of a cluster.
-    Server(Box<ServerArgs>),
-    /// Start a local cluster of N nodes on 127.0.0.1 as child processes (the embedded default).
-    Cluster(ClusterArgs),
-    /// Run a correctness demonstration: balance, inventory or bank.
-    Demo(crate::demo::DemoArgs),
-    /// Restore a backup into a new node's data directory (run once per node of the new cluster,
-    /// with the same --cluster, then start the nodes).
-    Restore(RestoreArgs),
-    /// Client commands.
-    #[command(flatten)]
-    Client(crate::cli::ClientCommand),
-}
+use keel_api::WriteMode;
 
 /// Flags of `keel restore`.
 #[derive(Args, Debug, Clone)]
@@ -109,23 +81,6 @@ pub struct ServerArgs {
     /// followers; one further behind gets a snapshot); 0 never compacts.
     #[arg(long, env = "KEEL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
-}
-
-/// Flags of `keel cluster`.
-#[derive(Args, Debug, Clone)]
-pub struct ClusterArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
-    pub nodes: u64,
-    /// Parent directory of the nodes' data directories (`node1`, `node2`, ...).
-    #[arg(long, default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// HTTP port of node 1; node i listens on base+i-1 for HTTP and base+100+i-1 for peers.
-    #[arg(long, default_value_t = 7001)]
-    pub base_port: u16,
-    /// Mode of writes that do not give `?mode=`.
-    #[arg(long, default_value = "semi")]
-    pub default_mode: WriteMode,
 }
 
 /// Invalid flags.

@@ -1,38 +1,42 @@
-//! # keel server
+//! # keel-server
 //!
 //! One node of a keel cluster: a leader-routed replicated key-value store. Clients may talk to
 //! any node over HTTP; writes go to the Raft leader (tikv's raft-rs), which orders them in its
 //! log and replicates them; every node applies the log to a RocksDB state machine.
 //!
-//! # Layout
-//! A request flows one way through these modules (see docs/architecture.md):
+//! This crate is the node as a library; the `keel` binary (crate `keel`) runs it with
+//! `keel server`. It shares its API vocabulary with the client through `keel-api` and never
+//! depends on `keel-client`.
 //!
-//! - [`api`]: HTTP handlers; validate input, map outcomes to status codes.
+//! # Layout
+//! One folder per stage of a request, in the order data flows (docs/architecture.md follows a
+//! PUT, a linearizable GET on a follower and a snapshot through them):
+//!
+//! - [`http`]: routing, handlers per resource, error mapping, JSON bodies.
 //! - [`forward`]: write routing; propose locally when leading, else forward to the leader.
-//! - [`raft_node`]: the Ready loop thread that owns the `RawNode`; proposals, read index, apply.
+//! - [`raft`]: the Ready loop thread that owns raft-rs; writes waiting for their ack,
+//!   read-index batching, membership.
 //! - [`storage`]: RocksDB; the Raft log, hard state and conf state (raft-rs `Storage`).
-//! - [`state_machine`]: applies commands atomically with the applied index; local reads.
-//! - [`transport`]: persistent peer TCP connections carrying prost frames.
-//! - [`proto`]: the prost messages of the log and the wire.
-//! - [`mode`], [`error`]: the vocabulary shared by all of the above.
-//! - [`config`], [`server`], [`cluster`]: flags, wiring of one node, the local cluster launcher.
-//! - [`cli`], [`demo`]: the client commands and the demonstrations, on `keel-client`.
+//! - [`sm`]: the state machine: apply, reads, idempotency, and the pure evaluation of commands.
+//! - [`snapshot`]: the whole send → stage → install path, and backups.
+//! - [`transport`]: persistent peer TCP connections carrying frames.
+//!
+//! Shared by the stages: [`proto`] (the formats on disk and on the wire), [`members`] (the
+//! address book), [`error`] (why a write or a read failed), [`config`] (flags), [`planted`]
+//! (deliberate bugs for the fault suite). [`node`] wires one node together and stops it.
 
 #![warn(missing_docs)]
 
-pub mod api;
-pub mod cli;
-pub mod cluster;
 pub mod config;
-pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod http;
 pub mod members;
-pub mod mode;
+pub mod node;
 pub mod planted;
 pub mod proto;
-pub mod raft_node;
-pub mod server;
-pub mod state_machine;
+pub mod raft;
+pub mod sm;
+pub mod snapshot;
 pub mod storage;
 pub mod transport;

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub mod checker;
 pub mod history;
+pub mod http;
 pub mod nemesis;
 pub mod netns;
 pub mod proxy;
@@ -179,7 +180,8 @@ pub struct Cluster {
     env: Vec<(String, String)>,
     /// Namespaces, when the nodes run in their own network namespaces.
     net: Option<netns::NetnsNet>,
-    agent: ureq::Agent,
+    /// The HTTP client of [`Cluster::request`].
+    http: http::Http,
 }
 
 impl Cluster {
@@ -308,10 +310,7 @@ impl Cluster {
                     .join(",")
             })
             .collect();
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15))
-            .build();
+        let http = http::Http::new(Duration::from_secs(2), Duration::from_secs(15));
         Cluster {
             nodes,
             dir: Some(dir),
@@ -324,7 +323,7 @@ impl Cluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             net,
-            agent,
+            http,
         }
     }
 
@@ -582,41 +581,15 @@ impl Cluster {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Resp, String> {
-        let url = format!(
-            "http://{}{}",
-            self.nodes[id as usize - 1].http,
-            path_and_query
-        );
-        let mut req = self.agent.request(method, &url);
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        let result = match body {
-            Some(b) => req.send_bytes(b),
-            None => req.call(),
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let status = resp.status();
-        let mut hdrs = HashMap::new();
-        for name in resp.headers_names() {
-            if let Some(v) = resp.header(&name) {
-                hdrs.insert(name.to_ascii_lowercase(), v.to_string());
-            }
-        }
-        let mut body = Vec::new();
-        resp.into_reader()
-            .take(64 * 1024 * 1024)
-            .read_to_end(&mut body)
-            .map_err(|e| e.to_string())?;
-        Ok(Resp {
-            status,
-            headers: hdrs,
-            body,
-        })
+        self.http
+            .send(
+                &self.nodes[id as usize - 1].http,
+                method,
+                path_and_query,
+                headers,
+                body,
+            )
+            .map_err(|e| e.to_string())
     }
 
     /// PUT a value (query such as `?mode=sync` may be appended to the key path).

@@ -197,19 +197,15 @@ fn leader_watch(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<HashSet<(u64, u64)>> {
     std::thread::spawn(move || {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_millis(500))
-            .build();
+        let http = crate::http::Http::new(Duration::from_millis(500), Duration::from_millis(500));
         let mut seen = HashSet::new();
         let mut polls = 0u64;
         while !stop.load(Ordering::Acquire) && polls < 1_000_000 {
             polls += 1;
             for a in &addrs {
-                if let Ok(r) = agent.get(&format!("http://{a}/v1/status")).call() {
-                    if let Ok(v) = r.into_json::<Value>() {
-                        if let (Some(t), Some(l)) = (v["term"].as_u64(), v["leader"].as_u64()) {
-                            seen.insert((t, l));
-                        }
+                if let Some(v) = http.get_json(a, "/v1/status") {
+                    if let (Some(t), Some(l)) = (v["term"].as_u64(), v["leader"].as_u64()) {
+                        seen.insert((t, l));
                     }
                 }
             }
@@ -639,7 +635,7 @@ pub fn planted_bin() -> PathBuf {
     let bin = crate::keel_bin().with_file_name("keel-planted");
     assert!(
         bin.exists(),
-        "{} not found: build it with `cargo build --release -p keel-server --features planted-bugs` \
+        "{} not found: build it with `cargo build --release -p keel --features planted-bugs` \
          and copy target/release/keel to target/release/keel-planted (scripts/test.sh does this)",
         bin.display()
     );

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::history::{History, OpRecord, Outcome};
+use crate::http::Http;
 
 /// Settings shared by the workload clients.
 #[derive(Clone)]
@@ -44,28 +45,20 @@ pub struct Reply {
     pub detail: String,
 }
 
-/// Sends a request and classifies the answer.
+/// Sends a request to `addr` and classifies the answer.
 pub fn send(
-    agent: &ureq::Agent,
+    http: &Http,
     method: &str,
-    url: &str,
+    addr: &str,
+    path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
-    let mut req = agent.request(method, url);
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    let res = match body {
-        Some(b) => req.send_string(b),
-        None => req.call(),
-    };
-    let (status, resp) = match res {
-        Ok(r) => (r.status(), r),
-        Err(ureq::Error::Status(code, r)) => (code, r),
-        Err(ureq::Error::Transport(t)) => {
+    let resp = match http.send(addr, method, path, headers, body.map(str::as_bytes)) {
+        Ok(r) => r,
+        Err(e) => {
             // A refused connection never reached a server: certainly not applied.
-            let outcome = if t.kind() == ureq::ErrorKind::ConnectionFailed {
+            let outcome = if e.certainly_not_sent() {
                 Outcome::Fail
             } else {
                 Outcome::Unknown
@@ -74,11 +67,12 @@ pub fn send(
                 outcome,
                 status: 0,
                 body: Value::Null,
-                detail: format!("transport: {t}"),
+                detail: format!("transport: {e}"),
             };
         }
     };
-    let text = resp.into_string().unwrap_or_default();
+    let status = resp.status;
+    let text = resp.text();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     let outcome = match status {
         200..=299 | 404 => Outcome::Ok,
@@ -99,11 +93,9 @@ pub fn send(
     }
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_millis(500))
-        .timeout(timeout)
-        .build()
+/// The HTTP client of one workload client.
+fn client_http(timeout: Duration) -> Http {
+    Http::new(Duration::from_millis(500), timeout)
 }
 
 /// The register workload: reads, unique writes and compare-and-sets on a few keys.
@@ -114,7 +106,7 @@ pub fn register_client(
     values: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
 ) {
-    let agent = agent(cfg.timeout);
+    let http = client_http(cfg.timeout);
     let node = (client % cfg.addrs.len()) as u64 + 1;
     let addr = &cfg.addrs[node as usize - 1];
     let mut rng = rand::rngs::StdRng::seed_from_u64(client as u64 * 7919 + 1);
@@ -128,20 +120,15 @@ pub fn register_client(
         let roll = rng.gen_range(0..10);
         let invoke = history.now();
         let (f, input, reply) = if roll < 4 {
-            let r = send(
-                &agent,
-                "GET",
-                &format!("http://{addr}/v1/kv/{key}"),
-                &[],
-                None,
-            );
+            let r = send(&http, "GET", addr, &format!("/v1/kv/{key}"), &[], None);
             ("read", Value::Null, r)
         } else if roll < 8 || last_seen[k].is_none() {
             let v = values.fetch_add(1, Ordering::Relaxed);
             let r = send(
-                &agent,
+                &http,
                 "PUT",
-                &format!("http://{addr}/v1/kv/{key}?mode={mode}"),
+                addr,
+                &format!("/v1/kv/{key}?mode={mode}"),
                 &[],
                 Some(&v.to_string()),
             );
@@ -154,9 +141,10 @@ pub fn register_client(
                 "success": [{"op": "put", "key": key, "value": to.to_string()}],
             });
             let r = send(
-                &agent,
+                &http,
                 "POST",
-                &format!("http://{addr}/v1/txn?mode={mode}"),
+                addr,
+                &format!("/v1/txn?mode={mode}"),
                 &[],
                 Some(&body.to_string()),
             );
@@ -238,7 +226,7 @@ pub fn parse_balances(body: &Value) -> Option<Vec<i64>> {
 
 /// The bank workload: transfers by transaction and reads of all balances.
 pub fn bank_client(client: usize, cfg: WorkloadCfg, history: History, stop: Arc<AtomicBool>) {
-    let agent = agent(cfg.timeout);
+    let http = client_http(cfg.timeout);
     let node = (client % cfg.addrs.len()) as u64 + 1;
     let addr = &cfg.addrs[node as usize - 1];
     let mut rng = rand::rngs::StdRng::seed_from_u64(client as u64 * 104_729 + 3);
@@ -250,9 +238,10 @@ pub fn bank_client(client: usize, cfg: WorkloadCfg, history: History, stop: Arc<
         let invoke = history.now();
         let (f, input, reply) = if rng.gen_bool(0.5) {
             let r = send(
-                &agent,
+                &http,
                 "POST",
-                &format!("http://{addr}/v1/txn"),
+                addr,
+                "/v1/txn",
                 &[],
                 Some(&read_all),
             );
@@ -266,9 +255,10 @@ pub fn bank_client(client: usize, cfg: WorkloadCfg, history: History, stop: Arc<
                 {"op": "add", "key": format!("bank/{to}"), "delta": amount},
             ]});
             let r = send(
-                &agent,
+                &http,
                 "POST",
-                &format!("http://{addr}/v1/txn?mode={mode}"),
+                addr,
+                &format!("/v1/txn?mode={mode}"),
                 &[],
                 Some(&body.to_string()),
             );
@@ -324,7 +314,7 @@ pub fn set_client(
     elements: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
 ) {
-    let agent = agent(cfg.timeout);
+    let http = client_http(cfg.timeout);
     let mut n = 0usize;
     while !stop.load(Ordering::Acquire) && n < 1_000_000 {
         n += 1;
@@ -342,9 +332,10 @@ pub fn set_client(
                 // No Idempotency-Key: a keyed write is answered only once applied, and this one
                 // must be a blind put acknowledged from the leader's log. Repeating it is harmless.
                 send(
-                    &agent,
+                    &http,
                     "PUT",
-                    &format!("http://{addr}/v1/kv/set/e/{e}?mode={mode}"),
+                    addr,
+                    &format!("/v1/kv/set/e/{e}?mode={mode}"),
                     &[],
                     Some(&e.to_string()),
                 )
@@ -354,9 +345,10 @@ pub fn set_client(
                     {"op": "add", "key": "set/count", "delta": 1},
                 ]});
                 send(
-                    &agent,
+                    &http,
                     "POST",
-                    &format!("http://{addr}/v1/txn?mode={mode}"),
+                    addr,
+                    &format!("/v1/txn?mode={mode}"),
                     &[("Idempotency-Key", &idem)],
                     Some(&body.to_string()),
                 )

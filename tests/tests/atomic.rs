@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_tests::http::Http;
 use keel_tests::{wait_until, Cluster, Resp, DEADLINE};
 use serde_json::{json, Value};
 
@@ -18,35 +19,30 @@ fn withdraw(
     idem: &str,
     start_node: usize,
 ) -> Result<i64, i64> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
+    let http = Http::new(Duration::from_secs(2), Duration::from_secs(10));
     let body = json!({"delta": -amount, "min": 0}).to_string();
+    let path = format!("/v1/kv/{key}/add");
     for attempt in 0..200usize {
         let addr = &addrs[(start_node + attempt) % addrs.len()];
-        let r = agent
-            .post(&format!("http://{addr}/v1/kv/{key}/add"))
-            .set("Idempotency-Key", idem)
-            .send_string(&body);
+        let r = http.send(
+            addr,
+            "POST",
+            &path,
+            &[("Idempotency-Key", idem)],
+            Some(body.as_bytes()),
+        );
         match r {
-            Ok(r) => {
-                let v: Value = r.into_json().expect("json");
+            Ok(r) if (200..300).contains(&r.status) => {
+                let v: Value = r.json();
                 return Ok(v["value"].as_i64().expect("value"));
             }
-            Err(ureq::Error::Status(409, r)) => {
-                let v: Value = r.into_json().expect("json");
+            Ok(r) if r.status == 409 => {
+                let v: Value = r.json();
                 assert_eq!(v["error"]["code"], "bound_violated");
                 return Err(v["value"].as_i64().expect("current value"));
             }
-            Err(ureq::Error::Status(code, r)) if code == 503 || code == 504 => {
-                let _ = r.into_string();
-            }
-            Err(ureq::Error::Status(code, r)) => {
-                panic!(
-                    "withdrawal answered {code}: {}",
-                    r.into_string().unwrap_or_default()
-                )
-            }
+            Ok(r) if r.status == 503 || r.status == 504 => {}
+            Ok(r) => panic!("withdrawal answered {}: {}", r.status, r.text()),
             Err(_) => {} // node down: try the next one, same key
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -262,18 +258,15 @@ fn bank_transfers_by_txn_keep_the_total_before_during_and_after_a_leader_kill() 
         let (addrs, stop, reads, read_all) =
             (addrs.clone(), stop.clone(), reads.clone(), read_all.clone());
         handles.push(std::thread::spawn(move || {
-            let agent = ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(10))
-                .build();
+            let http = Http::new(Duration::from_secs(2), Duration::from_secs(10));
+            let body = read_all.to_string();
             let mut i = r;
             while !stop.load(Ordering::Acquire) && i < 1_000_000 {
                 i += 1;
                 let addr = &addrs[i % addrs.len()];
-                if let Ok(resp) = agent
-                    .post(&format!("http://{addr}/v1/txn"))
-                    .send_string(&read_all.to_string())
-                {
-                    let v: Value = resp.into_json().expect("json");
+                let answer = http.send(addr, "POST", "/v1/txn", &[], Some(body.as_bytes()));
+                if let Some(resp) = answer.ok().filter(|r| r.status == 200) {
+                    let v: Value = resp.json();
                     let balances: Vec<i64> = v["results"]
                         .as_array()
                         .expect("results")
@@ -304,9 +297,7 @@ fn bank_transfers_by_txn_keep_the_total_before_during_and_after_a_leader_kill() 
             accounts.clone(),
         );
         handles.push(std::thread::spawn(move || {
-            let agent = ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(10))
-                .build();
+            let http = Http::new(Duration::from_secs(2), Duration::from_secs(10));
             let mut i = 0usize;
             while !stop.load(Ordering::Acquire) && i < 100_000 {
                 i += 1;
@@ -321,23 +312,17 @@ fn bank_transfers_by_txn_keep_the_total_before_during_and_after_a_leader_kill() 
                 let idem = format!("t-{w}-{i}");
                 for attempt in 0..200usize {
                     let addr = &addrs[(w + attempt) % addrs.len()];
-                    match agent
-                        .post(&format!("http://{addr}/v1/txn"))
-                        .set("Idempotency-Key", &idem)
-                        .send_string(&body)
-                    {
-                        Ok(_) => {
+                    let headers = [("Idempotency-Key", idem.as_str())];
+                    match http.send(addr, "POST", "/v1/txn", &headers, Some(body.as_bytes())) {
+                        Ok(r) if (200..300).contains(&r.status) => {
                             transfers.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        Err(ureq::Error::Status(409, _)) => break,
-                        Err(ureq::Error::Status(code, r)) if code != 503 && code != 504 => {
-                            panic!(
-                                "transfer answered {code}: {}",
-                                r.into_string().unwrap_or_default()
-                            )
+                        Ok(r) if r.status == 409 => break,
+                        Ok(r) if r.status != 503 && r.status != 504 => {
+                            panic!("transfer answered {}: {}", r.status, r.text())
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        _ => std::thread::sleep(Duration::from_millis(50)),
                     }
                 }
             }

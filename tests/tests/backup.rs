@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_tests::http::Http;
 use keel_tests::{wait_until, Cluster, DEADLINE};
 use serde_json::json;
 
@@ -25,23 +26,19 @@ fn a_backup_taken_under_load_restores_exactly_the_acknowledged_writes_up_to_its_
                 stop.clone(),
             );
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new()
-                    .timeout(Duration::from_secs(5))
-                    .build();
+                let http = Http::new(Duration::from_secs(2), Duration::from_secs(5));
                 let mut i = 0;
                 while !stop.load(Ordering::Acquire) && i < 100_000 {
                     let key = format!("b/{w}/{i:06}");
                     i += 1;
-                    match agent
-                        .put(&format!("http://{addr}/v1/kv/{key}"))
-                        .send_string(&key)
-                    {
-                        Ok(r) => {
-                            let v: serde_json::Value = r.into_json().expect("json");
+                    let path = format!("/v1/kv/{key}");
+                    match http.send(&addr, "PUT", &path, &[], Some(key.as_bytes())) {
+                        Ok(r) if (200..300).contains(&r.status) => {
+                            let v = r.json();
                             let index = v["index"].as_u64().expect("index");
                             acked.lock().expect("acked").push((key, index));
                         }
-                        Err(_) => unknown.lock().expect("unknown").push(key),
+                        _ => unknown.lock().expect("unknown").push(key),
                     }
                 }
             })

@@ -5,6 +5,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use keel_tests::http::Http;
 use keel_tests::{wait_until, Cluster, LinkMode, DEADLINE};
 
 #[test]
@@ -116,11 +117,10 @@ fn stale_read_with_min_index_waits_for_a_lagging_follower() {
     let (tx, rx) = mpsc::channel();
     let addr = c.node(lagging).http.clone();
     std::thread::spawn(move || {
-        let url = format!("http://{addr}/v1/kv/ryw/k?consistency=stale&min_index={index}");
-        let r = ureq::get(&url).timeout(Duration::from_secs(30)).call();
-        let _ = tx.send(match r {
-            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        let path = format!("/v1/kv/ryw/k?consistency=stale&min_index={index}");
+        let http = Http::new(Duration::from_secs(2), Duration::from_secs(30));
+        let _ = tx.send(match http.send(&addr, "GET", &path, &[], None) {
+            Ok(r) => (r.status, r.text()),
             Err(e) => (0, e.to_string()),
         });
     });

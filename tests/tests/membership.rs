@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_tests::http::Http;
 use keel_tests::{wait_until, Cluster, DEADLINE};
 use serde_json::json;
 
@@ -15,9 +16,7 @@ fn writer(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(Vec<String>, f64)> {
     std::thread::spawn(move || {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(5))
-            .build();
+        let http = Http::new(Duration::from_secs(2), Duration::from_secs(5));
         let mut acked = Vec::new();
         let mut last_ok = Instant::now();
         let mut longest_gap = 0.0f64;
@@ -27,12 +26,9 @@ fn writer(
             let targets = addrs.lock().expect("addrs").clone();
             let addr = &targets[(i as usize + skip) % targets.len()];
             let key = format!("m/{i:06}");
-            match agent
-                .put(&format!("http://{addr}/v1/kv/{key}"))
-                .set("Idempotency-Key", &key)
-                .send_string("v")
-            {
-                Ok(_) => {
+            let path = format!("/v1/kv/{key}");
+            match http.send(addr, "PUT", &path, &[("Idempotency-Key", &key)], Some(b"v")) {
+                Ok(r) if (200..300).contains(&r.status) => {
                     longest_gap = longest_gap.max(last_ok.elapsed().as_secs_f64());
                     last_ok = Instant::now();
                     acked.push(key);
@@ -40,7 +36,7 @@ fn writer(
                 }
                 // Not acknowledged: try the same key again (through the next node, as the
                 // node index moves with `skip`), after a short pause.
-                Err(_) => {
+                _ => {
                     skip += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_tests::http::Http;
 use keel_tests::{wait_until, Cluster, DEADLINE};
 
 fn read_counter(c: &Cluster, id: u64, key: &str) -> i64 {
@@ -67,21 +68,18 @@ fn crash_of_every_node_during_writes_loses_no_acknowledged_add_and_applies_none_
     let writer = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let agent = ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(5))
-                .build();
+            let http = Http::new(Duration::from_secs(2), Duration::from_secs(5));
             let (mut acked, mut unknown) = (0i64, 0i64);
             let mut i = 0usize;
             while !stop.load(Ordering::Acquire) && i < 100_000 {
-                let url = format!("http://{}/v1/kv/crash-counter/add", addrs[i % addrs.len()]);
+                let addr = &addrs[i % addrs.len()];
                 i += 1;
-                match agent.post(&url).send_string("{\"delta\": 1}") {
-                    Ok(r) if r.status() == 200 => acked += 1,
+                let body = b"{\"delta\": 1}";
+                match http.send(addr, "POST", "/v1/kv/crash-counter/add", &[], Some(body)) {
+                    Ok(r) if r.status == 200 => acked += 1,
                     // 503 is a definite "not applied"; 4xx would be a bug.
-                    Err(ureq::Error::Status(503, _)) => {}
-                    Err(ureq::Error::Status(code, r)) if code != 504 => {
-                        panic!("unexpected {code}: {}", r.into_string().unwrap_or_default())
-                    }
+                    Ok(r) if r.status == 503 => {}
+                    Ok(r) if r.status != 504 => panic!("unexpected {}: {}", r.status, r.text()),
                     _ => unknown += 1,
                 }
             }

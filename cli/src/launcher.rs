@@ -6,18 +6,20 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use keel_api::cluster::Status;
+use keel_client::http::{HttpClient, HttpOptions};
 use tokio::process::{Child, Command};
 
-use crate::config::ClusterArgs;
+use crate::args::ClusterArgs;
 
 /// How long to wait for the first leader before saying so.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 /// How long children get to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long one status request may take while waiting for a leader.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between rounds of status requests while waiting for a leader.
+const STATUS_POLL: Duration = Duration::from_millis(200);
 
 /// Errors of the launcher.
 #[derive(Debug, thiserror::Error)]
@@ -36,20 +38,30 @@ pub enum ClusterError {
     },
 }
 
+/// One node the launcher started.
 struct ChildNode {
+    /// Its id.
     id: u64,
+    /// Its client address (host:port).
     http: String,
+    /// Its data directory.
     dir: std::path::PathBuf,
+    /// Where its stdout and stderr go.
     log_path: std::path::PathBuf,
+    /// The process, while it runs.
     child: Option<Child>,
 }
 
 /// A cluster of `keel server` child processes on 127.0.0.1 (used by `keel cluster` and by the
 /// demos that kill a leader on purpose).
 pub struct LocalCluster {
+    /// The keel binary (this one).
     exe: std::path::PathBuf,
+    /// `--cluster` of every node.
     cluster: String,
-    default_mode: crate::mode::WriteMode,
+    /// `--default-mode` of every node.
+    default_mode: keel_api::WriteMode,
+    /// The nodes, in id order.
     nodes: Vec<ChildNode>,
 }
 
@@ -273,24 +285,28 @@ fn open_log(path: &Path) -> Result<std::fs::File, ClusterError> {
 
 /// Polls `/v1/status` of `addrs` until one names a leader.
 async fn wait_for_leader(addrs: &[String], timeout: Duration) -> Option<u64> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let http = HttpClient::new(HttpOptions {
+        request_timeout: STATUS_TIMEOUT,
+        connect_timeout: STATUS_TIMEOUT,
+        ..HttpOptions::default()
+    });
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         for addr in addrs {
-            let Ok(uri) = format!("http://{addr}/v1/status").parse::<hyper::Uri>() else {
+            let Ok(resp) = http
+                .request(addr, "GET", "/v1/status", &[], bytes::Bytes::new())
+                .await
+            else {
                 continue;
             };
-            let fetch = async {
-                let resp = client.get(uri).await.ok()?;
-                let body = resp.into_body().collect().await.ok()?.to_bytes();
-                let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-                v.get("leader")?.as_u64()
-            };
-            if let Ok(Some(leader)) = tokio::time::timeout(Duration::from_secs(1), fetch).await {
-                return Some(leader);
+            let leader = serde_json::from_slice::<Status>(&resp.body)
+                .ok()
+                .and_then(|s| s.leader);
+            if leader.is_some() {
+                return leader;
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(STATUS_POLL).await;
     }
     None
 }

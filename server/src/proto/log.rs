@@ -1,14 +1,6 @@
-//! Wire and log formats, as prost messages written by hand (no protoc step).
-//!
-//! Three families live here:
-//! - [`Command`]: a client write as it is stored in a Raft log entry. Its encoding is
-//!   part of the on-disk format: tags are never reused.
-//! - [`ValueRecord`]: a key's value and version as stored in the state machine.
-//! - [`Frame`]: what travels on the peer transport (Raft messages, forwarded writes and their
-//!   replies, follower applied-index reports).
-//!
-//! Raft's own `eraftpb::Message` uses rust-protobuf (raft-rs's default codec); it travels as
-//! opaque bytes inside [`frame::Body::Raft`], so the transport has one framing and one codec.
+//! The log format: a client write as it is proposed and stored in a Raft entry ([`Command`]),
+//! what it produces ([`ApplyResult`]), and what the state machine stores ([`ValueRecord`],
+//! [`IdempotencyRecord`]). These encodings are on disk: tags are never reused.
 
 use bytes::Bytes;
 
@@ -19,7 +11,7 @@ pub struct Command {
     #[prost(oneof = "command::Op", tags = "1, 2, 3, 4")]
     pub op: Option<command::Op>,
     /// The client's `Idempotency-Key` (empty: none). A command whose key was applied within
-    /// [`crate::state_machine::IDEMPOTENCY_TTL_MS`] is answered with the first outcome instead.
+    /// [`crate::sm::IDEMPOTENCY_TTL_MS`] is answered with the first outcome instead.
     #[prost(string, tag = "10")]
     pub idempotency_key: String,
     /// The leader's wall clock when it proposed the command (ms since the epoch). Part of the
@@ -280,8 +272,8 @@ pub struct ApplyResult {
     /// For add: the new value (or, when rejected, the current value).
     #[prost(sint64, optional, tag = "4")]
     pub value: Option<i64>,
-    /// Empty on success; otherwise a stable error code (see
-    /// [`crate::state_machine::codes`]).
+    /// Empty on success; otherwise the stable error code of a deterministic rejection
+    /// ([`keel_api::ErrorCode`]; stored in idempotency records, so never respelled).
     #[prost(string, tag = "5")]
     pub error_code: String,
     /// Human-readable detail for `error_code`.
@@ -306,144 +298,4 @@ impl ApplyResult {
     pub fn is_ok(&self) -> bool {
         self.error_code.is_empty()
     }
-}
-
-/// One unit on the peer transport. Frames are length-delimited on the TCP stream.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Frame {
-    /// The payload.
-    #[prost(oneof = "frame::Body", tags = "1, 2, 3, 4, 5, 6")]
-    pub body: Option<frame::Body>,
-}
-
-/// Nested types of [`Frame`].
-pub mod frame {
-    /// What a frame carries.
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Body {
-        /// First frame on every connection: who is dialing.
-        #[prost(message, tag = "1")]
-        Hello(super::Hello),
-        /// A raft-rs `eraftpb::Message`, protobuf-encoded.
-        #[prost(bytes = "bytes", tag = "2")]
-        Raft(bytes::Bytes),
-        /// A client write forwarded by a follower to the leader.
-        #[prost(message, tag = "3")]
-        Forward(super::ForwardRequest),
-        /// The leader's answer to a forwarded write.
-        #[prost(message, tag = "4")]
-        ForwardReply(super::ForwardReply),
-        /// A follower's applied index, reported to the leader.
-        #[prost(message, tag = "5")]
-        Applied(super::AppliedReport),
-        /// A piece of a state-machine snapshot, sent before the Raft snapshot message itself.
-        #[prost(message, tag = "6")]
-        SnapshotChunk(super::SnapshotChunk),
-    }
-}
-
-/// Sent first on each peer connection.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Hello {
-    /// The dialing node's id.
-    #[prost(uint64, tag = "1")]
-    pub from: u64,
-    /// The dialing node's client (HTTP) address, so members can be discovered.
-    #[prost(string, tag = "2")]
-    pub http_addr: String,
-    /// The dialing node's data incarnation (see [`crate::storage::incarnation`]).
-    #[prost(uint64, tag = "3")]
-    pub incarnation: u64,
-}
-
-/// A write forwarded to the leader.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ForwardRequest {
-    /// Chosen by the forwarding node; echoed in the reply.
-    #[prost(uint64, tag = "1")]
-    pub id: u64,
-    /// The write.
-    #[prost(message, optional, tag = "2")]
-    pub command: Option<Command>,
-    /// The write mode ([`crate::mode::WriteMode`] as an integer).
-    #[prost(uint32, tag = "3")]
-    pub mode: u32,
-    /// How long the leader may take, in milliseconds.
-    #[prost(uint64, tag = "4")]
-    pub timeout_ms: u64,
-}
-
-/// The leader's answer to a [`ForwardRequest`].
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ForwardReply {
-    /// The request's id.
-    #[prost(uint64, tag = "1")]
-    pub id: u64,
-    /// Set when the write was applied (successfully or with a deterministic rejection).
-    #[prost(message, optional, tag = "2")]
-    pub result: Option<ApplyResult>,
-    /// Where the write was acknowledged ([`crate::mode::AckPoint`] as an integer).
-    #[prost(uint32, tag = "3")]
-    pub acked: u32,
-    /// Set when the write failed; a [`crate::error::WriteError`] code.
-    #[prost(string, tag = "4")]
-    pub error_code: String,
-    /// Detail of the failure.
-    #[prost(string, tag = "5")]
-    pub error_message: String,
-    /// The leader as the answering node knows it (0 = unknown).
-    #[prost(uint64, tag = "6")]
-    pub leader: u64,
-    /// For failures after the entry got an index (e.g. replication timeout).
-    #[prost(uint64, tag = "7")]
-    pub index: u64,
-}
-
-/// A follower's applied index, sent to the leader after each apply batch.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AppliedReport {
-    /// The follower's applied index.
-    #[prost(uint64, tag = "1")]
-    pub applied: u64,
-}
-
-/// One key-value pair of a snapshot, with the column family it belongs to.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SnapshotPair {
-    /// Which column family ([`crate::storage::SNAPSHOT_CFS`] index).
-    #[prost(uint32, tag = "1")]
-    pub cf: u32,
-    /// The key.
-    #[prost(bytes = "vec", tag = "2")]
-    pub key: Vec<u8>,
-    /// The value.
-    #[prost(bytes = "vec", tag = "3")]
-    pub value: Vec<u8>,
-}
-
-/// A piece of the state machine, streamed to a follower that needs a snapshot. The chunks of one
-/// snapshot share `(snap_index, snap_term)`, are numbered from 0, and the last has `done`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SnapshotChunk {
-    /// Index of the Raft snapshot this data goes with.
-    #[prost(uint64, tag = "1")]
-    pub snap_index: u64,
-    /// Term of the Raft snapshot this data goes with.
-    #[prost(uint64, tag = "2")]
-    pub snap_term: u64,
-    /// Position in the stream, from 0.
-    #[prost(uint64, tag = "3")]
-    pub seq: u64,
-    /// Whether this is the last chunk.
-    #[prost(bool, tag = "4")]
-    pub done: bool,
-    /// The applied index the data reflects (at least `snap_index`).
-    #[prost(uint64, tag = "5")]
-    pub applied: u64,
-    /// The data.
-    #[prost(message, repeated, tag = "6")]
-    pub pairs: Vec<SnapshotPair>,
-    /// The term of the entry at `applied`.
-    #[prost(uint64, tag = "7")]
-    pub applied_term: u64,
 }

@@ -1,10 +1,4 @@
-//! Write routing: propose locally when this node leads, otherwise forward the write to the leader
-//! over the peer transport and relay its answer.
-//!
-//! A forwarded write carries its mode, so the leader answers at the point the client asked for.
-//! Only errors that prove the write was not applied ([`WriteError::certainly_not_applied`]: no
-//! leader, not the leader, dropped) are retried here, a bounded number of times within the
-//! request deadline; a timeout without an answer is `outcome_unknown`, never retried.
+//! The follower's side: route a write to the leader and wait for the answer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +9,10 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::error::WriteError;
-use crate::mode::{AckPoint, WriteMode};
 use crate::proto::{frame::Body, Command, ForwardReply, ForwardRequest};
-use crate::raft_node::{NodeHandle, WriteOk};
+use crate::raft::{NodeHandle, WriteOk};
 use crate::transport::Transport;
+use keel_api::{AckPoint, WriteMode};
 
 /// Attempts per write when the leader moves under it.
 const MAX_ATTEMPTS: usize = 3;
@@ -29,9 +23,13 @@ const REPLY_MARGIN: Duration = Duration::from_millis(200);
 
 /// Routes writes to the leader and matches forwarded replies to their callers.
 pub struct Router {
-    node: NodeHandle,
-    transport: Transport,
+    /// This node's Ready loop (proposals when leading) and its view of the leader.
+    pub(super) node: NodeHandle,
+    /// Where forwarded writes and replies go.
+    pub(super) transport: Transport,
+    /// Writes this node forwarded, by request id, waiting for the leader's reply.
     waiting: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
+    /// The next request id (unique per process; replies are matched by it).
     next_id: AtomicU64,
 }
 
@@ -131,42 +129,6 @@ impl Router {
         if let Some(tx) = self.lock_waiting().remove(&reply.id) {
             let _ = tx.send(reply);
         }
-    }
-
-    /// Serves a write forwarded by peer `from` (this node is expected to lead) and sends back the
-    /// answer.
-    pub async fn serve_forwarded(&self, from: u64, req: ForwardRequest) {
-        let timeout = Duration::from_millis(req.timeout_ms);
-        let outcome = match (req.command, WriteMode::from_u32(req.mode)) {
-            (Some(command), Some(mode)) => {
-                match tokio::time::timeout(timeout, self.node.propose(command, mode)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(WriteError::OutcomeUnknown),
-                }
-            }
-            // A peer running another version sent something we cannot read: refuse it unapplied.
-            _ => Err(WriteError::Dropped),
-        };
-        let mut reply = ForwardReply {
-            id: req.id,
-            leader: self.node.shared().leader().unwrap_or(0),
-            ..Default::default()
-        };
-        match outcome {
-            Ok(ok) => {
-                reply.acked = ok.acked.as_u32();
-                reply.result = Some(ok.result);
-            }
-            Err(e) => {
-                reply.error_code = e.code().to_string();
-                reply.error_message = e.to_string();
-                if let WriteError::ReplicationTimeout { index } = e {
-                    reply.index = index;
-                }
-            }
-        }
-        // If the reply cannot be queued the follower times out with outcome_unknown.
-        self.transport.send(from, Body::ForwardReply(reply));
     }
 
     fn lock_waiting(

@@ -1,12 +1,16 @@
-//! Write modes and read consistencies: what a client may ask for, parsed once at the edge.
+//! Write modes and read consistencies: what a client may ask for, and where a write was
+//! acknowledged. See docs/consistency.md for the guarantees of each.
 //!
-//! See docs/consistency.md for the guarantees. The numeric forms travel in forwarded writes.
+//! The numeric forms travel between nodes in forwarded writes; the names travel over HTTP.
 
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 /// When a write is acknowledged (`?mode=`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WriteMode {
     /// Answered once the entry is durable in the leader's log.
     Async,
@@ -17,7 +21,7 @@ pub enum WriteMode {
 }
 
 impl WriteMode {
-    /// Wire form.
+    /// Wire form between nodes.
     pub fn as_u32(self) -> u32 {
         match self {
             WriteMode::Async => 1,
@@ -26,7 +30,7 @@ impl WriteMode {
         }
     }
 
-    /// From the wire form.
+    /// From the wire form between nodes.
     pub fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(WriteMode::Async),
@@ -66,8 +70,9 @@ impl fmt::Display for WriteMode {
     }
 }
 
-/// The point at which a write was actually acknowledged (`"acked"` in responses).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// The point at which a write was actually acknowledged (`"acked"` in answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AckPoint {
     /// Durable in the leader's log.
     LeaderLog,
@@ -78,7 +83,7 @@ pub enum AckPoint {
 }
 
 impl AckPoint {
-    /// Wire form.
+    /// Wire form between nodes.
     pub fn as_u32(self) -> u32 {
         match self {
             AckPoint::LeaderLog => 1,
@@ -87,7 +92,7 @@ impl AckPoint {
         }
     }
 
-    /// From the wire form.
+    /// From the wire form between nodes.
     pub fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(AckPoint::LeaderLog),
@@ -97,7 +102,7 @@ impl AckPoint {
         }
     }
 
-    /// The name used in responses.
+    /// The name used in answers.
     pub fn as_str(self) -> &'static str {
         match self {
             AckPoint::LeaderLog => "leader_log",
@@ -108,12 +113,23 @@ impl AckPoint {
 }
 
 /// How fresh a read must be (`?consistency=`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReadConsistency {
     /// Raft ReadIndex: sees every write acknowledged before the read began.
     Linearizable,
-    /// This node's local state, at once.
+    /// This node's local state, at once (with `min_index`: once it has applied that index).
     Stale,
+}
+
+impl ReadConsistency {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadConsistency::Linearizable => "linearizable",
+            ReadConsistency::Stale => "stale",
+        }
+    }
 }
 
 impl FromStr for ReadConsistency {
@@ -134,13 +150,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn modes_round_trip() {
+    fn names_and_wire_forms_round_trip() {
         for m in [WriteMode::Async, WriteMode::Semi, WriteMode::Sync] {
             assert_eq!(WriteMode::from_u32(m.as_u32()), Some(m));
             assert_eq!(m.as_str().parse::<WriteMode>(), Ok(m));
         }
+        for a in [AckPoint::LeaderLog, AckPoint::Quorum, AckPoint::All] {
+            assert_eq!(AckPoint::from_u32(a.as_u32()), Some(a));
+            let json = serde_json::to_string(&a).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", a.as_str()));
+        }
+        for c in [ReadConsistency::Linearizable, ReadConsistency::Stale] {
+            assert_eq!(c.as_str().parse::<ReadConsistency>(), Ok(c));
+        }
         assert!("fast".parse::<WriteMode>().is_err());
         assert!("SEMI".parse::<WriteMode>().is_err());
         assert!("strong".parse::<ReadConsistency>().is_err());
+        assert_eq!(WriteMode::from_u32(0), None);
     }
 }

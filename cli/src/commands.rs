@@ -1,28 +1,20 @@
 //! The `keel` CLI's client commands (`get`, `put`, `delete`, `list`, `cas`, `add`, `txn`,
-//! `status`), all on the `keel-client` library.
+//! `status`, `member`, `health`, `backup`, `transfer-leader`), all on the `keel-client`
+//! library.
 
 use std::io::Read;
+use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
-use keel_client::{Client, Cmp, Compare, Consistency, Error, Mode, Op, OpResult, PutOptions};
-use serde_json::{json, Value};
+use clap::{Subcommand, ValueEnum};
+use keel_api::txn::TxnRequest;
+use keel_client::http::{HttpClient, HttpOptions};
+use keel_client::{Client, Consistency, Error, Mode, PutOptions};
+use serde_json::json;
 
-/// Where the cluster is.
-#[derive(Args, Debug, Clone)]
-pub struct Endpoints {
-    /// Nodes to contact (host:port, comma-separated); the client discovers the rest.
-    #[arg(
-        long,
-        env = "KEEL_ENDPOINTS",
-        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
-        global = true
-    )]
-    pub endpoints: String,
-    /// Talk only to these endpoints (they forward writes), without discovering the others: for
-    /// clusters whose advertised addresses are not reachable from here (e.g. inside Docker).
-    #[arg(long, env = "KEEL_DIRECT", global = true)]
-    pub direct: bool,
-}
+use crate::args::Endpoints;
+
+/// How long `keel health` waits for an answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Read consistency on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -183,9 +175,9 @@ pub enum MemberAction {
 
 /// Runs a client command; the exit code is 0 on success, 1 on error, 2 for a missing key.
 pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
-    let eps: Vec<&str> = endpoints.endpoints.split(',').map(str::trim).collect();
+    let eps = endpoints.list();
     if let ClientCommand::Health { ready } = cmd {
-        return health(eps.first().copied().unwrap_or_default(), ready).await;
+        return health(eps.first().map(String::as_str).unwrap_or_default(), ready).await;
     }
     let client = match Client::builder(eps)
         .pin_to_endpoints(endpoints.direct)
@@ -218,23 +210,18 @@ pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
 
 /// One GET of /health or /ready on `endpoint`, without the client's discovery and retries.
 async fn health(endpoint: &str, ready: bool) -> i32 {
-    use http_body_util::{BodyExt, Empty};
-    let path = if ready { "ready" } else { "health" };
-    let Ok(uri) = format!("http://{endpoint}/{path}").parse::<hyper::Uri>() else {
-        eprintln!("keel: bad endpoint {endpoint:?}");
-        return 1;
-    };
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let check = async {
-        let resp = client.get(uri).await.ok()?;
-        let ok = resp.status().is_success();
-        let _ = resp.into_body().collect().await;
-        Some(ok)
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(2), check).await {
-        Ok(Some(true)) => 0,
+    let path = if ready { "/ready" } else { "/health" };
+    let http = HttpClient::new(HttpOptions {
+        connect_timeout: HEALTH_TIMEOUT,
+        request_timeout: HEALTH_TIMEOUT,
+        ..HttpOptions::default()
+    });
+    let endpoint = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    match http
+        .request(endpoint, "GET", path, &[], bytes::Bytes::new())
+        .await
+    {
+        Ok(resp) if (200..300).contains(&resp.status) => 0,
         _ => {
             eprintln!(
                 "keel: {endpoint} is not {}",
@@ -332,30 +319,22 @@ async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
                 code: "input".into(),
                 message,
             })?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| Error::BadRequest {
+            let req: TxnRequest = serde_json::from_str(&text).map_err(|e| Error::BadRequest {
                 code: "invalid_json".into(),
                 message: e.to_string(),
             })?;
-            let r = build_txn(client, &v)?.commit().await?;
-            let results: Vec<Value> = r
-                .results
-                .iter()
-                .map(|res| match res {
-                    OpResult::Put { key, version } => {
-                        json!({"op": "put", "key": key, "version": version})
-                    }
-                    OpResult::Delete { key, deleted } => {
-                        json!({"op": "delete", "key": key, "deleted": deleted})
-                    }
-                    OpResult::Get { key, value } => {
-                        json!({"op": "get", "key": key, "value": value.as_ref().map(|(v, _)| v)})
-                    }
-                    OpResult::Add { key, value } => {
-                        json!({"op": "add", "key": key, "value": value})
-                    }
-                })
-                .collect();
-            json!({"succeeded": r.succeeded, "results": results, "index": r.index}).to_string()
+            let mut t = client.txn();
+            for c in req.compare {
+                t = t.when(c);
+            }
+            for op in req.success {
+                t = t.then(op);
+            }
+            for op in req.failure {
+                t = t.otherwise(op);
+            }
+            let r = t.commit().await?;
+            serde_json::to_string(&r).map_err(|e| Error::Unexpected(e.to_string()))?
         }
         ClientCommand::Member { action } => {
             let members = match action {
@@ -374,7 +353,7 @@ async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
                     format!(
                         "{}\t{}\tpeer {}\thttp {}",
                         m.id,
-                        m.role.as_deref().unwrap_or("?"),
+                        m.role.map_or("?", |r| r.as_str()),
                         m.peer_addr,
                         m.http_addr.as_deref().unwrap_or("?")
                     )
@@ -395,7 +374,12 @@ async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
             let s = client.status().await?;
             let mut out = format!(
                 "node {} ({}), term {}, leader {:?}, commit {}, applied {}",
-                s.id, s.role, s.term, s.leader, s.commit_index, s.applied_index
+                s.id,
+                s.role.as_str(),
+                s.term,
+                s.leader,
+                s.commit_index,
+                s.applied_index
             );
             for m in &s.members {
                 out.push_str(&format!(
@@ -422,60 +406,4 @@ async fn execute(client: &Client, cmd: ClientCommand) -> Result<String, Error> {
             out
         }
     })
-}
-
-/// Turns the JSON body of POST /v1/txn into a transaction builder.
-fn build_txn<'a>(client: &'a Client, v: &Value) -> Result<keel_client::TxnBuilder<'a>, Error> {
-    let bad = |m: String| Error::BadRequest {
-        code: "invalid_txn".into(),
-        message: m,
-    };
-    let mut t = client.txn();
-    for c in v["compare"].as_array().into_iter().flatten() {
-        let key = c["key"]
-            .as_str()
-            .ok_or_else(|| bad("compare without key".into()))?;
-        let cmp = match c["op"].as_str() {
-            Some("==") => Cmp::Eq,
-            Some("!=") => Cmp::Ne,
-            Some("<") => Cmp::Lt,
-            Some("<=") => Cmp::Le,
-            Some(">") => Cmp::Gt,
-            Some(">=") => Cmp::Ge,
-            other => return Err(bad(format!("unknown compare op {other:?}"))),
-        };
-        let compare = match c["target"].as_str() {
-            Some("value") => Compare::value(key, cmp, c["value"].as_str().unwrap_or_default()),
-            Some("version") => Compare::version(key, cmp, c["value"].as_u64().unwrap_or(0)),
-            Some("int") => Compare::int(key, cmp, c["value"].as_i64().unwrap_or(0)),
-            other => return Err(bad(format!("unknown compare target {other:?}"))),
-        };
-        t = t.when(compare);
-    }
-    let op = |o: &Value| -> Result<Op, Error> {
-        let key = o["key"]
-            .as_str()
-            .ok_or_else(|| bad("op without key".into()))?;
-        Ok(match o["op"].as_str() {
-            Some("put") => Op::put(key, o["value"].as_str().unwrap_or_default()),
-            Some("delete") => Op::delete(key),
-            Some("get") => Op::get(key),
-            Some("add") => Op::add_bounded(
-                key,
-                o["delta"]
-                    .as_i64()
-                    .ok_or_else(|| bad("add without delta".into()))?,
-                o["min"].as_i64(),
-                o["max"].as_i64(),
-            ),
-            other => return Err(bad(format!("unknown op {other:?}"))),
-        })
-    };
-    for o in v["success"].as_array().into_iter().flatten() {
-        t = t.then(op(o)?);
-    }
-    for o in v["failure"].as_array().into_iter().flatten() {
-        t = t.otherwise(op(o)?);
-    }
-    Ok(t)
 }

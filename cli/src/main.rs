@@ -1,8 +1,25 @@
-//! The `keel` binary: `keel server` runs a node, `keel cluster` a local cluster.
+//! The `keel` binary: `keel server` runs a node; `keel cluster` starts a local cluster;
+//! `keel get`, `put`, ... and `keel demo` talk to one through `keel-client`.
+//!
+//! # Layout
+//! - `args.rs`: the command line;
+//! - `commands.rs`: the client commands;
+//! - `demo/`: the correctness demonstrations;
+//! - `launcher.rs`: the local cluster of child processes (`keel cluster`, `keel demo --local`);
+//! - `join.rs`: how `keel server --join` joins a cluster (through the client library).
+
+#![warn(missing_docs)]
+
+mod args;
+mod commands;
+mod demo;
+mod join;
+mod launcher;
 
 use clap::Parser;
-use keel_server::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
+
+use args::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -25,25 +42,25 @@ fn main() -> std::process::ExitCode {
     let endpoints = cli.endpoints;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => keel_server::server::run(*args)
+            Command::Server(args) => keel_server::node::run(*args, &join::ClientJoin)
                 .await
                 .map(|_| 0)
                 .map_err(|e| e.to_string()),
-            Command::Cluster(args) => keel_server::cluster::run(args)
+            Command::Cluster(args) => launcher::run(args)
                 .await
                 .map(|_| 0)
                 .map_err(|e| e.to_string()),
-            Command::Demo(args) => keel_server::demo::run(&endpoints, args)
+            Command::Demo(args) => demo::run(&endpoints, args)
                 .await
                 .map(|ok| if ok { 0 } else { 3 })
                 .map_err(|e| e.to_string()),
-            Command::Restore(args) => keel_server::server::restore(args)
+            Command::Restore(args) => keel_server::node::restore(args)
                 .map(|msg| {
                     println!("{msg}");
                     0
                 })
                 .map_err(|e| e.to_string()),
-            Command::Client(cmd) => Ok(keel_server::cli::run(&endpoints, cmd).await),
+            Command::Client(cmd) => Ok(commands::run(&endpoints, cmd).await),
         }
     });
     match result {

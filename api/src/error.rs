@@ -1,0 +1,293 @@
+//! Error codes and the JSON error body.
+//!
+//! Every error answer is `{"error": {"code": "...", "message": "..."}}`, plus, where they help,
+//! top-level fields: `index` (the log index a rejected write took, or the index a `sync` write
+//! committed at), `committed`, `key` and `value` (the key an `add` bound is about, and its current
+//! value). A code always comes with the same HTTP status ([`ErrorCode::status`]).
+//!
+//! The codes of deterministic rejections (`precondition_failed`, `bound_violated`, `not_integer`,
+//! `invalid_command`, `idempotency_key_reused`) are also stored in the state machine's memory of
+//! idempotent requests: they are part of the on-disk format and never change spelling.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Every error code an answer can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 400: a key is empty, longer than the limit, or not UTF-8.
+    InvalidKey,
+    /// 400: `?mode=` is not `async`, `semi` or `sync`.
+    InvalidMode,
+    /// 400: `?consistency=` is not `linearizable` or `stale`.
+    InvalidConsistency,
+    /// 400: an unknown query parameter, or a known one with a bad value.
+    InvalidParameter,
+    /// 400: a JSON body does not parse or has unknown fields.
+    InvalidJson,
+    /// 400: a transaction parses but is not valid (unknown compare operator or target).
+    InvalidTxn,
+    /// 400: a transaction has more compares or steps than allowed.
+    TxnTooLarge,
+    /// 400: a header (precondition, idempotency key, content length) is malformed.
+    InvalidHeader,
+    /// 400: the body could not be read.
+    InvalidBody,
+    /// 400: an `add` or an `int` compare met a value that is not a decimal integer.
+    NotInteger,
+    /// 400: a command was refused by the state machine as malformed.
+    InvalidCommand,
+    /// 400: a member id or address is not valid.
+    InvalidMember,
+    /// 400: a backup directory is not an absolute path that does not exist yet.
+    InvalidDir,
+    /// 404: no such key.
+    NotFound,
+    /// 404: no such endpoint.
+    NoRoute,
+    /// 404: no such member.
+    NoSuchMember,
+    /// 405: the endpoint exists but not with this method (the answer carries `Allow`).
+    MethodNotAllowed,
+    /// 409: an `add` would leave its bounds.
+    BoundViolated,
+    /// 409: a member with this id exists.
+    MemberExists,
+    /// 409: only a learner can be promoted.
+    NotALearner,
+    /// 409: the learner is too far behind to be promoted.
+    LearnerBehind,
+    /// 409: the leader cannot remove itself (transfer leadership first).
+    IsLeader,
+    /// 409: leadership can only go to a voter.
+    NotAVoter,
+    /// 409: there is no other voter to hand leadership to.
+    NoSuccessor,
+    /// 412: `If-Match` / `If-None-Match` did not hold.
+    PreconditionFailed,
+    /// 413: a body or value is larger than allowed.
+    PayloadTooLarge,
+    /// 422: an idempotency key was used before for a different request.
+    IdempotencyKeyReused,
+    /// 500: the node's storage failed.
+    Storage,
+    /// 500: an internal error.
+    Internal,
+    /// 503: no leader is known; nothing was applied.
+    NoLeader,
+    /// 503: the write lost its place in the log to a leader change; nothing was applied.
+    NotApplied,
+    /// 503: the node is stopping; nothing was applied.
+    ShuttingDown,
+    /// 503: the node is not ready (no leader, or not caught up).
+    NotReady,
+    /// 504: leadership was lost while the write was in flight: it may or may not be applied.
+    OutcomeUnknown,
+    /// 504: a `sync` write is committed but not yet applied on every voter.
+    ReplicationTimeout,
+    /// 504: a read (or an administrative wait) took too long.
+    Timeout,
+}
+
+/// Every code, for tables and tests.
+pub const ALL_CODES: [ErrorCode; 36] = [
+    ErrorCode::InvalidKey,
+    ErrorCode::InvalidMode,
+    ErrorCode::InvalidConsistency,
+    ErrorCode::InvalidParameter,
+    ErrorCode::InvalidJson,
+    ErrorCode::InvalidTxn,
+    ErrorCode::TxnTooLarge,
+    ErrorCode::InvalidHeader,
+    ErrorCode::InvalidBody,
+    ErrorCode::NotInteger,
+    ErrorCode::InvalidCommand,
+    ErrorCode::InvalidMember,
+    ErrorCode::InvalidDir,
+    ErrorCode::NotFound,
+    ErrorCode::NoRoute,
+    ErrorCode::NoSuchMember,
+    ErrorCode::MethodNotAllowed,
+    ErrorCode::BoundViolated,
+    ErrorCode::MemberExists,
+    ErrorCode::NotALearner,
+    ErrorCode::LearnerBehind,
+    ErrorCode::IsLeader,
+    ErrorCode::NotAVoter,
+    ErrorCode::NoSuccessor,
+    ErrorCode::PreconditionFailed,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::IdempotencyKeyReused,
+    ErrorCode::Storage,
+    ErrorCode::Internal,
+    ErrorCode::NoLeader,
+    ErrorCode::NotApplied,
+    ErrorCode::ShuttingDown,
+    ErrorCode::NotReady,
+    ErrorCode::OutcomeUnknown,
+    ErrorCode::ReplicationTimeout,
+    ErrorCode::Timeout,
+];
+
+impl ErrorCode {
+    /// The code as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidKey => "invalid_key",
+            InvalidMode => "invalid_mode",
+            InvalidConsistency => "invalid_consistency",
+            InvalidParameter => "invalid_parameter",
+            InvalidJson => "invalid_json",
+            InvalidTxn => "invalid_txn",
+            TxnTooLarge => "txn_too_large",
+            InvalidHeader => "invalid_header",
+            InvalidBody => "invalid_body",
+            NotInteger => "not_integer",
+            InvalidCommand => "invalid_command",
+            InvalidMember => "invalid_member",
+            InvalidDir => "invalid_dir",
+            NotFound => "not_found",
+            NoRoute => "no_route",
+            NoSuchMember => "no_such_member",
+            MethodNotAllowed => "method_not_allowed",
+            BoundViolated => "bound_violated",
+            MemberExists => "member_exists",
+            NotALearner => "not_a_learner",
+            LearnerBehind => "learner_behind",
+            IsLeader => "is_leader",
+            NotAVoter => "not_a_voter",
+            NoSuccessor => "no_successor",
+            PreconditionFailed => "precondition_failed",
+            PayloadTooLarge => "payload_too_large",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            Storage => "storage",
+            Internal => "internal",
+            NoLeader => "no_leader",
+            NotApplied => "not_applied",
+            ShuttingDown => "shutting_down",
+            NotReady => "not_ready",
+            OutcomeUnknown => "outcome_unknown",
+            ReplicationTimeout => "replication_timeout",
+            Timeout => "timeout",
+        }
+    }
+
+    /// The code named `s`, if keel knows it.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ALL_CODES.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The HTTP status that always comes with this code.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidKey | InvalidMode | InvalidConsistency | InvalidParameter | InvalidJson
+            | InvalidTxn | TxnTooLarge | InvalidHeader | InvalidBody | NotInteger
+            | InvalidCommand | InvalidMember | InvalidDir => 400,
+            NotFound | NoRoute | NoSuchMember => 404,
+            MethodNotAllowed => 405,
+            BoundViolated | MemberExists | NotALearner | LearnerBehind | IsLeader | NotAVoter
+            | NoSuccessor => 409,
+            PreconditionFailed => 412,
+            PayloadTooLarge => 413,
+            IdempotencyKeyReused => 422,
+            Storage | Internal => 500,
+            NoLeader | NotApplied | ShuttingDown | NotReady => 503,
+            OutcomeUnknown | ReplicationTimeout | Timeout => 504,
+        }
+    }
+
+    /// Whether the answer carries `Retry-After`: nothing was applied and the condition is
+    /// expected to pass (a leader is elected, the node restarts).
+    pub fn retry_after(self) -> bool {
+        self.status() == 503
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{"code", "message"}` inside an error body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// The code (a string, so that a client can read codes newer than itself).
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// The JSON body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Code and message.
+    pub error: ErrorDetail,
+    /// The log index the refused write took, or the index a `sync` write committed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// `true` on `replication_timeout`: the write is committed (durable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<bool>,
+    /// The key a rejection is about (a transaction's failing step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// On `bound_violated`: the key's current value, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+}
+
+impl ErrorBody {
+    /// A body with only a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.as_str().to_string(),
+                message: message.into(),
+            },
+            index: None,
+            committed: None,
+            key: None,
+            value: None,
+        }
+    }
+
+    /// The code, if keel knows it.
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.error.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_parses_back_and_has_an_error_status() {
+        for c in ALL_CODES {
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+            assert!((400..=599).contains(&c.status()), "{c}");
+        }
+        let distinct: std::collections::HashSet<_> = ALL_CODES.iter().map(|c| c.as_str()).collect();
+        assert_eq!(distinct.len(), ALL_CODES.len());
+        assert_eq!(ErrorCode::parse("no_such_code"), None);
+    }
+
+    #[test]
+    fn error_body_omits_absent_fields() {
+        let body = ErrorBody::new(ErrorCode::NotFound, "no such key");
+        assert_eq!(
+            serde_json::to_value(&body).expect("serialize"),
+            serde_json::json!({"error": {"code": "not_found", "message": "no such key"}})
+        );
+        let parsed: ErrorBody = serde_json::from_str(
+            r#"{"error": {"code": "bound_violated", "message": "m"}, "value": 40, "key": "b", "index": 7}"#,
+        )
+        .expect("parse");
+        assert_eq!(parsed.code(), Some(ErrorCode::BoundViolated));
+        assert_eq!((parsed.value, parsed.index), (Some(40), Some(7)));
+    }
+}

@@ -1,0 +1,205 @@
+//! One small HTTP/1.1 client on hyper, for everything that talks to a keel node: this library,
+//! the `keel` command line, the local cluster launcher, the load generator and the test harness.
+//! It sends one request and returns the status, headers and whole body; it knows nothing of keel
+//! (no retries, no routing): [`crate::Client`] builds those on top.
+//!
+//! ```
+//! # let cluster = keel_tests::Cluster::start(1);
+//! # let endpoint = cluster.endpoints()[0].clone();
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use keel_client::http::{HttpClient, HttpOptions};
+//!
+//! let http = HttpClient::new(HttpOptions::default());
+//! let resp = http.request(&endpoint, "GET", "/health", &[], bytes::Bytes::new()).await?;
+//! assert_eq!(resp.status, 200);
+//! # Ok::<(), keel_client::http::HttpError>(())
+//! # }).unwrap();
+//! ```
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Settings of an [`HttpClient`].
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Longest wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for a whole answer (headers and body), connection included.
+    pub request_timeout: Duration,
+    /// Idle keep-alive connections kept per host.
+    pub max_idle_per_host: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            max_idle_per_host: 64,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// The request could not be built (bad address, method or header).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// No connection could be made: the request certainly did not reach the server.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The connection failed after the request may have been sent.
+    #[error("request to {addr} failed: {message}")]
+    Transport {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// No whole answer within the request timeout (the request may have been sent).
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
+impl HttpError {
+    /// Whether the request certainly never reached the server.
+    pub fn certainly_not_sent(&self) -> bool {
+        matches!(
+            self,
+            HttpError::InvalidRequest(_) | HttpError::Connect { .. }
+        )
+    }
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers (names are lower case).
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl RawResponse {
+    /// A header as text, if present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A keep-alive HTTP/1.1 client; cheap to clone (clones share connections).
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    request_timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client with `opts`. Requests must be made inside a tokio runtime.
+    pub fn new(opts: HttpOptions) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(opts.connect_timeout));
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(opts.max_idle_per_host)
+            .pool_idle_timeout(opts.idle_timeout)
+            .build(connector);
+        HttpClient {
+            client,
+            request_timeout: opts.request_timeout,
+        }
+    }
+
+    /// Sends `method path` (path and query) to `addr` (host:port) with `headers` and `body`,
+    /// and reads the whole answer.
+    pub async fn request(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<RawResponse, HttpError> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| HttpError::InvalidRequest(format!("method {method:?}: {e}")))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                let message = error_chain(&e);
+                if e.is_connect() {
+                    HttpError::Connect {
+                        addr: addr.to_string(),
+                        message,
+                    }
+                } else {
+                    HttpError::Transport {
+                        addr: addr.to_string(),
+                        message,
+                    }
+                }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| HttpError::Transport {
+                    addr: addr.to_string(),
+                    message: e.to_string(),
+                })?
+                .to_bytes();
+            Ok(RawResponse {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout {
+                addr: addr.to_string(),
+                timeout: self.request_timeout,
+            }),
+        }
+    }
+}
+
+/// An error with its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

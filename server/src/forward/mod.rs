@@ -1,0 +1,16 @@
+//! # forward: write routing
+//!
+//! This stage decides where a client write is proposed: here when this node leads, otherwise on
+//! the leader, to which it is forwarded over the peer transport and whose answer is relayed
+//! (`router.rs`); on the leader, forwarded writes are proposed and answered (`serve.rs`). It may
+//! touch the Ready loop's handle and the transport; it never looks inside a command.
+//!
+//! A forwarded write carries its mode, so the leader answers at the point the client asked for.
+//! Only errors that prove the write was not applied ([`WriteError::certainly_not_applied`]: no
+//! leader, not the leader, dropped) are retried here, a bounded number of times within the
+//! request deadline; a timeout without an answer is `outcome_unknown`, never retried.
+
+mod router;
+mod serve;
+
+pub use router::Router;

@@ -1,0 +1,179 @@
+//! The key-value handlers: read one key, list a prefix, put, delete and add.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::HeaderMap;
+use keel_api::kv::{
+    AddRequest, AddResponse, DeleteResponse, JsonValue, ListItem, ListResponse, PutResponse,
+};
+use keel_api::limits::{DEFAULT_LIST_LIMIT, MAX_SMALL_BODY_BYTES};
+use keel_api::{ErrorCode, ReadConsistency};
+
+use super::error::{rejected, ApiError};
+use super::reply::{Answer, Reply};
+use super::request::{self, Query};
+use super::Api;
+use crate::proto::{command::Op, AddOp, Command, DeleteOp, PutOp};
+use crate::raft::WriteOk;
+
+impl Api {
+    /// Waits until this node may serve a read at the requested consistency: for a linearizable
+    /// read, until it has applied the read index Raft confirms; with `min_index`, until it has
+    /// applied that.
+    pub(super) async fn read_barrier(&self, q: &Query) -> Result<(), ApiError> {
+        let mut need = q.min_index.unwrap_or(0);
+        if q.consistency.unwrap_or(ReadConsistency::Linearizable) == ReadConsistency::Linearizable
+            && !crate::planted::active(crate::planted::Bug::StaleRead)
+        {
+            need = need.max(self.node.read_index().await?);
+        }
+        if need > self.node.shared().applied() {
+            self.node.wait_applied(need, self.cfg.read_timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/kv/{key}`: the raw value with its version as `ETag`, or 304 when the client's
+    /// `If-None-Match` names the current version.
+    pub(super) async fn get(&self, headers: &HeaderMap, key: String, q: Query) -> Answer {
+        let conditional = request::if_none_match(headers)?;
+        self.read_barrier(&q).await?;
+        // The applied index first: the value read after it reflects at least that index.
+        let index = self.node.shared().applied();
+        match self.sm.get_value(&key)? {
+            Some(rec) if conditional.as_ref().is_some_and(|c| c.matches(rec.version)) => {
+                Ok(Reply::not_modified(rec.version, index))
+            }
+            Some(rec) => {
+                let mut r = Reply::bytes(rec.value, "application/octet-stream", Some(index));
+                r.etag = Some(rec.version);
+                Ok(r)
+            }
+            None => Err(
+                ApiError::new(ErrorCode::NotFound, format!("no such key: {key:?}")).at_index(index),
+            ),
+        }
+    }
+
+    /// `GET /v1/kv?prefix=&after=&limit=`: one page of keys in order.
+    pub(super) async fn list(&self, q: Query) -> Answer {
+        self.read_barrier(&q).await?;
+        let prefix = q.prefix.as_deref().unwrap_or_default();
+        let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        let read = self.sm.list(prefix, q.after.as_deref(), limit)?;
+        let items = read
+            .value
+            .items
+            .iter()
+            .map(|(k, rec)| ListItem {
+                key: k.clone(),
+                value: JsonValue::from_bytes(&rec.value),
+                version: rec.version,
+            })
+            .collect();
+        Reply::json(
+            &ListResponse {
+                items,
+                index: read.index,
+                more: read.value.more,
+            },
+            Some(read.index),
+        )
+    }
+
+    /// Sends a write wherever the leader is and waits for its acknowledgement.
+    pub(super) async fn write(
+        &self,
+        op: Op,
+        q: &Query,
+        idempotency_key: String,
+    ) -> Result<WriteOk, ApiError> {
+        let mode = q.mode.unwrap_or(self.cfg.default_mode);
+        let command = Command {
+            op: Some(op),
+            idempotency_key,
+            proposed_at_ms: 0,
+        };
+        Ok(self
+            .router
+            .write(command, mode, self.cfg.request_timeout)
+            .await?)
+    }
+
+    /// `PUT /v1/kv/{key}`.
+    pub(super) async fn put(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        key: String,
+        q: Query,
+    ) -> Answer {
+        let precondition = request::precondition(headers)?;
+        let idem = request::idempotency_key(headers)?;
+        let value: Bytes = request::read_body(headers, body, self.cfg.max_value_bytes).await?;
+        let op = Op::Put(PutOp {
+            key,
+            value,
+            precondition,
+        });
+        let ok = self.write(op, &q, idem).await?;
+        let r = rejected(&ok.result)?;
+        Reply::write(
+            &PutResponse {
+                index: r.index,
+                version: r.version,
+                acked: ok.acked,
+            },
+            &ok,
+        )
+    }
+
+    /// `DELETE /v1/kv/{key}`.
+    pub(super) async fn delete(&self, headers: &HeaderMap, key: String, q: Query) -> Answer {
+        let precondition = request::precondition(headers)?;
+        let idem = request::idempotency_key(headers)?;
+        let ok = self
+            .write(Op::Delete(DeleteOp { key, precondition }), &q, idem)
+            .await?;
+        let r = rejected(&ok.result)?;
+        Reply::write(
+            &DeleteResponse {
+                index: r.index,
+                deleted: r.deleted,
+                acked: ok.acked,
+            },
+            &ok,
+        )
+    }
+
+    /// `POST /v1/kv/{key}/add`.
+    pub(super) async fn add(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        key: String,
+        q: Query,
+    ) -> Answer {
+        let idem = request::idempotency_key(headers)?;
+        let body = request::read_body(headers, body, MAX_SMALL_BODY_BYTES).await?;
+        let b: AddRequest =
+            request::parse_json(&body, "{\"delta\": i64, \"min\"?: i64, \"max\"?: i64}")?;
+        let op = Op::Add(AddOp {
+            key,
+            delta: b.delta,
+            min: b.min,
+            max: b.max,
+        });
+        let ok = self.write(op, &q, idem).await?;
+        let r = rejected(&ok.result)?;
+        Reply::write(
+            &AddResponse {
+                value: r.value.unwrap_or_default(),
+                index: r.index,
+                version: r.version,
+                acked: ok.acked,
+            },
+            &ok,
+        )
+    }
+}

@@ -1,0 +1,231 @@
+//! # http: the client API (v1) on hyper 1.x
+//!
+//! This stage owns the conversation with clients: the routing table (`routes.rs`), reading
+//! requests (`request.rs`), the handlers per resource (`kv.rs`, `txn.rs`, `cluster.rs`,
+//! `admin.rs`), and the mapping of every outcome to a status, headers and a JSON body
+//! (`error.rs`, `reply.rs`). The JSON shapes are keel-api's, shared with the client.
+//!
+//! Handlers are thin: they validate, build a [`Command`] or a read, hand writes to the
+//! [`Router`] (which proposes or forwards) and reads to the Raft read path ([`NodeHandle`] for
+//! the read index, [`StateMachine`] for the data), and turn the answer into a response. They
+//! never touch raft-rs or RocksDB's write path.
+//!
+//! Every response carries `X-Keel-Node`, `X-Keel-Leader` (when known) and `X-Keel-Index`; every
+//! error is `{"error": {"code", "message"}}`. HTTP's conventions hold: an unknown query parameter
+//! is a 400, `HEAD` works wherever `GET` does, a read with `If-None-Match` of the current version
+//! is a 304, and a 405 carries `Allow`.
+//!
+//! [`Command`]: crate::proto::Command
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use keel_api::{ErrorCode, WriteMode};
+use rocksdb::DB;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::forward::Router;
+use crate::raft::NodeHandle;
+use crate::sm::StateMachine;
+use crate::transport::Transport;
+
+mod admin;
+mod cluster;
+mod error;
+mod kv;
+mod reply;
+mod request;
+mod routes;
+mod txn;
+
+pub use error::ApiError;
+pub use request::decode_key;
+pub use txn::parse_txn;
+
+use reply::Answer;
+use routes::Route;
+
+/// Concurrent client connections per node.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Mode of writes that do not say.
+    pub default_mode: WriteMode,
+    /// Deadline of a write (proposal, forwarding, replication).
+    pub request_timeout: Duration,
+    /// How long a read may wait for a read index or for `min_index` to be applied.
+    pub read_timeout: Duration,
+}
+
+/// What the API is built from.
+pub struct Parts {
+    /// Settings.
+    pub cfg: ApiConfig,
+    /// The Ready loop: read indexes, status, membership changes, published state.
+    pub node: NodeHandle,
+    /// Local reads.
+    pub sm: StateMachine,
+    /// The database, for backups.
+    pub db: Arc<DB>,
+    /// Where writes go.
+    pub router: Arc<Router>,
+    /// This node's advertised HTTP address.
+    pub http_addr: String,
+    /// The peer transport, for the HTTP addresses peers announce.
+    pub transport: Transport,
+}
+
+/// What the handlers share.
+pub struct Api {
+    /// Settings.
+    cfg: ApiConfig,
+    /// The Ready loop.
+    node: NodeHandle,
+    /// Local reads.
+    sm: StateMachine,
+    /// The database, for backups.
+    db: Arc<DB>,
+    /// Where writes go.
+    router: Arc<Router>,
+    /// This node's advertised HTTP address (in member lists).
+    http_addr: String,
+    /// The HTTP addresses peers announced in their Hello.
+    transport: Transport,
+}
+
+impl Api {
+    /// Builds the API state.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        Arc::new(Api {
+            cfg: parts.cfg,
+            node: parts.node,
+            sm: parts.sm,
+            db: parts.db,
+            router: parts.router,
+            http_addr: parts.http_addr,
+            transport: parts.transport,
+        })
+    }
+
+    /// Handles one request; never fails (errors become JSON answers).
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let head = req.method() == Method::HEAD;
+        let answer = self.route(req).await;
+        reply::finish(answer, self.node.shared(), head)
+    }
+
+    /// Finds the endpoint, checks the method and the query, and calls the handler.
+    async fn route(&self, req: Request<Incoming>) -> Answer {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        let Some(m) = routes::find(path) else {
+            return Err(ApiError::new(
+                ErrorCode::NoRoute,
+                format!("no such endpoint: {path}"),
+            ));
+        };
+        let allowed = routes::methods(m.route, m.param);
+        if !allowed.contains(&parts.method.as_str()) {
+            let mut err = ApiError::method_not_allowed(&parts.method, allowed);
+            if m.route == Route::Key && parts.method == Method::POST {
+                err.body.error.message = "POST is only for /v1/kv/{key}/add".into();
+            }
+            return Err(err);
+        }
+        // HEAD is a GET without the body.
+        let method = if parts.method == Method::HEAD {
+            Method::GET
+        } else {
+            parts.method.clone()
+        };
+        let q = request::parse_query(
+            parts.uri.query(),
+            routes::params(m.route, &method),
+            &routes::describe(m.route, &method),
+        )?;
+        let param = m.param.unwrap_or_default();
+        match (m.route, method) {
+            (Route::Health, _) => self.health(),
+            (Route::Ready, _) => self.ready(),
+            (Route::Metrics, _) => Ok(self.metrics()),
+            (Route::Status, _) => self.status().await,
+            (Route::Members, Method::GET) => self.list_members().await,
+            (Route::Members, _) => self.add_member(&parts.headers, body).await,
+            (Route::Member, _) => self.remove_member(cluster::member_id(param)?).await,
+            (Route::Promote, _) => self.promote_member(cluster::member_id(param)?).await,
+            (Route::TransferLeader, _) => self.transfer_leader(&parts.headers, body).await,
+            (Route::Backup, _) => self.backup(&parts.headers, body).await,
+            (Route::Txn, _) => self.txn(&parts.headers, body, q).await,
+            (Route::List, _) => self.list(q).await,
+            (Route::Key, Method::POST) => {
+                let raw = routes::add_target(param).unwrap_or(param);
+                let key = request::decode_key(raw)?;
+                self.add(&parts.headers, body, key, q).await
+            }
+            (Route::Key, method) => {
+                let key = request::decode_key(param)?;
+                match method {
+                    Method::GET => self.get(&parts.headers, key, q).await,
+                    Method::PUT => self.put(&parts.headers, body, key, q).await,
+                    _ => self.delete(&parts.headers, key, q).await,
+                }
+            }
+        }
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<Api>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%remote, "too many client connections; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let api = api.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.handle(req).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%remote, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}

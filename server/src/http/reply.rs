@@ -1,0 +1,164 @@
+//! Turning an answer into a response: the common `X-Keel-*` headers on every one, `ETag`,
+//! `Idempotent-Replayed`, `Retry-After` and `Allow` where they belong, the JSON error body, and
+//! the HTTP rules for `HEAD` (the headers of a `GET`, no body) and `304 Not Modified`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use keel_api::{headers, ErrorCode};
+use serde::Serialize;
+
+use super::error::ApiError;
+use crate::raft::{Shared, WriteOk};
+
+/// `Retry-After` seconds sent with 503.
+const RETRY_AFTER_SECS: &str = "1";
+/// Content type of JSON answers.
+const JSON: &str = "application/json";
+
+/// A successful answer before the common headers are added.
+#[derive(Debug)]
+pub struct Reply {
+    /// 200, or 304 for a conditional read of an unchanged key.
+    pub status: StatusCode,
+    /// The body (empty for 304).
+    pub body: Bytes,
+    /// Its content type.
+    pub content_type: &'static str,
+    /// `X-Keel-Index`, when it is not the node's applied index.
+    pub index: Option<u64>,
+    /// `ETag`: the key's version, on reads of a key.
+    pub etag: Option<u64>,
+    /// The answer is the stored outcome of an earlier request with the same idempotency key.
+    pub replayed: bool,
+}
+
+/// What a handler returns.
+pub type Answer = Result<Reply, ApiError>;
+
+impl Reply {
+    /// 200 with a JSON body.
+    pub fn json<T: Serialize>(value: &T, index: Option<u64>) -> Answer {
+        let body = serde_json::to_vec(value)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot encode: {e}")))?;
+        Ok(Reply {
+            status: StatusCode::OK,
+            body: Bytes::from(body),
+            content_type: JSON,
+            index,
+            etag: None,
+            replayed: false,
+        })
+    }
+
+    /// 200 with the JSON answer of a write (its index, and whether it was replayed).
+    pub fn write<T: Serialize>(value: &T, ok: &WriteOk) -> Answer {
+        let mut r = Reply::json(value, Some(ok.result.index))?;
+        r.replayed = ok.result.replayed;
+        Ok(r)
+    }
+
+    /// 200 with raw bytes.
+    pub fn bytes(body: Bytes, content_type: &'static str, index: Option<u64>) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body,
+            content_type,
+            index,
+            etag: None,
+            replayed: false,
+        }
+    }
+
+    /// 304: the key still has the version the client holds.
+    pub fn not_modified(version: u64, index: u64) -> Reply {
+        Reply {
+            status: StatusCode::NOT_MODIFIED,
+            body: Bytes::new(),
+            content_type: "",
+            index: Some(index),
+            etag: Some(version),
+            replayed: false,
+        }
+    }
+}
+
+/// Builds the response: `head` answers a `HEAD` request (the same headers, no body).
+pub fn finish(answer: Answer, shared: &Shared, head: bool) -> Response<Full<Bytes>> {
+    let (resp, index) = match answer {
+        Ok(reply) => {
+            let mut resp = response(reply.status, reply.body, reply.content_type, head);
+            if let Some(v) = reply.etag {
+                if let Ok(h) = HeaderValue::from_str(&format!("\"{v}\"")) {
+                    resp.headers_mut().insert(ETAG, h);
+                }
+            }
+            if reply.replayed {
+                resp.headers_mut().insert(
+                    headers::IDEMPOTENT_REPLAYED,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            (resp, reply.index)
+        }
+        Err(err) => {
+            let body = serde_json::to_vec(&*err.body).unwrap_or_default();
+            let status = StatusCode::from_u16(err.code.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = response(status, Bytes::from(body), JSON, head);
+            if err.code.retry_after() {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            if let Some(allow) = err
+                .allow
+                .as_deref()
+                .and_then(|a| HeaderValue::from_str(a).ok())
+            {
+                resp.headers_mut().insert(ALLOW, allow);
+            }
+            (resp, err.index)
+        }
+    };
+    common(resp, shared, index)
+}
+
+/// A response with a body (or, for `HEAD`, only the length it would have).
+fn response(
+    status: StatusCode,
+    body: Bytes,
+    content_type: &'static str,
+    head: bool,
+) -> Response<Full<Bytes>> {
+    let len = body.len();
+    let mut resp = Response::new(Full::new(if head { Bytes::new() } else { body }));
+    *resp.status_mut() = status;
+    if status != StatusCode::NOT_MODIFIED {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if head {
+            resp.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    resp
+}
+
+/// Adds the headers every response carries: who answered, who leads, and the index.
+fn common(
+    mut resp: Response<Full<Bytes>>,
+    shared: &Shared,
+    index: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let h = resp.headers_mut();
+    h.insert(headers::NODE, HeaderValue::from(shared.id()));
+    if let Some(leader) = shared.leader() {
+        h.insert(headers::LEADER, HeaderValue::from(leader));
+    }
+    h.insert(
+        headers::INDEX,
+        HeaderValue::from(index.unwrap_or_else(|| shared.applied())),
+    );
+    resp
+}

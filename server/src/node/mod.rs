@@ -1,0 +1,276 @@
+//! # node: the wiring of one node
+//!
+//! This module owns the start and the stop of a node and nothing of what happens in between: it
+//! opens storage, decides the initial membership (`membership.rs`), starts the Ready loop, the
+//! peer transport and the HTTP API, connects the stages that must not know each other
+//! (`wiring.rs`), and shuts everything down in order on SIGINT/SIGTERM (`shutdown.rs`). It also
+//! restores a backup into a new data directory ([`restore`]).
+//!
+//! A storage failure stops the Ready loop; the node then exits with an error rather than keep
+//! serving from a disk it cannot trust (crash-stop, as etcd does).
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slog::Drain;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::{ConfigError, RestoreArgs, ServerArgs};
+use crate::forward::Router;
+use crate::http::{self, Api, ApiConfig};
+use crate::members::{self, MemberAddr};
+use crate::raft::{self, Event, LoopParts, RaftConfig};
+use crate::sm::StateMachine;
+use crate::snapshot;
+use crate::storage::{self, meta, RaftLogStore, StorageError};
+use crate::transport::{self, Transport, TransportError};
+
+mod membership;
+mod shutdown;
+mod wiring;
+
+pub use membership::{Join, JoinRequest, NoJoin};
+
+/// How long the Ready loop gets to stop once told to.
+const LOOP_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad flags.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// raft-rs refused to start.
+    #[error("raft: {0}")]
+    Raft(#[from] ::raft::Error),
+    /// The peer listener failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The HTTP listener failed.
+    #[error("cannot listen for clients on {addr}: {source}")]
+    HttpBind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Ready loop ended abnormally.
+    #[error("the raft loop stopped: {0}")]
+    RaftLoop(String),
+    /// Joining through --join failed.
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
+    /// The address book stored in the data dir does not parse.
+    #[error("the member address book in the data dir is damaged: {0}")]
+    CorruptMembers(#[source] serde_json::Error),
+}
+
+/// Routes raft-rs's slog output into `tracing` (through the `log` facade).
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
+}
+
+/// Runs a node until SIGINT/SIGTERM, its removal from the cluster, or a fatal error. `join`
+/// is how it joins a running cluster when started with `--join`.
+pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> {
+    let cluster = args.validate()?;
+    let peer_listen = match (&args.peer, cluster.get(&args.id)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(ConfigError::Invalid("--peer is needed".into()).into()),
+    };
+    let advertise_peer = args
+        .advertise_peer
+        .clone()
+        .unwrap_or_else(|| peer_listen.clone());
+    let advertise_http = args
+        .advertise_http
+        .clone()
+        .unwrap_or_else(|| args.http.clone());
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| ServerError::DataDir {
+        path: args.data_dir.display().to_string(),
+        source,
+    })?;
+
+    // Storage and membership.
+    let db = storage::open_db(&args.data_dir)?;
+    let peer_listener = transport::bind(&peer_listen).await?;
+    let http_listener =
+        TcpListener::bind(&args.http)
+            .await
+            .map_err(|source| ServerError::HttpBind {
+                addr: args.http.clone(),
+                source,
+            })?;
+    let (mut book, voters) =
+        membership::initial(&args, &db, &cluster, &advertise_peer, &advertise_http, join).await?;
+    book.entry(args.id).or_insert_with(|| MemberAddr {
+        peer_addr: advertise_peer.clone(),
+        http_addr: Some(advertise_http.clone()),
+    });
+    meta::write_members(&db, &book)?;
+    let store = RaftLogStore::open(db.clone(), &voters)?;
+    let sm = StateMachine::new(db.clone());
+    let stage = snapshot::Stage::new(db.clone());
+
+    // The transport and the Ready loop.
+    let (tx, rx) = mpsc::channel();
+    let incarnation = meta::incarnation(&db)?;
+    let peers: HashMap<u64, String> = book
+        .iter()
+        .map(|(id, a)| (*id, a.peer_addr.clone()))
+        .collect();
+    let transport = Transport::start(
+        args.id,
+        advertise_http.clone(),
+        incarnation,
+        &peers,
+        tx.clone(),
+    );
+    let outbox = wiring::PeerOutbox {
+        transport: transport.clone(),
+        snapshots: snapshot::Sender::new(db.clone()),
+        node_tx: tx.clone(),
+    };
+    let (node, raft_thread) = raft::start(
+        LoopParts {
+            cfg: RaftConfig {
+                id: args.id,
+                tick: Duration::from_millis(args.tick_ms),
+                election_ticks: args.election_ticks,
+                heartbeat_ticks: args.heartbeat_ticks,
+                read_timeout: args.read_timeout,
+                sync_timeout: args.sync_timeout,
+                snapshot_entries: args.snapshot_entries,
+            },
+            store,
+            sm: sm.clone(),
+            stage: stage.clone(),
+            members: book,
+            outbox,
+            tx,
+            rx,
+        },
+        &raft_logger(),
+    )?;
+    let router = Router::new(node.clone(), transport.clone());
+    let inbound = Arc::new(wiring::PeerFrames {
+        node: node.clone(),
+        router: router.clone(),
+        stage,
+    });
+    let peer_task = tokio::spawn(transport.clone().serve_inbound(peer_listener, inbound));
+
+    // The HTTP API.
+    let api = Api::new(http::Parts {
+        cfg: ApiConfig {
+            max_value_bytes: args.max_value_bytes,
+            default_mode: args.default_mode,
+            request_timeout: args.request_timeout,
+            read_timeout: args.read_timeout,
+        },
+        node: node.clone(),
+        sm,
+        db,
+        router,
+        http_addr: advertise_http,
+        transport,
+    });
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let http_task = tokio::spawn(http::serve(http_listener, api, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    info!(
+        id = args.id,
+        http = %args.http,
+        peer = %peer_listen,
+        data_dir = %args.data_dir.display(),
+        "keel node started"
+    );
+
+    // Until a signal, a removal or a failure.
+    let mut raft_done = tokio::task::spawn_blocking(move || raft_thread.join());
+    let shared = node.shared().clone();
+    let removed = shared.removed();
+    let outcome = tokio::select! {
+        _ = shutdown::signal() => {
+            info!("shutting down");
+            shutdown::hand_over_leadership(&node).await;
+            let _ = stop_tx.send(true);
+            node.send(Event::Shutdown);
+            match tokio::time::timeout(LOOP_STOP_WAIT, &mut raft_done).await {
+                Ok(Ok(Ok(Ok(())))) | Err(_) => Ok(()),
+                Ok(Ok(Ok(Err(e)))) => Err(ServerError::Storage(e)),
+                Ok(Ok(Err(_))) | Ok(Err(_)) => Err(ServerError::RaftLoop("panicked".into())),
+            }
+        }
+        _ = removed => {
+            info!("removed from the cluster: stopping");
+            let _ = stop_tx.send(true);
+            node.send(Event::Shutdown);
+            let _ = tokio::time::timeout(LOOP_STOP_WAIT, &mut raft_done).await;
+            Ok(())
+        }
+        joined = &mut raft_done => {
+            let _ = stop_tx.send(true);
+            match joined {
+                Ok(Ok(Ok(()))) => Err(ServerError::RaftLoop("ended unexpectedly".into())),
+                Ok(Ok(Err(e))) => Err(ServerError::Storage(e)),
+                Ok(Err(_)) | Err(_) => Err(ServerError::RaftLoop("panicked".into())),
+            }
+        }
+    };
+    http_task.abort();
+    peer_task.abort();
+    if let Err(e) = &outcome {
+        error!(error = %e, "node stopped");
+    }
+    outcome
+}
+
+/// `keel restore`: fills a new node's data directory from a backup, so that it starts at the
+/// backup's applied index with the new cluster's membership. Returns what it did, in words.
+pub fn restore(args: RestoreArgs) -> Result<String, ServerError> {
+    let cluster = crate::config::parse_cluster(&args.cluster)?;
+    if args.data_dir.exists()
+        && std::fs::read_dir(&args.data_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "{} exists and is not empty",
+            args.data_dir.display()
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| ServerError::DataDir {
+        path: args.data_dir.display().to_string(),
+        source,
+    })?;
+    let db = storage::open_db(&args.data_dir)?;
+    let (index, term, keys) = snapshot::backup::restore_from(&db, &args.from)?;
+    let voters = members::ids_sorted(&cluster);
+    meta::bootstrap(&db, &voters, index, term)?;
+    meta::write_members(&db, &members::from_cluster(&cluster))?;
+    Ok(format!(
+        "restored {keys} keys at index {index} (term {term}) into {} for members {voters:?}",
+        args.data_dir.display()
+    ))
+}

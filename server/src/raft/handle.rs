@@ -1,0 +1,179 @@
+//! The way into the Ready loop: the [`Event`]s it takes, the [`NodeHandle`] that sends them and
+//! awaits the answers, and the [`Outbox`] through which the loop sends what leaves the node.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::{AckPoint, WriteMode};
+use raft::eraftpb::{ConfChangeV2, Message};
+use tokio::sync::oneshot;
+
+use super::shared::Shared;
+use super::status::StatusReport;
+use crate::error::{ReadError, WriteError};
+use crate::members::MemberAddr;
+use crate::proto::{ApplyResult, Command};
+
+/// Work for the Ready loop.
+pub enum Event {
+    /// Propose a client write (only meaningful on the leader).
+    Propose {
+        /// The write.
+        command: Command,
+        /// When to answer.
+        mode: WriteMode,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+    },
+    /// Propose a membership change (only meaningful on the leader).
+    ProposeConfChange {
+        /// The change.
+        cc: ConfChangeV2,
+        /// Its context (a [`crate::members::JoinContext`] as JSON when a member is added).
+        context: Vec<u8>,
+        /// Where to answer once it is applied.
+        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+    },
+    /// Hand leadership to this voter (only meaningful on the leader).
+    TransferLeader(u64),
+    /// Ask for a read index.
+    ReadIndex {
+        /// Where to answer with the read index.
+        reply: oneshot::Sender<Result<u64, ReadError>>,
+    },
+    /// A Raft message from a peer.
+    Raft(Box<Message>),
+    /// The transport could not deliver to this peer.
+    Unreachable(u64),
+    /// A peer restarted with a new, empty data directory: its progress must start over.
+    PeerWiped(u64),
+    /// The snapshot path finished (or failed) streaming a snapshot to this peer.
+    SnapshotSent {
+        /// The peer.
+        to: u64,
+        /// Whether every chunk and the snapshot message were queued.
+        ok: bool,
+    },
+    /// A follower reports its applied index.
+    Applied {
+        /// The follower.
+        from: u64,
+        /// Its applied index.
+        applied: u64,
+    },
+    /// Report this node's status.
+    Status {
+        /// Where to answer.
+        reply: oneshot::Sender<StatusReport>,
+    },
+    /// Stop the loop.
+    Shutdown,
+}
+
+/// A write that produced an apply outcome.
+#[derive(Debug, Clone)]
+pub struct WriteOk {
+    /// The outcome (possibly a deterministic rejection).
+    pub result: ApplyResult,
+    /// The point at which it was acknowledged.
+    pub acked: AckPoint,
+}
+
+/// Where the Ready loop sends what leaves the node. Implemented by the node's wiring over the
+/// transport and the snapshot sender.
+pub trait Outbox: Send + 'static {
+    /// Sends Raft messages to their `to` peers (best effort; Raft retries).
+    fn send_raft(&self, msgs: Vec<Message>);
+    /// Reports this node's applied index to the leader.
+    fn send_applied(&self, leader: u64, applied: u64);
+    /// Starts (Some) or stops (None) talking to a peer, as membership changes.
+    fn set_peer(&self, id: u64, addr: Option<&MemberAddr>);
+}
+
+/// A handle to the Ready loop: the channel into it and the state it publishes.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// Into the loop.
+    tx: Sender<Event>,
+    /// Out of the loop.
+    shared: Arc<Shared>,
+}
+
+impl NodeHandle {
+    /// A handle over the loop's channel and published state.
+    pub(super) fn new(tx: Sender<Event>, shared: Arc<Shared>) -> Self {
+        NodeHandle { tx, shared }
+    }
+
+    /// The published state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Sends an event; false when the loop has stopped.
+    pub fn send(&self, ev: Event) -> bool {
+        self.tx.send(ev).is_ok()
+    }
+
+    /// Proposes a write on this node (which must be the leader) and waits for its answer.
+    pub async fn propose(&self, command: Command, mode: WriteMode) -> Result<WriteOk, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Event::Propose {
+            command,
+            mode,
+            reply,
+        }) {
+            return Err(WriteError::ShuttingDown);
+        }
+        // The loop always answers, unless it stops, in which case the outcome is not known.
+        rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
+    }
+
+    /// Proposes a membership change on this node (which must be the leader) and waits until it
+    /// is applied here.
+    pub async fn propose_conf_change(
+        &self,
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+    ) -> Result<WriteOk, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Event::ProposeConfChange { cc, context, reply }) {
+            return Err(WriteError::ShuttingDown);
+        }
+        rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
+    }
+
+    /// Obtains a read index through Raft (on any node).
+    pub async fn read_index(&self) -> Result<u64, ReadError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Event::ReadIndex { reply }) {
+            return Err(ReadError::ShuttingDown);
+        }
+        rx.await.unwrap_or(Err(ReadError::ShuttingDown))
+    }
+
+    /// Waits until this node has applied `index`, up to `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<u64, ReadError> {
+        let mut rx = self.shared.subscribe_applied();
+        let wait = async move { rx.wait_for(|applied| *applied >= index).await.map(|a| *a) };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(_)) => Err(ReadError::ShuttingDown),
+            Err(_) => Err(ReadError::Timeout(format!(
+                "this node has applied {} and did not reach {index} within {} ms",
+                self.shared.applied(),
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Asks the loop for a full status report.
+    pub async fn status(&self) -> Option<StatusReport> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(Event::Status { reply }) {
+            return None;
+        }
+        rx.await.ok()
+    }
+}

@@ -1,0 +1,100 @@
+//! What the leader knows of its peers beyond raft-rs's progress: each follower's reported
+//! applied index (for `sync` writes) and when it was last heard from (for the status report and
+//! the choice of a successor).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use raft::eraftpb::ConfState;
+
+/// One peer.
+#[derive(Default, Clone, Copy)]
+pub(super) struct PeerInfo {
+    /// The highest applied index it reported.
+    pub(super) applied: u64,
+    /// When a Raft message from it was last accepted.
+    pub(super) last_heard: Option<Instant>,
+}
+
+/// Every peer this node has heard from.
+#[derive(Default)]
+pub(super) struct Peers {
+    info: HashMap<u64, PeerInfo>,
+}
+
+impl Peers {
+    /// Notes that a Raft message from `id` was accepted at `now`.
+    pub(super) fn heard_from(&mut self, id: u64, now: Instant) {
+        self.info.entry(id).or_default().last_heard = Some(now);
+    }
+
+    /// Notes `id`'s report of its applied index (reports may arrive out of order).
+    pub(super) fn report_applied(&mut self, id: u64, applied: u64) {
+        let info = self.info.entry(id).or_default();
+        info.applied = info.applied.max(applied);
+    }
+
+    /// What is known of `id` (nothing: the default).
+    pub(super) fn get(&self, id: u64) -> PeerInfo {
+        self.info.get(&id).copied().unwrap_or_default()
+    }
+
+    /// The lowest applied index over `voters`, counting this node (`me`) at `my_applied`.
+    pub(super) fn min_voter_applied(&self, voters: &[u64], me: u64, my_applied: u64) -> u64 {
+        voters
+            .iter()
+            .map(|&id| {
+                if id == me {
+                    my_applied
+                } else {
+                    self.get(id).applied
+                }
+            })
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// Every voter of `cs`, incoming and outgoing (joint consensus), sorted.
+pub(super) fn voters(cs: &ConfState) -> Vec<u64> {
+    let mut v: Vec<u64> = cs
+        .voters
+        .iter()
+        .chain(cs.voters_outgoing.iter())
+        .copied()
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimum_counts_every_voter_and_never_lowers_a_report() {
+        let mut p = Peers::default();
+        p.report_applied(2, 10);
+        p.report_applied(2, 7);
+        p.report_applied(3, 12);
+        assert_eq!(
+            p.get(2).applied,
+            10,
+            "a late, lower report does not lower the index"
+        );
+        assert_eq!(p.min_voter_applied(&[1, 2, 3], 1, 20), 10);
+        assert_eq!(
+            p.min_voter_applied(&[1, 2, 3, 4], 1, 20),
+            0,
+            "4 never reported"
+        );
+        assert_eq!(p.min_voter_applied(&[1], 1, 20), 20);
+        let cs = ConfState {
+            voters: vec![3, 1],
+            voters_outgoing: vec![1, 2],
+            ..Default::default()
+        };
+        assert_eq!(voters(&cs), vec![1, 2, 3]);
+    }
+}

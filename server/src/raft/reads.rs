@@ -1,0 +1,217 @@
+//! Read-index batching.
+//!
+//! Read requests that arrive in one turn of the loop share one raft-rs `read_index` call. The
+//! loop answers with the read index; the caller then waits for the applied index (published on
+//! a watch channel) to reach it and reads RocksDB itself.
+//!
+//! raft-rs drops read-index requests silently (no leader, or a leader that has not committed in
+//! its term), so pending requests are re-issued periodically and fail after the read timeout.
+//! The leader also drops a request whose context it already holds, so a context is this node's id
+//! and a number that starts at random in every process: unique across the cluster and across
+//! restarts (a reused context could hand a new read the read index of an older one).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use raft::{RawNode, ReadState};
+use tokio::sync::oneshot;
+
+use crate::error::ReadError;
+use crate::storage::RaftLogStore;
+
+/// Where a read index goes.
+pub(super) type Reply = oneshot::Sender<Result<u64, ReadError>>;
+
+/// Read-index requests that share one context.
+struct ReadGroup {
+    /// When the group fails with a timeout.
+    deadline: Instant,
+    waiters: Vec<Reply>,
+}
+
+/// Every read-index request of this node not yet answered.
+pub(super) struct Reads {
+    /// This node's id, the first half of every context.
+    id: u64,
+    /// How long a request may stay unanswered.
+    timeout: Duration,
+    /// Requests that arrived since the last [`Reads::issue`].
+    new: Vec<Reply>,
+    /// Requests handed to raft-rs, by context number.
+    groups: HashMap<u64, ReadGroup>,
+    /// The next context number.
+    next_ctx: u64,
+}
+
+impl Reads {
+    /// No requests yet; contexts start at random so that a restarted node never reuses one a
+    /// leader may still hold.
+    pub(super) fn new(id: u64, timeout: Duration) -> Self {
+        Reads {
+            id,
+            timeout,
+            new: Vec::new(),
+            groups: HashMap::new(),
+            next_ctx: rand::random::<u64>() >> 1,
+        }
+    }
+
+    /// Queues a request for the next [`Reads::issue`].
+    pub(super) fn push(&mut self, reply: Reply) {
+        self.new.push(reply);
+    }
+
+    /// Turns the requests queued since the last call into one read-index request. Fails them at
+    /// once when no leader is known.
+    pub(super) fn issue(&mut self, raw: &mut RawNode<RaftLogStore>) {
+        if self.new.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.new);
+        if raw.raft.leader_id == 0 {
+            for w in waiters {
+                let _ = w.send(Err(ReadError::NoLeader));
+            }
+            return;
+        }
+        let ctx = self.next_ctx;
+        self.next_ctx += 1;
+        self.groups.insert(
+            ctx,
+            ReadGroup {
+                deadline: Instant::now() + self.timeout,
+                waiters,
+            },
+        );
+        raw.read_index(self.wire_ctx(ctx));
+    }
+
+    /// Asks again for every read index not yet answered (raft-rs drops requests it cannot serve
+    /// and requests sent to a leader that has since changed). Outside a Ready cycle only: a
+    /// follower's read_index emits a message, which raft-rs forbids between ready() and
+    /// advance().
+    pub(super) fn reissue(&mut self, raw: &mut RawNode<RaftLogStore>) {
+        if raw.raft.leader_id == 0 {
+            return;
+        }
+        let ctxs: Vec<u64> = self.groups.keys().copied().collect();
+        for ctx in ctxs {
+            raw.read_index(self.wire_ctx(ctx));
+        }
+    }
+
+    /// Answers the groups whose read states raft-rs returned (others' contexts are ignored).
+    pub(super) fn answer(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            let Some(ctx) = self.own_ctx(&rs.request_ctx) else {
+                continue;
+            };
+            if let Some(group) = self.groups.remove(&ctx) {
+                for w in group.waiters {
+                    let _ = w.send(Ok(rs.index));
+                }
+            }
+        }
+    }
+
+    /// Fails the groups whose deadline has passed (`leader` is named in the message).
+    pub(super) fn expire(&mut self, now: Instant, leader: Option<u64>) {
+        let expired: Vec<u64> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.deadline <= now)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in expired {
+            if let Some(group) = self.groups.remove(&ctx) {
+                let msg = format!(
+                    "no read index within {} ms (leader: {leader:?})",
+                    self.timeout.as_millis()
+                );
+                for w in group.waiters {
+                    let _ = w.send(Err(ReadError::Timeout(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// The context a read-index request carries: this node's id and the request's number.
+    fn wire_ctx(&self, ctx: u64) -> Vec<u8> {
+        let mut wire = Vec::with_capacity(16);
+        wire.extend_from_slice(&self.id.to_be_bytes());
+        wire.extend_from_slice(&ctx.to_be_bytes());
+        wire
+    }
+
+    /// The request number in a context made by [`Reads::wire_ctx`] on this node.
+    fn own_ctx(&self, wire: &[u8]) -> Option<u64> {
+        let (node, ctx) = wire.split_at_checked(8)?;
+        if node != self.id.to_be_bytes() {
+            return None;
+        }
+        Some(u64::from_be_bytes(ctx.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_carry_the_node_id_and_foreign_ones_are_ignored() {
+        let mut mine = Reads::new(7, Duration::from_secs(1));
+        let other = Reads::new(8, Duration::from_secs(1));
+        let wire = mine.wire_ctx(42);
+        assert_eq!(mine.own_ctx(&wire), Some(42));
+        assert_eq!(
+            other.own_ctx(&wire),
+            None,
+            "node 8 must not answer node 7's reads"
+        );
+        assert_eq!(
+            mine.own_ctx(&wire[..12]),
+            None,
+            "a short context is not ours"
+        );
+
+        let (tx, mut rx) = oneshot::channel();
+        mine.groups.insert(
+            42,
+            ReadGroup {
+                deadline: Instant::now() + Duration::from_secs(60),
+                waiters: vec![tx],
+            },
+        );
+        mine.answer(vec![ReadState {
+            index: 99,
+            request_ctx: other.wire_ctx(42),
+        }]);
+        assert!(
+            rx.try_recv().is_err(),
+            "another node's read state answers nothing"
+        );
+        mine.answer(vec![ReadState {
+            index: 99,
+            request_ctx: wire,
+        }]);
+        assert!(matches!(rx.try_recv(), Ok(Ok(99))));
+    }
+
+    #[test]
+    fn unanswered_groups_expire() {
+        let mut reads = Reads::new(1, Duration::from_millis(10));
+        let (tx, mut rx) = oneshot::channel();
+        let start = Instant::now();
+        reads.groups.insert(
+            1,
+            ReadGroup {
+                deadline: start + Duration::from_millis(10),
+                waiters: vec![tx],
+            },
+        );
+        reads.expire(start, Some(2));
+        assert!(rx.try_recv().is_err(), "not yet");
+        reads.expire(start + Duration::from_millis(10), Some(2));
+        assert!(matches!(rx.try_recv(), Ok(Err(ReadError::Timeout(_)))));
+    }
+}

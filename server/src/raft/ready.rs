@@ -1,0 +1,537 @@
+//! The Ready loop: one thread owns the raft-rs `RawNode`, the log store and the apply path.
+//!
+//! The loop wakes on an [`Event`] or a tick, drains every queued event (so that many proposals
+//! share one Ready and one fsync), then runs one Ready cycle in the order raft-rs requires
+//! ([`Driver::on_ready`]).
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, MessageType};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use keel_api::{ErrorCode, WriteMode};
+
+use super::handle::{Event, NodeHandle, Outbox, WriteOk};
+use super::membership::{self, PeerChange};
+use super::peers::{voters, Peers};
+use super::reads::Reads;
+use super::shared::{role_of, Shared};
+use super::status::{self, Known};
+use super::writes::Writes;
+use super::RaftConfig;
+use crate::error::WriteError;
+use crate::members::AddressBook;
+use crate::proto::ApplyResult;
+use crate::sm::StateMachine;
+use crate::snapshot::Stage;
+use crate::storage::{RaftLogStore, StorageError};
+
+/// Most events handled before a Ready cycle runs, so a flood cannot starve ticks.
+const MAX_EVENTS_PER_CYCLE: usize = 4096;
+/// How often (in ticks) pending read-index requests are re-issued.
+const READ_REISSUE_TICKS: u64 = 3;
+
+/// What the loop is made of, handed to [`start`].
+pub struct LoopParts<O: Outbox> {
+    /// Timing and limits.
+    pub cfg: RaftConfig,
+    /// The Raft log (with the hard state and the conf state).
+    pub store: RaftLogStore,
+    /// The state machine entries are applied to.
+    pub sm: StateMachine,
+    /// Where incoming snapshots are staged.
+    pub stage: Stage,
+    /// Every member's addresses, as stored.
+    pub members: AddressBook,
+    /// Where messages to peers go.
+    pub outbox: O,
+    /// The sending side of the loop's channel (for the handle).
+    pub tx: Sender<Event>,
+    /// The receiving side of the loop's channel.
+    pub rx: Receiver<Event>,
+}
+
+/// Owner of the RawNode and everything that must change in step with it.
+struct Driver<O: Outbox> {
+    /// Timing and limits.
+    cfg: RaftConfig,
+    /// raft-rs, with the log store inside.
+    raw: RawNode<RaftLogStore>,
+    /// Where committed entries are applied.
+    sm: StateMachine,
+    /// Incoming snapshot data, locked and installed by the loop.
+    stage: Stage,
+    /// Where messages to peers go.
+    outbox: O,
+    /// What the loop publishes for the rest of the node.
+    shared: Arc<Shared>,
+    /// Everything that reaches the loop.
+    rx: Receiver<Event>,
+    /// Proposals waiting for their acknowledgement.
+    writes: Writes,
+    /// Read-index requests waiting for their read index.
+    reads: Reads,
+    /// Followers' applied indexes and last contact (on the leader).
+    peers: Peers,
+    /// Ticks since the loop started (drives periodic work).
+    ticks: u64,
+    /// The state machine's applied index, as this loop last wrote it.
+    applied: u64,
+    /// Pending read-index requests must be asked again (after the current Ready cycle).
+    reissue_reads: bool,
+    /// A staged snapshot is locked for installation until the end of this cycle.
+    staging_locked: bool,
+    /// Every member's addresses (changed only by applied conf changes).
+    members: AddressBook,
+}
+
+/// The result of the loop's thread: an error if storage failed (the node must then stop: its
+/// disk is not trustworthy).
+pub type LoopThread = std::thread::JoinHandle<Result<(), StorageError>>;
+
+/// Starts the Ready loop on its own thread. Returns the handle and the thread.
+pub fn start<O: Outbox>(
+    parts: LoopParts<O>,
+    logger: &slog::Logger,
+) -> Result<(NodeHandle, LoopThread), raft::Error> {
+    let LoopParts {
+        cfg,
+        store,
+        sm,
+        stage,
+        members,
+        outbox,
+        tx,
+        rx,
+    } = parts;
+    let applied = sm
+        .applied_index()
+        .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?;
+    let raft_cfg = raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied,
+        pre_vote: true,
+        check_quorum: true,
+        read_only_option: ReadOnlyOption::Safe,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    raft_cfg.validate()?;
+    let raw = RawNode::new(&raft_cfg, store, logger)?;
+    let shared = Arc::new(Shared::new(
+        cfg.id,
+        raw.raft.term,
+        raw.raft.raft_log.committed,
+        applied,
+    ));
+    let handle = NodeHandle::new(tx, shared.clone());
+    let mut driver = Driver {
+        reads: Reads::new(cfg.id, cfg.read_timeout),
+        cfg,
+        raw,
+        sm,
+        stage,
+        outbox,
+        shared: shared.clone(),
+        rx,
+        writes: Writes::default(),
+        peers: Peers::default(),
+        ticks: 0,
+        applied,
+        reissue_reads: false,
+        staging_locked: false,
+        members,
+    };
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let result = driver.run();
+            if let Err(e) = &result {
+                error!(error = %e, "raft loop stopped on a storage failure");
+            }
+            driver.writes.fail_all(WriteError::OutcomeUnknown);
+            shared.set_stopped();
+            result
+        })
+        .map_err(raft::Error::Io)?;
+    Ok((handle, thread))
+}
+
+impl<O: Outbox> Driver<O> {
+    fn run(&mut self) -> Result<(), StorageError> {
+        info!(
+            id = self.cfg.id,
+            applied = self.applied,
+            "raft loop started"
+        );
+        let mut next_tick = Instant::now() + self.cfg.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            if let Some(ev) = first {
+                if !self.handle(ev) {
+                    return Ok(());
+                }
+                for _ in 1..MAX_EVENTS_PER_CYCLE {
+                    match self.rx.try_recv() {
+                        Ok(ev) => {
+                            if !self.handle(ev) {
+                                return Ok(());
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                self.ticks += 1;
+                next_tick += self.cfg.tick;
+                if next_tick < now {
+                    // We fell far behind (CPU starvation): do not fire a burst of ticks.
+                    next_tick = now + self.cfg.tick;
+                }
+                self.on_tick(now);
+            }
+            self.reads.issue(&mut self.raw);
+            self.on_ready()?;
+            if self.staging_locked {
+                self.stage.unlock_staged();
+                self.staging_locked = false;
+            }
+            if self.reissue_reads {
+                self.reissue_reads = false;
+                self.reads.reissue(&mut self.raw);
+            }
+            self.maybe_compact()?;
+            self.shared
+                .set_term_commit(self.raw.raft.term, self.raw.raft.raft_log.committed);
+        }
+    }
+
+    /// Handles one event. Returns false on shutdown.
+    fn handle(&mut self, ev: Event) -> bool {
+        match ev {
+            Event::Propose {
+                command,
+                mode,
+                reply,
+            } => self.writes.propose(&mut self.raw, command, mode, reply),
+            Event::ProposeConfChange { cc, context, reply } => {
+                self.propose_conf_change(cc, context, reply)
+            }
+            Event::TransferLeader(to) => {
+                if self.raw.raft.state == StateRole::Leader && to != self.cfg.id {
+                    info!(to, "transferring leadership");
+                    self.raw.transfer_leader(to);
+                }
+            }
+            Event::ReadIndex { reply } => self.reads.push(reply),
+            Event::Raft(mut msg) => {
+                let from = msg.from;
+                if msg.get_msg_type() == MessageType::MsgHeartbeat
+                    && msg.commit > self.raw.raft.raft_log.last_index()
+                {
+                    // The leader believes we hold entries we do not (our data was wiped): raft-rs
+                    // would abort on such a commit index. Taking none of it is always safe.
+                    msg.commit = self.raw.raft.raft_log.committed;
+                }
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    // Raft may only take a snapshot whose data has arrived whole (the chunks
+                    // precede the message on the same connection); otherwise the leader retries.
+                    let meta = msg.get_snapshot().get_metadata();
+                    if !self.stage.lock_staged(meta.index, meta.term) {
+                        warn!(
+                            from,
+                            index = meta.index,
+                            "snapshot message without its data; dropped"
+                        );
+                        return true;
+                    }
+                    self.staging_locked = true;
+                }
+                if let Err(e) = self.raw.step(*msg) {
+                    debug!(from, error = %e, "raft message rejected");
+                } else {
+                    self.peers.heard_from(from, Instant::now());
+                }
+            }
+            Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::PeerWiped(peer) => {
+                // raft-rs never lowers a follower's match index; a wiped follower lost what it
+                // matched, so the leader must probe it from the start (and send a snapshot).
+                if self.raw.raft.state == StateRole::Leader {
+                    if let Some(pr) = self.raw.raft.mut_prs().get_mut(peer) {
+                        pr.matched = 0;
+                        pr.become_probe();
+                    }
+                }
+            }
+            Event::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Event::Applied { from, applied } => {
+                self.peers.report_applied(from, applied);
+                self.release_sync_writes(Instant::now());
+            }
+            Event::Status { reply } => {
+                let report = status::report(
+                    &self.raw,
+                    Known {
+                        id: self.cfg.id,
+                        election: self.cfg.tick * self.cfg.election_ticks as u32,
+                        peers: &self.peers,
+                        applied: self.applied,
+                        members: &self.members,
+                    },
+                );
+                let _ = reply.send(report);
+            }
+            Event::Shutdown => return false,
+        }
+        true
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        cc: ConfChangeV2,
+        context: Vec<u8>,
+        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+    ) {
+        // raft-rs takes one membership change at a time and refuses the others.
+        self.writes
+            .submit(&mut self.raw, WriteMode::Semi, false, reply, |raw| {
+                raw.propose_conf_change(context, cc)
+            });
+    }
+
+    /// One Ready cycle, in the order raft-rs requires.
+    fn on_ready(&mut self) -> Result<(), StorageError> {
+        // 1. Anything to do?
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+
+        // 2. Role or leader changed: publish it; a deposed leader fails its pending proposals.
+        if let Some(ss) = ready.ss() {
+            let was_leader = self.shared.role() == keel_api::cluster::Role::Leader;
+            let leader_changed = self.shared.set_leader(ss.leader_id);
+            self.shared.set_role(role_of(ss.raft_state));
+            info!(
+                id = self.cfg.id,
+                role = ?ss.raft_state,
+                leader = ss.leader_id,
+                term = self.raw.raft.term,
+                "raft role changed"
+            );
+            if was_leader && ss.raft_state != StateRole::Leader {
+                self.writes.fail_all(WriteError::OutcomeUnknown);
+            }
+            if leader_changed && ss.leader_id != 0 {
+                // Not here: a follower's read_index emits a message, and raft-rs forbids new
+                // messages between ready() and advance() on a follower. The loop re-issues after
+                // this cycle.
+                self.reissue_reads = true;
+            }
+        }
+
+        // 3. Messages that need not wait for persistence (leader → followers) go out at once.
+        if !ready.messages().is_empty() {
+            self.outbox.send_raft(ready.take_messages());
+        }
+
+        // 4. A snapshot from the leader: install its staged data and the log's new start.
+        if !ready.snapshot().is_empty() {
+            let meta = ready.snapshot().get_metadata().clone();
+            let mut batch = WriteBatch::default();
+            let (applied, applied_term) = self.stage.install_staged(&mut batch)?;
+            self.raw
+                .mut_store()
+                .install_snapshot(batch, &meta, applied, applied_term)?;
+            // Logged before readers waiting on the applied index are woken, so that anyone who
+            // sees the new data also finds the install in the node's log.
+            info!(
+                index = meta.index,
+                term = meta.term,
+                applied,
+                "installed a snapshot"
+            );
+            self.applied = applied;
+            self.shared.set_applied(applied);
+        }
+
+        // 5. Apply committed entries.
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed)?;
+
+        // 6. Read states: answer with the read index; callers wait for apply themselves.
+        self.reads.answer(ready.take_read_states());
+
+        // 7. Append new entries and persist the hard state: one write, one fsync (group commit).
+        let hs = ready.hs().cloned();
+        let entries = ready.take_entries();
+        let must_sync = ready.must_sync();
+        self.raw
+            .mut_store()
+            .append(&entries, hs.as_ref(), must_sync)?;
+
+        // 8. Async writes are answered once their entry is durable in the leader's log.
+        if let Some(last) = entries.last() {
+            self.writes.answer_durable(last.index, self.raw.raft.term);
+        }
+
+        // 9. Messages that must follow persistence (votes, append responses).
+        if !ready.persisted_messages().is_empty() {
+            self.outbox.send_raft(ready.take_persisted_messages());
+        }
+
+        // 10. Advance; the light ready carries a new commit index, messages and more entries.
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        if !light.messages().is_empty() {
+            self.outbox.send_raft(light.take_messages());
+        }
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed)?;
+
+        // 11. Tell raft-rs everything handed to it has been applied.
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    /// Applies committed entries in one batch, then answers the writes waiting for them.
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let sm = self.sm.clone();
+        let mut batch = sm.batch();
+        let mut outcomes = Vec::new();
+        let mut peer_changes: Vec<PeerChange> = Vec::new();
+        for entry in &entries {
+            // After a snapshot the state machine may already cover entries Raft hands out again
+            // (its data was read at an index above the snapshot's): their effects are in it.
+            let covered = entry.index <= self.applied;
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if covered => {}
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    batch.skip(entry.index, entry.term)
+                }
+                EntryType::EntryNormal => {
+                    let result = batch.apply(entry.index, entry.term, &entry.data)?;
+                    outcomes.push((entry.index, entry.term, result));
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let result = match membership::apply(
+                        &mut self.raw,
+                        entry,
+                        &mut batch,
+                        &mut self.members,
+                        &mut peer_changes,
+                    )? {
+                        Ok(()) => ApplyResult {
+                            index: entry.index,
+                            ..Default::default()
+                        },
+                        Err(e) => {
+                            warn!(index = entry.index, error = %e, "conf change rejected");
+                            ApplyResult {
+                                index: entry.index,
+                                error_code: ErrorCode::InvalidCommand.as_str().into(),
+                                error_message: e,
+                                ..Default::default()
+                            }
+                        }
+                    };
+                    if !covered {
+                        batch.skip(entry.index, entry.term);
+                        outcomes.push((entry.index, entry.term, result));
+                    }
+                }
+            }
+        }
+        if let Some((applied, applied_term)) = batch.commit()? {
+            self.applied = applied;
+            self.raw.mut_store().set_applied(applied, applied_term);
+            self.shared.set_applied(applied);
+            let leader = self.raw.raft.leader_id;
+            if leader != 0 && leader != self.cfg.id {
+                self.outbox.send_applied(leader, applied);
+            }
+        }
+        for (id, addr) in peer_changes {
+            if id == self.cfg.id {
+                if addr.is_none() {
+                    warn!("this node was removed from the cluster");
+                    self.shared.set_removed();
+                }
+            } else {
+                self.outbox.set_peer(id, addr.as_ref());
+            }
+        }
+        let now = Instant::now();
+        for (index, term, result) in outcomes {
+            self.writes
+                .complete(index, term, result, now, self.cfg.sync_timeout);
+        }
+        self.release_sync_writes(now);
+        Ok(())
+    }
+
+    /// Answers `sync` writes that every voter has applied, or whose time ran out.
+    fn release_sync_writes(&mut self, now: Instant) {
+        if !self.writes.awaiting_voters() {
+            return;
+        }
+        let voters = voters(self.raw.store().conf_state());
+        let min = self
+            .peers
+            .min_voter_applied(&voters, self.cfg.id, self.applied);
+        self.writes.release_sync(min, now);
+    }
+
+    /// Compacts the log when enough has been applied since the last compaction. Outside a Ready
+    /// cycle only.
+    fn maybe_compact(&mut self) -> Result<(), StorageError> {
+        let every = self.cfg.snapshot_entries;
+        let (truncated, _) = self.raw.store().truncated();
+        if every == 0 || self.applied <= truncated + every {
+            return Ok(());
+        }
+        let to = self.applied - every / 2;
+        self.raw.mut_store().compact(to)?;
+        debug!(to, "compacted the log");
+        Ok(())
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        // Expire read-index requests that never came back; re-issue the others (raft-rs drops
+        // them silently when it cannot serve them yet).
+        self.reads.expire(now, self.shared.leader());
+        if self.ticks.is_multiple_of(READ_REISSUE_TICKS) {
+            self.reissue_reads = true;
+        }
+        self.release_sync_writes(now);
+    }
+}

@@ -1,0 +1,164 @@
+//! What the Ready loop publishes for the rest of the node to read without asking it: cheap,
+//! lock-free, and slightly behind.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use keel_api::cluster::Role;
+use raft::StateRole;
+use tokio::sync::watch;
+
+/// The published role of a raft-rs state.
+pub(super) fn role_of(r: StateRole) -> Role {
+    match r {
+        StateRole::Leader => Role::Leader,
+        StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+        StateRole::Follower => Role::Follower,
+    }
+}
+
+fn role_to_u8(r: Role) -> u8 {
+    match r {
+        Role::Follower => 0,
+        Role::Candidate => 1,
+        Role::Leader => 2,
+    }
+}
+
+fn role_from_u8(v: u8) -> Role {
+    match v {
+        2 => Role::Leader,
+        1 => Role::Candidate,
+        _ => Role::Follower,
+    }
+}
+
+/// The node's Raft state as last published by the Ready loop.
+pub struct Shared {
+    /// This node's id (never changes).
+    id: u64,
+    /// The leader this node knows (0: none); a watch so that waiters wake when it changes.
+    leader_tx: watch::Sender<u64>,
+    /// The current term.
+    term: AtomicU64,
+    /// The current role, as [`role_to_u8`].
+    role: AtomicU8,
+    /// The commit index this node knows.
+    commit: AtomicU64,
+    /// Set when the loop has stopped (shutdown or storage failure).
+    stopped: AtomicBool,
+    /// Set when this node has applied its own removal from the cluster.
+    removed_tx: watch::Sender<bool>,
+    /// The applied index; a watch so that reads waiting for an index wake when it is reached.
+    applied_tx: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// The state of a loop that starts with `term`, `commit` and `applied`.
+    pub(super) fn new(id: u64, term: u64, commit: u64, applied: u64) -> Self {
+        Shared {
+            id,
+            leader_tx: watch::channel(0).0,
+            term: AtomicU64::new(term),
+            role: AtomicU8::new(role_to_u8(Role::Follower)),
+            commit: AtomicU64::new(commit),
+            stopped: AtomicBool::new(false),
+            removed_tx: watch::channel(false).0,
+            applied_tx: watch::channel(applied).0,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The leader this node knows (None when unknown).
+    pub fn leader(&self) -> Option<u64> {
+        match *self.leader_tx.borrow() {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Waits at most `limit` until the leader this node knows (None: none) satisfies `pred`;
+    /// false if it did not in time.
+    pub async fn wait_leader(
+        &self,
+        limit: Duration,
+        mut pred: impl FnMut(Option<u64>) -> bool,
+    ) -> bool {
+        let mut rx = self.leader_tx.subscribe();
+        let waited =
+            tokio::time::timeout(limit, rx.wait_for(|l| pred((*l != 0).then_some(*l)))).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        role_from_u8(self.role.load(Ordering::Acquire))
+    }
+
+    /// The commit index this node knows.
+    pub fn commit(&self) -> u64 {
+        self.commit.load(Ordering::Acquire)
+    }
+
+    /// This node's applied index.
+    pub fn applied(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
+    /// A receiver that sees every change of the applied index.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    /// Whether the loop has stopped (shutdown or storage failure).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Resolves once this node has applied its own removal from the cluster.
+    pub async fn removed(&self) {
+        let mut rx = self.removed_tx.subscribe();
+        // The sender lives as long as `self`, so this only ends with the removal.
+        let _ = rx.wait_for(|removed| *removed).await;
+    }
+
+    /// Publishes a new leader (0: none); returns whether it changed.
+    pub(super) fn set_leader(&self, leader: u64) -> bool {
+        self.leader_tx.send_replace(leader) != leader
+    }
+
+    /// Publishes a new role.
+    pub(super) fn set_role(&self, role: Role) {
+        self.role.store(role_to_u8(role), Ordering::Release);
+    }
+
+    /// Publishes the term and the commit index.
+    pub(super) fn set_term_commit(&self, term: u64, commit: u64) {
+        self.term.store(term, Ordering::Release);
+        self.commit.store(commit, Ordering::Release);
+    }
+
+    /// Publishes a new applied index (waking readers waiting for it).
+    pub(super) fn set_applied(&self, applied: u64) {
+        self.applied_tx.send_replace(applied);
+    }
+
+    /// Publishes that this node was removed from the cluster.
+    pub(super) fn set_removed(&self) {
+        self.removed_tx.send_replace(true);
+    }
+
+    /// Publishes that the loop has stopped.
+    pub(super) fn set_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,238 @@
+//! Writes waiting for their acknowledgement.
+//!
+//! A proposal is remembered by the log index it was given and the term it was proposed in. It
+//! is answered:
+//! - `async`: once its entry is durable in the leader's log (blind puts only; a write whose
+//!   answer depends on state is answered when applied) — [`Writes::answer_durable`];
+//! - `semi`: once applied on the leader (which implies committed by a majority) —
+//!   [`Writes::complete`];
+//! - `sync`: once every voter has reported an applied index at or beyond it, or with
+//!   `replication_timeout` after the sync timeout — [`Writes::release_sync`].
+//!
+//! If the entry applied at that index has another term, the proposal was lost to a leader change
+//! and is answered [`WriteError::Dropped`]. When this node stops being leader, every pending
+//! proposal is answered [`WriteError::OutcomeUnknown`]: it may still commit under the new leader.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use keel_api::{AckPoint, WriteMode};
+use prost::Message as _;
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::handle::WriteOk;
+use crate::error::WriteError;
+use crate::proto::{command::Op, ApplyResult, Command};
+use crate::storage::RaftLogStore;
+
+/// Where a proposal's answer goes.
+pub(super) type Reply = oneshot::Sender<Result<WriteOk, WriteError>>;
+
+/// A proposal waiting for its answer point.
+struct PendingWrite {
+    /// The term it was proposed in: the entry applied at its index must have it.
+    term: u64,
+    /// When to answer.
+    mode: WriteMode,
+    /// A put without precondition or idempotency key: its answer does not depend on state, so
+    /// an `async` write can be answered before it is applied.
+    blind: bool,
+    reply: Reply,
+}
+
+/// A `sync` write applied on the leader, waiting for every voter.
+struct AwaitingAll {
+    index: u64,
+    /// When it is answered `replication_timeout` instead.
+    deadline: Instant,
+    /// Its outcome, sent once every voter has applied it.
+    result: ApplyResult,
+    reply: Reply,
+}
+
+/// Every write this leader has proposed and not yet answered.
+#[derive(Default)]
+pub(super) struct Writes {
+    /// Proposals by log index, until their answer point.
+    pending: BTreeMap<u64, PendingWrite>,
+    /// `sync` writes applied here, until every voter has applied them or time runs out.
+    awaiting_all: Vec<AwaitingAll>,
+}
+
+impl Writes {
+    /// Proposes a client write (this node must lead) and remembers who waits for it.
+    pub(super) fn propose(
+        &mut self,
+        raw: &mut RawNode<RaftLogStore>,
+        mut command: Command,
+        mode: WriteMode,
+        reply: Reply,
+    ) {
+        let blind = command.idempotency_key.is_empty()
+            && matches!(&command.op, Some(Op::Put(p)) if p.precondition.is_none());
+        // The stamp that idempotency expiry is measured by (see crate::sm::idempotency).
+        command.proposed_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.submit(raw, mode, blind, reply, |raw| {
+            raw.propose(Vec::new(), command.encode_to_vec())
+        });
+    }
+
+    /// Appends one proposal to the leader's log through `append` and records the waiting writer
+    /// under the entry's index. Answers at once when this node does not lead or raft-rs drops
+    /// the proposal.
+    pub(super) fn submit(
+        &mut self,
+        raw: &mut RawNode<RaftLogStore>,
+        mode: WriteMode,
+        blind: bool,
+        reply: Reply,
+        append: impl FnOnce(&mut RawNode<RaftLogStore>) -> raft::Result<()>,
+    ) {
+        if raw.raft.state != StateRole::Leader {
+            // raft-rs would forward a follower's proposal silently, and no answer would come:
+            // propose only on the leader.
+            let err = match raw.raft.leader_id {
+                0 => WriteError::NoLeader,
+                id => WriteError::NotLeader(id),
+            };
+            let _ = reply.send(Err(err));
+            return;
+        }
+        let before = raw.raft.raft_log.last_index();
+        if let Err(e) = append(raw) {
+            debug!(error = %e, "proposal dropped");
+            let _ = reply.send(Err(WriteError::Dropped));
+            return;
+        }
+        let index = raw.raft.raft_log.last_index();
+        if index != before + 1 {
+            // raft-rs turned it into nothing (or into an empty entry): it will not apply.
+            let _ = reply.send(Err(WriteError::Dropped));
+            return;
+        }
+        self.pending.insert(
+            index,
+            PendingWrite {
+                term: raw.raft.term,
+                mode,
+                blind,
+                reply,
+            },
+        );
+    }
+
+    /// Answers the `async` writes (and, with the planted `early-ack` bug, `semi` ones) of `term`
+    /// whose entries are durable in this leader's log up to `durable`.
+    pub(super) fn answer_durable(&mut self, durable: u64, term: u64) {
+        let ready: Vec<u64> = self
+            .pending
+            .range(..=durable)
+            .filter(|(_, p)| {
+                let early = p.mode == WriteMode::Async
+                    || (p.mode == WriteMode::Semi
+                        && crate::planted::active(crate::planted::Bug::EarlyAck));
+                early && p.blind && p.term == term
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for index in ready {
+            if let Some(p) = self.pending.remove(&index) {
+                let result = ApplyResult {
+                    index,
+                    version: index,
+                    ..Default::default()
+                };
+                let _ = p.reply.send(Ok(WriteOk {
+                    result,
+                    acked: AckPoint::LeaderLog,
+                }));
+            }
+        }
+    }
+
+    /// The entry at `index` of `term` was applied here with `result`: answers the proposal
+    /// waiting for it, or moves a `sync` write on to wait for every voter (until
+    /// `now + sync_timeout`; call [`Writes::release_sync`] after a run of these).
+    pub(super) fn complete(
+        &mut self,
+        index: u64,
+        term: u64,
+        result: ApplyResult,
+        now: Instant,
+        sync_timeout: Duration,
+    ) {
+        let Some(p) = self.pending.remove(&index) else {
+            return;
+        };
+        if p.term != term {
+            let _ = p.reply.send(Err(WriteError::Dropped));
+            return;
+        }
+        match p.mode {
+            WriteMode::Async | WriteMode::Semi => {
+                let _ = p.reply.send(Ok(WriteOk {
+                    result,
+                    acked: AckPoint::Quorum,
+                }));
+            }
+            WriteMode::Sync if !result.is_ok() => {
+                // A rejected write changed nothing: there is nothing to wait for.
+                let _ = p.reply.send(Ok(WriteOk {
+                    result,
+                    acked: AckPoint::Quorum,
+                }));
+            }
+            WriteMode::Sync => self.awaiting_all.push(AwaitingAll {
+                index,
+                deadline: now + sync_timeout,
+                result,
+                reply: p.reply,
+            }),
+        }
+    }
+
+    /// Whether some `sync` write waits for the voters.
+    pub(super) fn awaiting_voters(&self) -> bool {
+        !self.awaiting_all.is_empty()
+    }
+
+    /// Answers the `sync` writes that every voter has applied (`min_applied` is the lowest
+    /// applied index over the voters), or whose time ran out.
+    pub(super) fn release_sync(&mut self, min_applied: u64, now: Instant) {
+        let mut i = 0;
+        while i < self.awaiting_all.len() {
+            let w = &self.awaiting_all[i];
+            if w.index <= min_applied || w.deadline <= now {
+                let w = self.awaiting_all.swap_remove(i);
+                let answer = if w.index <= min_applied {
+                    Ok(WriteOk {
+                        result: w.result,
+                        acked: AckPoint::All,
+                    })
+                } else {
+                    Err(WriteError::ReplicationTimeout { index: w.index })
+                };
+                let _ = w.reply.send(answer);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Answers every waiting write: proposals with `err`, applied `sync` writes with
+    /// `replication_timeout` (they are committed, just not confirmed everywhere).
+    pub(super) fn fail_all(&mut self, err: WriteError) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for w in std::mem::take(&mut self.awaiting_all) {
+            let _ = w
+                .reply
+                .send(Err(WriteError::ReplicationTimeout { index: w.index }));
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The apply path: committed commands become RocksDB writes, a run of entries in one batch.
+//!
+//! Within a batch, later commands see earlier ones through an in-memory overlay (RocksDB write
+//! batches cannot be read back). The batch ends with the applied index and its term, so data and
+//! applied index always move together ([`crate::storage`]).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use keel_api::ErrorCode;
+use prost::Message as _;
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use super::decode_record;
+use super::eval::{check_precondition, compute_add, new_record, reject, run_txn};
+use super::idempotency::{fingerprint, Memory};
+use crate::proto::{
+    command::Op, AddOp, ApplyResult, Command, DeleteOp, IdempotencyRecord, PutOp, TxnOp,
+    ValueRecord,
+};
+use crate::storage::{cf, meta, rocks, StorageError, CF_DATA};
+
+/// Applies a run of committed entries as one atomic RocksDB write.
+pub struct ApplyBatch<'a> {
+    /// The node's database.
+    db: &'a DB,
+    /// Everything this run writes, committed at once by [`ApplyBatch::commit`].
+    batch: WriteBatch,
+    /// Writes of this batch not yet in RocksDB: key → record (None = deleted).
+    overlay: HashMap<String, Option<ValueRecord>>,
+    /// Idempotency records written by this batch, and the newest stamp seen.
+    idempotency: Memory,
+    /// The last entry applied (or skipped) and its term: where the applied index moves to.
+    applied: Option<(u64, u64)>,
+}
+
+impl<'a> ApplyBatch<'a> {
+    /// Starts a batch on `db`.
+    pub(super) fn new(db: &'a DB) -> Self {
+        ApplyBatch {
+            db,
+            batch: WriteBatch::default(),
+            overlay: HashMap::new(),
+            idempotency: Memory::default(),
+            applied: None,
+        }
+    }
+
+    /// The underlying write batch, for records that must change with this run (the conf state
+    /// and the address book of a membership change).
+    pub fn write_batch(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+
+    /// Marks the entry at `index` (of `term`) applied without a command (the leader's empty
+    /// entry, conf changes).
+    pub fn skip(&mut self, index: u64, term: u64) {
+        self.applied = Some((index, term));
+    }
+
+    /// Applies the command encoded in `data`, the entry at `index` of `term`.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<ApplyResult, StorageError> {
+        self.applied = Some((index, term));
+        let cmd = match Command::decode(data) {
+            Ok(cmd) => cmd,
+            Err(e) => return Ok(reject(index, ErrorCode::InvalidCommand, e.to_string())),
+        };
+        self.idempotency.observe(cmd.proposed_at_ms);
+        let Some(op) = cmd.op else {
+            return Ok(reject(
+                index,
+                ErrorCode::InvalidCommand,
+                "empty command".into(),
+            ));
+        };
+        if cmd.idempotency_key.is_empty()
+            || crate::planted::active(crate::planted::Bug::SkipIdempotency)
+        {
+            return self.apply_op(index, op);
+        }
+        let fingerprint = fingerprint(&op);
+        if let Some(rec) =
+            self.idempotency
+                .live(self.db, &cmd.idempotency_key, cmd.proposed_at_ms)?
+        {
+            if rec.fingerprint != fingerprint {
+                return Ok(reject(
+                    index,
+                    ErrorCode::IdempotencyKeyReused,
+                    format!(
+                        "Idempotency-Key {:?} was used for a different request",
+                        cmd.idempotency_key
+                    ),
+                ));
+            }
+            let mut first = rec.result.unwrap_or_default();
+            first.replayed = true;
+            return Ok(first);
+        }
+        let result = self.apply_op(index, op)?;
+        let rec = IdempotencyRecord {
+            fingerprint,
+            result: Some(result.clone()),
+            stamp_ms: cmd.proposed_at_ms,
+        };
+        self.idempotency
+            .record(self.db, &mut self.batch, cmd.idempotency_key, rec)?;
+        Ok(result)
+    }
+
+    fn apply_op(&mut self, index: u64, op: Op) -> Result<ApplyResult, StorageError> {
+        match op {
+            Op::Put(p) => self.put(index, p),
+            Op::Delete(d) => self.delete(index, d),
+            Op::Add(a) => self.add(index, a),
+            Op::Txn(t) => self.txn(index, t),
+        }
+    }
+
+    /// Writes the batch and the applied index. Returns the applied index and its term (None if
+    /// nothing ran).
+    pub fn commit(mut self) -> Result<Option<(u64, u64)>, StorageError> {
+        let Some((applied, applied_term)) = self.applied else {
+            // Nothing applied, but the caller may have added records (a conf state).
+            if !self.batch.is_empty() {
+                self.db.write(self.batch).map_err(rocks("apply batch"))?;
+            }
+            return Ok(None);
+        };
+        let data = cf(self.db, CF_DATA)?;
+        for (key, rec) in self.overlay.drain() {
+            match rec {
+                Some(rec) => self.batch.put_cf(data, key.as_bytes(), rec.encode_to_vec()),
+                None => self.batch.delete_cf(data, key.as_bytes()),
+            }
+        }
+        self.idempotency.evict_expired(self.db, &mut self.batch)?;
+        meta::put_applied(self.db, &mut self.batch, applied, applied_term)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.db
+            .write_opt(self.batch, &opts)
+            .map_err(rocks("apply batch"))?;
+        Ok(Some((applied, applied_term)))
+    }
+
+    /// A key's record as this batch sees it: its own writes first, then RocksDB.
+    fn current(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
+        if let Some(rec) = self.overlay.get(key) {
+            return Ok(rec.clone());
+        }
+        match self
+            .db
+            .get_pinned_cf(cf(self.db, CF_DATA)?, key.as_bytes())
+            .map_err(rocks("read key for apply"))?
+        {
+            Some(v) => Ok(Some(decode_record(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, index: u64, p: PutOp) -> Result<ApplyResult, StorageError> {
+        // A blind put does not depend on the current value: no read.
+        if p.precondition.is_some() {
+            let cur = self.current(&p.key)?;
+            if let Some(msg) = check_precondition(p.precondition.as_ref(), cur.as_ref()) {
+                return Ok(reject(index, ErrorCode::PreconditionFailed, msg));
+            }
+        }
+        self.overlay.insert(p.key, Some(new_record(p.value, index)));
+        Ok(ApplyResult {
+            index,
+            version: index,
+            ..Default::default()
+        })
+    }
+
+    fn delete(&mut self, index: u64, d: DeleteOp) -> Result<ApplyResult, StorageError> {
+        let cur = self.current(&d.key)?;
+        if let Some(msg) = check_precondition(d.precondition.as_ref(), cur.as_ref()) {
+            return Ok(reject(index, ErrorCode::PreconditionFailed, msg));
+        }
+        let existed = cur.is_some();
+        if existed {
+            self.overlay.insert(d.key, None);
+        }
+        Ok(ApplyResult {
+            index,
+            deleted: existed,
+            ..Default::default()
+        })
+    }
+
+    fn add(&mut self, index: u64, a: AddOp) -> Result<ApplyResult, StorageError> {
+        let cur = self.current(&a.key)?;
+        match compute_add(cur.as_ref(), &a) {
+            Ok(new) => {
+                self.overlay
+                    .insert(a.key, Some(new_record(Bytes::from(new.to_string()), index)));
+                Ok(ApplyResult {
+                    index,
+                    version: index,
+                    value: Some(new),
+                    ..Default::default()
+                })
+            }
+            Err(r) => Ok(r.into_result(index)),
+        }
+    }
+
+    fn txn(&mut self, index: u64, t: TxnOp) -> Result<ApplyResult, StorageError> {
+        let (result, scratch) = run_txn(|k| self.current(k), index, &t)?;
+        if result.is_ok() {
+            self.overlay.extend(scratch);
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,467 @@
+//! # sm: the key-value state machine
+//!
+//! This stage owns the meaning of a command: it applies committed [`Command`]s to the `data`
+//! column family (and the idempotency memory beside it) and serves local reads. It is handed
+//! entries by the Ready loop ([`crate::raft`]) and reads by the HTTP handlers ([`crate::http`]);
+//! it never talks to the network and never decides what is committed.
+//!
+//! - [`apply`]: the apply path, a run of entries in one RocksDB batch with the applied index;
+//! - [`eval`]: the pure evaluation of put preconditions, `add`, compares and transactions,
+//!   tested without RocksDB;
+//! - [`idempotency`]: the memory of idempotent requests and its expiry;
+//! - this file: reads (one key, a prefix page, a read-only transaction on one snapshot).
+//!
+//! # Invariants
+//! - Apply is deterministic: the outcome of a command depends only on the data and the entry
+//!   (its index and the leader's `proposed_at_ms` stamp), so every replica reaches the same state
+//!   and the same [`ApplyResult`].
+//! - A batch of entries is applied in one RocksDB `WriteBatch` that also moves the applied index
+//!   (see [`crate::storage`]): data and applied index never disagree, so no entry is applied twice.
+//! - A transaction works on a scratch overlay merged only if every step succeeds, so an aborted
+//!   transaction changes nothing.
+//! - A key's version is the index of the entry that last wrote it.
+//!
+//! [`Command`]: crate::proto::Command
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use rocksdb::{Direction, IteratorMode, ReadOptions, DB};
+
+use crate::proto::{ApplyResult, TxnOp, ValueRecord};
+use crate::storage::{cf, meta, rocks, StorageError, CF_DATA, CF_META};
+
+pub mod apply;
+pub mod eval;
+pub mod idempotency;
+
+pub use apply::ApplyBatch;
+pub use eval::parse_int;
+pub use idempotency::IDEMPOTENCY_TTL_MS;
+
+/// Read access to the state machine, shared by the HTTP handlers (RocksDB is thread-safe), and
+/// the start of every apply batch.
+#[derive(Clone)]
+pub struct StateMachine {
+    /// The node's database (shared with the log store and the snapshot path).
+    db: Arc<DB>,
+}
+
+/// A consistent read: what was found and the applied index it reflects.
+#[derive(Debug)]
+pub struct ReadResult<T> {
+    /// The data read.
+    pub value: T,
+    /// The applied index of the snapshot the data was read from.
+    pub index: u64,
+}
+
+/// One page of a prefix listing.
+#[derive(Debug)]
+pub struct ListPage {
+    /// Keys in order with their records.
+    pub items: Vec<(String, ValueRecord)>,
+    /// Whether more keys match after the last one returned.
+    pub more: bool,
+}
+
+impl StateMachine {
+    /// Wraps the node's database.
+    pub fn new(db: Arc<DB>) -> Self {
+        StateMachine { db }
+    }
+
+    /// The applied index as stored.
+    pub fn applied_index(&self) -> Result<u64, StorageError> {
+        Ok(meta::read_applied(&self.db)?.0)
+    }
+
+    fn snapshot_applied(&self, snap: &rocksdb::Snapshot<'_>) -> Result<u64, StorageError> {
+        let meta_cf = cf(&self.db, CF_META)?;
+        Ok(meta::applied_through(|key| snap.get_cf(meta_cf, key))?.0)
+    }
+
+    /// Reads one key's current record, without a snapshot: the caller reads the applied index
+    /// first, so that the answer reflects at least that index (one RocksDB lookup per read).
+    pub fn get_value(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
+        match self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_DATA)?, key.as_bytes())
+            .map_err(rocks("read key"))?
+        {
+            Some(v) => Ok(Some(decode_record(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Evaluates a transaction of compares and gets only, on one consistent snapshot.
+    pub fn read_txn(&self, t: &TxnOp) -> Result<ReadResult<ApplyResult>, StorageError> {
+        let snap = self.db.snapshot();
+        let index = self.snapshot_applied(&snap)?;
+        let data = cf(&self.db, CF_DATA)?;
+        let read = |key: &str| read_record(&snap.get_cf(data, key.as_bytes()));
+        let (result, _) = eval::run_txn(read, index, t)?;
+        Ok(ReadResult {
+            value: result,
+            index,
+        })
+    }
+
+    /// Lists keys starting with `prefix`, strictly after `after` if given, at most `limit`.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ReadResult<ListPage>, StorageError> {
+        let data = cf(&self.db, CF_DATA)?;
+        let snap = self.db.snapshot();
+        let index = self.snapshot_applied(&snap)?;
+        let start: Vec<u8> = match after {
+            // The smallest key strictly greater than `after`.
+            Some(a) if a >= prefix => {
+                let mut s = a.as_bytes().to_vec();
+                s.push(0);
+                s
+            }
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let mut opts = ReadOptions::default();
+        if let Some(upper) = prefix_upper_bound(prefix.as_bytes()) {
+            opts.set_iterate_upper_bound(upper);
+        }
+        let iter = snap.iterator_cf_opt(data, opts, IteratorMode::From(&start, Direction::Forward));
+        let mut items = Vec::new();
+        let mut more = false;
+        for item in iter {
+            let (k, v) = item.map_err(rocks("list keys"))?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let key = String::from_utf8(k.into_vec()).map_err(|e| StorageError::Corrupt {
+                what: "key",
+                detail: e.to_string(),
+            })?;
+            items.push((key, decode_record(&v)?));
+        }
+        Ok(ReadResult {
+            value: ListPage { items, more },
+            index,
+        })
+    }
+
+    /// Starts a batch of applies.
+    pub fn batch(&self) -> ApplyBatch<'_> {
+        ApplyBatch::new(&self.db)
+    }
+}
+
+/// The smallest byte string greater than every string with this prefix (None: no bound).
+fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
+/// Decodes a stored [`ValueRecord`].
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<ValueRecord, StorageError> {
+    ValueRecord::decode(bytes).map_err(|e| StorageError::Corrupt {
+        what: "value record",
+        detail: e.to_string(),
+    })
+}
+
+fn read_record(
+    got: &Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<Option<ValueRecord>, StorageError> {
+    match got {
+        Ok(Some(v)) => Ok(Some(decode_record(v)?)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(StorageError::Rocks {
+            context: "read key",
+            source: e.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency::IDEMPOTENCY_TTL_MS;
+    use super::*;
+    use crate::proto::command::Op;
+    use crate::proto::txn_step::Step;
+    use crate::proto::{
+        AddOp, Command, Compare, CompareOp, CompareTarget, DeleteOp, Precondition, PutOp,
+    };
+    use bytes::Bytes;
+    use keel_api::ErrorCode;
+
+    fn cmd(op: Op) -> Vec<u8> {
+        Command {
+            op: Some(op),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn idem(op: Op, key: &str, stamp: u64) -> Vec<u8> {
+        Command {
+            op: Some(op),
+            idempotency_key: key.into(),
+            proposed_at_ms: stamp,
+        }
+        .encode_to_vec()
+    }
+
+    fn step(s: Step) -> crate::proto::TxnStep {
+        crate::proto::TxnStep { step: Some(s) }
+    }
+
+    fn add_op(key: &str, delta: i64, min: Option<i64>) -> AddOp {
+        AddOp {
+            key: key.into(),
+            delta,
+            min,
+            max: None,
+        }
+    }
+
+    #[test]
+    fn txn_applies_all_or_nothing() {
+        let (_d, sm) = open();
+        let mut b = sm.batch();
+        b.apply(1, 1, &add("a", 100, None)).unwrap();
+        b.apply(2, 1, &add("b", 0, None)).unwrap();
+        // Transfer 30 from a to b when a >= 30.
+        let transfer = |amount: i64| {
+            cmd(Op::Txn(TxnOp {
+                compare: vec![Compare {
+                    key: "a".into(),
+                    target: CompareTarget::Int as i32,
+                    op: CompareOp::Ge as i32,
+                    int: amount,
+                    ..Default::default()
+                }],
+                success: vec![
+                    step(Step::Add(add_op("a", -amount, Some(0)))),
+                    step(Step::Add(add_op("b", amount, None))),
+                ],
+                failure: vec![step(Step::Get(crate::proto::GetOp { key: "a".into() }))],
+            }))
+        };
+        let r = b.apply(3, 1, &transfer(30)).unwrap();
+        assert!(r.is_ok() && r.succeeded);
+        assert_eq!(r.results[0].int, Some(70));
+        assert_eq!(r.results[1].int, Some(30));
+        // Compare fails: the failure branch reads a.
+        let r = b.apply(4, 1, &transfer(500)).unwrap();
+        assert!(r.is_ok() && !r.succeeded);
+        assert_eq!(&r.results[0].value[..], b"70");
+        // Compare passes but the first add would break its bound... make a bound that the second
+        // step violates: the whole txn aborts, the first step's effect is discarded.
+        let abort = cmd(Op::Txn(TxnOp {
+            compare: vec![],
+            success: vec![
+                step(Step::Add(add_op("a", -10, Some(0)))),
+                step(Step::Add(add_op("b", -1000, Some(0)))),
+            ],
+            failure: vec![],
+        }));
+        let r = b.apply(5, 1, &abort).unwrap();
+        assert_eq!(r.error_code, ErrorCode::BoundViolated.as_str());
+        assert_eq!(r.error_key, "b");
+        assert_eq!(r.value, Some(30));
+        b.commit().unwrap();
+        assert_eq!(&sm.get_value("a").unwrap().unwrap().value[..], b"70");
+        assert_eq!(&sm.get_value("b").unwrap().unwrap().value[..], b"30");
+        // A read-only txn on a snapshot.
+        let ro = TxnOp {
+            compare: vec![],
+            success: vec![
+                step(Step::Get(crate::proto::GetOp { key: "a".into() })),
+                step(Step::Get(crate::proto::GetOp { key: "zz".into() })),
+            ],
+            failure: vec![],
+        };
+        let r = sm.read_txn(&ro).unwrap();
+        assert_eq!(r.index, 5);
+        assert!(r.value.results[0].found && !r.value.results[1].found);
+    }
+
+    #[test]
+    fn idempotent_commands_apply_once_until_their_key_expires() {
+        let (_d, sm) = open();
+        let t0 = 1_000_000_000;
+        let mut b = sm.batch();
+        let r1 = b
+            .apply(1, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0))
+            .unwrap();
+        let r2 = b
+            .apply(2, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 10))
+            .unwrap();
+        assert_eq!(r1.value, Some(5));
+        assert!(r2.replayed);
+        assert_eq!(r2.value, Some(5));
+        assert_eq!(r2.index, 1, "the replay carries the first outcome");
+        b.commit().unwrap();
+        // Survives a new batch (persisted), and a different request under the same key is refused.
+        let mut b = sm.batch();
+        let r3 = b
+            .apply(3, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 20))
+            .unwrap();
+        assert!(r3.replayed);
+        let r4 = b
+            .apply(4, 1, &idem(Op::Add(add_op("n", 7, None)), "req-1", t0 + 30))
+            .unwrap();
+        assert_eq!(r4.error_code, ErrorCode::IdempotencyKeyReused.as_str());
+        // After the TTL the key is free again: the command applies.
+        let later = t0 + IDEMPOTENCY_TTL_MS + 1;
+        let r5 = b
+            .apply(5, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", later))
+            .unwrap();
+        assert!(!r5.replayed);
+        assert_eq!(r5.value, Some(10));
+        b.commit().unwrap();
+        assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"10");
+        // Expired records are physically removed by later batches, but not the fresh one.
+        let mut b = sm.batch();
+        b.apply(
+            6,
+            1,
+            &idem(
+                Op::Add(add_op("m", 1, None)),
+                "req-2",
+                later + IDEMPOTENCY_TTL_MS / 2,
+            ),
+        )
+        .unwrap();
+        b.commit().unwrap();
+        let mut b = sm.batch();
+        let r = b
+            .apply(
+                7,
+                1,
+                &idem(Op::Add(add_op("n", 5, None)), "req-1", later + 5),
+            )
+            .unwrap();
+        assert!(r.replayed, "the record written at `later` is still live");
+        b.commit().unwrap();
+    }
+
+    fn put(key: &str, value: &str) -> Vec<u8> {
+        cmd(Op::Put(PutOp {
+            key: key.into(),
+            value: Bytes::from(value.to_string()),
+            precondition: None,
+        }))
+    }
+
+    fn add(key: &str, delta: i64, min: Option<i64>) -> Vec<u8> {
+        cmd(Op::Add(AddOp {
+            key: key.into(),
+            delta,
+            min,
+            max: None,
+        }))
+    }
+
+    fn open() -> (tempfile::TempDir, StateMachine) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open_db(dir.path()).unwrap();
+        (dir, StateMachine::new(db))
+    }
+
+    #[test]
+    fn batch_sees_its_own_writes_and_moves_applied_index_atomically() {
+        let (_d, sm) = open();
+        let mut b = sm.batch();
+        assert!(b.apply(1, 1, &add("n", 5, None)).unwrap().is_ok());
+        let r = b.apply(2, 1, &add("n", -3, Some(0))).unwrap();
+        assert_eq!(r.value, Some(2));
+        let r = b.apply(3, 1, &add("n", -3, Some(0))).unwrap();
+        assert_eq!(r.error_code, ErrorCode::BoundViolated.as_str());
+        assert_eq!(r.value, Some(2));
+        // Nothing is visible before commit.
+        assert!(sm.get_value("n").unwrap().is_none());
+        assert_eq!(b.commit().unwrap(), Some((3, 1)));
+        assert_eq!(sm.applied_index().unwrap(), 3);
+        let rec = sm.get_value("n").unwrap().unwrap();
+        assert_eq!(&rec.value[..], b"2");
+        assert_eq!(rec.version, 2);
+    }
+
+    #[test]
+    fn preconditions_and_non_integer_add() {
+        let (_d, sm) = open();
+        let mut b = sm.batch();
+        b.apply(1, 1, &put("k", "hello")).unwrap();
+        let r = b.apply(2, 1, &add("k", 1, None)).unwrap();
+        assert_eq!(r.error_code, ErrorCode::NotInteger.as_str());
+        let cas = |v| {
+            cmd(Op::Put(PutOp {
+                key: "k".into(),
+                value: Bytes::from_static(b"x"),
+                precondition: Some(Precondition {
+                    if_version: Some(v),
+                    ..Default::default()
+                }),
+            }))
+        };
+        assert_eq!(
+            b.apply(3, 1, &cas(7)).unwrap().error_code,
+            ErrorCode::PreconditionFailed.as_str()
+        );
+        assert!(b.apply(4, 1, &cas(1)).unwrap().is_ok());
+        let create = cmd(Op::Put(PutOp {
+            key: "k".into(),
+            value: Bytes::from_static(b"y"),
+            precondition: Some(Precondition {
+                if_absent: true,
+                ..Default::default()
+            }),
+        }));
+        assert_eq!(
+            b.apply(5, 1, &create).unwrap().error_code,
+            ErrorCode::PreconditionFailed.as_str()
+        );
+        let del = cmd(Op::Delete(DeleteOp {
+            key: "k".into(),
+            precondition: None,
+        }));
+        assert!(b.apply(6, 1, &del).unwrap().deleted);
+        assert!(!b.apply(7, 1, &del).unwrap().deleted);
+        assert!(b.apply(8, 1, &create).unwrap().is_ok());
+        b.commit().unwrap();
+        let rec = sm.get_value("k").unwrap().unwrap();
+        assert_eq!(&rec.value[..], b"y");
+        assert_eq!(rec.version, 8);
+    }
+
+    #[test]
+    fn list_by_prefix_in_order_with_paging() {
+        let (_d, sm) = open();
+        let mut b = sm.batch();
+        for (i, k) in ["b/2", "a/1", "b/1", "b/3", "c"].iter().enumerate() {
+            b.apply(i as u64 + 1, 1, &put(k, "v")).unwrap();
+        }
+        b.commit().unwrap();
+        let page = sm.list("b/", None, 2).unwrap().value;
+        let keys: Vec<_> = page.items.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["b/1", "b/2"]);
+        assert!(page.more);
+        let page = sm.list("b/", Some("b/2"), 2).unwrap().value;
+        let keys: Vec<_> = page.items.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["b/3"]);
+        assert!(!page.more);
+        assert_eq!(sm.list("", None, 100).unwrap().value.items.len(), 5);
+    }
+}

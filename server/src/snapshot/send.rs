@@ -1,0 +1,117 @@
+//! The sending side: a leader streams its state machine to a follower that needs a snapshot.
+//!
+//! raft-rs asks for a snapshot by emitting `MsgSnapshot`; its data is keel's whole state machine,
+//! read from one RocksDB snapshot on a blocking thread and queued to the follower in chunks
+//! ([`SnapshotChunk`] frames), followed by the Raft message itself, all on the one ordered queue
+//! the transport keeps for that peer. The Ready loop is told how it went (raft-rs's
+//! `report_snapshot`).
+
+use std::sync::Arc;
+
+use raft::eraftpb::Message;
+use rocksdb::{IteratorMode, DB};
+use tracing::{info, warn};
+
+use crate::proto::{frame::Body, SnapshotChunk, SnapshotPair};
+use crate::storage::{cf, meta, rocks, StorageError, CF_META, SNAPSHOT_CFS};
+use crate::transport::PeerQueue;
+
+/// Largest chunk of a streamed snapshot.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Reads snapshots out of the state machine and streams them to peers.
+#[derive(Clone)]
+pub struct Sender {
+    /// The node's database.
+    db: Arc<DB>,
+    /// The runtime, for the blocking read started from the Raft thread.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Sender {
+    /// A sender over the node's database. Must be called inside a runtime.
+    pub fn new(db: Arc<DB>) -> Self {
+        Sender {
+            db,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Streams the state machine to `msg.to` in chunks on `queue`, then `raw` (the encoded
+    /// `MsgSnapshot`), and calls `done` with whether everything was queued.
+    pub fn stream(
+        &self,
+        msg: &Message,
+        raw: bytes::Bytes,
+        queue: PeerQueue,
+        done: impl FnOnce(bool) + Send + 'static,
+    ) {
+        let to = msg.to;
+        let snap_meta = msg.get_snapshot().get_metadata();
+        let (index, term) = (snap_meta.index, snap_meta.term);
+        let this = self.clone();
+        info!(peer = to, index, "streaming a snapshot");
+        self.runtime.spawn_blocking(move || {
+            let sent = this.chunks(index, term, SNAPSHOT_CHUNK_BYTES, |chunk| {
+                queue.blocking_send(Body::SnapshotChunk(chunk))
+            });
+            let ok = match sent {
+                Ok(true) => queue.blocking_send(Body::Raft(raw)),
+                Ok(false) => false,
+                Err(e) => {
+                    warn!(peer = to, error = %e, "cannot read a snapshot");
+                    false
+                }
+            };
+            done(ok);
+        });
+    }
+
+    /// Streams the state machine, as of one RocksDB snapshot, in chunks of at most `max_bytes`,
+    /// tagged with the Raft snapshot `(snap_index, snap_term)` they go with. `emit` returns false
+    /// to stop (the receiver is gone). Returns whether every chunk was emitted.
+    pub fn chunks(
+        &self,
+        snap_index: u64,
+        snap_term: u64,
+        max_bytes: usize,
+        mut emit: impl FnMut(SnapshotChunk) -> bool,
+    ) -> Result<bool, StorageError> {
+        let snap = self.db.snapshot();
+        let meta_cf = cf(&self.db, CF_META)?;
+        let (applied, applied_term) = meta::applied_through(|key| snap.get_cf(meta_cf, key))?;
+        let mut chunk = SnapshotChunk {
+            snap_index,
+            snap_term,
+            applied,
+            applied_term,
+            ..Default::default()
+        };
+        let mut size = 0usize;
+        for (n, name) in SNAPSHOT_CFS.iter().enumerate() {
+            let handle = cf(&self.db, name)?;
+            for item in snap.iterator_cf(handle, IteratorMode::Start) {
+                let (k, v) = item.map_err(rocks("read snapshot data"))?;
+                size += k.len() + v.len() + 8;
+                chunk.pairs.push(SnapshotPair {
+                    cf: n as u32,
+                    key: k.into_vec(),
+                    value: v.into_vec(),
+                });
+                if size >= max_bytes {
+                    let next = SnapshotChunk {
+                        seq: chunk.seq + 1,
+                        pairs: Vec::new(),
+                        ..chunk.clone()
+                    };
+                    if !emit(std::mem::replace(&mut chunk, next)) {
+                        return Ok(false);
+                    }
+                    size = 0;
+                }
+            }
+        }
+        chunk.done = true;
+        Ok(emit(chunk))
+    }
+}

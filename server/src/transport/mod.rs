@@ -1,0 +1,235 @@
+//! # transport: persistent TCP connections between nodes, carrying length-delimited frames
+//!
+//! This stage only moves [`Frame`]s: it dials every peer, keeps one ordered queue per peer,
+//! checks who is on the other end of an inbound connection, and hands what arrives to the Ready
+//! loop (Raft messages) or to the node's [`Inbound`] dispatcher (forwarded writes and replies,
+//! applied reports, snapshot chunks). It does not know what a snapshot, a write or a state
+//! machine is.
+//!
+//! Each node dials every peer once and keeps that connection for its outbound traffic; inbound
+//! connections are only read. A reply (a forwarded write's answer) therefore travels on the
+//! answering node's own outbound connection. This keeps each connection one-directional and
+//! each peer's outbound frames in one ordered queue.
+//!
+//! # Outbound
+//! One task per peer owns a bounded queue. It connects (with exponential backoff), sends a
+//! [`Hello`], then writes frames: it takes everything already queued (up to
+//! [`MAX_BATCH_BYTES`]) and writes it with one `write_all`, so messages that queue up share a
+//! system call and a TCP segment. While a peer cannot be reached, frames are dropped and the
+//! Raft loop is told ([`Event::Unreachable`]); Raft retransmits what matters.
+//!
+//! # Inbound
+//! The listener accepts at most [`MAX_INBOUND_CONNECTIONS`] connections. The first frame must be
+//! a [`Hello`] from a configured member other than this node; any undecodable or oversized frame
+//! closes the connection. Garbage on the peer port can therefore never reach Raft.
+
+use std::collections::HashMap;
+use std::sync::mpsc::Sender as StdSender;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::proto::{frame::Body, Frame, Hello};
+use crate::raft::Event;
+
+mod inbound;
+mod outbound;
+
+/// Largest frame accepted on the peer port.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Frames queued per peer before new ones are dropped.
+pub const PEER_QUEUE_FRAMES: usize = 8192;
+/// Bytes gathered into one write.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Concurrent inbound peer connections.
+pub const MAX_INBOUND_CONNECTIONS: usize = 64;
+/// First pause before re-dialing an unreachable peer (doubles up to [`BACKOFF_MAX`]).
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between dials.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the transport does with frames that arrive.
+pub trait Inbound: Send + Sync + 'static {
+    /// Handles one frame from peer `from` (never a Hello).
+    fn on_frame(&self, from: u64, body: Body);
+}
+
+/// Errors starting the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer listener could not bind.
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Handle to the outbound side; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node's id.
+    id: u64,
+    /// This node's Hello, sent first on every connection.
+    hello: Frame,
+    /// One outbound queue (and writer task) per peer; changes with membership.
+    queues: RwLock<HashMap<u64, mpsc::Sender<Body>>>,
+    /// Members allowed to connect to us (ids), with their peer addresses.
+    members: RwLock<HashMap<u64, String>>,
+    /// Into the Ready loop: inbound Raft messages, unreachable and wiped peers.
+    node_tx: StdSender<Event>,
+    /// The runtime, for writer tasks started from the Raft thread.
+    runtime: tokio::runtime::Handle,
+    /// Client addresses of peers, learned from their Hello.
+    peer_http: RwLock<HashMap<u64, String>>,
+    /// Data incarnations of peers, learned from their Hello.
+    peer_incarnation: RwLock<HashMap<u64, u64>>,
+}
+
+impl Transport {
+    /// Starts one writer task per peer (all members but `id`). Must be called inside a runtime.
+    pub fn start(
+        id: u64,
+        http_addr: String,
+        incarnation: u64,
+        members: &HashMap<u64, String>,
+        node_tx: StdSender<Event>,
+    ) -> Transport {
+        let hello = Frame {
+            body: Some(Body::Hello(Hello {
+                from: id,
+                http_addr,
+                incarnation,
+            })),
+        };
+        let t = Transport {
+            inner: Arc::new(Inner {
+                id,
+                hello,
+                queues: RwLock::new(HashMap::new()),
+                members: RwLock::new(HashMap::new()),
+                node_tx,
+                runtime: tokio::runtime::Handle::current(),
+                peer_http: RwLock::new(HashMap::new()),
+                peer_incarnation: RwLock::new(HashMap::new()),
+            }),
+        };
+        for (&peer, addr) in members {
+            t.add_peer(peer, addr.clone());
+        }
+        t
+    }
+
+    /// Starts talking to a peer (or updates its address).
+    pub fn add_peer(&self, peer: u64, addr: String) {
+        if let Ok(mut m) = self.inner.members.write() {
+            m.insert(peer, addr.clone());
+        }
+        if peer == self.inner.id {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES);
+        if let Ok(mut q) = self.inner.queues.write() {
+            // Replacing a queue closes the old one, whose writer then exits.
+            q.insert(peer, tx);
+        }
+        self.inner.runtime.spawn(outbound::peer_writer(
+            peer,
+            addr,
+            self.inner.hello.clone(),
+            rx,
+            self.inner.node_tx.clone(),
+        ));
+    }
+
+    /// Stops talking to a peer and refuses its connections.
+    pub fn remove_peer(&self, peer: u64) {
+        if let Ok(mut m) = self.inner.members.write() {
+            m.remove(&peer);
+        }
+        if let Ok(mut q) = self.inner.queues.write() {
+            q.remove(&peer);
+        }
+    }
+
+    fn queue(&self, to: u64) -> Option<mpsc::Sender<Body>> {
+        self.inner.queues.read().ok()?.get(&to).cloned()
+    }
+
+    /// The ordered queue to `to`, for a sender that must block rather than drop (a snapshot
+    /// stream). None if `to` is not a peer.
+    pub fn queue_to(&self, to: u64) -> Option<PeerQueue> {
+        self.queue(to).map(PeerQueue)
+    }
+
+    /// Tells the Ready loop that `to` could not be reached (raft-rs then probes it again).
+    pub fn report_unreachable(&self, to: u64) {
+        let _ = self.inner.node_tx.send(Event::Unreachable(to));
+    }
+
+    /// The peer address this transport dials for `id`, if it is a member.
+    pub fn peer_addr(&self, id: u64) -> Option<String> {
+        self.inner.members.read().ok()?.get(&id).cloned()
+    }
+
+    fn is_member(&self, id: u64) -> bool {
+        self.inner
+            .members
+            .read()
+            .map(|m| m.contains_key(&id))
+            .unwrap_or(false)
+    }
+
+    /// Queues a frame for `to`. False if `to` is unknown or its queue is full (dropped).
+    pub fn send(&self, to: u64, body: Body) -> bool {
+        match self.queue(to) {
+            Some(q) => q.try_send(body).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Client addresses learned from peers' Hello frames.
+    pub fn peer_http_addrs(&self) -> HashMap<u64, String> {
+        self.inner
+            .peer_http
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    fn record_peer_http(&self, id: u64, addr: String) {
+        if let Ok(mut m) = self.inner.peer_http.write() {
+            m.insert(id, addr);
+        }
+    }
+}
+
+/// One peer's ordered outbound queue, for senders that must not drop frames.
+pub struct PeerQueue(mpsc::Sender<Body>);
+
+impl PeerQueue {
+    /// Queues `body`, waiting while the queue is full; false once the peer's writer is gone.
+    /// Never call from an async task (it blocks the thread).
+    pub fn blocking_send(&self, body: Body) -> bool {
+        self.0.blocking_send(body).is_ok()
+    }
+}
+
+/// Binds the peer listener.
+pub async fn bind(addr: &str) -> Result<TcpListener, TransportError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| TransportError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
