@@ -237,14 +237,7 @@ pub fn bank_client(client: usize, cfg: WorkloadCfg, history: History, stop: Arc<
         let mode = cfg.modes[n % cfg.modes.len()];
         let invoke = history.now();
         let (f, input, reply) = if rng.gen_bool(0.5) {
-            let r = send(
-                &http,
-                "POST",
-                addr,
-                "/v1/txn",
-                &[],
-                Some(&read_all),
-            );
+            let r = send(&http, "POST", addr, "/v1/txn", &[], Some(&read_all));
             ("read_all", Value::Null, r)
         } else {
             let from = rng.gen_range(0..cfg.accounts);
