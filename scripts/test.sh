@@ -18,6 +18,13 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "== SKIPPED cargo clippy: clippy is not installed" >&2
 fi
+echo "== crate roles"
+# The server never depends on the client, nor the client on the server (tests/tests/layout.rs
+# checks the manifests; this is the same with cargo's own resolution).
+if cargo tree -p keel-client | grep -q keel-server || cargo tree -p keel-server | grep -q keel-client; then
+  echo "keel-client and keel-server depend on each other" >&2
+  exit 1
+fi
 echo "== build"
 cargo build --release --workspace --all-targets
 # The fault suite's planted-bug build, never the default one: the same binary with the

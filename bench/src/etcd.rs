@@ -77,7 +77,7 @@ impl Etcd {
             loop {
                 let healthy = http
                     .send(ep, "GET", "/health", &[], None)
-                    .is_ok_and(|r| r.text().contains("true"));
+                    .is_ok_and(|r| r.status == 200 && r.text().contains("true"));
                 if healthy {
                     break;
                 }

@@ -41,6 +41,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// What every clone of a [`Client`] shares.
 pub(crate) struct Inner {
     /// The HTTP stack (keep-alive connections to every member).
     http: HttpClient,
@@ -88,12 +89,19 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
+    /// The members to start from.
     endpoints: Vec<String>,
+    /// Timeout of one HTTP attempt.
     request_timeout: Duration,
+    /// How often and how long to retry.
     retry: RetryPolicy,
+    /// Mode of writes that do not say.
     mode: Mode,
+    /// Consistency of reads that do not say.
     consistency: Consistency,
+    /// Talk only to `endpoints`.
     pinned: bool,
+    /// Which members serve reads.
     read_from: ReadFrom,
 }
 

@@ -4,7 +4,8 @@
 //! (no retries, no routing): [`crate::Client`] builds those on top.
 //!
 //! ```
-//! # let cluster = keel_tests::Cluster::start(1);
+//! # let mut cluster = keel_tests::Cluster::start(1);
+//! # cluster.wait_for_leader();
 //! # let endpoint = cluster.endpoints()[0].clone();
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use keel_client::http::{HttpClient, HttpOptions};
@@ -111,7 +112,9 @@ impl RawResponse {
 /// A keep-alive HTTP/1.1 client; cheap to clone (clones share connections).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
+    /// hyper's pooled client (keep-alive connections per host).
     client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    /// Longest wait for a whole answer.
     request_timeout: Duration,
 }
 
@@ -202,4 +205,108 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn client(timeout: Duration) -> HttpClient {
+        HttpClient::new(HttpOptions {
+            connect_timeout: timeout,
+            request_timeout: timeout,
+            ..HttpOptions::default()
+        })
+    }
+
+    /// What the test harness relies on to tell "certainly not applied" from "unknown": only a
+    /// connection that could not be made is certainly not sent.
+    #[tokio::test]
+    async fn failures_are_classified_by_whether_the_request_may_have_arrived() {
+        let http = client(Duration::from_millis(500));
+
+        // Nothing listens: the request never left.
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = closed.local_addr().expect("addr").to_string();
+        drop(closed);
+        let err = http
+            .request(&addr, "PUT", "/v1/kv/k", &[], Bytes::from_static(b"v"))
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(err, HttpError::Connect { .. }), "{err:?}");
+        assert!(err.certainly_not_sent());
+
+        // The server reads the request and hangs up without answering: it may have acted.
+        let rude = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = rude.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut s, _)) = rude.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                drop(s);
+            }
+        });
+        let err = http
+            .request(&addr, "PUT", "/v1/kv/k", &[], Bytes::from_static(b"v"))
+            .await
+            .expect_err("no answer");
+        assert!(!err.certainly_not_sent(), "{err:?}");
+        server.abort();
+
+        // The server accepts and never answers: a timeout, also not certainly unsent.
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                let Ok((s, _)) = silent.accept().await else {
+                    return;
+                };
+                held.push(s);
+            }
+        });
+        let err = http
+            .request(&addr, "GET", "/health", &[], Bytes::new())
+            .await
+            .expect_err("no answer");
+        assert!(matches!(err, HttpError::Timeout { .. }), "{err:?}");
+        assert!(!err.certainly_not_sent());
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_comes_back_with_status_headers_and_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nX-Keel-Node: 2\r\nContent-Length: 4\r\n\r\nnope",
+                )
+                .await;
+        });
+        let resp = client(Duration::from_secs(5))
+            .request(&addr, "GET", "/v1/kv/x", &[("accept", "*/*")], Bytes::new())
+            .await
+            .expect("an answer");
+        assert_eq!(resp.status, 404);
+        assert_eq!(resp.header("x-keel-node"), Some("2"));
+        assert_eq!(&resp.body[..], b"nope");
+        let err = client(Duration::from_secs(5))
+            .request(&addr, "NOT A METHOD", "/", &[], Bytes::new())
+            .await
+            .expect_err("invalid");
+        assert!(matches!(err, HttpError::InvalidRequest(_)));
+        server.abort();
+    }
 }

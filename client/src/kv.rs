@@ -12,8 +12,11 @@ use crate::types::{AddResult, Consistency, DeleteResult, KeyValue, ListPage, Mod
 /// Options of a put.
 #[derive(Clone, Debug, Default)]
 pub struct PutOptions {
+    /// Write mode (None: the client's default).
     mode: Option<Mode>,
+    /// `If-Match: "<version>"`.
     if_version: Option<u64>,
+    /// `If-None-Match: *`.
     if_absent: bool,
 }
 

@@ -10,7 +10,9 @@ use crate::Client;
 /// Builds and commits a transaction: `client.txn().when(..).then(..).otherwise(..).commit()`.
 #[derive(Clone, Debug)]
 pub struct TxnBuilder<'a> {
+    /// The client that commits it.
     client: &'a Client,
+    /// The body built so far.
     request: TxnRequest,
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Deterministic rejections (a failed precondition, a bound violation) are not errors here: they
 //! are outcomes of apply, carried in [`crate::proto::ApplyResult`]. The HTTP layer maps both to
-//! status codes in one place ([`crate::api`]).
+//! status codes in one place (`http/error.rs`).
 
 /// Why a write did not produce an apply outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

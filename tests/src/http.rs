@@ -33,6 +33,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// A blocking HTTP client with its own timeouts; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Http {
+    /// keel's HTTP stack, driven by the harness's runtime.
     client: HttpClient,
 }
 

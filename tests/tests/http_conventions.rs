@@ -129,6 +129,11 @@ fn head_works_wherever_get_does_and_conditional_gets_answer_304() {
             assert!(head.body.is_empty(), "HEAD {path} returned a body");
         }
 
+        keel_tests::wait_until(DEADLINE, "HEAD /ready to answer 200 without a body", || {
+            let r = c.request(id, "HEAD", "/ready", &[], None).ok()?;
+            (r.status == 200 && r.body.is_empty()).then_some(())
+        });
+
         // Conditional GET: 304 with the ETag and no body when the version is unchanged.
         for tag in [
             etag.as_str(),

@@ -8,7 +8,7 @@
 //! Handlers are thin: they validate, build a [`Command`] or a read, hand writes to the
 //! [`Router`] (which proposes or forwards) and reads to the Raft read path ([`NodeHandle`] for
 //! the read index, [`StateMachine`] for the data), and turn the answer into a response. They
-//! never touch raft-rs or RocksDB's write path.
+//! never touch the Ready loop's `RawNode`, the log, or RocksDB's write path.
 //!
 //! Every response carries `X-Keel-Node`, `X-Keel-Leader` (when known) and `X-Keel-Index`; every
 //! error is `{"error": {"code", "message"}}`. HTTP's conventions hold: an unknown query parameter

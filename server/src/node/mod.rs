@@ -142,7 +142,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         advertise_http.clone(),
         incarnation,
         &peers,
-        tx.clone(),
+        Arc::new(wiring::RaftEvents(tx.clone())),
     );
     let outbox = wiring::PeerOutbox {
         transport: transport.clone(),

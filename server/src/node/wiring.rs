@@ -13,7 +13,7 @@ use crate::members::MemberAddr;
 use crate::proto::{frame::Body, AppliedReport};
 use crate::raft::{Event, NodeHandle, Outbox};
 use crate::snapshot;
-use crate::transport::{Inbound, Transport};
+use crate::transport::{Inbound, PeerEvents, Transport};
 
 /// The Ready loop's way out: Raft messages and applied reports over the transport, snapshots
 /// through the snapshot sender.
@@ -74,6 +74,23 @@ impl Outbox for PeerOutbox {
             Some(_) => {}
             None => self.transport.remove_peer(id),
         }
+    }
+}
+
+/// The transport's reports, as events of the Ready loop.
+pub(super) struct RaftEvents(pub(super) std::sync::mpsc::Sender<Event>);
+
+impl PeerEvents for RaftEvents {
+    fn raft_message(&self, msg: Message) -> bool {
+        self.0.send(Event::Raft(Box::new(msg))).is_ok()
+    }
+
+    fn unreachable(&self, peer: u64) -> bool {
+        self.0.send(Event::Unreachable(peer)).is_ok()
+    }
+
+    fn peer_wiped(&self, peer: u64) {
+        let _ = self.0.send(Event::PeerWiped(peer));
     }
 }
 

@@ -19,6 +19,7 @@ pub(super) struct PeerInfo {
 /// Every peer this node has heard from.
 #[derive(Default)]
 pub(super) struct Peers {
+    /// By member id (entries for removed members are harmless: only voters are consulted).
     info: HashMap<u64, PeerInfo>,
 }
 

@@ -26,6 +26,7 @@ pub(super) type Reply = oneshot::Sender<Result<u64, ReadError>>;
 struct ReadGroup {
     /// When the group fails with a timeout.
     deadline: Instant,
+    /// Every read waiting for this read index.
     waiters: Vec<Reply>,
 }
 

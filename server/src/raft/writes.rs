@@ -39,16 +39,19 @@ struct PendingWrite {
     /// A put without precondition or idempotency key: its answer does not depend on state, so
     /// an `async` write can be answered before it is applied.
     blind: bool,
+    /// Where the proposer waits.
     reply: Reply,
 }
 
 /// A `sync` write applied on the leader, waiting for every voter.
 struct AwaitingAll {
+    /// Its log index: answered once every voter has applied it.
     index: u64,
     /// When it is answered `replication_timeout` instead.
     deadline: Instant,
     /// Its outcome, sent once every voter has applied it.
     result: ApplyResult,
+    /// Where the proposer waits.
     reply: Reply,
 }
 
@@ -234,5 +237,120 @@ impl Writes {
                 .reply
                 .send(Err(WriteError::ReplicationTimeout { index: w.index }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_api::ErrorCode;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    type Rx = oneshot::Receiver<Result<WriteOk, WriteError>>;
+
+    /// Registers a proposal at `index` as `submit` would have, and returns where it is answered.
+    fn pending(w: &mut Writes, index: u64, term: u64, mode: WriteMode, blind: bool) -> Rx {
+        let (reply, rx) = oneshot::channel();
+        w.pending.insert(
+            index,
+            PendingWrite {
+                term,
+                mode,
+                blind,
+                reply,
+            },
+        );
+        rx
+    }
+
+    fn applied(index: u64) -> ApplyResult {
+        ApplyResult {
+            index,
+            version: index,
+            ..Default::default()
+        }
+    }
+
+    fn acked(rx: &mut Rx) -> Option<AckPoint> {
+        match rx.try_recv() {
+            Ok(Ok(ok)) => Some(ok.acked),
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durable_entries_answer_only_blind_async_writes_of_this_term() {
+        let mut w = Writes::default();
+        let mut async_blind = pending(&mut w, 5, 2, WriteMode::Async, true);
+        let mut async_cas = pending(&mut w, 6, 2, WriteMode::Async, false);
+        let mut semi = pending(&mut w, 7, 2, WriteMode::Semi, true);
+        let mut old_term = pending(&mut w, 8, 1, WriteMode::Async, true);
+        let mut beyond = pending(&mut w, 9, 2, WriteMode::Async, true);
+        w.answer_durable(8, 2);
+        assert_eq!(acked(&mut async_blind), Some(AckPoint::LeaderLog));
+        for rx in [&mut async_cas, &mut semi, &mut old_term, &mut beyond] {
+            assert_eq!(rx.try_recv().err(), Some(TryRecvError::Empty));
+        }
+    }
+
+    #[test]
+    fn an_index_applied_with_another_term_was_dropped() {
+        let mut w = Writes::default();
+        let mut rx = pending(&mut w, 5, 2, WriteMode::Semi, true);
+        w.complete(5, 3, applied(5), Instant::now(), Duration::from_secs(1));
+        assert!(matches!(rx.try_recv(), Ok(Err(WriteError::Dropped))));
+        let mut rx = pending(&mut w, 6, 3, WriteMode::Semi, true);
+        w.complete(6, 3, applied(6), Instant::now(), Duration::from_secs(1));
+        assert_eq!(acked(&mut rx), Some(AckPoint::Quorum));
+    }
+
+    #[test]
+    fn sync_writes_wait_for_every_voter_or_time_out() {
+        let mut w = Writes::default();
+        let now = Instant::now();
+        let timeout = Duration::from_secs(2);
+        let mut a = pending(&mut w, 10, 1, WriteMode::Sync, true);
+        let mut b = pending(&mut w, 11, 1, WriteMode::Sync, true);
+        let mut refused = pending(&mut w, 12, 1, WriteMode::Sync, false);
+        w.complete(10, 1, applied(10), now, timeout);
+        w.complete(11, 1, applied(11), now, timeout);
+        let rejection = ApplyResult {
+            index: 12,
+            error_code: ErrorCode::PreconditionFailed.as_str().into(),
+            ..Default::default()
+        };
+        w.complete(12, 1, rejection, now, timeout);
+        // A refused write changed nothing: answered at once.
+        assert_eq!(acked(&mut refused), Some(AckPoint::Quorum));
+        assert!(w.awaiting_voters());
+        // The slowest voter has applied 10: only the first is everywhere.
+        w.release_sync(10, now);
+        assert_eq!(acked(&mut a), Some(AckPoint::All));
+        assert_eq!(b.try_recv().err(), Some(TryRecvError::Empty));
+        // Its deadline passes before the voters catch up: committed, not confirmed everywhere.
+        w.release_sync(10, now + timeout);
+        assert!(matches!(
+            b.try_recv(),
+            Ok(Err(WriteError::ReplicationTimeout { index: 11 }))
+        ));
+        assert!(!w.awaiting_voters());
+    }
+
+    #[test]
+    fn a_deposed_leader_fails_everything_it_waits_for() {
+        let mut w = Writes::default();
+        let mut proposed = pending(&mut w, 20, 4, WriteMode::Semi, true);
+        let mut sync = pending(&mut w, 21, 4, WriteMode::Sync, true);
+        w.complete(21, 4, applied(21), Instant::now(), Duration::from_secs(5));
+        w.fail_all(WriteError::OutcomeUnknown);
+        assert!(matches!(
+            proposed.try_recv(),
+            Ok(Err(WriteError::OutcomeUnknown))
+        ));
+        // Applied on the leader, hence committed: a replication timeout, not an unknown outcome.
+        assert!(matches!(
+            sync.try_recv(),
+            Ok(Err(WriteError::ReplicationTimeout { index: 21 }))
+        ));
     }
 }

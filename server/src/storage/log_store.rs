@@ -26,21 +26,27 @@ fn note_term(terms: &mut Vec<(u64, u64)>, index: u64, term: u64) {
 /// Owned by the Ready loop thread; positions are cached in memory and every change is written
 /// through to RocksDB before the cache moves.
 pub struct RaftLogStore {
+    /// The node's database (shared with the state machine and the snapshot path).
     db: Arc<DB>,
+    /// The persisted hard state (term, vote, commit), as raft-rs last handed it.
     hard_state: HardState,
+    /// The persisted configuration (changed by applied conf changes and snapshots).
     conf_state: ConfState,
-    /// Index and term of the last entry removed by compaction (0, 0 when none).
+    /// Index of the last entry removed by compaction (0 when none).
     truncated_index: u64,
+    /// Term of that entry (raft-rs asks for it to check the entry after it).
     truncated_term: u64,
-    /// Index and term of the last entry in the log (equal to the truncation point when empty).
+    /// Index of the last entry in the log (equal to the truncation point when empty).
     last_index: u64,
+    /// Term of the last entry in the log.
     last_term: u64,
     /// Where each term starts in the log, `(first index, term)` in order, covering every entry
     /// after the truncation point: raft-rs asks for terms constantly, and reading an entry from
     /// RocksDB (and decoding its payload) to learn its term was the Raft thread's biggest cost.
     terms: Vec<(u64, u64)>,
-    /// The state machine's applied index and its term: the metadata of a snapshot.
+    /// The state machine's applied index: the index of the next snapshot.
     applied: u64,
+    /// The term of that index: the term of the next snapshot.
     applied_term: u64,
 }
 

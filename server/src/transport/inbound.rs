@@ -13,7 +13,6 @@ use tracing::{debug, info, warn};
 
 use super::{Inbound, Transport, BACKOFF_MIN, MAX_FRAME_BYTES, MAX_INBOUND_CONNECTIONS};
 use crate::proto::{frame::Body, Frame};
-use crate::raft::Event;
 
 impl Transport {
     /// Accepts peer connections on `listener` until the task is dropped.
@@ -76,7 +75,7 @@ impl Transport {
                          forgotten its term and vote too, so replace it under a new id \
                          (docs/operations.md)"
                     );
-                    let _ = self.inner.node_tx.send(Event::PeerWiped(h.from));
+                    self.inner.events.peer_wiped(h.from);
                 }
                 h.from
             }
@@ -104,7 +103,7 @@ impl Transport {
                             msg.from, msg.to
                         ));
                     }
-                    if self.inner.node_tx.send(Event::Raft(Box::new(msg))).is_err() {
+                    if !self.inner.events.raft_message(msg) {
                         return Ok(());
                     }
                 }

@@ -16,7 +16,7 @@
 //! [`Hello`], then writes frames: it takes everything already queued (up to
 //! [`MAX_BATCH_BYTES`]) and writes it with one `write_all`, so messages that queue up share a
 //! system call and a TCP segment. While a peer cannot be reached, frames are dropped and the
-//! Raft loop is told ([`Event::Unreachable`]); Raft retransmits what matters.
+//! Ready loop is told ([`PeerEvents::unreachable`]); Raft retransmits what matters.
 //!
 //! # Inbound
 //! The listener accepts at most [`MAX_INBOUND_CONNECTIONS`] connections. The first frame must be
@@ -24,7 +24,6 @@
 //! closes the connection. Garbage on the peer port can therefore never reach Raft.
 
 use std::collections::HashMap;
-use std::sync::mpsc::Sender as StdSender;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::proto::{frame::Body, Frame, Hello};
-use crate::raft::Event;
+use raft::eraftpb::Message;
 
 mod inbound;
 mod outbound;
@@ -49,6 +48,18 @@ pub const MAX_INBOUND_CONNECTIONS: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest pause between dials.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Where the transport reports what concerns consensus. The node's wiring implements it over
+/// the Ready loop's channel, so that the transport does not depend on the Ready loop.
+pub trait PeerEvents: Send + Sync + 'static {
+    /// A Raft message arrived (already checked: from the connection's peer, to this node).
+    /// False once nobody consumes them (the connection then closes).
+    fn raft_message(&self, msg: Message) -> bool;
+    /// Frames to `peer` were dropped: it could not be reached. False once nobody listens.
+    fn unreachable(&self, peer: u64) -> bool;
+    /// `peer` came back with a new data incarnation (its data was wiped).
+    fn peer_wiped(&self, peer: u64);
+}
 
 /// What the transport does with frames that arrive.
 pub trait Inbound: Send + Sync + 'static {
@@ -73,9 +84,11 @@ pub enum TransportError {
 /// Handle to the outbound side; cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
+    /// Shared by every clone: the writer tasks, the listener and the Ready loop's outbox.
     inner: Arc<Inner>,
 }
 
+/// The transport's state.
 struct Inner {
     /// This node's id.
     id: u64,
@@ -85,8 +98,8 @@ struct Inner {
     queues: RwLock<HashMap<u64, mpsc::Sender<Body>>>,
     /// Members allowed to connect to us (ids), with their peer addresses.
     members: RwLock<HashMap<u64, String>>,
-    /// Into the Ready loop: inbound Raft messages, unreachable and wiped peers.
-    node_tx: StdSender<Event>,
+    /// Where inbound Raft messages, unreachable and wiped peers are reported.
+    events: Arc<dyn PeerEvents>,
     /// The runtime, for writer tasks started from the Raft thread.
     runtime: tokio::runtime::Handle,
     /// Client addresses of peers, learned from their Hello.
@@ -102,7 +115,7 @@ impl Transport {
         http_addr: String,
         incarnation: u64,
         members: &HashMap<u64, String>,
-        node_tx: StdSender<Event>,
+        events: Arc<dyn PeerEvents>,
     ) -> Transport {
         let hello = Frame {
             body: Some(Body::Hello(Hello {
@@ -117,7 +130,7 @@ impl Transport {
                 hello,
                 queues: RwLock::new(HashMap::new()),
                 members: RwLock::new(HashMap::new()),
-                node_tx,
+                events,
                 runtime: tokio::runtime::Handle::current(),
                 peer_http: RwLock::new(HashMap::new()),
                 peer_incarnation: RwLock::new(HashMap::new()),
@@ -147,7 +160,7 @@ impl Transport {
             addr,
             self.inner.hello.clone(),
             rx,
-            self.inner.node_tx.clone(),
+            self.inner.events.clone(),
         ));
     }
 
@@ -171,9 +184,9 @@ impl Transport {
         self.queue(to).map(PeerQueue)
     }
 
-    /// Tells the Ready loop that `to` could not be reached (raft-rs then probes it again).
+    /// Reports that `to` could not be reached (raft-rs then probes it again).
     pub fn report_unreachable(&self, to: u64) {
-        let _ = self.inner.node_tx.send(Event::Unreachable(to));
+        self.inner.events.unreachable(to);
     }
 
     /// The peer address this transport dials for `id`, if it is a member.

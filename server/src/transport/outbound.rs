@@ -1,6 +1,6 @@
 //! The outbound side: one task per peer that connects, reconnects, batches and writes.
 
-use std::sync::mpsc::Sender as StdSender;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use prost::Message as _;
@@ -9,9 +9,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::PeerEvents;
 use super::{BACKOFF_MAX, BACKOFF_MIN, MAX_BATCH_BYTES};
 use crate::proto::{frame::Body, Frame};
-use crate::raft::Event;
 
 fn encode_into(buf: &mut BytesMut, frame: &Frame) {
     let len = frame.encoded_len();
@@ -27,7 +27,7 @@ pub(super) async fn peer_writer(
     addr: String,
     hello: Frame,
     mut rx: mpsc::Receiver<Body>,
-    node_tx: StdSender<Event>,
+    events: Arc<dyn PeerEvents>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -45,7 +45,7 @@ pub(super) async fn peer_writer(
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
                 }
-                if dropped && node_tx.send(Event::Unreachable(peer)).is_err() {
+                if dropped && !events.unreachable(peer) {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -75,7 +75,7 @@ pub(super) async fn peer_writer(
             }
             if let Err(e) = stream.write_all(&buf).await {
                 warn!(peer, error = %e, "peer connection lost");
-                let _ = node_tx.send(Event::Unreachable(peer));
+                events.unreachable(peer);
                 break;
             }
         }
