@@ -1,0 +1,458 @@
+//! A cluster of real `keel server` processes: its layout (ports, directories, proxies,
+//! namespaces), starting and reaching its nodes, and what it leaves behind when a test fails.
+//! The faults a test can inflict on it are in `faults.rs`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{free_ports, http, keel_bin, netns, wait_until, LinkProxy, Resp, DEADLINE};
+
+/// One `keel server` process (running or not).
+pub struct Node {
+    /// Node id.
+    pub id: u64,
+    /// Client address, host:port.
+    pub http: String,
+    /// Peer address, host:port.
+    pub peer: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Log file (stdout and stderr).
+    pub log: PathBuf,
+    /// For a node added after the start: the member it joins through.
+    pub(crate) join: Option<String>,
+    /// The process, while it runs.
+    pub(crate) child: Option<Child>,
+}
+
+impl Node {
+    /// Whether the process is running (it may be paused).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+}
+
+/// A cluster of real processes.
+pub struct Cluster {
+    /// The nodes, `nodes[i].id == i + 1`.
+    pub nodes: Vec<Node>,
+    /// Data directories and logs (kept when a test fails).
+    pub(crate) dir: Option<tempfile::TempDir>,
+    /// `--cluster` of each node (they differ when peer links are proxied).
+    pub(crate) cluster_args: Vec<String>,
+    /// Proxies of directed peer links (from, to), when started with [`Cluster::start_proxied`].
+    pub(crate) links: HashMap<(u64, u64), LinkProxy>,
+    /// Flags given to every `keel server`.
+    pub(crate) extra_args: Vec<String>,
+    /// The binary the nodes run (the planted-bug build for the fault suite's checks).
+    pub(crate) bin: PathBuf,
+    /// Environment of every node.
+    pub(crate) env: Vec<(String, String)>,
+    /// Namespaces, when the nodes run in their own network namespaces.
+    pub(crate) net: Option<netns::NetnsNet>,
+    /// The HTTP client of [`Cluster::request`].
+    pub(crate) http: http::Http,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with default flags.
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Starts `n` nodes, passing `extra` flags to every `keel server`.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Self::launch(n, extra, false)
+    }
+
+    /// Starts `n` nodes whose every directed peer link goes through a [`LinkProxy`] that the
+    /// test controls ([`Cluster::link`], [`Cluster::isolate`], [`Cluster::heal`]).
+    pub fn start_proxied(n: usize, extra: &[&str]) -> Cluster {
+        Self::launch(n, extra, true)
+    }
+
+    fn launch(n: usize, extra: &[&str], proxied: bool) -> Cluster {
+        Self::launch_with(n, extra, proxied, keel_bin(), &[])
+    }
+
+    /// Starts `n` nodes of binary `bin` with extra environment variables (the fault suite uses
+    /// this for the planted-bug build).
+    pub fn launch_with(
+        n: usize,
+        extra: &[&str],
+        proxied: bool,
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        Self::launch_opts(n, extra, proxied, None, bin, env)
+    }
+
+    /// Starts `n` nodes, each in its own network namespace on a private bridge (see
+    /// [`netns`]), with every peer link through a proxy; partitions become iptables DROP rules.
+    pub fn launch_netns(
+        n: usize,
+        extra: &[&str],
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Result<Cluster, String> {
+        let net = netns::NetnsNet::create(n)?;
+        Ok(Self::launch_opts(n, extra, true, Some(net), bin, env))
+    }
+
+    fn launch_opts(
+        n: usize,
+        extra: &[&str],
+        proxied: bool,
+        net: Option<netns::NetnsNet>,
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let mut c = Self::layout(n, extra, proxied, net, bin, env);
+        for id in c.ids() {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// Plans a cluster of `n` nodes (addresses, directories, proxies) without starting them.
+    fn layout(
+        n: usize,
+        extra: &[&str],
+        proxied: bool,
+        net: Option<netns::NetnsNet>,
+        bin: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("keel-test-")
+            .tempdir()
+            .expect("tempdir");
+        let ports = free_ports(2 * n);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let id = i as u64 + 1;
+            let (http, peer) = match &net {
+                Some(net) => (
+                    format!("{}:7001", net.ip(id)),
+                    format!("{}:7101", net.ip(id)),
+                ),
+                None => (
+                    format!("127.0.0.1:{}", ports[2 * i]),
+                    format!("127.0.0.1:{}", ports[2 * i + 1]),
+                ),
+            };
+            nodes.push(Node {
+                id,
+                http,
+                peer,
+                data_dir: dir.path().join(format!("node{id}")),
+                log: dir.path().join(format!("node{id}.log")),
+                join: None,
+                child: None,
+            });
+        }
+        let proxy_ip = net
+            .as_ref()
+            .map_or("127.0.0.1".to_string(), |n| n.host_ip());
+        let mut links = HashMap::new();
+        if proxied {
+            for from in &nodes {
+                for to in &nodes {
+                    if from.id != to.id {
+                        links.insert(
+                            (from.id, to.id),
+                            LinkProxy::start_on(&proxy_ip, to.peer.clone()),
+                        );
+                    }
+                }
+            }
+        }
+        let cluster_args = nodes
+            .iter()
+            .map(|me| {
+                nodes
+                    .iter()
+                    .map(|n| match links.get(&(me.id, n.id)) {
+                        Some(proxy) => format!("{}={}", n.id, proxy.addr()),
+                        None => format!("{}={}", n.id, n.peer),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        let http = http::Http::new(Duration::from_secs(2), Duration::from_secs(15));
+        Cluster {
+            nodes,
+            dir: Some(dir),
+            cluster_args,
+            links,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            bin,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            net,
+            http,
+        }
+    }
+
+    /// Starts `n` nodes whose data directories are first restored from a backup with
+    /// `keel restore` (a new cluster holding the backup's data).
+    pub fn start_from_backup(n: usize, backup: &Path) -> Cluster {
+        let mut c = Self::layout(n, &[], false, None, keel_bin(), &[]);
+        for id in c.ids() {
+            let data_dir = c.node(id).data_dir.clone();
+            let cluster = c.cluster_args[id as usize - 1].clone();
+            let out = Command::new(keel_bin())
+                .arg("restore")
+                .arg("--from")
+                .arg(backup)
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--cluster", &cluster])
+                .output()
+                .expect("run keel restore");
+            assert!(
+                out.status.success(),
+                "keel restore failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+        for id in c.ids() {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// Whether the nodes run in network namespaces.
+    pub fn in_netns(&self) -> bool {
+        self.net.is_some()
+    }
+
+    /// The node with this id.
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Client addresses (host:port) of all nodes.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.http.clone()).collect()
+    }
+
+    /// Ids of all nodes.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Every node's id except those in `excluding`, in order.
+    pub fn others(&self, excluding: &[u64]) -> Vec<u64> {
+        self.ids()
+            .into_iter()
+            .filter(|id| !excluding.contains(id))
+            .collect()
+    }
+
+    /// Directory holding data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("dir").path()
+    }
+
+    /// Starts node `id`'s process.
+    pub(crate) fn spawn(&mut self, id: u64) {
+        let bin = self.bin.clone();
+        let env = self.env.clone();
+        let ns = self.net.as_ref().map(|n| n.ns(id).to_string());
+        let cluster_arg = self.cluster_args.get(id as usize - 1).cloned();
+        let extra = self.extra_args.clone();
+        let node = self.node(id);
+        let membership: Vec<String> = match (&node.join, cluster_arg) {
+            (Some(via), _) => vec!["--join".into(), via.clone()],
+            (None, Some(c)) => vec!["--cluster".into(), c],
+            (None, None) => Vec::new(),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open node log");
+        let log2 = log.try_clone().expect("clone log handle");
+        let mut cmd = match &ns {
+            // `ip netns exec` enters the namespace and execs keel: the pid is keel's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
+            .arg("server")
+            .args(["--id", &id.to_string()])
+            .args(["--http", &node.http])
+            .args(&membership)
+            .args(["--peer", &node.peer])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&extra)
+            .env("KEEL_LOG", "info")
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn keel server");
+        node.child = Some(child);
+    }
+
+    /// Sends one HTTP request to node `id`. Err only for transport failures (node down).
+    pub fn request(
+        &self,
+        id: u64,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Resp, String> {
+        self.http
+            .send(
+                &self.nodes[id as usize - 1].http,
+                method,
+                path_and_query,
+                headers,
+                body,
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// PUT a value (query such as `?mode=sync` may be appended to the key path).
+    pub fn put(&self, id: u64, key_and_query: &str, value: &[u8]) -> Result<Resp, String> {
+        self.request(
+            id,
+            "PUT",
+            &format!("/v1/kv/{key_and_query}"),
+            &[],
+            Some(value),
+        )
+    }
+
+    /// GET a key (query may be appended).
+    pub fn get(&self, id: u64, key_and_query: &str) -> Result<Resp, String> {
+        self.request(id, "GET", &format!("/v1/kv/{key_and_query}"), &[], None)
+    }
+
+    /// POST an atomic add.
+    pub fn add(&self, id: u64, key_and_query: &str, delta: i64) -> Result<Resp, String> {
+        let path = match key_and_query.split_once('?') {
+            Some((k, q)) => format!("/v1/kv/{k}/add?{q}"),
+            None => format!("/v1/kv/{key_and_query}/add"),
+        };
+        let body = format!("{{\"delta\": {delta}}}");
+        self.request(id, "POST", &path, &[], Some(body.as_bytes()))
+    }
+
+    /// The node's `/v1/status` JSON, if it answers.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        let r = self.request(id, "GET", "/v1/status", &[], None).ok()?;
+        (r.status == 200).then(|| r.json())
+    }
+
+    /// Waits until every running node (except `excluding`) agrees on one leader that itself
+    /// reports being leader; returns its id.
+    pub fn wait_for_leader_excluding(&mut self, excluding: &[u64], timeout: Duration) -> u64 {
+        let ids: Vec<u64> = self
+            .ids()
+            .into_iter()
+            .filter(|id| !excluding.contains(id))
+            .collect();
+        wait_until(timeout, "a leader known to every live node", || {
+            let mut leader = None;
+            for &id in &ids {
+                let s = self.status(id)?;
+                let l = s.get("leader")?.as_u64()?;
+                if leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            let l = leader?;
+            let s = self.status(l)?;
+            (s.get("role")?.as_str()? == "leader").then_some(l)
+        })
+    }
+
+    /// [`Cluster::wait_for_leader_excluding`] with nobody excluded.
+    pub fn wait_for_leader(&mut self) -> u64 {
+        self.wait_for_leader_excluding(&[], DEADLINE)
+    }
+
+    /// Retries a write through node `id` until it answers 200 (503/504 and transport errors
+    /// are retried), within `timeout`. Use only for writes that are safe to repeat.
+    pub fn put_until_ok(
+        &self,
+        id: u64,
+        key_and_query: &str,
+        value: &[u8],
+        timeout: Duration,
+    ) -> Resp {
+        wait_until(
+            timeout,
+            &format!("PUT {key_and_query} via node {id} to succeed"),
+            || match self.put(id, key_and_query, value) {
+                Ok(r) if r.status == 200 => Some(r),
+                Ok(r) if r.status == 503 || r.status == 504 => None,
+                Ok(r) => panic!("PUT {key_and_query}: unexpected {} {}", r.status, r.text()),
+                Err(_) => None,
+            },
+        )
+    }
+
+    /// Tail of a node's log (for failure reports).
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[id as usize - 1].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                // SAFETY: kill(2) on a child we spawned; SIGCONT first so a paused child dies.
+                unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let path = dir.keep();
+                eprintln!(
+                    "test failed: cluster data and logs kept in {}",
+                    path.display()
+                );
+                for n in &self.nodes {
+                    let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("---- node {} log (last 30 lines) ----", n.id);
+                    for l in &lines[lines.len().saturating_sub(30)..] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
