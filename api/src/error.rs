@@ -82,6 +82,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 503: the node is not ready (no leader, or not caught up).
     NotReady,
+    /// 503: another membership change is not applied yet; nothing was proposed.
+    MembershipChangePending,
     /// 504: leadership was lost while the write was in flight: it may or may not be applied.
     OutcomeUnknown,
     /// 504: a `sync` write is committed but not yet applied on every voter.
@@ -91,7 +93,7 @@ pub enum ErrorCode {
 }
 
 /// Every code, for tables and tests.
-pub const ALL_CODES: [ErrorCode; 36] = [
+pub const ALL_CODES: [ErrorCode; 37] = [
     ErrorCode::InvalidKey,
     ErrorCode::InvalidMode,
     ErrorCode::InvalidConsistency,
@@ -125,6 +127,7 @@ pub const ALL_CODES: [ErrorCode; 36] = [
     ErrorCode::NotApplied,
     ErrorCode::ShuttingDown,
     ErrorCode::NotReady,
+    ErrorCode::MembershipChangePending,
     ErrorCode::OutcomeUnknown,
     ErrorCode::ReplicationTimeout,
     ErrorCode::Timeout,
@@ -168,6 +171,7 @@ impl ErrorCode {
             NotApplied => "not_applied",
             ShuttingDown => "shutting_down",
             NotReady => "not_ready",
+            MembershipChangePending => "membership_change_pending",
             OutcomeUnknown => "outcome_unknown",
             ReplicationTimeout => "replication_timeout",
             Timeout => "timeout",
@@ -194,7 +198,7 @@ impl ErrorCode {
             PayloadTooLarge => 413,
             IdempotencyKeyReused => 422,
             Storage | Internal => 500,
-            NoLeader | NotApplied | ShuttingDown | NotReady => 503,
+            NoLeader | NotApplied | ShuttingDown | NotReady | MembershipChangePending => 503,
             OutcomeUnknown | ReplicationTimeout | Timeout => 504,
         }
     }

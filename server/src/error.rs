@@ -32,6 +32,10 @@ pub enum WriteError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Another membership change is not applied yet; raft-rs takes one at a time. Nothing was
+    /// proposed.
+    #[error("another membership change is in progress; retry once it is applied")]
+    ChangePending,
 }
 
 impl WriteError {
@@ -44,6 +48,7 @@ impl WriteError {
             WriteError::OutcomeUnknown => "outcome_unknown",
             WriteError::ReplicationTimeout { .. } => "replication_timeout",
             WriteError::ShuttingDown => "shutting_down",
+            WriteError::ChangePending => "membership_change_pending",
         }
     }
 
@@ -57,6 +62,7 @@ impl WriteError {
             "dropped" => WriteError::Dropped,
             "replication_timeout" => WriteError::ReplicationTimeout { index },
             "shutting_down" => WriteError::ShuttingDown,
+            "membership_change_pending" => WriteError::ChangePending,
             _ => WriteError::OutcomeUnknown,
         }
     }
@@ -65,7 +71,10 @@ impl WriteError {
     pub fn certainly_not_applied(&self) -> bool {
         matches!(
             self,
-            WriteError::NoLeader | WriteError::NotLeader(_) | WriteError::Dropped
+            WriteError::NoLeader
+                | WriteError::NotLeader(_)
+                | WriteError::Dropped
+                | WriteError::ChangePending
         )
     }
 }

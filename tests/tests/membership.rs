@@ -242,3 +242,88 @@ fn a_rolling_restart_with_leader_handover_keeps_writes_flowing() {
         "writes stopped for {longest_gap:.2} s, longer than one request timeout (5 s)"
     );
 }
+
+#[test]
+fn concurrent_membership_changes_are_refused_at_once_not_left_unknown() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let addr = c.node(leader).http.clone();
+    // Three learners added at the same instant (their addresses lead nowhere: only the
+    // configuration matters here). raft-rs takes one change at a time.
+    let barrier = Arc::new(std::sync::Barrier::new(3));
+    let answers: Vec<(u64, u16, Option<String>, Duration)> = [10u64, 11, 12]
+        .into_iter()
+        .map(|id| {
+            let (addr, barrier) = (addr.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let http = Http::new(Duration::from_secs(2), Duration::from_secs(15));
+                let body =
+                    json!({"id": id, "peer_addr": format!("127.0.0.1:{}", 1000 + id)}).to_string();
+                barrier.wait();
+                let start = Instant::now();
+                let r = http
+                    .send(
+                        &addr,
+                        "POST",
+                        "/v1/cluster/members",
+                        &[],
+                        Some(body.as_bytes()),
+                    )
+                    .expect("the leader answers");
+                (id, r.status, r.error_code(), start.elapsed())
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    eprintln!("answers: {answers:?}");
+    assert!(
+        answers.iter().any(|a| a.1 == 200),
+        "none was applied: {answers:?}"
+    );
+    for (id, status, code, took) in &answers {
+        match status {
+            200 => {}
+            503 => {
+                assert_eq!(code.as_deref(), Some("membership_change_pending"), "{id}");
+                assert!(
+                    *took < Duration::from_secs(2),
+                    "{id} refused only after {took:?}"
+                );
+            }
+            other => panic!("adding {id} answered {other} {code:?} after {took:?}"),
+        }
+    }
+    // A refused change certainly did not happen: sent again, each one is applied.
+    for (id, status, _, _) in &answers {
+        if *status == 200 {
+            continue;
+        }
+        let body = json!({"id": id, "peer_addr": format!("127.0.0.1:{}", 1000 + id)}).to_string();
+        wait_until(DEADLINE, &format!("learner {id} to be added"), || {
+            let r = c
+                .request(
+                    leader,
+                    "POST",
+                    "/v1/cluster/members",
+                    &[],
+                    Some(body.as_bytes()),
+                )
+                .ok()?;
+            match r.status {
+                200 => Some(()),
+                503 => None,
+                other => panic!("adding {id} again answered {other}: {}", r.text()),
+            }
+        });
+    }
+    let learners = wait_until(DEADLINE, "three learners", || {
+        let s = c.status(leader)?;
+        let l: Vec<u64> = serde_json::from_value(s["learners"].clone()).ok()?;
+        (l.len() == 3).then_some(l)
+    });
+    let mut learners = learners;
+    learners.sort_unstable();
+    assert_eq!(learners, vec![10, 11, 12]);
+}

@@ -75,6 +75,7 @@ impl From<WriteError> for ApiError {
                 err
             }
             WriteError::ShuttingDown => ApiError::new(ErrorCode::ShuttingDown, msg),
+            WriteError::ChangePending => ApiError::new(ErrorCode::MembershipChangePending, msg),
         }
     }
 }
@@ -143,6 +144,11 @@ mod tests {
                 504,
             ),
             (WriteError::ShuttingDown, ErrorCode::ShuttingDown, 503),
+            (
+                WriteError::ChangePending,
+                ErrorCode::MembershipChangePending,
+                503,
+            ),
         ];
         for (e, code, status) in cases {
             let api: ApiError = e.into();

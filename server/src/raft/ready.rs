@@ -316,7 +316,12 @@ impl<O: Outbox> Driver<O> {
         context: Vec<u8>,
         reply: oneshot::Sender<Result<WriteOk, WriteError>>,
     ) {
-        // raft-rs takes one membership change at a time and refuses the others.
+        // raft-rs takes one membership change at a time: it turns a second one into an empty
+        // entry, silently. Refuse it here instead, so that the caller hears it did not happen.
+        if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf() {
+            let _ = reply.send(Err(WriteError::ChangePending));
+            return;
+        }
         self.writes
             .submit(&mut self.raw, WriteMode::Semi, false, reply, |raw| {
                 raw.propose_conf_change(context, cc)
@@ -428,6 +433,7 @@ impl<O: Outbox> Driver<O> {
         let sm = self.sm.clone();
         let mut batch = sm.batch();
         let mut outcomes = Vec::new();
+        let mut dropped = Vec::new();
         let mut peer_changes: Vec<PeerChange> = Vec::new();
         for entry in &entries {
             // After a snapshot the state machine may already cover entries Raft hands out again
@@ -436,7 +442,10 @@ impl<O: Outbox> Driver<O> {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if covered => {}
                 EntryType::EntryNormal if entry.data.is_empty() => {
-                    batch.skip(entry.index, entry.term)
+                    // A new leader's empty entry, or a proposal raft-rs emptied (a refused conf
+                    // change): whoever waits at this index learns it was not applied.
+                    batch.skip(entry.index, entry.term);
+                    dropped.push(entry.index);
                 }
                 EntryType::EntryNormal => {
                     let result = batch.apply(entry.index, entry.term, &entry.data)?;
@@ -491,6 +500,9 @@ impl<O: Outbox> Driver<O> {
             }
         }
         let now = Instant::now();
+        for index in dropped {
+            self.writes.drop_at(index);
+        }
         for (index, term, result) in outcomes {
             self.writes
                 .complete(index, term, result, now, self.cfg.sync_timeout);

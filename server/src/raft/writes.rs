@@ -198,6 +198,14 @@ impl Writes {
         }
     }
 
+    /// The entry at `index` was applied empty: a proposal waiting there was not applied (raft-rs
+    /// replaced it, or a new leader's entry took its place).
+    pub(super) fn drop_at(&mut self, index: u64) {
+        if let Some(p) = self.pending.remove(&index) {
+            let _ = p.reply.send(Err(WriteError::Dropped));
+        }
+    }
+
     /// Whether some `sync` write waits for the voters.
     pub(super) fn awaiting_voters(&self) -> bool {
         !self.awaiting_all.is_empty()
