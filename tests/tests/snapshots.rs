@@ -128,3 +128,46 @@ fn a_follower_whose_data_was_wiped_rejoins_by_snapshot() {
     c.kill(other);
     c.put_until_ok(leader, "snap/99999", b"with the rejoined node", DEADLINE);
 }
+
+#[test]
+fn a_wiped_follower_is_not_counted_as_holding_what_it_lost() {
+    let mut c = Cluster::start_proxied(3, &[]);
+    let leader = c.wait_for_leader();
+    let wiped = c.others(&[leader])[0];
+    let mut last = 0;
+    for i in 0..30 {
+        let r = c.put_until_ok(leader, &format!("w/{i}?mode=sync"), b"v", DEADLINE);
+        last = r.json()["index"].as_u64().expect("index");
+    }
+    let reported = |c: &Cluster| -> Option<u64> {
+        let s = c.status(leader)?;
+        s["progress"]
+            .as_array()?
+            .iter()
+            .find(|p| p["id"].as_u64() == Some(wiped))?["applied_index"]
+            .as_u64()
+    };
+    wait_until(
+        DEADLINE,
+        "the leader to see the follower's applied index",
+        || (reported(&c)? >= last).then_some(()),
+    );
+    // The follower loses its data; it comes back able to talk to the leader (so the leader
+    // hears from the new incarnation) but not to hear from it (so it cannot catch up).
+    c.kill(wiped);
+    std::fs::remove_dir_all(&c.node(wiped).data_dir).expect("wipe");
+    c.cut(leader, wiped);
+    c.restart(wiped);
+    wait_until(
+        DEADLINE,
+        "the leader to stop counting what the wiped follower had applied",
+        || (reported(&c)? == 0).then_some(()),
+    );
+    // So a sync write is not acknowledged as applied everywhere.
+    let r = c
+        .put(leader, "after-wipe?mode=sync", b"v")
+        .expect("the leader answers");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("replication_timeout"));
+    c.heal();
+}

@@ -35,6 +35,14 @@ impl Peers {
         info.applied = info.applied.max(applied);
     }
 
+    /// `id` came back with its data wiped: what it reported applying is gone with its data, so
+    /// its reports start over (it counts as having applied nothing until it reports again).
+    pub(super) fn wiped(&mut self, id: u64) {
+        if let Some(info) = self.info.get_mut(&id) {
+            info.applied = 0;
+        }
+    }
+
     /// What is known of `id` (nothing: the default).
     pub(super) fn get(&self, id: u64) -> PeerInfo {
         self.info.get(&id).copied().unwrap_or_default()
@@ -91,6 +99,11 @@ mod tests {
             "4 never reported"
         );
         assert_eq!(p.min_voter_applied(&[1], 1, 20), 20);
+        // A wiped peer has applied nothing any more, and its new, lower reports count.
+        p.wiped(3);
+        assert_eq!(p.min_voter_applied(&[1, 2, 3], 1, 20), 0);
+        p.report_applied(3, 4);
+        assert_eq!(p.min_voter_applied(&[1, 2, 3], 1, 20), 4);
         let cs = ConfState {
             voters: vec![3, 1],
             voters_outgoing: vec![1, 2],

@@ -271,6 +271,8 @@ impl<O: Outbox> Driver<O> {
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
             Event::PeerWiped(peer) => {
+                // What it reported applying is gone: `sync` writes must wait for it again.
+                self.peers.wiped(peer);
                 // raft-rs never lowers a follower's match index; a wiped follower lost what it
                 // matched, so the leader must probe it from the start (and send a snapshot).
                 if self.raw.raft.state == StateRole::Leader {
