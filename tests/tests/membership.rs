@@ -327,3 +327,76 @@ fn concurrent_membership_changes_are_refused_at_once_not_left_unknown() {
     learners.sort_unstable();
     assert_eq!(learners, vec![10, 11, 12]);
 }
+
+#[test]
+fn a_member_that_catches_up_by_snapshot_learns_members_added_while_it_was_away() {
+    let mut c = Cluster::start_with(3, &["--snapshot-entries", "60"]);
+    let leader = c.wait_for_leader();
+    let away = c.others(&[leader])[0];
+    c.kill(away);
+    // Node 4 joins and becomes a voter while `away` is down.
+    let new = c.add_node(leader);
+    let ids = [1, 2, 3, new];
+    promote_when_caught_up(&c, &ids, new);
+    wait_until(DEADLINE, "node 4 to be a voter", || {
+        (voters(&c, &ids).len() == 4).then_some(())
+    });
+    // Enough writes that the log is compacted past where `away` stopped.
+    for i in 0..300 {
+        c.put_until_ok(leader, &format!("away/{i}"), b"v", DEADLINE);
+    }
+    c.restart(away);
+    wait_until(
+        DEADLINE,
+        "the returning member to install a snapshot",
+        || {
+            let log = std::fs::read_to_string(&c.node(away).log).ok()?;
+            log.contains("installed a snapshot").then_some(())
+        },
+    );
+    // Now the two other original members go: one removed (never the leader), one stopped. The
+    // voters left are `away` and node 4, which can only form a quorum if `away` knows where
+    // node 4 is and lets it in.
+    let originals = c.others(&[away, new]);
+    let (gone, stopped) = (originals[0], originals[1]);
+    let lead = leader_status(&c, &ids).expect("a leader")["id"]
+        .as_u64()
+        .expect("id");
+    if lead == gone {
+        let r = c
+            .request(
+                gone,
+                "POST",
+                "/v1/cluster/transfer-leader",
+                &[],
+                Some(json!({"to": stopped}).to_string().as_bytes()),
+            )
+            .expect("answers");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    wait_until(DEADLINE, &format!("member {gone} to be removed"), || {
+        let lead = leader_status(&c, &ids)?["id"].as_u64()?;
+        let r = c
+            .request(
+                lead,
+                "DELETE",
+                &format!("/v1/cluster/members/{gone}"),
+                &[],
+                None,
+            )
+            .ok()?;
+        (r.status == 200).then_some(())
+    });
+    c.wait_exit(gone, DEADLINE);
+    c.kill(stopped);
+    c.put_until_ok(
+        away,
+        "after/quorum",
+        b"formed by the returning member and node 4",
+        DEADLINE,
+    );
+    for id in [away, new] {
+        let r = c.get(id, "after/quorum").expect("answers");
+        assert_eq!(r.status, 200, "node {id}: {}", r.text());
+    }
+}

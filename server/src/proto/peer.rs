@@ -139,4 +139,9 @@ pub struct SnapshotChunk {
     /// The term of the entry at `applied`.
     #[prost(uint64, tag = "7")]
     pub applied_term: u64,
+    /// On the last chunk: the member address book as of `applied` (JSON, see
+    /// [`crate::members`]), so that a node that catches up by snapshot learns the addresses of
+    /// members added while it was away. Empty when the sender has none.
+    #[prost(bytes = "vec", tag = "8")]
+    pub members: Vec<u8>,
 }

@@ -370,10 +370,14 @@ impl<O: Outbox> Driver<O> {
         if !ready.snapshot().is_empty() {
             let meta = ready.snapshot().get_metadata().clone();
             let mut batch = WriteBatch::default();
-            let (applied, applied_term) = self.stage.install_staged(&mut batch)?;
+            let installed = self.stage.install_staged(&mut batch)?;
+            let (applied, applied_term) = (installed.applied, installed.applied_term);
             self.raw
                 .mut_store()
                 .install_snapshot(batch, &meta, applied, applied_term)?;
+            if let Some(book) = installed.members {
+                self.adopt_members(book);
+            }
             // Logged before readers waiting on the applied index are woken, so that anyone who
             // sees the new data also finds the install in the node's log.
             info!(
@@ -511,6 +515,22 @@ impl<O: Outbox> Driver<O> {
         }
         self.release_sync_writes(now);
         Ok(())
+    }
+
+    /// Takes the address book of an installed snapshot: peers added while this node was away are
+    /// dialled (and let in), peers removed meanwhile are dropped.
+    fn adopt_members(&mut self, book: AddressBook) {
+        for (id, addr) in &book {
+            if *id != self.cfg.id {
+                self.outbox.set_peer(*id, Some(addr));
+            }
+        }
+        for id in self.members.keys() {
+            if *id != self.cfg.id && !book.contains_key(id) {
+                self.outbox.set_peer(*id, None);
+            }
+        }
+        self.members = book;
     }
 
     /// Answers `sync` writes that every voter has applied, or whose time ran out.

@@ -27,4 +27,4 @@ pub mod send;
 pub mod stage;
 
 pub use send::Sender;
-pub use stage::Stage;
+pub use stage::{Installed, Stage};

@@ -80,6 +80,7 @@ impl Sender {
         let snap = self.db.snapshot();
         let meta_cf = cf(&self.db, CF_META)?;
         let (applied, applied_term) = meta::applied_through(|key| snap.get_cf(meta_cf, key))?;
+        let members = meta::members_through(|key| snap.get_cf(meta_cf, key))?.unwrap_or_default();
         let mut chunk = SnapshotChunk {
             snap_index,
             snap_term,
@@ -112,6 +113,7 @@ impl Sender {
             }
         }
         chunk.done = true;
+        chunk.members = members;
         Ok(emit(chunk))
     }
 }

@@ -10,7 +10,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{IteratorMode, WriteBatch, DB};
+use tracing::warn;
 
+use crate::members::{self, AddressBook};
 use crate::proto::SnapshotChunk;
 use crate::storage::{
     cf, cf_upper_bound, meta, rocks, StorageError, CF_SNAP_STAGING, SNAPSHOT_CFS,
@@ -25,8 +27,25 @@ struct Staging {
     next_seq: u64,
     /// Applied index and term of the data, once the last chunk arrived.
     complete: Option<(u64, u64)>,
+    /// The address book that came with the last chunk (None: the sender had none).
+    members: Option<AddressBook>,
     /// Being installed: new streams wait.
     locked: bool,
+}
+
+/// Keys longer than this are refused (keel's keys are at most 4 KiB, plus prefixes in the
+/// idempotency column families; range deletions of a column family end at 8 KiB of 0xff).
+const MAX_STAGED_KEY: usize = 8 * 1024 - 1;
+
+/// What an install puts in place.
+#[derive(Debug)]
+pub struct Installed {
+    /// The applied index the installed data reflects (at least the snapshot's index).
+    pub applied: u64,
+    /// The term of that index.
+    pub applied_term: u64,
+    /// The address book that came with the snapshot, written in the same batch.
+    pub members: Option<AddressBook>,
 }
 
 /// The staging area of incoming snapshots; cheap to clone (the transport's inbound side and the
@@ -77,6 +96,34 @@ impl Stage {
             st.snap = None;
             return Ok(());
         }
+        // Refused on arrival, not at install: a chunk the install could not write (an unknown
+        // column family, a key longer than any keel writes, an address book that does not
+        // parse) abandons the stream; the leader sends the snapshot again.
+        if let Some(p) = chunk
+            .pairs
+            .iter()
+            .find(|p| p.cf as usize >= SNAPSHOT_CFS.len() || p.key.len() >= MAX_STAGED_KEY)
+        {
+            warn!(
+                cf = p.cf,
+                key_len = p.key.len(),
+                "snapshot chunk with an unknown column family or an oversized key; stream abandoned"
+            );
+            st.snap = None;
+            return Ok(());
+        }
+        let book = if chunk.done && !chunk.members.is_empty() {
+            match members::decode(&chunk.members) {
+                Ok(book) => Some(book),
+                Err(e) => {
+                    warn!(error = %e, "snapshot with a damaged address book; stream abandoned");
+                    st.snap = None;
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
         let mut batch = WriteBatch::default();
         for p in &chunk.pairs {
             let mut key = Vec::with_capacity(1 + p.key.len());
@@ -90,6 +137,7 @@ impl Stage {
         st.next_seq += 1;
         if chunk.done {
             st.complete = Some((chunk.applied, chunk.applied_term));
+            st.members = book;
         }
         Ok(())
     }
@@ -109,9 +157,10 @@ impl Stage {
         self.lock_staging().locked = false;
     }
 
-    /// Adds to `batch` the replacement of the state machine by the staged snapshot, and returns
-    /// the applied index and term it reflects. The caller writes the batch.
-    pub fn install_staged(&self, batch: &mut WriteBatch) -> Result<(u64, u64), StorageError> {
+    /// Adds to `batch` the replacement of the state machine (and of the address book, when the
+    /// snapshot carried one) by the staged snapshot, and returns what it installs. The caller
+    /// writes the batch.
+    pub fn install_staged(&self, batch: &mut WriteBatch) -> Result<Installed, StorageError> {
         let mut st = self.lock_staging();
         let Some((applied, applied_term)) = st.complete else {
             return Err(StorageError::Corrupt {
@@ -142,10 +191,107 @@ impl Stage {
         }
         batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
         meta::put_applied(&self.db, batch, applied, applied_term)?;
+        let members = st.members.take();
+        if let Some(book) = &members {
+            meta::put_members(&self.db, batch, book)?;
+        }
         *st = Staging {
             locked: true,
             ..Staging::default()
         };
-        Ok((applied, applied_term))
+        Ok(Installed {
+            applied,
+            applied_term,
+            members,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::MemberAddr;
+    use crate::proto::SnapshotPair;
+
+    fn chunk(seq: u64, done: bool, pairs: Vec<SnapshotPair>) -> SnapshotChunk {
+        SnapshotChunk {
+            snap_index: 10,
+            snap_term: 2,
+            seq,
+            done,
+            applied: 12,
+            applied_term: 2,
+            pairs,
+            members: Vec::new(),
+        }
+    }
+
+    fn pair(cf: u32, key: &[u8]) -> SnapshotPair {
+        SnapshotPair {
+            cf,
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+        }
+    }
+
+    fn stage() -> (tempfile::TempDir, Stage) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = crate::storage::open_db(dir.path()).expect("open RocksDB");
+        (dir, Stage::new(db))
+    }
+
+    #[test]
+    fn a_chunk_the_install_could_not_write_is_refused_on_arrival() {
+        let (_d, stage) = stage();
+        stage
+            .stage_chunk(chunk(0, false, vec![pair(0, b"a")]))
+            .expect("stage");
+        // Column family 3 does not exist (256 would even wrap to 0 as a byte).
+        for bad in [pair(3, b"b"), pair(256, b"b"), pair(0, &[b'k'; 9000])] {
+            let (_d, stage) = self::stage();
+            stage
+                .stage_chunk(chunk(0, false, vec![pair(0, b"a")]))
+                .expect("stage");
+            stage
+                .stage_chunk(chunk(1, true, vec![bad]))
+                .expect("refused, not an error");
+            assert!(
+                !stage.lock_staged(10, 2),
+                "a bad stream must not be installable"
+            );
+        }
+        let mut damaged = chunk(1, true, vec![pair(1, b"k")]);
+        damaged.members = b"{not json".to_vec();
+        stage.stage_chunk(damaged).expect("refused, not an error");
+        assert!(!stage.lock_staged(10, 2));
+    }
+
+    #[test]
+    fn the_address_book_travels_with_the_snapshot() {
+        let (_d, stage) = stage();
+        let mut book = AddressBook::new();
+        book.insert(
+            4,
+            MemberAddr {
+                peer_addr: "n4:7101".into(),
+                http_addr: Some("n4:7001".into()),
+            },
+        );
+        stage
+            .stage_chunk(chunk(0, false, vec![pair(0, b"a")]))
+            .expect("stage");
+        let mut last = chunk(1, true, vec![pair(0, b"b")]);
+        last.members = members::encode(&book);
+        stage.stage_chunk(last).expect("stage");
+        assert!(stage.lock_staged(10, 2));
+        let mut batch = WriteBatch::default();
+        let installed = stage.install_staged(&mut batch).expect("install");
+        assert_eq!((installed.applied, installed.applied_term), (12, 2));
+        assert_eq!(installed.members, Some(book.clone()));
+        stage.db.write(batch).expect("write");
+        let stored = meta::read_members(&stage.db)
+            .expect("read")
+            .expect("present");
+        assert_eq!(stored.expect("parses"), book);
     }
 }

@@ -155,6 +155,14 @@ pub fn read_members(
         .map(|bytes| members::decode(&bytes)))
 }
 
+/// Reads the stored address book, as bytes, through `get` (a lookup in [`CF_META`] of the
+/// database or of one of its snapshots).
+pub fn members_through(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<Option<Vec<u8>>, StorageError> {
+    get(KEY_MEMBERS).map_err(rocks("read members"))
+}
+
 /// Persists the address book outside the apply path: at start and on restore.
 pub fn write_members(db: &DB, book: &AddressBook) -> Result<(), StorageError> {
     write_members_raw(db, &members::encode(book))
