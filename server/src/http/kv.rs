@@ -92,7 +92,7 @@ impl Api {
         let command = Command {
             op: Some(op),
             idempotency_key,
-            proposed_at_ms: 0,
+            leader_ms: 0,
         };
         Ok(self
             .router

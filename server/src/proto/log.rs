@@ -10,14 +10,17 @@ pub struct Command {
     /// The operation.
     #[prost(oneof = "command::Op", tags = "1, 2, 3, 4")]
     pub op: Option<command::Op>,
-    /// The client's `Idempotency-Key` (empty: none). A command whose key was applied within
-    /// [`crate::sm::IDEMPOTENCY_TTL_MS`] is answered with the first outcome instead.
+    /// The client's `Idempotency-Key` (empty: none). A command whose key is still remembered
+    /// (see [`crate::sm::idempotency`]) is answered with the first outcome instead.
     #[prost(string, tag = "10")]
     pub idempotency_key: String,
-    /// The leader's wall clock when it proposed the command (ms since the epoch). Part of the
-    /// entry, so every replica expires idempotency records at the same entry.
-    #[prost(uint64, tag = "11")]
-    pub proposed_at_ms: u64,
+    // Tag 11 (the proposing leader's wall clock) is retired: idempotency expiry no longer
+    // trusts any wall clock.
+    /// Milliseconds on the proposing leader's monotonic clock, counted from its first proposal
+    /// in its term. Only ever compared with stamps of the same term (the entry's term), that is
+    /// of the same leader; part of the entry, so every replica decides alike.
+    #[prost(uint64, tag = "12")]
+    pub leader_ms: u64,
 }
 
 /// Nested types of [`Command`].
@@ -183,9 +186,16 @@ pub struct IdempotencyRecord {
     /// The first outcome.
     #[prost(message, optional, tag = "2")]
     pub result: Option<ApplyResult>,
-    /// `proposed_at_ms` of the first command.
-    #[prost(uint64, tag = "3")]
-    pub stamp_ms: u64,
+    // Tag 3 (a wall-clock stamp) is retired.
+    /// The term of the entry that first applied the command (0 in records of older versions).
+    #[prost(uint64, tag = "4")]
+    pub term: u64,
+    /// That entry's `leader_ms`.
+    #[prost(uint64, tag = "5")]
+    pub leader_ms: u64,
+    /// That entry's index.
+    #[prost(uint64, tag = "6")]
+    pub index: u64,
 }
 
 /// Preconditions shared by put and delete (HTTP `If-Match` / `If-None-Match: *`).

@@ -62,6 +62,9 @@ pub(super) struct Writes {
     pending: BTreeMap<u64, PendingWrite>,
     /// `sync` writes applied here, until every voter has applied them or time runs out.
     awaiting_all: Vec<AwaitingAll>,
+    /// The term this node proposed in last and the instant its stamps count from: the
+    /// monotonic clock idempotency expiry is measured by.
+    clock: Option<(u64, Instant)>,
 }
 
 impl Writes {
@@ -75,10 +78,18 @@ impl Writes {
     ) {
         let blind = command.idempotency_key.is_empty()
             && matches!(&command.op, Some(Op::Put(p)) if p.precondition.is_none());
-        // The stamp that idempotency expiry is measured by (see crate::sm::idempotency).
-        command.proposed_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        // The stamp that idempotency expiry is measured by (see crate::sm::idempotency): this
+        // leader's monotonic clock, only ever compared within its own term.
+        let term = raw.raft.term;
+        let epoch = match self.clock {
+            Some((t, epoch)) if t == term => epoch,
+            _ => {
+                let epoch = Instant::now();
+                self.clock = Some((term, epoch));
+                epoch
+            }
+        };
+        command.leader_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.submit(raw, mode, blind, reply, |raw| {
             raw.propose(Vec::new(), command.encode_to_vec())
         });

@@ -13,7 +13,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::decode_record;
 use super::eval::{check_precondition, compute_add, new_record, reject, run_txn};
-use super::idempotency::{fingerprint, Memory};
+use super::idempotency::{fingerprint, Memory, Stamp};
 use crate::proto::{
     command::Op, AddOp, ApplyResult, Command, DeleteOp, IdempotencyRecord, PutOp, TxnOp,
     ValueRecord,
@@ -70,7 +70,12 @@ impl<'a> ApplyBatch<'a> {
             Ok(cmd) => cmd,
             Err(e) => return Ok(reject(index, ErrorCode::InvalidCommand, e.to_string())),
         };
-        self.idempotency.observe(cmd.proposed_at_ms);
+        let stamp = Stamp {
+            index,
+            term,
+            leader_ms: cmd.leader_ms,
+        };
+        self.idempotency.observe(stamp);
         let Some(op) = cmd.op else {
             return Ok(reject(
                 index,
@@ -84,9 +89,9 @@ impl<'a> ApplyBatch<'a> {
             return self.apply_op(index, op);
         }
         let fingerprint = fingerprint(&op);
-        if let Some(rec) =
-            self.idempotency
-                .live(self.db, &cmd.idempotency_key, cmd.proposed_at_ms)?
+        if let Some(rec) = self
+            .idempotency
+            .live(self.db, &cmd.idempotency_key, stamp)?
         {
             if rec.fingerprint != fingerprint {
                 return Ok(reject(
@@ -106,7 +111,9 @@ impl<'a> ApplyBatch<'a> {
         let rec = IdempotencyRecord {
             fingerprint,
             result: Some(result.clone()),
-            stamp_ms: cmd.proposed_at_ms,
+            term,
+            leader_ms: cmd.leader_ms,
+            index,
         };
         self.idempotency
             .record(self.db, &mut self.batch, cmd.idempotency_key, rec)?;

@@ -2,25 +2,60 @@
 //!
 //! A command with an idempotency key records its outcome (and a fingerprint of the request) in
 //! the `idempotency` column family, in the same batch as its effects, and a pointer to it ordered
-//! by age in `idempotency_ttl`. A later command with the same key whose stamp is within
-//! [`IDEMPOTENCY_TTL_MS`] of the record's is not applied: it is answered with the recorded
-//! outcome (`replayed`), or refused if the request differs. Whether a record counts is decided by
-//! the stamps in the log alone, so replicas agree however late they physically delete expired
-//! records (a bounded number per batch).
+//! by log index in `idempotency_ttl`. A later command with the same key, while the record is
+//! live, is not applied: it is answered with the recorded outcome (`replayed`), or refused if the
+//! request differs.
+//!
+//! # How long a key is remembered (no wall clock)
+//! No clock of any machine is trusted across machines: a new leader whose wall clock ran ahead
+//! must not forget a key early and apply a client's retry twice. A record made by the entry at
+//! index `i` of term `t`, stamped `ms` on that leader's monotonic clock, is live for a command at
+//! index `j` of term `u`, stamped `ms'`:
+//! - while the same leader leads (`u == t`): until `ms' >= ms + 5 minutes`
+//!   ([`IDEMPOTENCY_TTL_MS`], measured on that one leader's monotonic clock);
+//! - once leadership has changed (`u != t`): until `j >= i + 1,000,000`
+//!   ([`IDEMPOTENCY_CROSS_TERM_ENTRIES`]): another leader's clock says nothing about how long
+//!   ago the record was made, so only the log is counted.
+//!
+//! Both inputs are in the log entries, so every replica decides alike, however late it
+//! physically deletes expired records (a bounded number per batch, oldest index first).
 
 use std::collections::HashMap;
 
 use prost::Message as _;
-use rocksdb::{IteratorMode, ReadOptions, WriteBatch, DB};
+use rocksdb::{IteratorMode, WriteBatch, DB};
 
 use crate::proto::{command::Op, Command, IdempotencyRecord};
 use crate::storage::{cf, decode_u64, rocks, StorageError, CF_IDEM, CF_IDEM_TTL};
 
-/// How long an idempotency key is remembered, measured on the proposing leaders' clocks. A
-/// constant, not a flag: every replica must decide alike.
+/// How long a key is remembered while the leader that recorded it leads, on its monotonic
+/// clock. A constant, not a flag: every replica must decide alike.
 pub const IDEMPOTENCY_TTL_MS: u64 = 5 * 60 * 1000;
-/// Expired idempotency records deleted per apply batch at most (bounds the work of one batch).
+/// How many log entries a key is remembered for once leadership has changed (also the bound on
+/// the memory's size then).
+pub const IDEMPOTENCY_CROSS_TERM_ENTRIES: u64 = 1_000_000;
+/// Records examined for deletion per apply batch at most (bounds the work of one batch).
 const EVICT_PER_BATCH: usize = 1024;
+
+/// Where and when a command was applied: its entry and its leader's clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's term: which leader proposed it.
+    pub term: u64,
+    /// Milliseconds on that leader's monotonic clock.
+    pub leader_ms: u64,
+}
+
+/// Whether `rec` still counts for a command at `now` (the rule in the module docs).
+pub fn is_live(rec: &IdempotencyRecord, now: Stamp) -> bool {
+    if rec.term != 0 && rec.term == now.term {
+        now.leader_ms < rec.leader_ms.saturating_add(IDEMPOTENCY_TTL_MS)
+    } else {
+        now.index < rec.index.saturating_add(IDEMPOTENCY_CROSS_TERM_ENTRIES)
+    }
+}
 
 /// A stable 64-bit FNV-1a hash.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -44,9 +79,10 @@ pub fn fingerprint(op: &Op) -> u64 {
     )
 }
 
-/// Key of a record in `idempotency_ttl`: big-endian stamp, then the client's key.
-fn ttl_key(stamp: u64, key: &str) -> Vec<u8> {
-    let mut k = stamp.to_be_bytes().to_vec();
+/// Key of a record in `idempotency_ttl`: the big-endian index of the entry that made it, then
+/// the client's key.
+fn ttl_key(index: u64, key: &str) -> Vec<u8> {
+    let mut k = index.to_be_bytes().to_vec();
     k.extend_from_slice(key.as_bytes());
     k
 }
@@ -56,40 +92,34 @@ fn ttl_key(stamp: u64, key: &str) -> Vec<u8> {
 pub(super) struct Memory {
     /// Records written by this batch (RocksDB write batches cannot be read back).
     overlay: HashMap<String, IdempotencyRecord>,
-    /// Highest `proposed_at_ms` seen in the batch: records older than it by the TTL are dead.
-    max_stamp: u64,
+    /// The stamp of the last command applied in the batch: expiry is judged against it.
+    last: Option<Stamp>,
 }
 
 impl Memory {
     /// Notes the stamp of an applied command.
-    pub(super) fn observe(&mut self, stamp: u64) {
-        self.max_stamp = self.max_stamp.max(stamp);
+    pub(super) fn observe(&mut self, stamp: Stamp) {
+        self.last = Some(stamp);
     }
 
-    /// The record of `key`, if one is live for a command stamped `stamp`.
+    /// The record of `key`, if one is live for a command stamped `now`.
     pub(super) fn live(
         &self,
         db: &DB,
         key: &str,
-        stamp: u64,
+        now: Stamp,
     ) -> Result<Option<IdempotencyRecord>, StorageError> {
-        let rec =
-            match self.overlay.get(key) {
-                Some(rec) => Some(rec.clone()),
-                None => match db
-                    .get_pinned_cf(cf(db, CF_IDEM)?, key.as_bytes())
-                    .map_err(rocks("read idempotency record"))?
-                {
-                    Some(v) => Some(IdempotencyRecord::decode(&v[..]).map_err(|e| {
-                        StorageError::Corrupt {
-                            what: "idempotency record",
-                            detail: e.to_string(),
-                        }
-                    })?),
-                    None => None,
-                },
-            };
-        Ok(rec.filter(|r| r.stamp_ms.saturating_add(IDEMPOTENCY_TTL_MS) >= stamp))
+        let rec = match self.overlay.get(key) {
+            Some(rec) => Some(rec.clone()),
+            None => match db
+                .get_pinned_cf(cf(db, CF_IDEM)?, key.as_bytes())
+                .map_err(rocks("read idempotency record"))?
+            {
+                Some(v) => Some(decode(&v)?),
+                None => None,
+            },
+        };
+        Ok(rec.filter(|r| is_live(r, now)))
     }
 
     /// Records the outcome of the command with `key` in `batch`.
@@ -101,50 +131,108 @@ impl Memory {
         rec: IdempotencyRecord,
     ) -> Result<(), StorageError> {
         batch.put_cf(cf(db, CF_IDEM)?, key.as_bytes(), rec.encode_to_vec());
-        batch.put_cf(cf(db, CF_IDEM_TTL)?, ttl_key(rec.stamp_ms, &key), []);
+        batch.put_cf(cf(db, CF_IDEM_TTL)?, ttl_key(rec.index, &key), []);
         self.overlay.insert(key, rec);
         Ok(())
     }
 
-    /// Adds to `batch` the deletion of a bounded number of records that no command can use any
-    /// more.
+    /// Adds to `batch` the deletion of records that no command can use any more, examining a
+    /// bounded number of the oldest.
     pub(super) fn evict_expired(
         &self,
         db: &DB,
         batch: &mut WriteBatch,
     ) -> Result<(), StorageError> {
-        let Some(threshold) = self.max_stamp.checked_sub(IDEMPOTENCY_TTL_MS) else {
+        let Some(now) = self.last else {
             return Ok(());
         };
         let ttl = cf(db, CF_IDEM_TTL)?;
         let idem = cf(db, CF_IDEM)?;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(threshold.to_be_bytes().to_vec());
         for item in db
-            .iterator_cf_opt(ttl, opts, IteratorMode::Start)
+            .iterator_cf(ttl, IteratorMode::Start)
             .take(EVICT_PER_BATCH)
         {
             let (k, _) = item.map_err(rocks("scan idempotency records"))?;
             if k.len() < 8 {
+                batch.delete_cf(ttl, &k);
                 continue;
             }
-            let stamp = decode_u64(&k[..8], "idempotency stamp")?;
+            let index = decode_u64(&k[..8], "idempotency index")?;
+            if index >= now.index {
+                break;
+            }
             let key = &k[8..];
-            batch.delete_cf(ttl, &k);
-            // Delete the record only if it is still the one this entry tracks (the key may have
-            // been used again after it expired).
+            let key_str = String::from_utf8_lossy(key);
+            if self.overlay.contains_key(key_str.as_ref()) {
+                // Used again in this batch: a newer record with a pointer of its own.
+                batch.delete_cf(ttl, &k);
+                continue;
+            }
             let current = db
                 .get_pinned_cf(idem, key)
                 .map_err(rocks("read idempotency record"))?;
-            if let Some(v) = current {
-                if let Ok(rec) = IdempotencyRecord::decode(&v[..]) {
-                    let key_str = String::from_utf8_lossy(key);
-                    if rec.stamp_ms == stamp && !self.overlay.contains_key(key_str.as_ref()) {
-                        batch.delete_cf(idem, key);
-                    }
+            match current.map(|v| decode(&v)).transpose()? {
+                // Still the record this pointer tracks, and dead: both go.
+                Some(rec) if rec.index == index && !is_live(&rec, now) => {
+                    batch.delete_cf(idem, key);
+                    batch.delete_cf(ttl, &k);
                 }
+                // Still live: keep it (and look further: a younger record of the current term
+                // may be dead by the clock while this older one is not).
+                Some(rec) if rec.index == index => {}
+                // The key was used again later (or is gone): this pointer is stale.
+                _ => batch.delete_cf(ttl, &k),
             }
         }
         Ok(())
+    }
+}
+
+fn decode(v: &[u8]) -> Result<IdempotencyRecord, StorageError> {
+    IdempotencyRecord::decode(v).map_err(|e| StorageError::Corrupt {
+        what: "idempotency record",
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(index: u64, term: u64, leader_ms: u64) -> IdempotencyRecord {
+        IdempotencyRecord {
+            index,
+            term,
+            leader_ms,
+            ..Default::default()
+        }
+    }
+
+    fn at(index: u64, term: u64, leader_ms: u64) -> Stamp {
+        Stamp {
+            index,
+            term,
+            leader_ms,
+        }
+    }
+
+    #[test]
+    fn the_same_leader_counts_time_another_counts_entries() {
+        let r = rec(100, 3, 50_000);
+        // Same leader: live for five minutes of its clock, however many entries.
+        assert!(is_live(
+            &r,
+            at(5_000_000, 3, 50_000 + IDEMPOTENCY_TTL_MS - 1)
+        ));
+        assert!(!is_live(&r, at(101, 3, 50_000 + IDEMPOTENCY_TTL_MS)));
+        // Another leader: its clock says nothing, however far ahead it is; entries count.
+        assert!(is_live(&r, at(101, 4, u64::MAX)));
+        assert!(is_live(
+            &r,
+            at(100 + IDEMPOTENCY_CROSS_TERM_ENTRIES - 1, 4, 0)
+        ));
+        assert!(!is_live(&r, at(100 + IDEMPOTENCY_CROSS_TERM_ENTRIES, 4, 0)));
+        // A record of an older version (no term) is counted in entries only.
+        assert!(is_live(&rec(0, 0, 0), at(10, 0, u64::MAX)));
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! # Invariants
 //! - Apply is deterministic: the outcome of a command depends only on the data and the entry
-//!   (its index and the leader's `proposed_at_ms` stamp), so every replica reaches the same state
+//!   (its index, its term and the leader's `leader_ms` stamp), so every replica reaches the same state
 //!   and the same [`ApplyResult`].
 //! - A batch of entries is applied in one RocksDB `WriteBatch` that also moves the applied index
 //!   (see [`crate::storage`]): data and applied index never disagree, so no entry is applied twice.
@@ -37,7 +37,7 @@ pub mod idempotency;
 
 pub use apply::ApplyBatch;
 pub use eval::parse_int;
-pub use idempotency::IDEMPOTENCY_TTL_MS;
+pub use idempotency::{IDEMPOTENCY_CROSS_TERM_ENTRIES, IDEMPOTENCY_TTL_MS};
 
 /// Read access to the state machine, shared by the HTTP handlers (RocksDB is thread-safe), and
 /// the start of every apply batch.
@@ -217,7 +217,7 @@ mod tests {
         Command {
             op: Some(op),
             idempotency_key: key.into(),
-            proposed_at_ms: stamp,
+            leader_ms: stamp,
         }
         .encode_to_vec()
     }
@@ -298,6 +298,29 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_under_a_new_leader_whose_clock_is_ahead_is_not_applied_twice() {
+        let (_d, sm) = open();
+        let t0 = 1_000_000_000;
+        let mut b = sm.batch();
+        let first = b
+            .apply(1, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0))
+            .unwrap();
+        assert!(!first.replayed);
+        // The leader changes; the new leader's clock is 10 minutes ahead of the old one's. The
+        // client's retry of the same request, a second later, must still be recognised.
+        let retry = b
+            .apply(
+                2,
+                2,
+                &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 600_000),
+            )
+            .unwrap();
+        assert!(retry.replayed, "the retry was applied a second time");
+        b.commit().unwrap();
+        assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"5");
+    }
+
+    #[test]
     fn idempotent_commands_apply_once_until_their_key_expires() {
         let (_d, sm) = open();
         let t0 = 1_000_000_000;
@@ -355,6 +378,43 @@ mod tests {
             .unwrap();
         assert!(r.replayed, "the record written at `later` is still live");
         b.commit().unwrap();
+        // Once the leader's clock is past both records' time, a batch deletes them physically.
+        let stored = |sm: &StateMachine, key: &str| {
+            let idem = cf(&sm.db, crate::storage::CF_IDEM).unwrap();
+            sm.db.get_cf(idem, key.as_bytes()).unwrap().is_some()
+        };
+        assert!(stored(&sm, "req-1") && stored(&sm, "req-2"));
+        let mut b = sm.batch();
+        let end = later + 2 * IDEMPOTENCY_TTL_MS;
+        b.apply(8, 1, &idem(Op::Add(add_op("z", 1, None)), "req-3", end))
+            .unwrap();
+        b.commit().unwrap();
+        assert!(!stored(&sm, "req-1") && !stored(&sm, "req-2"));
+        assert!(stored(&sm, "req-3"));
+    }
+
+    #[test]
+    fn once_leadership_changes_a_key_is_remembered_for_a_number_of_entries() {
+        let (_d, sm) = open();
+        let mut b = sm.batch();
+        b.apply(10, 1, &idem(Op::Add(add_op("n", 1, None)), "k", 0))
+            .unwrap();
+        // The next leader's clock is far ahead and no help: entries are counted.
+        let edge = 10 + IDEMPOTENCY_CROSS_TERM_ENTRIES;
+        let r = b
+            .apply(
+                edge - 1,
+                2,
+                &idem(Op::Add(add_op("n", 1, None)), "k", u64::MAX),
+            )
+            .unwrap();
+        assert!(r.replayed);
+        let r = b
+            .apply(edge, 2, &idem(Op::Add(add_op("n", 1, None)), "k", 0))
+            .unwrap();
+        assert!(!r.replayed, "forgotten after the window of entries");
+        b.commit().unwrap();
+        assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"2");
     }
 
     fn put(key: &str, value: &str) -> Vec<u8> {
