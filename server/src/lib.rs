@@ -23,12 +23,13 @@
 //!
 //! Shared by the stages: [`proto`] (the formats on disk and on the wire), [`members`] (the
 //! address book), [`error`] (why a write or a read failed), [`config`] (flags), [`planted`]
-//! (deliberate bugs for the fault suite). [`node`] wires one node together and stops it.
+//! (deliberate bugs for the fault suite), [`failpoints`] (crash points of the test build). [`node`] wires one node together and stops it.
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod error;
+pub mod failpoints;
 pub mod forward;
 pub mod http;
 pub mod members;

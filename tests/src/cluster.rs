@@ -59,6 +59,8 @@ pub struct Cluster {
     pub(crate) bin: PathBuf,
     /// Environment of every node.
     pub(crate) env: Vec<(String, String)>,
+    /// Environment of one node, on top of `env` (failpoints armed from the start).
+    pub(crate) node_env: HashMap<u64, Vec<(String, String)>>,
     /// Namespaces, when the nodes run in their own network namespaces.
     pub(crate) net: Option<netns::NetnsNet>,
     /// The HTTP client of [`Cluster::request`].
@@ -199,6 +201,7 @@ impl Cluster {
             links,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             bin,
+            node_env: HashMap::new(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -270,10 +273,20 @@ impl Cluster {
         self.dir.as_ref().expect("dir").path()
     }
 
+    /// Sets (Some) or clears (None) an environment variable of node `id` for its next starts.
+    pub fn set_node_env(&mut self, id: u64, key: &str, value: Option<&str>) {
+        let env = self.node_env.entry(id).or_default();
+        env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            env.push((key.to_string(), v.to_string()));
+        }
+    }
+
     /// Starts node `id`'s process.
     pub(crate) fn spawn(&mut self, id: u64) {
         let bin = self.bin.clone();
-        let env = self.env.clone();
+        let mut env = self.env.clone();
+        env.extend(self.node_env.get(&id).cloned().unwrap_or_default());
         let ns = self.net.as_ref().map(|n| n.ns(id).to_string());
         let cluster_arg = self.cluster_args.get(id as usize - 1).cloned();
         let extra = self.extra_args.clone();

@@ -68,6 +68,31 @@ impl Api {
         Reply::bytes(Bytes::from(text), "text/plain; version=0.0.4", None)
     }
 
+    /// `PUT /v1/admin/failpoints/{name}` (the body: fail-rs actions) and `DELETE` (disarm):
+    /// the test build only; the route does not exist elsewhere.
+    pub(super) async fn failpoint(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        name: &str,
+        method: hyper::Method,
+    ) -> Answer {
+        let actions = if method == hyper::Method::DELETE {
+            String::new()
+        } else {
+            let body = request::read_body(headers, body, MAX_SMALL_BODY_BYTES).await?;
+            String::from_utf8(body.to_vec())
+                .map_err(|_| ApiError::new(ErrorCode::InvalidBody, "actions must be UTF-8"))?
+        };
+        crate::failpoints::configure(name, actions.trim())
+            .map_err(|e| ApiError::new(ErrorCode::InvalidParameter, e))?;
+        tracing::warn!(failpoint = name, actions = actions.trim(), "failpoint set");
+        Reply::json(
+            &serde_json::json!({"failpoint": name, "actions": actions.trim()}),
+            None,
+        )
+    }
+
     /// `POST /v1/admin/backup`: a consistent checkpoint of this node, taken once it has applied
     /// everything acknowledged before the request (a linearizable barrier), into a directory on
     /// this node's machine.

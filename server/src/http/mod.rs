@@ -169,6 +169,7 @@ impl Api {
             (Route::Promote, _) => self.promote_member(cluster::member_id(param)?).await,
             (Route::TransferLeader, _) => self.transfer_leader(&parts.headers, body).await,
             (Route::Backup, _) => self.backup(&parts.headers, body).await,
+            (Route::Failpoint, method) => self.failpoint(&parts.headers, body, param, method).await,
             (Route::Txn, _) => self.txn(&parts.headers, body, q).await,
             (Route::List, _) => self.list(q).await,
             (Route::Key, Method::POST) => {

@@ -33,6 +33,8 @@ pub enum Route {
     List,
     /// `/v1/kv/{key}`, and `POST /v1/kv/{key}/add`.
     Key,
+    /// `/v1/admin/failpoints/{name}`: only in the test build (see [`crate::failpoints`]).
+    Failpoint,
 }
 
 /// The table, built once.
@@ -60,6 +62,11 @@ fn table() -> &'static matchit::Router<Route> {
                 panic!("routing table: {path}: {e}");
             }
         }
+        if crate::failpoints::ENABLED {
+            if let Err(e) = t.insert("/v1/admin/failpoints/{name}", Route::Failpoint) {
+                panic!("routing table: failpoints: {e}");
+            }
+        }
         t
     })
 }
@@ -76,7 +83,11 @@ pub struct Matched<'p> {
 /// Finds the route of `path`.
 pub fn find(path: &str) -> Option<Matched<'_>> {
     let m = table().at(path).ok()?;
-    let param = m.params.get("id").or_else(|| m.params.get("key"));
+    let param = m
+        .params
+        .get("id")
+        .or_else(|| m.params.get("key"))
+        .or_else(|| m.params.get("name"));
     Some(Matched {
         route: *m.value,
         param,
@@ -101,6 +112,7 @@ pub fn methods(route: Route, param: Option<&str>) -> &'static [&'static str] {
             &["GET", "HEAD", "PUT", "DELETE", "POST"]
         }
         Route::Key => &["GET", "HEAD", "PUT", "DELETE"],
+        Route::Failpoint => &["PUT", "DELETE"],
     }
 }
 
@@ -131,6 +143,7 @@ pub fn describe(route: Route, method: &Method) -> String {
         Route::List => "/v1/kv",
         Route::Key if method == Method::POST => "/v1/kv/{key}/add",
         Route::Key => "/v1/kv/{key}",
+        Route::Failpoint => "/v1/admin/failpoints/{name}",
     };
     format!("{method} {path}")
 }
@@ -156,6 +169,11 @@ mod tests {
         for (path, route, param) in cases {
             assert_eq!(find(path), Some(Matched { route, param }), "{path}");
         }
+        // The failpoint route exists only in the test build.
+        assert_eq!(
+            find("/v1/admin/failpoints/x").is_some(),
+            crate::failpoints::ENABLED
+        );
         for path in ["/", "/v2/kv/x", "/v1/cluster/members/4/demote", "/healthz"] {
             assert_eq!(find(path), None, "{path}");
         }

@@ -90,6 +90,8 @@ fn raft_logger() -> slog::Logger {
 /// Runs a node until SIGINT/SIGTERM, its removal from the cluster, or a fatal error. `join`
 /// is how it joins a running cluster when started with `--join`.
 pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = crate::failpoints::setup();
     let cluster = args.validate()?;
     let peer_listen = match (&args.peer, cluster.get(&args.id)) {
         (Some(p), _) => p.clone(),

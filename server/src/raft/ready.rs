@@ -25,6 +25,7 @@ use super::status::{self, Known};
 use super::writes::Writes;
 use super::RaftConfig;
 use crate::error::WriteError;
+use crate::failpoints;
 use crate::members::AddressBook;
 use crate::proto::ApplyResult;
 use crate::sm::StateMachine;
@@ -112,11 +113,20 @@ pub fn start<O: Outbox>(
     let applied = sm
         .applied_index()
         .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?;
+    let raft_applied = store.raft_applied(applied);
+    if raft_applied < applied {
+        warn!(
+            applied,
+            last_index = raft_applied,
+            "the state machine is ahead of the log (a crash after a snapshot install): the \
+             entries in between will be fetched again and skipped"
+        );
+    }
     let raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
         heartbeat_tick: cfg.heartbeat_ticks,
-        applied,
+        applied: raft_applied,
         pre_vote: true,
         check_quorum: true,
         read_only_option: ReadOnlyOption::Safe,
@@ -378,6 +388,7 @@ impl<O: Outbox> Driver<O> {
             if let Some(book) = installed.members {
                 self.adopt_members(book);
             }
+            failpoints::crash_point(failpoints::SNAPSHOT_INSTALLED);
             // Logged before readers waiting on the applied index are woken, so that anyone who
             // sees the new data also finds the install in the node's log.
             info!(
@@ -396,6 +407,8 @@ impl<O: Outbox> Driver<O> {
 
         // 6. Read states: answer with the read index; callers wait for apply themselves.
         self.reads.answer(ready.take_read_states());
+
+        failpoints::crash_point(failpoints::APPLIED_BEFORE_APPEND);
 
         // 7. Append new entries and persist the hard state: one write, one fsync (group commit).
         let hs = ready.hs().cloned();
@@ -465,10 +478,13 @@ impl<O: Outbox> Driver<O> {
                         &mut self.members,
                         &mut peer_changes,
                     )? {
-                        Ok(()) => ApplyResult {
-                            index: entry.index,
-                            ..Default::default()
-                        },
+                        Ok(()) => {
+                            failpoints::crash_point(failpoints::CONF_CHANGE_APPLIED);
+                            ApplyResult {
+                                index: entry.index,
+                                ..Default::default()
+                            }
+                        }
                         Err(e) => {
                             warn!(index = entry.index, error = %e, "conf change rejected");
                             ApplyResult {
@@ -546,14 +562,17 @@ impl<O: Outbox> Driver<O> {
     }
 
     /// Compacts the log when enough has been applied since the last compaction. Outside a Ready
-    /// cycle only.
+    /// cycle only. Keyed to what raft-rs has handed out and been told is applied (never past
+    /// it: raft-rs still reads the entries it has not handed out), not to the state machine's
+    /// index, which can be ahead after a snapshot install.
     fn maybe_compact(&mut self) -> Result<(), StorageError> {
         let every = self.cfg.snapshot_entries;
         let (truncated, _) = self.raw.store().truncated();
-        if every == 0 || self.applied <= truncated + every {
+        let applied = self.raw.raft.raft_log.applied.min(self.applied);
+        if every == 0 || applied <= truncated + every {
             return Ok(());
         }
-        let to = self.applied - every / 2;
+        let to = applied - every / 2;
         self.raw.mut_store().compact(to)?;
         debug!(to, "compacted the log");
         Ok(())

@@ -52,6 +52,7 @@ impl Sender {
         let this = self.clone();
         info!(peer = to, index, "streaming a snapshot");
         self.runtime.spawn_blocking(move || {
+            crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_SEND);
             let sent = this.chunks(index, term, SNAPSHOT_CHUNK_BYTES, |chunk| {
                 queue.blocking_send(Body::SnapshotChunk(chunk))
             });

@@ -138,6 +138,8 @@ impl Stage {
         if chunk.done {
             st.complete = Some((chunk.applied, chunk.applied_term));
             st.members = book;
+            drop(st);
+            crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_STAGED);
         }
         Ok(())
     }

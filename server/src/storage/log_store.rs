@@ -88,7 +88,23 @@ impl RaftLogStore {
         if applied > store.hard_state.commit && applied <= store.last_index {
             store.hard_state.commit = applied;
         }
+        // A snapshot's data is read a little after its metadata, so an installed state machine
+        // can be ahead of the log it came with (applied > the snapshot's index = the last
+        // index). After a crash before the entries in between are appended, the log cannot
+        // vouch for the data: raft-rs starts from the log's end (see `raft_applied`), the
+        // entries in between come again from the leader and are skipped as already applied,
+        // and the next snapshot this node makes is described by what its log holds.
+        if applied > store.last_index {
+            store.applied = store.last_index;
+            store.applied_term = store.last_term;
+        }
         Ok(store)
+    }
+
+    /// The applied index to start raft-rs with: the state machine's, unless it is ahead of the
+    /// log (see [`RaftLogStore::open`]); raft-rs refuses an applied index beyond its log.
+    pub fn raft_applied(&self, sm_applied: u64) -> u64 {
+        sm_applied.min(self.last_index)
     }
 
     /// Rebuilds the term boundaries from the log on disk (once, at open).
