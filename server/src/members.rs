@@ -62,6 +62,17 @@ pub fn from_cluster(members: &std::collections::HashMap<u64, String>) -> Address
         .collect()
 }
 
+/// The address book after installing a snapshot that carried `snapshot`: members missing from
+/// it are gone, members this node did not know are learned from it, and the addresses this node
+/// already has for a member are kept (each node may reach a member at an address of its own, as
+/// `--cluster` allows: behind a proxy, a NAT, another network).
+pub fn merge_snapshot(current: &AddressBook, snapshot: &AddressBook) -> AddressBook {
+    snapshot
+        .iter()
+        .map(|(id, addr)| (*id, current.get(id).unwrap_or(addr).clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +89,15 @@ mod tests {
         );
         assert_eq!(decode(&encode(&b)).ok(), Some(b));
         assert!(decode(b"{\"4\": garbage").is_err());
+        // After a snapshot: 4 is learned, 2 keeps this node's address for it, 3 is gone.
+        let addr = |p: &str| MemberAddr {
+            peer_addr: p.into(),
+            http_addr: None,
+        };
+        let current: AddressBook = [(2, addr("mine:2")), (3, addr("mine:3"))].into();
+        let snapshot: AddressBook = [(2, addr("theirs:2")), (4, addr("theirs:4"))].into();
+        let merged = merge_snapshot(&current, &snapshot);
+        assert_eq!(merged, [(2, addr("mine:2")), (4, addr("theirs:4"))].into());
         let ctx: JoinContext = serde_json::from_str(r#"{"id": 5, "peer_addr": "a:1"}"#).unwrap();
         assert_eq!(ctx.addr.http_addr, None);
     }

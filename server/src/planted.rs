@@ -3,7 +3,8 @@
 //!
 //! - `stale-read`: linearizable reads skip ReadIndex and serve local state;
 //! - `early-ack`: `semi` writes are acknowledged once in the leader's log, before commit;
-//! - `skip-idempotency`: the state machine ignores `Idempotency-Key`s.
+//! - `skip-idempotency`: the state machine ignores `Idempotency-Key`s;
+//! - `skip-fsync`: the Raft log and hard state are written without fsync.
 //!
 //! Without the feature, [`active`] is a constant `false` and the optimiser removes every hook.
 
@@ -16,6 +17,8 @@ pub enum Bug {
     EarlyAck,
     /// Idempotency keys ignored.
     SkipIdempotency,
+    /// The Raft log appended without fsync.
+    SkipFsync,
 }
 
 /// Whether `bug` is planted in this process.
@@ -28,6 +31,7 @@ pub fn active(bug: Bug) -> bool {
             "stale-read" => Bug::StaleRead,
             "early-ack" => Bug::EarlyAck,
             "skip-idempotency" => Bug::SkipIdempotency,
+            "skip-fsync" => Bug::SkipFsync,
             _ => return None,
         };
         tracing::warn!(bug = ?b, "PLANTED BUG ACTIVE: this node is deliberately wrong");

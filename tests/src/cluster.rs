@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::powerfs::PowerDisk;
 use crate::{free_ports, http, keel_bin, netns, wait_until, LinkProxy, Resp, DEADLINE};
 
 /// One `keel server` process (running or not).
@@ -65,6 +66,26 @@ pub struct Cluster {
     pub(crate) net: Option<netns::NetnsNet>,
     /// The HTTP client of [`Cluster::request`].
     pub(crate) http: http::Http,
+    /// Each node's data directory on a disk that can lose power, when started on them.
+    pub(crate) disks: HashMap<u64, PowerDisk>,
+}
+
+/// How to start a cluster (see [`Cluster::launch_spec`]).
+pub struct Spec<'a> {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Flags given to every `keel server`.
+    pub extra: &'a [&'a str],
+    /// Every directed peer link through a proxy the test controls.
+    pub proxied: bool,
+    /// Each node in its own network namespace (implies proxied; needs root).
+    pub netns: bool,
+    /// The binary to run.
+    pub bin: PathBuf,
+    /// Environment of every node.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Each node's data directory on its own [`PowerDisk`] (needs /dev/fuse).
+    pub power_disks: bool,
 }
 
 impl Cluster {
@@ -108,8 +129,37 @@ impl Cluster {
         bin: PathBuf,
         env: &[(&str, &str)],
     ) -> Result<Cluster, String> {
-        let net = netns::NetnsNet::create(n)?;
-        Ok(Self::launch_opts(n, extra, true, Some(net), bin, env))
+        Self::launch_spec(Spec {
+            nodes: n,
+            extra,
+            proxied: true,
+            netns: true,
+            bin,
+            env,
+            power_disks: false,
+        })
+    }
+
+    /// Starts a cluster as `spec` says.
+    pub fn launch_spec(spec: Spec<'_>) -> Result<Cluster, String> {
+        let net = if spec.netns {
+            Some(netns::NetnsNet::create(spec.nodes)?)
+        } else {
+            None
+        };
+        let proxied = spec.proxied || spec.netns;
+        let mut c = Self::layout(spec.nodes, spec.extra, proxied, net, spec.bin, spec.env);
+        if spec.power_disks {
+            for id in c.ids() {
+                let dir = c.node(id).data_dir.clone();
+                let disk = PowerDisk::mount(&dir)?;
+                c.disks.insert(id, disk);
+            }
+        }
+        for id in c.ids() {
+            c.spawn(id);
+        }
+        Ok(c)
     }
 
     fn launch_opts(
@@ -125,6 +175,22 @@ impl Cluster {
             c.spawn(id);
         }
         c
+    }
+
+    /// Power is lost on node `id`: the process dies (kill -9) and its disk forgets everything
+    /// not fsynced. Restart it with [`Cluster::restart`]. Panics unless the cluster runs on
+    /// power disks.
+    pub fn power_loss(&mut self, id: u64) -> u64 {
+        self.kill(id);
+        match self.disks.get(&id) {
+            Some(disk) => disk.power_loss(),
+            None => panic!("node {id} has no power disk: launch the cluster with power_disks"),
+        }
+    }
+
+    /// What node `id`'s power disk holds and has done (None without power disks).
+    pub fn disk_stats(&self, id: u64) -> Option<crate::powerfs::Stats> {
+        self.disks.get(&id).map(PowerDisk::stats)
     }
 
     /// Plans a cluster of `n` nodes (addresses, directories, proxies) without starting them.
@@ -208,6 +274,7 @@ impl Cluster {
                 .collect(),
             net,
             http,
+            disks: HashMap::new(),
         }
     }
 
@@ -406,6 +473,32 @@ impl Cluster {
         })
     }
 
+    /// Like [`Cluster::wait_for_leader`], but None instead of a panic when no leader is agreed on
+    /// within `timeout`.
+    pub fn try_wait_for_leader(&mut self, timeout: Duration) -> Option<u64> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            let ids = self.ids();
+            let agreed = (|| {
+                let mut leader = None;
+                for &id in &ids {
+                    let l = self.status(id)?.get("leader")?.as_u64()?;
+                    if leader.is_some_and(|x| x != l) {
+                        return None;
+                    }
+                    leader = Some(l);
+                }
+                let l = leader?;
+                (self.status(l)?.get("role")?.as_str()? == "leader").then_some(l)
+            })();
+            if agreed.is_some() {
+                return agreed;
+            }
+            std::thread::sleep(crate::POLL);
+        }
+        None
+    }
+
     /// [`Cluster::wait_for_leader_excluding`] with nobody excluded.
     pub fn wait_for_leader(&mut self) -> u64 {
         self.wait_for_leader_excluding(&[], DEADLINE)
@@ -450,6 +543,8 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        // Unmount the power disks before the directory holding their mount points goes.
+        self.disks.clear();
         if std::thread::panicking() {
             if let Some(dir) = self.dir.take() {
                 let path = dir.keep();

@@ -25,11 +25,12 @@ pub mod history;
 pub mod http;
 pub mod nemesis;
 pub mod netns;
+pub mod powerfs;
 pub mod proxy;
 pub mod suite;
 pub mod workload;
 
-pub use cluster::{Cluster, Node};
+pub use cluster::{Cluster, Node, Spec};
 pub use proxy::{LinkMode, LinkProxy};
 
 /// Default deadline for cluster-wide conditions (leader elected, data replicated).

@@ -38,6 +38,13 @@ pub enum Fault {
     Loss,
     /// Split four nodes two and two: neither side may elect a leader.
     Split22,
+    /// Power loss of a random node (kill -9, and its disk forgets what was not fsynced);
+    /// restart at heal. Needs a cluster on power disks.
+    PowerLossRandom,
+    /// Power loss of a random minority at once.
+    PowerLossMinority,
+    /// Power loss of every node at once.
+    PowerLossAll,
 }
 
 impl Fault {
@@ -57,6 +64,9 @@ impl Fault {
             Fault::Delay => "delay",
             Fault::Loss => "loss",
             Fault::Split22 => "split-2-2",
+            Fault::PowerLossRandom => "power-loss-random",
+            Fault::PowerLossMinority => "power-loss-minority",
+            Fault::PowerLossAll => "power-loss-all",
         }
     }
 }
@@ -162,6 +172,22 @@ pub fn inject(c: &mut Cluster, fault: Fault, rng: &mut impl Rng) -> (Injected, S
             });
             inj.links = true;
             "lossy peer links: 20% of chunks stall 200 ms".to_string()
+        }
+        Fault::PowerLossRandom | Fault::PowerLossMinority | Fault::PowerLossAll => {
+            let mut targets = ids.clone();
+            targets.shuffle(rng);
+            match fault {
+                Fault::PowerLossRandom => targets.truncate(1),
+                Fault::PowerLossMinority => targets.truncate((ids.len() - 1).div_ceil(2).max(1)),
+                _ => {}
+            }
+            targets.sort_unstable();
+            let mut lost = 0;
+            for &id in &targets {
+                lost += c.power_loss(id);
+                inj.killed.push(id);
+            }
+            format!("power loss of nodes {targets:?} ({lost} bytes never fsynced dropped)")
         }
         Fault::Split22 => {
             let mut shuffled = ids.clone();

@@ -26,6 +26,7 @@ fn opts(name: &str, nodes: usize, faults: Vec<Fault>, secs: u64) -> RunOpts {
             duration: Duration::from_secs(secs),
             calm: Duration::from_secs(2),
             fault_for: Duration::from_secs(4),
+            power_disks: false,
         },
         modes: vec!["semi", "sync", "async"],
         clients: (4, 2, 2),
@@ -91,6 +92,59 @@ fn slow_and_lossy_links_with_a_partition_stay_linearizable() {
         30,
     ));
     expect_pass(&r);
+}
+
+/// The power-loss profile: every node's data on a disk that forgets what was not fsynced; power
+/// lost on one node, on a minority and on every node at once, with kills between.
+fn power_opts(name: &str, secs: u64) -> RunOpts {
+    let mut o = opts(
+        name,
+        3,
+        vec![
+            Fault::PowerLossRandom,
+            Fault::KillLeader,
+            Fault::PowerLossMinority,
+            Fault::PowerLossAll,
+        ],
+        secs,
+    );
+    o.profile.power_disks = true;
+    o
+}
+
+#[test]
+fn power_loss_loses_no_acknowledged_write_and_stays_linearizable() {
+    let _serial = serial();
+    let r = run(power_opts("power-loss", 40));
+    expect_pass(&r);
+}
+
+#[test]
+fn planted_skipped_fsync_is_caught_by_the_power_loss_profile() {
+    let _serial = serial();
+    let mut o = power_opts("planted-skip-fsync", 40);
+    o.planted = Some("skip-fsync");
+    let r = run(o);
+    eprintln!("{}", r.summary());
+    let lost: usize = r.lost_acked_writes.values().sum();
+    let caught =
+        lost + r.linearizability_anomalies.len() + r.bank_violations + usize::from(r.unrecovered);
+    assert!(
+        caught > 0,
+        "planted bug skip-fsync NOT caught: {}",
+        r.summary()
+    );
+    eprintln!(
+        "planted bug skip-fsync caught: {lost} acknowledged adds lost, {} keys not \
+         linearizable, {} bank violations, {}",
+        r.linearizability_anomalies.len(),
+        r.bank_violations,
+        if r.unrecovered {
+            "and the cluster did not recover"
+        } else {
+            "the cluster recovered"
+        }
+    );
 }
 
 fn planted(bug: &'static str, faults: Vec<Fault>, secs: u64) -> Report {
@@ -234,10 +288,22 @@ fn long_run_over_every_profile() {
             4,
             vec![Fault::Split22, Fault::KillLeader, Fault::PartitionLeader],
         ),
+        (
+            "long-power-loss",
+            3,
+            vec![
+                Fault::PowerLossRandom,
+                Fault::KillLeader,
+                Fault::PowerLossMinority,
+                Fault::PowerLossAll,
+            ],
+        ),
     ];
     let mut failed = Vec::new();
     for (name, nodes, faults) in profiles {
-        let r = run(opts(name, nodes, faults, secs));
+        let mut o = opts(name, nodes, faults, secs);
+        o.profile.power_disks = name == "long-power-loss";
+        let r = run(o);
         eprintln!("{}", r.summary());
         if !r.passed() {
             failed.push(r.summary());

@@ -380,7 +380,7 @@ impl<O: Outbox> Driver<O> {
         if !ready.snapshot().is_empty() {
             let meta = ready.snapshot().get_metadata().clone();
             let mut batch = WriteBatch::default();
-            let installed = self.stage.install_staged(&mut batch)?;
+            let installed = self.stage.install_staged(&mut batch, &self.members)?;
             let (applied, applied_term) = (installed.applied, installed.applied_term);
             self.raw
                 .mut_store()
@@ -537,7 +537,7 @@ impl<O: Outbox> Driver<O> {
     /// dialled (and let in), peers removed meanwhile are dropped.
     fn adopt_members(&mut self, book: AddressBook) {
         for (id, addr) in &book {
-            if *id != self.cfg.id {
+            if *id != self.cfg.id && !self.members.contains_key(id) {
                 self.outbox.set_peer(*id, Some(addr));
             }
         }

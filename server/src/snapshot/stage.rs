@@ -44,7 +44,8 @@ pub struct Installed {
     pub applied: u64,
     /// The term of that index.
     pub applied_term: u64,
-    /// The address book that came with the snapshot, written in the same batch.
+    /// The address book after the snapshot (this node's, updated with the one that came with
+    /// the snapshot: [`members::merge_snapshot`]), written in the same batch.
     pub members: Option<AddressBook>,
 }
 
@@ -162,7 +163,11 @@ impl Stage {
     /// Adds to `batch` the replacement of the state machine (and of the address book, when the
     /// snapshot carried one) by the staged snapshot, and returns what it installs. The caller
     /// writes the batch.
-    pub fn install_staged(&self, batch: &mut WriteBatch) -> Result<Installed, StorageError> {
+    pub fn install_staged(
+        &self,
+        batch: &mut WriteBatch,
+        current: &AddressBook,
+    ) -> Result<Installed, StorageError> {
         let mut st = self.lock_staging();
         let Some((applied, applied_term)) = st.complete else {
             return Err(StorageError::Corrupt {
@@ -193,7 +198,10 @@ impl Stage {
         }
         batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
         meta::put_applied(&self.db, batch, applied, applied_term)?;
-        let members = st.members.take();
+        let members = st
+            .members
+            .take()
+            .map(|book| members::merge_snapshot(current, &book));
         if let Some(book) = &members {
             meta::put_members(&self.db, batch, book)?;
         }
@@ -287,7 +295,9 @@ mod tests {
         stage.stage_chunk(last).expect("stage");
         assert!(stage.lock_staged(10, 2));
         let mut batch = WriteBatch::default();
-        let installed = stage.install_staged(&mut batch).expect("install");
+        let installed = stage
+            .install_staged(&mut batch, &AddressBook::new())
+            .expect("install");
         assert_eq!((installed.applied, installed.applied_term), (12, 2));
         assert_eq!(installed.members, Some(book.clone()));
         stage.db.write(batch).expect("write");

@@ -21,6 +21,12 @@ fn note_term(terms: &mut Vec<(u64, u64)>, index: u64, term: u64) {
     }
 }
 
+/// Whether writes of the Raft log are fsynced: always, unless the planted bug `skip-fsync`
+/// (test build only) is active, for the power-loss profile to show it would be caught.
+fn log_sync() -> bool {
+    !crate::planted::active(crate::planted::Bug::SkipFsync)
+}
+
 /// The Raft log, hard state and conf state of one node, implementing raft-rs's `Storage`.
 ///
 /// Owned by the Ready loop thread; positions are cached in memory and every change is written
@@ -173,7 +179,7 @@ impl RaftLogStore {
             }
         };
         self.db
-            .flush_wal(true)
+            .flush_wal(log_sync())
             .map_err(rocks("sync the WAL before compaction"))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
@@ -187,7 +193,7 @@ impl RaftLogStore {
             meta::truncation_value(to, term),
         );
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(log_sync());
         self.db
             .write_opt(batch, &opts)
             .map_err(rocks("compact log"))?;
@@ -230,7 +236,7 @@ impl RaftLogStore {
         let cs = snap.get_conf_state().clone();
         meta::put_conf_state(&self.db, &mut batch, &cs)?;
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(log_sync());
         self.db
             .write_opt(batch, &opts)
             .map_err(rocks("install snapshot"))?;
@@ -302,7 +308,7 @@ impl RaftLogStore {
             meta::put_hard_state(&self.db, &mut batch, hs)?;
         }
         let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
+        opts.set_sync(sync && log_sync());
         self.db
             .write_opt(batch, &opts)
             .map_err(rocks("append log"))?;

@@ -168,10 +168,18 @@ pub fn write_members(db: &DB, book: &AddressBook) -> Result<(), StorageError> {
     write_members_raw(db, &members::encode(book))
 }
 
-/// Persists raw bytes as the address book (tests use it to damage the record).
+/// Persists raw bytes as the address book (tests use it to damage the record). Synced: it is
+/// written once per start, and the next start must find it after a power loss.
 pub fn write_members_raw(db: &DB, encoded: &[u8]) -> Result<(), StorageError> {
-    db.put_cf(cf(db, CF_META)?, KEY_MEMBERS, encoded)
+    db.put_cf_opt(cf(db, CF_META)?, KEY_MEMBERS, encoded, &synced())
         .map_err(rocks("write members"))
+}
+
+/// Write options with fsync.
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
 }
 
 /// Puts the address book into `batch` (the apply path, with the conf state it belongs to).
@@ -195,7 +203,8 @@ pub fn incarnation(db: &DB) -> Result<u64, StorageError> {
         return decode_u64(&v, "incarnation");
     }
     let n: u64 = rand::random::<u64>() | 1;
-    db.put_cf(meta, KEY_INCARNATION, n.to_be_bytes())
+    // Synced: an incarnation lost to a power loss would make peers believe the data was wiped.
+    db.put_cf_opt(meta, KEY_INCARNATION, n.to_be_bytes(), &synced())
         .map_err(rocks("write incarnation"))?;
     Ok(n)
 }

@@ -68,6 +68,9 @@ pub struct Report {
     pub throughput: BTreeMap<String, f64>,
     /// The faults injected, with times.
     pub faults: Vec<String>,
+    /// The cluster elected no leader after the last fault healed (an anomaly: the final state
+    /// could not be read, so the set and final bank checks were skipped).
+    pub unrecovered: bool,
     /// Why the run is invalid, if it is.
     pub invalid: Option<String>,
     /// Where the report files are.
@@ -85,6 +88,7 @@ impl Report {
             .map(|(_, n)| n)
             .sum();
         self.linearizability_anomalies.len()
+            + usize::from(self.unrecovered)
             + self.bank_violations
             + lost
             + self.duplicates.max(0) as usize
@@ -108,7 +112,7 @@ impl Report {
             "profile {} ({} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {}; \
              {} register keys ({} ops) checked, {} not linearizable, {} undecided; \
              {} bank reads, {} violations; acked adds lost {:?}; duplicates {}; unexpected {}; \
-             leader changes {}; snapshots installed {}; longest unavailability {:.1} s; ops/s {:?}{}",
+             leader changes {}; snapshots installed {}; longest unavailability {:.1} s; ops/s {:?}{}{}",
             self.profile,
             self.nodes,
             self.network,
@@ -133,6 +137,11 @@ impl Report {
             self.snapshots_installed,
             self.longest_unavailability_s,
             self.throughput,
+            if self.unrecovered {
+                "; NOT RECOVERED: no leader after the last heal"
+            } else {
+                ""
+            },
             self.invalid
                 .as_ref()
                 .map(|r| format!("; INVALID: {r}"))

@@ -1,0 +1,141 @@
+//! The power disk itself, through the kernel: what a program fsyncs survives a power loss, and
+//! what it only wrote does not. Then keel on it: a cluster that loses power everywhere at once
+//! keeps every acknowledged write (the Raft log is fsynced), and the planted build that skips
+//! that fsync does not.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use keel_tests::powerfs::PowerDisk;
+use keel_tests::suite::planted_bin;
+use keel_tests::{keel_bin, Cluster, Spec, DEADLINE};
+
+fn read(path: &Path) -> Option<String> {
+    let mut s = String::new();
+    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+fn sync_dir(path: &Path) {
+    File::open(path)
+        .expect("open dir")
+        .sync_all()
+        .expect("fsync dir");
+}
+
+#[test]
+fn only_what_was_fsynced_survives_a_power_loss() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = PowerDisk::mount(&tmp.path().join("disk")).expect("mount a power disk");
+    let root = disk.path().to_path_buf();
+
+    let mut log = File::create(root.join("log")).expect("create");
+    log.write_all(b"synced").expect("write");
+    log.sync_data().expect("fdatasync");
+    sync_dir(&root);
+    log.write_all(b" and not").expect("write");
+    std::fs::create_dir(root.join("sub")).expect("mkdir");
+    let mut f = File::create(root.join("sub/new")).expect("create");
+    f.write_all(b"data synced, entry not").expect("write");
+    f.sync_all().expect("fsync");
+    std::fs::rename(root.join("log"), root.join("log.renamed")).expect("rename");
+    assert_eq!(
+        read(&root.join("log.renamed")).as_deref(),
+        Some("synced and not")
+    );
+    drop((log, f));
+
+    assert!(disk.power_loss() > 0);
+    assert_eq!(read(&root.join("log")).as_deref(), Some("synced"));
+    assert!(
+        !root.join("log.renamed").exists(),
+        "the rename was never made durable"
+    );
+    assert!(!root.join("sub").exists(), "mkdir was never made durable");
+
+    // Overwrites in place, truncation and preallocation behave like a disk.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root.join("log"))
+        .expect("open");
+    f.seek(SeekFrom::Start(2)).expect("seek");
+    f.write_all(b"NC").expect("write");
+    f.sync_all().expect("fsync");
+    f.set_len(4).expect("truncate");
+    disk.power_loss();
+    assert_eq!(read(&root.join("log")).as_deref(), Some("syNCed"));
+    let stats = disk.stats();
+    assert_eq!(stats.power_losses, 2);
+    assert!(stats.file_syncs >= 3 && stats.dir_syncs >= 1, "{stats:?}");
+}
+
+/// A cluster on power disks; `bug` plants a bug in every node.
+fn cluster(bug: Option<&str>) -> Cluster {
+    let env: Vec<(&str, &str)> = bug
+        .map(|b| vec![("KEEL_PLANTED_BUG", b)])
+        .unwrap_or_default();
+    Cluster::launch_spec(Spec {
+        nodes: 3,
+        extra: &[],
+        proxied: false,
+        netns: false,
+        bin: if bug.is_some() {
+            planted_bin()
+        } else {
+            keel_bin()
+        },
+        env: &env,
+        power_disks: true,
+    })
+    .expect("a cluster on power disks")
+}
+
+/// Writes `n` keys (each acknowledged at `semi` through the leader), cuts the power of every
+/// node at once, restarts them, and returns how many acknowledged keys are gone.
+fn acknowledged_writes_lost_to_a_power_loss(c: &mut Cluster, n: usize) -> usize {
+    let leader = c.wait_for_leader();
+    for i in 0..n {
+        c.put_until_ok(leader, &format!("p/{i}?mode=semi"), b"acked", DEADLINE);
+    }
+    for id in c.ids() {
+        c.power_loss(id);
+    }
+    for id in c.ids() {
+        c.restart(id);
+    }
+    let leader = c.wait_for_leader();
+    (0..n)
+        .filter(|i| {
+            let r = keel_tests::wait_until(DEADLINE, "a read", || {
+                c.get(leader, &format!("p/{i}"))
+                    .ok()
+                    .filter(|r| r.status != 503)
+            });
+            r.status != 200
+        })
+        .count()
+}
+
+#[test]
+fn keel_keeps_every_acknowledged_write_through_a_power_loss_of_every_node() {
+    let mut c = cluster(None);
+    let lost = acknowledged_writes_lost_to_a_power_loss(&mut c, 50);
+    assert_eq!(lost, 0, "acknowledged writes lost to a power loss");
+    for id in c.ids() {
+        let stats = c.disk_stats(id).expect("a power disk");
+        assert!(stats.file_syncs > 0, "node {id} never fsynced: {stats:?}");
+    }
+}
+
+#[test]
+fn the_planted_skip_fsync_bug_loses_acknowledged_writes_to_a_power_loss() {
+    let mut c = cluster(Some("skip-fsync"));
+    let lost = acknowledged_writes_lost_to_a_power_loss(&mut c, 50);
+    assert!(
+        lost > 0,
+        "skip-fsync lost nothing: the power disk cannot see a missing fsync"
+    );
+    eprintln!("planted bug skip-fsync caught: {lost} of 50 acknowledged writes lost");
+}
