@@ -91,15 +91,38 @@ pub fn keel_bin() -> PathBuf {
     }
 }
 
-/// Reserves `n` distinct free TCP ports on 127.0.0.1.
+/// Ports handed out by this process (never twice, so parallel tests cannot collide).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+/// Ports are picked from here: below the kernel's ephemeral range (32768-60999 by default), so
+/// that the source port of some outgoing connection cannot take a port between the moment it is
+/// picked and the moment the node binds it (which once failed a CI run with "Address already in
+/// use"), and above the ports people run services on.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Picks `n` distinct TCP ports that are free on 127.0.0.1 now and were never handed out by
+/// this process before.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::with_capacity(n);
+    let span = u32::from(PORTS.end - PORTS.start);
+    // Start at a random place so that two test processes rarely walk the same ports.
+    let mut at = rand::random::<u32>() % span;
+    for _ in 0..span {
+        if out.len() == n {
+            break;
+        }
+        at = (at + 1) % span;
+        let port = PORTS.start + at as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
+            out.push(port);
+        }
+    }
+    assert_eq!(out.len(), n, "no {n} free ports in {PORTS:?}");
+    out
 }
 
 /// An HTTP answer.
