@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The long fault run: every profile (crash, partition, network, five nodes, a 2-2 split of four),
+# The long fault run: every profile (crash, partition, network, five nodes, a 2-2 split of four,
+# power loss),
 # KEEL_FAULTS_SECS seconds each (default 120), checked for linearizability, bank and set
 # anomalies. Reports go to target/fault-reports/. Usage: scripts/faults.sh [seconds-per-profile]
 set -euo pipefail

@@ -32,9 +32,13 @@ pub enum WriteError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// Another membership change is not applied yet; raft-rs takes one at a time. Nothing was
+    /// Another membership change is not applied yet (or this leader, newly elected, has not yet
+    /// applied its log: raft-rs counts that as pending too); it takes one at a time. Nothing was
     /// proposed.
-    #[error("another membership change is in progress; retry once it is applied")]
+    #[error(
+        "a membership change may still be pending (another one, or this newly elected leader's \
+         log not yet applied); retry shortly"
+    )]
     ChangePending,
 }
 

@@ -178,7 +178,7 @@ pub fn inject(c: &mut Cluster, fault: Fault, rng: &mut impl Rng) -> (Injected, S
             targets.shuffle(rng);
             match fault {
                 Fault::PowerLossRandom => targets.truncate(1),
-                Fault::PowerLossMinority => targets.truncate((ids.len() - 1).div_ceil(2).max(1)),
+                Fault::PowerLossMinority => targets.truncate(((ids.len() - 1) / 2).max(1)),
                 _ => {}
             }
             targets.sort_unstable();

@@ -148,7 +148,7 @@ fn a_node_killed_right_after_installing_a_snapshot_ahead_of_its_log_restarts() {
     // under load the data runs ahead of the snapshot's index. The follower dies right after
     // installing it, before the entries in between are in its log.
     for id in c.others(&[follower]) {
-        arm(&c, id, "snapshot-send", "sleep(300)");
+        arm(&c, id, "snapshot-send", "sleep(1000)");
     }
     c.set_node_env(follower, "FAILPOINTS", Some("snapshot-installed=return"));
     c.restart(follower);

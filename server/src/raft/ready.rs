@@ -495,7 +495,12 @@ impl<O: Outbox> Driver<O> {
                             }
                         }
                     };
-                    if !covered {
+                    if covered {
+                        // Re-applied below the applied index (the installed data was ahead of its
+                        // snapshot): nothing records that raft-rs applied it, so on a restart the
+                        // log would not replay it. Its configuration must be durable now.
+                        batch.sync_on_commit();
+                    } else {
                         batch.skip(entry.index, entry.term);
                         outcomes.push((entry.index, entry.term, result));
                     }

@@ -32,6 +32,8 @@ pub struct ApplyBatch<'a> {
     idempotency: Memory,
     /// The last entry applied (or skipped) and its term: where the applied index moves to.
     applied: Option<(u64, u64)>,
+    /// Write the batch with fsync (it holds a record no log replay would write again).
+    sync: bool,
 }
 
 impl<'a> ApplyBatch<'a> {
@@ -43,6 +45,7 @@ impl<'a> ApplyBatch<'a> {
             overlay: HashMap::new(),
             idempotency: Memory::default(),
             applied: None,
+            sync: false,
         }
     }
 
@@ -50,6 +53,13 @@ impl<'a> ApplyBatch<'a> {
     /// and the address book of a membership change).
     pub fn write_batch(&mut self) -> &mut WriteBatch {
         &mut self.batch
+    }
+
+    /// Asks for the batch to be written with fsync: it holds a record that replaying the log
+    /// would not write again (a membership change re-applied below the applied index, after a
+    /// snapshot install whose data was ahead of its index).
+    pub fn sync_on_commit(&mut self) {
+        self.sync = true;
     }
 
     /// Marks the entry at `index` (of `term`) applied without a command (the leader's empty
@@ -132,10 +142,14 @@ impl<'a> ApplyBatch<'a> {
     /// Writes the batch and the applied index. Returns the applied index and its term (None if
     /// nothing ran).
     pub fn commit(mut self) -> Result<Option<(u64, u64)>, StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync);
         let Some((applied, applied_term)) = self.applied else {
             // Nothing applied, but the caller may have added records (a conf state).
             if !self.batch.is_empty() {
-                self.db.write(self.batch).map_err(rocks("apply batch"))?;
+                self.db
+                    .write_opt(self.batch, &opts)
+                    .map_err(rocks("apply batch"))?;
             }
             return Ok(None);
         };
@@ -148,8 +162,6 @@ impl<'a> ApplyBatch<'a> {
         }
         self.idempotency.evict_expired(self.db, &mut self.batch)?;
         meta::put_applied(self.db, &mut self.batch, applied, applied_term)?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(false);
         self.db
             .write_opt(self.batch, &opts)
             .map_err(rocks("apply batch"))?;

@@ -17,8 +17,17 @@
 //!   ([`IDEMPOTENCY_CROSS_TERM_ENTRIES`]): another leader's clock says nothing about how long
 //!   ago the record was made, so only the log is counted.
 //!
-//! Both inputs are in the log entries, so every replica decides alike, however late it
-//! physically deletes expired records (a bounded number per batch, oldest index first).
+//! Both inputs are in the log entries, so every replica decides alike. A record is deleted only
+//! once no later command can count it ([`is_dead_forever`]: 1,000,000 entries after it was made,
+//! and, while its leader still leads, 5 minutes of that leader's clock), so that replicas that
+//! batch their applies differently, and so delete at different entries, still decide alike. The
+//! memory therefore holds at most the records of the last 1,000,000 entries (plus those of a
+//! leader's last 5 minutes).
+//!
+//! Records written before this rule (by the wall clock: no term, no index) count as made at
+//! index 0 and are forgotten once the log passes 1,000,000 entries; their old pointers, keyed by
+//! wall-clock time, are never reached by the index-ordered cleanup and stay. Every node of a
+//! cluster must run the same version: the rule is part of the replicated state machine.
 
 use std::collections::HashMap;
 
@@ -55,6 +64,18 @@ pub fn is_live(rec: &IdempotencyRecord, now: Stamp) -> bool {
     } else {
         now.index < rec.index.saturating_add(IDEMPOTENCY_CROSS_TERM_ENTRIES)
     }
+}
+
+/// Whether no command after `now` can count `rec` any more, so that deleting it (on any
+/// replica, at any later entry) cannot change a decision: it is dead by the entry count (which
+/// only grows), and either made by another leader (later commands are never of its term again)
+/// or dead by its own leader's clock (which only grows within that term).
+pub fn is_dead_forever(rec: &IdempotencyRecord, now: Stamp) -> bool {
+    let by_entries = now.index >= rec.index.saturating_add(IDEMPOTENCY_CROSS_TERM_ENTRIES);
+    let by_clock_or_term = rec.term == 0
+        || rec.term != now.term
+        || now.leader_ms >= rec.leader_ms.saturating_add(IDEMPOTENCY_TTL_MS);
+    by_entries && by_clock_or_term
 }
 
 /// A stable 64-bit FNV-1a hash.
@@ -136,8 +157,8 @@ impl Memory {
         Ok(())
     }
 
-    /// Adds to `batch` the deletion of records that no command can use any more, examining a
-    /// bounded number of the oldest.
+    /// Adds to `batch` the deletion of records that no later command can count
+    /// ([`is_dead_forever`]), oldest index first, examining a bounded number.
     pub(super) fn evict_expired(
         &self,
         db: &DB,
@@ -158,7 +179,8 @@ impl Memory {
                 continue;
             }
             let index = decode_u64(&k[..8], "idempotency index")?;
-            if index >= now.index {
+            if now.index < index.saturating_add(IDEMPOTENCY_CROSS_TERM_ENTRIES) {
+                // This record and every later one are too young to be dead for ever.
                 break;
             }
             let key = &k[8..];
@@ -171,16 +193,16 @@ impl Memory {
             let current = db
                 .get_pinned_cf(idem, key)
                 .map_err(rocks("read idempotency record"))?;
-            match current.map(|v| decode(&v)).transpose()? {
-                // Still the record this pointer tracks, and dead: both go.
-                Some(rec) if rec.index == index && !is_live(&rec, now) => {
+            match current.map(|v| IdempotencyRecord::decode(&v[..])) {
+                // Still the record this pointer tracks, and dead for ever: both go.
+                Some(Ok(rec)) if rec.index == index && is_dead_forever(&rec, now) => {
                     batch.delete_cf(idem, key);
                     batch.delete_cf(ttl, &k);
                 }
-                // Still live: keep it (and look further: a younger record of the current term
-                // may be dead by the clock while this older one is not).
-                Some(rec) if rec.index == index => {}
-                // The key was used again later (or is gone): this pointer is stale.
+                // Still counted by a later command of its own leader: keep it.
+                Some(Ok(rec)) if rec.index == index => {}
+                // The key was used again later, is gone, or its record does not decode (the
+                // apply path stops on that when the key is used): this pointer is stale.
                 _ => batch.delete_cf(ttl, &k),
             }
         }
@@ -214,6 +236,22 @@ mod tests {
             term,
             leader_ms,
         }
+    }
+
+    #[test]
+    fn a_record_is_deleted_only_once_no_later_command_can_count_it() {
+        let r = rec(100, 3, 0);
+        let cross = IDEMPOTENCY_CROSS_TERM_ENTRIES;
+        // Dead by its leader's clock, but a command of the next term would still count it.
+        let later_same_term = at(200, 3, IDEMPOTENCY_TTL_MS);
+        assert!(!is_live(&r, later_same_term));
+        assert!(is_live(&r, at(201, 4, 0)));
+        assert!(!is_dead_forever(&r, later_same_term));
+        // Past the window of entries: dead for every later stamp.
+        assert!(is_dead_forever(&r, at(100 + cross, 4, 0)));
+        assert!(is_dead_forever(&r, at(100 + cross, 3, IDEMPOTENCY_TTL_MS)));
+        // Its own leader still leads and its clock has not run out: not yet.
+        assert!(!is_dead_forever(&r, at(100 + cross, 3, 1)));
     }
 
     #[test]

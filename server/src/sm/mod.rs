@@ -195,7 +195,7 @@ fn read_record(
 
 #[cfg(test)]
 mod tests {
-    use super::idempotency::IDEMPOTENCY_TTL_MS;
+    use super::idempotency::{IDEMPOTENCY_CROSS_TERM_ENTRIES, IDEMPOTENCY_TTL_MS};
     use super::*;
     use crate::proto::command::Op;
     use crate::proto::txn_step::Step;
@@ -320,6 +320,56 @@ mod tests {
         assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"5");
     }
 
+    /// Replicas batch their applies differently; whether a retry is applied must not depend on
+    /// it (a record deleted at one batch boundary on one replica and kept on another would make
+    /// them diverge).
+    #[test]
+    fn replicas_that_batch_differently_decide_a_retry_alike() {
+        let stamp = |ms: u64| {
+            Command {
+                op: Some(Op::Put(PutOp {
+                    key: "other".into(),
+                    value: Bytes::from_static(b"x"),
+                    precondition: None,
+                })),
+                leader_ms: ms,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let retry = idem(Op::Add(add_op("n", 1, None)), "k", 0);
+        // Replica A: entry 1, then entry 2 alone (its leader's clock 5 minutes on), then the
+        // retry under the next leader.
+        let (_da, a) = open();
+        let mut b = a.batch();
+        b.apply(1, 3, &retry).unwrap();
+        b.commit().unwrap();
+        let mut b = a.batch();
+        b.apply(2, 3, &stamp(IDEMPOTENCY_TTL_MS)).unwrap();
+        b.commit().unwrap();
+        let mut b = a.batch();
+        let on_a = b.apply(3, 4, &retry).unwrap();
+        b.commit().unwrap();
+        // Replica B: the same entries, 2 and 3 in one batch.
+        let (_db, r) = open();
+        let mut b = r.batch();
+        b.apply(1, 3, &retry).unwrap();
+        b.commit().unwrap();
+        let mut b = r.batch();
+        b.apply(2, 3, &stamp(IDEMPOTENCY_TTL_MS)).unwrap();
+        let on_b = b.apply(3, 4, &retry).unwrap();
+        b.commit().unwrap();
+        assert_eq!(
+            on_a.replayed, on_b.replayed,
+            "the replicas decided the retry differently"
+        );
+        assert_eq!(
+            a.get_value("n").unwrap().unwrap().value,
+            r.get_value("n").unwrap().unwrap().value,
+            "the replicas diverged"
+        );
+    }
+
     #[test]
     fn idempotent_commands_apply_once_until_their_key_expires() {
         let (_d, sm) = open();
@@ -378,19 +428,26 @@ mod tests {
             .unwrap();
         assert!(r.replayed, "the record written at `later` is still live");
         b.commit().unwrap();
-        // Once the leader's clock is past both records' time, a batch deletes them physically.
+        // Dead by the leader's clock, the records stay: the next leader's commands would still
+        // count them. Past the window of entries, a batch deletes them physically.
         let stored = |sm: &StateMachine, key: &str| {
             let idem = cf(&sm.db, crate::storage::CF_IDEM).unwrap();
             sm.db.get_cf(idem, key.as_bytes()).unwrap().is_some()
         };
-        assert!(stored(&sm, "req-1") && stored(&sm, "req-2"));
-        let mut b = sm.batch();
         let end = later + 2 * IDEMPOTENCY_TTL_MS;
+        let mut b = sm.batch();
         b.apply(8, 1, &idem(Op::Add(add_op("z", 1, None)), "req-3", end))
             .unwrap();
         b.commit().unwrap();
-        assert!(!stored(&sm, "req-1") && !stored(&sm, "req-2"));
-        assert!(stored(&sm, "req-3"));
+        assert!(stored(&sm, "req-1") && stored(&sm, "req-2"));
+        let mut b = sm.batch();
+        let far = 8 + IDEMPOTENCY_CROSS_TERM_ENTRIES;
+        let past = end + IDEMPOTENCY_TTL_MS;
+        b.apply(far, 1, &idem(Op::Add(add_op("z", 1, None)), "req-4", past))
+            .unwrap();
+        b.commit().unwrap();
+        assert!(!stored(&sm, "req-1") && !stored(&sm, "req-2") && !stored(&sm, "req-3"));
+        assert!(stored(&sm, "req-4"));
     }
 
     #[test]

@@ -113,6 +113,15 @@ impl Stage {
             st.snap = None;
             return Ok(());
         }
+        if chunk.applied < chunk.snap_index {
+            warn!(
+                applied = chunk.applied,
+                index = chunk.snap_index,
+                "snapshot data older than its snapshot; stream abandoned"
+            );
+            st.snap = None;
+            return Ok(());
+        }
         let book = if chunk.done && !chunk.members.is_empty() {
             match members::decode(&chunk.members) {
                 Ok(book) => Some(book),

@@ -90,9 +90,12 @@ impl RaftLogStore {
             store.last_term = last.term;
         }
         // Apply happens before the hard state of the same Ready is persisted; a crash in between
-        // leaves applied > commit. Applied entries were committed, so the commit index may move up.
-        if applied > store.hard_state.commit && applied <= store.last_index {
-            store.hard_state.commit = applied;
+        // leaves applied > commit. Applied entries were committed (and an installed snapshot's
+        // data holds only committed entries), so the commit index may move up, as far as the
+        // log goes.
+        let committed_floor = applied.min(store.last_index);
+        if committed_floor > store.hard_state.commit {
+            store.hard_state.commit = committed_floor;
         }
         // A snapshot's data is read a little after its metadata, so an installed state machine
         // can be ahead of the log it came with (applied > the snapshot's index = the last
