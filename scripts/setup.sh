@@ -2,8 +2,9 @@
 # Installs what keel needs to build and test on a fresh Debian machine, and nothing that is
 # already there: protoc (raft-rs's build), libclang (bindgen for rust-rocksdb), Debian's
 # librocksdb-dev (linked instead of compiling the bundled RocksDB, which takes ~25 minutes on two
-# cores; .cargo/config.toml points ROCKSDB_LIB_DIR at it), and iproute2/iptables for the
-# fault-injection tests. Set KEEL_WITH_ETCD=1 to also install etcd for the side-by-side benchmark.
+# cores; .cargo/config.toml points ROCKSDB_LIB_DIR at it), iproute2/iptables for the
+# fault-injection tests, and fuse3 (fusermount3) when not root, for the power-loss tests.
+# Set KEEL_WITH_ETCD=1 to also install etcd for the side-by-side benchmark.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || need+=(libclang-dev)
 [ -e /usr/lib/x86_64-linux-gnu/librocksdb.so ] || need+=(librocksdb-dev)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# The power-loss tests mount FUSE file systems: directly as root, through fusermount3 otherwise.
+[ "$(id -u)" = 0 ] || command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 if [ "${KEEL_WITH_ETCD:-0}" = 1 ]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
