@@ -118,7 +118,17 @@ impl Cluster {
         bin: PathBuf,
         env: &[(&str, &str)],
     ) -> Cluster {
-        Self::launch_opts(n, extra, proxied, None, bin, env)
+        let spec = Spec {
+            nodes: n,
+            extra,
+            proxied,
+            netns: false,
+            bin,
+            env,
+            power_disks: false,
+        };
+        // Without namespaces or power disks nothing can fail before the nodes are spawned.
+        Self::launch_spec(spec).unwrap_or_else(|e| panic!("cannot start the cluster: {e}"))
     }
 
     /// Starts `n` nodes, each in its own network namespace on a private bridge (see
@@ -160,21 +170,6 @@ impl Cluster {
             c.spawn(id);
         }
         Ok(c)
-    }
-
-    fn launch_opts(
-        n: usize,
-        extra: &[&str],
-        proxied: bool,
-        net: Option<netns::NetnsNet>,
-        bin: PathBuf,
-        env: &[(&str, &str)],
-    ) -> Cluster {
-        let mut c = Self::layout(n, extra, proxied, net, bin, env);
-        for id in c.ids() {
-            c.spawn(id);
-        }
-        c
     }
 
     /// Power is lost on node `id`: the process dies (kill -9) and its disk forgets everything

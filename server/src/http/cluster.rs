@@ -49,14 +49,14 @@ impl Api {
             .addresses
             .iter()
             .map(|(id, addr)| {
-                let http_addr = if *id == report.id {
+                let http_addr = if *id == report.status.id {
                     Some(self.http_addr.clone())
                 } else {
                     learned.get(id).cloned().or_else(|| addr.http_addr.clone())
                 };
-                let role = if report.voters.contains(id) {
+                let role = if report.status.voters.contains(id) {
                     MemberRole::Voter
-                } else if report.learners.contains(id) {
+                } else if report.status.learners.contains(id) {
                     MemberRole::Learner
                 } else {
                     MemberRole::Joining
@@ -75,20 +75,10 @@ impl Api {
     pub(super) async fn status(&self) -> Answer {
         let report = self.report().await?;
         let members = self.members(&report);
-        let index = report.applied_index;
+        let index = report.status.applied_index;
         let status = Status {
-            id: report.id,
-            role: report.role,
-            term: report.term,
-            leader: report.leader,
-            commit_index: report.commit_index,
-            applied_index: report.applied_index,
-            first_index: report.first_index,
-            last_index: report.last_index,
-            voters: report.voters,
-            learners: report.learners,
-            progress: report.progress,
             members,
+            ..report.status
         };
         Reply::json(&status, Some(index))
     }
@@ -99,9 +89,9 @@ impl Api {
         Reply::json(
             &MembersResponse {
                 members: self.members(&report),
-                leader: report.leader,
+                leader: report.status.leader,
             },
-            Some(report.applied_index),
+            Some(report.status.applied_index),
         )
     }
 
@@ -133,10 +123,10 @@ impl Api {
     }
 
     fn require_leader(report: &StatusReport) -> Result<(), ApiError> {
-        if report.role == Role::Leader {
+        if report.status.role == Role::Leader {
             return Ok(());
         }
-        Err(match report.leader {
+        Err(match report.status.leader {
             Some(l) => WriteError::NotLeader(l),
             None => WriteError::NoLeader,
         }
@@ -180,19 +170,20 @@ impl Api {
     pub(super) async fn promote_member(&self, id: u64) -> Answer {
         let report = self.report().await?;
         Self::require_leader(&report)?;
-        if !report.learners.contains(&id) {
+        if !report.status.learners.contains(&id) {
             return Err(ApiError::new(
                 ErrorCode::NotALearner,
                 format!("member {id} is not a learner"),
             ));
         }
         let lag = report
+            .status
             .progress
             .iter()
             .flatten()
             .find(|p| p.id == id && p.reachable && p.match_index > 0)
             .map_or(u64::MAX, |p| {
-                report.commit_index.saturating_sub(p.match_index)
+                report.status.commit_index.saturating_sub(p.match_index)
             });
         if lag > MAX_PROMOTE_LAG {
             return Err(ApiError::new(
@@ -222,7 +213,7 @@ impl Api {
                 format!("member {id} does not exist"),
             ));
         }
-        if id == report.id {
+        if id == report.status.id {
             return Err(ApiError::new(
                 ErrorCode::IsLeader,
                 "member is the leader: transfer leadership first (POST /v1/cluster/transfer-leader)",
@@ -243,10 +234,10 @@ impl Api {
         let report = self.report().await?;
         Self::require_leader(&report)?;
         let target = match b.to {
-            Some(to) if to == report.id => {
+            Some(to) if to == report.status.id => {
                 return Reply::json(&TransferResponse { leader: to }, None)
             }
-            Some(to) if report.voters.contains(&to) => to,
+            Some(to) if report.status.voters.contains(&to) => to,
             Some(to) => {
                 return Err(ApiError::new(
                     ErrorCode::NotAVoter,

@@ -16,7 +16,7 @@ pub(super) async fn hand_over_leadership(node: &NodeHandle) {
     let Some(report) = node.status().await else {
         return;
     };
-    if report.role != Role::Leader {
+    if report.status.role != Role::Leader {
         return;
     }
     let Some(target) = report.best_successor() else {
@@ -26,7 +26,7 @@ pub(super) async fn hand_over_leadership(node: &NodeHandle) {
     node.send(Event::TransferLeader(target));
     let moved = node
         .shared()
-        .wait_leader(HANDOVER_WAIT, |l| l.is_some_and(|l| l != report.id))
+        .wait_leader(HANDOVER_WAIT, |l| l.is_some_and(|l| l != report.status.id))
         .await;
     if !moved {
         warn!("leadership did not move in time; stopping anyway");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use keel_api::cluster::{Progress, Role};
+use keel_api::cluster::{Progress, Status};
 use raft::{RawNode, StateRole};
 
 use super::peers::{voters, Peers};
@@ -10,31 +10,13 @@ use super::shared::role_of;
 use crate::members::AddressBook;
 use crate::storage::RaftLogStore;
 
-/// A node's view of itself and, on the leader, of every member.
+/// A node's view of itself and, on the leader, of every member: the API's [`Status`] (defined
+/// once, in keel-api) without its member list, which the HTTP layer fills in from `addresses`
+/// and the addresses peers announce.
 #[derive(Debug, Clone)]
 pub struct StatusReport {
-    /// This node's id.
-    pub id: u64,
-    /// Its role.
-    pub role: Role,
-    /// Its term.
-    pub term: u64,
-    /// The leader it knows (None when unknown).
-    pub leader: Option<u64>,
-    /// Its commit index.
-    pub commit_index: u64,
-    /// Its applied index.
-    pub applied_index: u64,
-    /// Its first log index (everything before was compacted into the state machine).
-    pub first_index: u64,
-    /// Its last log index.
-    pub last_index: u64,
-    /// Voters of the current configuration.
-    pub voters: Vec<u64>,
-    /// Learners of the current configuration.
-    pub learners: Vec<u64>,
-    /// On the leader: every member's progress.
-    pub progress: Option<Vec<Progress>>,
+    /// Everything `/v1/status` says but `members` (left empty here).
+    pub status: Status,
     /// Every member's addresses.
     pub addresses: AddressBook,
 }
@@ -43,10 +25,11 @@ impl StatusReport {
     /// The voter (other than the leader) best placed to lead next: reachable first, then the
     /// highest match index. None off the leader, or with no other voter.
     pub fn best_successor(&self) -> Option<u64> {
-        self.progress
+        self.status
+            .progress
             .iter()
             .flatten()
-            .filter(|p| p.voter && p.id != self.id)
+            .filter(|p| p.voter && p.id != self.status.id)
             .max_by_key(|p| (p.reachable, p.match_index))
             .map(|p| p.id)
     }
@@ -99,17 +82,20 @@ pub(super) fn report(raw: &RawNode<RaftLogStore>, known: Known<'_>) -> StatusRep
         members
     });
     StatusReport {
-        id: known.id,
-        role: role_of(raft.state),
-        term: raft.term,
-        leader: (raft.leader_id != 0).then_some(raft.leader_id),
-        commit_index: raft.raft_log.committed,
-        applied_index: known.applied,
-        first_index: raw.store().truncated().0 + 1,
-        last_index,
-        voters: cs.voters.clone(),
-        learners: cs.learners.clone(),
-        progress,
+        status: Status {
+            id: known.id,
+            role: role_of(raft.state),
+            term: raft.term,
+            leader: (raft.leader_id != 0).then_some(raft.leader_id),
+            commit_index: raft.raft_log.committed,
+            applied_index: known.applied,
+            first_index: raw.store().truncated().0 + 1,
+            last_index,
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            progress,
+            members: Vec::new(),
+        },
         addresses: known.members.clone(),
     }
 }
