@@ -112,6 +112,19 @@ fn arm(c: &Cluster, id: u64, point: &str, actions: &str) {
     assert_eq!(r.status, 200, "arming {point}: {}", r.text());
 }
 
+/// Restarts `id` with failpoint `point` armed from the start, waits for it to kill itself there,
+/// and restarts it once more without.
+fn crash_at_start(c: &mut Cluster, id: u64, point: &str) {
+    c.set_node_env(id, "FAILPOINTS", Some(&format!("{point}=return")));
+    c.restart(id);
+    assert!(
+        c.wait_exit(id, DEADLINE),
+        "node {id} did not reach the crash point {point}"
+    );
+    c.set_node_env(id, "FAILPOINTS", None);
+    c.restart(id);
+}
+
 fn planted(n: usize, extra: &[&str]) -> Cluster {
     Cluster::launch_with(n, extra, false, planted_bin(), &[])
 }
@@ -150,15 +163,8 @@ fn a_node_killed_right_after_installing_a_snapshot_ahead_of_its_log_restarts() {
     for id in c.others(&[follower]) {
         arm(&c, id, "snapshot-send", "sleep(1000)");
     }
-    c.set_node_env(follower, "FAILPOINTS", Some("snapshot-installed=return"));
-    c.restart(follower);
-    assert!(
-        c.wait_exit(follower, DEADLINE),
-        "the follower did not reach the crash point"
-    );
     // Restarted without the failpoint it must come up (not stop on every restart) and catch up.
-    c.set_node_env(follower, "FAILPOINTS", None);
-    c.restart(follower);
+    crash_at_start(&mut c, follower, "snapshot-installed");
     wait_until(DEADLINE, "the follower to serve again", || {
         let s = c.status(follower)?;
         (s["applied_index"].as_u64()? > 0 && s["leader"].as_u64().is_some()).then_some(())
@@ -183,14 +189,7 @@ fn a_node_killed_with_a_snapshot_staged_but_not_installed_catches_up() {
     c.kill(follower);
     let counter = Counter::start(c.endpoints(), "crash/staged");
     counter.wait_for(300);
-    c.set_node_env(follower, "FAILPOINTS", Some("snapshot-staged=return"));
-    c.restart(follower);
-    assert!(
-        c.wait_exit(follower, DEADLINE),
-        "the follower did not reach the crash point"
-    );
-    c.set_node_env(follower, "FAILPOINTS", None);
-    c.restart(follower);
+    crash_at_start(&mut c, follower, "snapshot-staged");
     wait_until(
         DEADLINE,
         "the follower to install a snapshot after all",

@@ -282,6 +282,10 @@ fn concurrent_membership_changes_are_refused_at_once_not_left_unknown() {
         answers.iter().any(|a| a.1 == 200),
         "none was applied: {answers:?}"
     );
+    assert!(
+        answers.iter().any(|a| a.1 != 200),
+        "the three changes did not overlap, so nothing was tested: {answers:?}"
+    );
     for (id, status, code, took) in &answers {
         match status {
             200 => {}

@@ -40,7 +40,9 @@ impl Router {
             node,
             transport,
             waiting: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            // Random, like read-index contexts: a reply the leader queued for this node's previous
+            // process, delivered after a restart, must not match a new request's id.
+            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
         })
     }
 

@@ -59,7 +59,14 @@ pub(super) async fn initial(
         // A node that has run before knows its cluster from its own disk; an address book that
         // does not parse is damage to report, never a reason to fall back to the flags.
         let book = stored.map_err(ServerError::CorruptMembers)?;
-        return Ok((book, Vec::new()));
+        // The book is written before the first boot's configuration: a crash in between leaves
+        // a book and no configuration, and an initial member must still start as one.
+        let voters = if meta::read_conf_state(db)?.is_none() {
+            members::ids_sorted(cluster)
+        } else {
+            Vec::new()
+        };
+        return Ok((book, voters));
     }
     if !cluster.is_empty() {
         return Ok((members::from_cluster(cluster), members::ids_sorted(cluster)));
@@ -117,6 +124,20 @@ mod tests {
         )
         .await
         .expect("a new node takes its members from --cluster");
+        assert_eq!(voters, vec![1, 2, 3]);
+        // Killed after writing the book and before the first boot's configuration: still a
+        // new initial member (it used to start with no voters, and never campaign).
+        meta::write_members(&db, &members::from_cluster(&cluster)).expect("write");
+        let (_, voters) = initial(
+            &args,
+            &db,
+            &cluster,
+            "127.0.0.1:1",
+            "127.0.0.1:7001",
+            &NoJoin,
+        )
+        .await
+        .expect("a new node after a crash before its first boot");
         assert_eq!(voters, vec![1, 2, 3]);
         meta::write_members_raw(&db, b"{\"1\": not json").expect("write");
         let err = initial(

@@ -403,12 +403,16 @@ impl<O: Outbox> Driver<O> {
 
         // 5. Apply committed entries.
         let committed = ready.take_committed_entries();
+        let applied_some = !committed.is_empty();
         self.apply_entries(committed)?;
 
         // 6. Read states: answer with the read index; callers wait for apply themselves.
         self.reads.answer(ready.take_read_states());
 
-        failpoints::crash_point(failpoints::APPLIED_BEFORE_APPEND);
+        // Only where it means something: entries applied, this Ready's own (if any) not written.
+        if applied_some {
+            failpoints::crash_point(failpoints::APPLIED_BEFORE_APPEND);
+        }
 
         // 7. Append new entries and persist the hard state: one write, one fsync (group commit).
         let hs = ready.hs().cloned();

@@ -199,8 +199,10 @@ impl Memory {
                     batch.delete_cf(idem, key);
                     batch.delete_cf(ttl, &k);
                 }
-                // Still counted by a later command of its own leader: keep it.
-                Some(Ok(rec)) if rec.index == index => {}
+                // Still counted by a later command of its own leader: keep it, and stop. Every
+                // later pointer is of that term too (terms only grow along the log, and none is
+                // past the current one) with a later stamp, so none is dead for ever either.
+                Some(Ok(rec)) if rec.index == index => break,
                 // The key was used again later, is gone, or its record does not decode (the
                 // apply path stops on that when the key is used): this pointer is stale.
                 _ => batch.delete_cf(ttl, &k),

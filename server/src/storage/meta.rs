@@ -70,7 +70,7 @@ pub(super) fn read_hard_state(db: &DB) -> Result<HardState, StorageError> {
 }
 
 /// Reads the conf state (None before the first boot).
-pub(super) fn read_conf_state(db: &DB) -> Result<Option<ConfState>, StorageError> {
+pub fn read_conf_state(db: &DB) -> Result<Option<ConfState>, StorageError> {
     match db
         .get_cf(cf(db, CF_META)?, KEY_CONF_STATE)
         .map_err(rocks("read conf state"))?
