@@ -114,7 +114,8 @@ fn acknowledged_writes_lost_to_a_power_loss(c: &mut Cluster, n: usize) -> usize 
                     .ok()
                     .filter(|r| r.status == 200 || r.status == 404)
             });
-            r.status == 404
+            // Gone, or there with anything but what was acknowledged.
+            r.status == 404 || r.body != b"acked"
         })
         .count()
 }
