@@ -4,7 +4,12 @@
 //! - `stale-read`: linearizable reads skip ReadIndex and serve local state;
 //! - `early-ack`: `semi` writes are acknowledged once in the leader's log, before commit;
 //! - `skip-idempotency`: the state machine ignores `Idempotency-Key`s;
-//! - `skip-fsync`: the Raft log and hard state are written without fsync.
+//! - `skip-fsync`: the Raft log and hard state are written without fsync;
+//! - `learner-quorum`: a `sync` write is acknowledged once as many members as there are voters
+//!   have applied it, learners counted (so a learner can stand in for a lagging voter);
+//! - `early-read-index`: a new leader answers read-index requests with its commit index before
+//!   it has committed an entry of its own term (that commit index may be behind what the old
+//!   leader acknowledged).
 //!
 //! Without the feature, [`active`] is a constant `false` and the optimiser removes every hook.
 
@@ -19,6 +24,10 @@ pub enum Bug {
     SkipIdempotency,
     /// The Raft log appended without fsync.
     SkipFsync,
+    /// Learners counted among the members a `sync` write waits for.
+    LearnerQuorum,
+    /// Read indexes served before the leader has committed in its term.
+    EarlyReadIndex,
 }
 
 /// Whether `bug` is planted in this process.
@@ -32,6 +41,8 @@ pub fn active(bug: Bug) -> bool {
             "early-ack" => Bug::EarlyAck,
             "skip-idempotency" => Bug::SkipIdempotency,
             "skip-fsync" => Bug::SkipFsync,
+            "learner-quorum" => Bug::LearnerQuorum,
+            "early-read-index" => Bug::EarlyReadIndex,
             _ => return None,
         };
         tracing::warn!(bug = ?b, "PLANTED BUG ACTIVE: this node is deliberately wrong");

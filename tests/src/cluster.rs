@@ -2,9 +2,10 @@
 //! namespaces), starting and reaching its nodes, and what it leaves behind when a test fails.
 //! The faults a test can inflict on it are in `faults.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,6 +27,9 @@ pub struct Node {
     pub log: PathBuf,
     /// For a node added after the start: the member it joins through.
     pub(crate) join: Option<String>,
+    /// For a node added after the start behind a proxy: the peer address it advertises (the
+    /// proxy every other member dials it through).
+    pub(crate) advertise_peer: Option<String>,
     /// The process, while it runs.
     pub(crate) child: Option<Child>,
 }
@@ -53,7 +57,18 @@ pub struct Cluster {
     /// `--cluster` of each node (they differ when peer links are proxied).
     pub(crate) cluster_args: Vec<String>,
     /// Proxies of directed peer links (from, to), when started with [`Cluster::start_proxied`].
-    pub(crate) links: HashMap<(u64, u64), LinkProxy>,
+    /// In namespaces every link into a node shares one proxy (per-sender cuts are iptables rules
+    /// in the sender's namespace), so a member added later is reached through it by everyone.
+    pub(crate) links: HashMap<(u64, u64), Arc<LinkProxy>>,
+    /// In namespaces: the proxy in front of each node's peer port.
+    pub(crate) dest_proxies: HashMap<u64, Arc<LinkProxy>>,
+    /// Proxies in front of each node's client port, when started with them: the fault suite's
+    /// clients go through them so that a client can be cut off from a node.
+    pub(crate) client_proxies: HashMap<u64, LinkProxy>,
+    /// Whether new nodes get a client proxy too.
+    pub(crate) with_client_proxies: bool,
+    /// Members removed from the cluster: no longer in [`Cluster::ids`], never restarted.
+    pub(crate) removed: HashSet<u64>,
     /// Flags given to every `keel server`.
     pub(crate) extra_args: Vec<String>,
     /// The binary the nodes run (the planted-bug build for the fault suite's checks).
@@ -86,6 +101,8 @@ pub struct Spec<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Each node's data directory on its own [`PowerDisk`] (needs /dev/fuse).
     pub power_disks: bool,
+    /// A proxy in front of each node's client port ([`Cluster::client_endpoints`]).
+    pub client_proxies: bool,
 }
 
 impl Cluster {
@@ -126,6 +143,7 @@ impl Cluster {
             bin,
             env,
             power_disks: false,
+            client_proxies: false,
         };
         // Without namespaces or power disks nothing can fail before the nodes are spawned.
         Self::launch_spec(spec).unwrap_or_else(|e| panic!("cannot start the cluster: {e}"))
@@ -147,6 +165,7 @@ impl Cluster {
             bin,
             env,
             power_disks: false,
+            client_proxies: false,
         })
     }
 
@@ -159,6 +178,13 @@ impl Cluster {
         };
         let proxied = spec.proxied || spec.netns;
         let mut c = Self::layout(spec.nodes, spec.extra, proxied, net, spec.bin, spec.env);
+        if spec.client_proxies {
+            c.with_client_proxies = true;
+            for id in c.ids() {
+                let target = c.node(id).http.clone();
+                c.client_proxies.insert(id, LinkProxy::start(target));
+            }
+        }
         if spec.power_disks {
             for id in c.ids() {
                 let dir = c.node(id).data_dir.clone();
@@ -222,6 +248,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 join: None,
+                advertise_peer: None,
                 child: None,
             });
         }
@@ -229,13 +256,22 @@ impl Cluster {
             .as_ref()
             .map_or("127.0.0.1".to_string(), |n| n.host_ip());
         let mut links = HashMap::new();
-        if proxied {
+        let mut dest_proxies = HashMap::new();
+        if proxied && net.is_some() {
+            for to in &nodes {
+                let proxy = Arc::new(LinkProxy::start_on(&proxy_ip, to.peer.clone()));
+                dest_proxies.insert(to.id, proxy.clone());
+                for from in nodes.iter().filter(|f| f.id != to.id) {
+                    links.insert((from.id, to.id), proxy.clone());
+                }
+            }
+        } else if proxied {
             for from in &nodes {
                 for to in &nodes {
                     if from.id != to.id {
                         links.insert(
                             (from.id, to.id),
-                            LinkProxy::start_on(&proxy_ip, to.peer.clone()),
+                            Arc::new(LinkProxy::start_on(&proxy_ip, to.peer.clone())),
                         );
                     }
                 }
@@ -260,6 +296,10 @@ impl Cluster {
             dir: Some(dir),
             cluster_args,
             links,
+            dest_proxies,
+            client_proxies: HashMap::new(),
+            with_client_proxies: false,
+            removed: HashSet::new(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             bin,
             node_env: HashMap::new(),
@@ -317,9 +357,34 @@ impl Cluster {
         self.nodes.iter().map(|n| n.http.clone()).collect()
     }
 
-    /// Ids of all nodes.
+    /// Ids of every member: every node started, except those removed from the cluster.
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !self.removed.contains(id))
+            .collect()
+    }
+
+    /// The address a client uses for node `id`: its client proxy when the cluster has them
+    /// ([`Spec::client_proxies`]), else its own client address.
+    pub fn client_endpoint(&self, id: u64) -> String {
+        match self.client_proxies.get(&id) {
+            Some(p) => p.addr().to_string(),
+            None => self.nodes[id as usize - 1].http.clone(),
+        }
+    }
+
+    /// Notes that `id` was removed from the cluster: its process is killed if it still runs,
+    /// and it leaves [`Cluster::ids`] for good.
+    pub fn mark_removed(&mut self, id: u64) {
+        self.kill(id);
+        self.removed.insert(id);
+    }
+
+    /// Whether `id` was removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed.contains(&id)
     }
 
     /// Every node's id except those in `excluding`, in order.
@@ -353,11 +418,14 @@ impl Cluster {
         let cluster_arg = self.cluster_args.get(id as usize - 1).cloned();
         let extra = self.extra_args.clone();
         let node = self.node(id);
-        let membership: Vec<String> = match (&node.join, cluster_arg) {
+        let mut membership: Vec<String> = match (&node.join, cluster_arg) {
             (Some(via), _) => vec!["--join".into(), via.clone()],
             (None, Some(c)) => vec!["--cluster".into(), c],
             (None, None) => Vec::new(),
         };
+        if let Some(a) = &node.advertise_peer {
+            membership.extend(["--advertise-peer".to_string(), a.clone()]);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -4,11 +4,22 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::powerfs::PowerDisk;
 use crate::{
     all_threads_stopped, free_ports, wait_until, Cluster, LinkMode, LinkProxy, Node, POLL,
 };
+
+/// How a cut link fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Every packet vanishes: connections hang until they time out.
+    Drop,
+    /// Connections are refused or reset at once.
+    Reject,
+}
 
 impl Cluster {
     /// The proxy of the directed link `from` → `to` (panics unless started proxied).
@@ -50,35 +61,123 @@ impl Cluster {
         }
     }
 
-    /// Restores every link (proxies pass, iptables rules flushed).
+    /// Restores every link (proxies pass, iptables rules flushed), client proxies included.
     pub fn heal(&self) {
-        if let Some(net) = &self.net {
-            net.flush();
-        }
-        self.set_all_links(LinkMode::Pass);
+        self.apply_links(&[], LinkMode::Pass, &[]);
     }
 
     /// Starts a new node that joins the cluster through node `via` (as a learner); returns its id.
     pub fn add_node(&mut self, via: u64) -> u64 {
-        assert!(
-            self.net.is_none() && self.links.is_empty(),
-            "add_node needs a plain cluster"
-        );
+        self.try_add_node(via)
+            .unwrap_or_else(|e| panic!("cannot add a node: {e}"))
+    }
+
+    /// [`Cluster::add_node`], with an error instead of a panic. On a plain cluster the node
+    /// listens on loopback; in namespaces it gets a namespace of its own and a proxy in front of
+    /// its peer port, which it advertises, so that every link to and from it can be cut like the
+    /// others. A proxied cluster without namespaces cannot route a new member's links (each of
+    /// its links has its own proxy, named in each node's `--cluster`): an error.
+    pub fn try_add_node(&mut self, via: u64) -> Result<u64, String> {
         let id = self.nodes.len() as u64 + 1;
-        let ports = free_ports(2);
         let join = self.nodes[via as usize - 1].http.clone();
         let dir = self.dir().to_path_buf();
+        let (http, peer, advertise_peer) = match &mut self.net {
+            Some(net) => {
+                net.add_node(id)?;
+                let (http, peer) = (
+                    format!("{}:7001", net.ip(id)),
+                    format!("{}:7101", net.ip(id)),
+                );
+                let proxy = Arc::new(LinkProxy::start_on(&net.host_ip(), peer.clone()));
+                let advertised = proxy.addr().to_string();
+                for other in self.nodes.iter().map(|n| n.id) {
+                    self.links.insert((other, id), proxy.clone());
+                    if let Some(p) = self.dest_proxies.get(&other) {
+                        self.links.insert((id, other), p.clone());
+                    }
+                }
+                self.dest_proxies.insert(id, proxy);
+                (http, peer, Some(advertised))
+            }
+            None if self.links.is_empty() => {
+                let ports = free_ports(2);
+                (
+                    format!("127.0.0.1:{}", ports[0]),
+                    format!("127.0.0.1:{}", ports[1]),
+                    None,
+                )
+            }
+            None => return Err("a proxied cluster without namespaces cannot add a member".into()),
+        };
+        let data_dir = dir.join(format!("node{id}"));
+        if !self.disks.is_empty() {
+            let disk = PowerDisk::mount(&data_dir)?;
+            self.disks.insert(id, disk);
+        }
+        if self.with_client_proxies {
+            self.client_proxies
+                .insert(id, LinkProxy::start(http.clone()));
+        }
         self.nodes.push(Node {
             id,
-            http: format!("127.0.0.1:{}", ports[0]),
-            peer: format!("127.0.0.1:{}", ports[1]),
-            data_dir: dir.join(format!("node{id}")),
+            http,
+            peer,
+            data_dir,
             log: dir.join(format!("node{id}.log")),
             join: Some(join),
+            advertise_peer,
             child: None,
         });
         self.spawn(id);
-        id
+        Ok(id)
+    }
+
+    /// Applies a set of link faults at once, replacing whatever was in place: `cuts` are
+    /// directed peer links that lose every packet ([`Cut::Drop`]) or refuse connections
+    /// ([`Cut::Reject`]); `slow` is the mode of every peer link that is not cut (delay or loss);
+    /// `clients` are nodes whose client port the fault suite's clients cannot reach. With
+    /// namespaces, cuts are iptables rules in the sender's namespace (on the link's proxy port and
+    /// on the peer's own address, so that no route around them exists); without, the links'
+    /// proxies close (`Reject`) or swallow bytes (`Drop`).
+    pub fn apply_links(&self, cuts: &[(u64, u64, Cut)], slow: LinkMode, clients: &[(u64, Cut)]) {
+        if let Some(net) = &self.net {
+            net.flush();
+            for &(from, to, how) in cuts {
+                let Some(proxy) = self.links.get(&(from, to)) else {
+                    continue;
+                };
+                let peer_ip = net.ip(to);
+                for (ip, port) in [(net.host_ip(), proxy.port()), (peer_ip, 7101)] {
+                    let r = match how {
+                        Cut::Drop => net.drop_output(from, &ip, port),
+                        Cut::Reject => net.reject_output(from, &ip, port),
+                    };
+                    if let Err(e) = r {
+                        panic!("cannot cut {from}→{to}: {e}");
+                    }
+                }
+            }
+            for p in self.dest_proxies.values() {
+                p.set(slow);
+            }
+        } else {
+            for (&(from, to), proxy) in &self.links {
+                let mode = match cuts.iter().find(|c| c.0 == from && c.1 == to) {
+                    Some((_, _, Cut::Reject)) => LinkMode::Cut,
+                    Some((_, _, Cut::Drop)) => LinkMode::Blackhole,
+                    None => slow,
+                };
+                proxy.set(mode);
+            }
+        }
+        for (id, proxy) in &self.client_proxies {
+            let mode = match clients.iter().find(|c| c.0 == *id) {
+                Some((_, Cut::Reject)) => LinkMode::Cut,
+                Some((_, Cut::Drop)) => LinkMode::Blackhole,
+                None => LinkMode::Pass,
+            };
+            proxy.set(mode);
+        }
     }
 
     /// SIGTERM (a graceful stop: a leader hands over leadership first) and wait for the exit
@@ -123,6 +222,15 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) {
         assert!(!self.node(id).is_running(), "node {id} is still running");
         self.spawn(id);
+    }
+
+    /// Restarts node `id` unless it runs already or was removed; says whether it did.
+    pub fn restart_if_down(&mut self, id: u64) -> bool {
+        if self.is_removed(id) || self.node(id).is_running() {
+            return false;
+        }
+        self.spawn(id);
+        true
     }
 
     /// SIGSTOP: the process freezes (sockets stay open). Returns once every thread of the

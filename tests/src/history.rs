@@ -30,7 +30,8 @@ pub struct OpRecord {
     pub node: u64,
     /// `register`, `bank` or `set`.
     pub workload: &'static str,
-    /// What was done: `read`, `write`, `cas`, `transfer`, `read_all`, `add`.
+    /// What was done: `read`, `txn_read`, `list`, `stale_read`, `session_read`, `write`,
+    /// `cas`, `transfer`, `read_all`, `add`.
     pub f: &'static str,
     /// The key (register) or element (set), if any.
     pub key: String,
@@ -48,6 +49,13 @@ pub struct OpRecord {
     pub outcome: Outcome,
     /// Status code or transport error, for reading the history.
     pub detail: String,
+    /// For a read, the index it was read at (`X-Keel-Index`, or the body's `index`); for a
+    /// write, its log index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// Set when keel answered what it never should (an unexpected status or body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unexpected: Option<String>,
 }
 
 /// A shared, append-only history with one time base.

@@ -31,6 +31,7 @@ pub mod suite;
 pub mod workload;
 
 pub use cluster::{Cluster, Node, Spec};
+pub use faults::Cut;
 pub use proxy::{LinkMode, LinkProxy};
 
 /// Default deadline for cluster-wide conditions (leader elected, data replicated).

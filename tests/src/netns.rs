@@ -19,6 +19,9 @@ pub struct NetnsNet {
     bridge: String,
     namespaces: Vec<String>,
     subnet: String,
+    /// Process id and cluster number, the parts of every name.
+    pid: u32,
+    k: u32,
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -61,7 +64,11 @@ fn clean_leftovers() {
                 .nth(1)
                 .and_then(|s| s.split('n').next())
                 .unwrap_or("0");
-            let _ = run(&["ip", "link", "del", &format!("kb{pid}x{k}")]);
+            let bridge = format!("kb{pid}x{k}");
+            let _ = run(&["ip", "link", "del", &bridge]);
+            let _ = run(&[
+                "iptables", "-D", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+            ]);
         }
     }
 }
@@ -91,6 +98,8 @@ impl NetnsNet {
             bridge: bridge.clone(),
             namespaces: Vec::new(),
             subnet: subnet.clone(),
+            pid,
+            k,
         };
         run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         run(&[
@@ -102,35 +111,51 @@ impl NetnsNet {
             &bridge,
         ])?;
         run(&["ip", "link", "set", &bridge, "up"])?;
+        // Hosts with Docker drop forwarded packets by default, and bridged packets go through
+        // the FORWARD chain (br_netfilter): let the nodes reach each other across this bridge
+        // (a joining node asks another node over HTTP; a member may dial a peer directly).
+        run(&[
+            "iptables", "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
+        ])?;
         for i in 1..=n {
-            let ns = format!("kt{pid}x{k}n{i}");
-            let host_end = format!("kv{pid}x{k}n{i}");
-            let host_end: String = host_end.chars().take(15).collect();
-            run(&["ip", "netns", "add", &ns])?;
-            net.namespaces.push(ns.clone());
-            run(&[
-                "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            run(&["ip", "link", "set", &host_end, "master", &bridge, "up"])?;
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "ip",
-                "addr",
-                "add",
-                &format!("{subnet}.{i}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            run(&[
-                "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
-            ])?;
-            run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+            net.add_node(i as u64)?;
         }
         Ok(net)
+    }
+
+    /// Creates the namespace of node `i` (1-based, the next one): a veth pair into the bridge and
+    /// address `.<i>`. Nodes added after the start (membership changes) come through here too.
+    pub fn add_node(&mut self, i: u64) -> Result<(), String> {
+        let (pid, k, subnet) = (self.pid, self.k, self.subnet.clone());
+        if i as usize != self.namespaces.len() + 1 || i > 250 {
+            return Err(format!("namespace {i} out of order"));
+        }
+        let ns = format!("kt{pid}x{k}n{i}");
+        let host_end = format!("kv{pid}x{k}n{i}");
+        let host_end: String = host_end.chars().take(15).collect();
+        run(&["ip", "netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        run(&[
+            "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        run(&["ip", "link", "set", &host_end, "master", &self.bridge, "up"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.{i}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        run(&[
+            "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
+        ])?;
+        run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        Ok(())
     }
 
     /// The address of node `id` (1-based).
@@ -148,9 +173,27 @@ impl NetnsNet {
         &self.namespaces[id as usize - 1]
     }
 
-    /// Drops, inside node `from`'s namespace, every packet it sends to `ip:port`.
+    /// Drops, inside node `from`'s namespace, every packet it sends to `ip:port`: the sender
+    /// hears nothing back, as when a switch or a cable fails (connections hang, then time out).
     pub fn drop_output(&self, from: u64, ip: &str, port: u16) -> Result<(), String> {
-        run(&[
+        self.output_rule(from, ip, port, &["-j", "DROP"])
+    }
+
+    /// Rejects, inside node `from`'s namespace, every packet it sends to `ip:port` with a TCP
+    /// reset: the sender learns at once that the peer cannot be reached (connection refused or
+    /// reset), as when the peer's host is up but its port is firewalled.
+    pub fn reject_output(&self, from: u64, ip: &str, port: u16) -> Result<(), String> {
+        self.output_rule(
+            from,
+            ip,
+            port,
+            &["-j", "REJECT", "--reject-with", "tcp-reset"],
+        )
+    }
+
+    fn output_rule(&self, from: u64, ip: &str, port: u16, target: &[&str]) -> Result<(), String> {
+        let port = port.to_string();
+        let mut args = vec![
             "ip",
             "netns",
             "exec",
@@ -163,10 +206,10 @@ impl NetnsNet {
             "-d",
             ip,
             "--dport",
-            &port.to_string(),
-            "-j",
-            "DROP",
-        ])
+            &port,
+        ];
+        args.extend_from_slice(target);
+        run(&args)
     }
 
     /// Removes every rule in every namespace.
@@ -183,5 +226,16 @@ impl Drop for NetnsNet {
             let _ = run(&["ip", "netns", "del", ns]);
         }
         let _ = run(&["ip", "link", "del", &self.bridge]);
+        let _ = run(&[
+            "iptables",
+            "-D",
+            "FORWARD",
+            "-i",
+            &self.bridge,
+            "-o",
+            &self.bridge,
+            "-j",
+            "ACCEPT",
+        ]);
     }
 }

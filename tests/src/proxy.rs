@@ -37,6 +37,15 @@ pub enum LinkMode {
         /// How long it stalls.
         stall: Duration,
     },
+    /// Both: every chunk delayed, and some stalled on top.
+    DelayLossy {
+        /// The delay of every chunk.
+        delay: Duration,
+        /// Chance that a chunk also stalls.
+        probability: f64,
+        /// How long it stalls.
+        stall: Duration,
+    },
 }
 
 struct State {
@@ -187,6 +196,17 @@ fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
                             stall
                         } else {
                             Duration::ZERO
+                        }
+                    }
+                    LinkMode::DelayLossy {
+                        delay,
+                        probability,
+                        stall,
+                    } => {
+                        if rand::random::<f64>() < probability {
+                            delay + stall
+                        } else {
+                            delay
                         }
                     }
                     LinkMode::Pass | LinkMode::Cut => Duration::ZERO,

@@ -1,13 +1,17 @@
-//! The fault suite (SPEC §7): real clusters under partitions, kills, pauses, delay and loss, with
-//! every operation recorded and checked (linearizability per register key, the bank invariant,
-//! set completeness and duplicates). The short profiles run in CI; `scripts/faults.sh` runs the
-//! long one. The planted-bug tests run the keel-planted build and must see the checkers catch
-//! each bug.
+//! The fault suite (SPEC §7): real clusters in network namespaces under overlapping faults —
+//! partitions during pauses, kills during membership changes, delay plus loss plus leader
+//! transfers, clients cut off from nodes — drawn from a printed seed, with every operation
+//! recorded and checked (linearizability per register key, every read kind against the log,
+//! sessions, `sync` visibility, the bank invariant, set completeness and duplicates).
+//!
+//! Each planted bug runs on the very profile and seed of the control run of the correct binary
+//! beside it: the control must pass and the planted bug must be caught. `KEEL_FAULT_SEED`
+//! replays a seed; `scripts/faults.sh` runs the long profiles.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use keel_tests::nemesis::Fault;
+use keel_tests::nemesis::{seed_from_env, Fault};
 use keel_tests::suite::{report_dir, run, Profile, Report, RunOpts};
 
 /// One fault run at a time: each loads a cluster and the two cores fully.
@@ -17,23 +21,80 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn opts(name: &str, nodes: usize, faults: Vec<Fault>, secs: u64) -> RunOpts {
+/// The seed every run of this process shares (control and planted runs alike).
+fn seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let s = seed_from_env();
+        eprintln!("fault suite seed: KEEL_FAULT_SEED={s}");
+        s
+    })
+}
+
+/// The combined profile: overlapping faults of every kind, membership changes and client
+/// partitions, on three nodes.
+fn combined(secs: u64) -> Profile {
+    Profile {
+        name: "combined".to_string(),
+        nodes: 3,
+        scenes: vec![
+            // A partition during a pause.
+            vec![Fault::PauseLeader, Fault::PartitionHalves],
+            // A kill during a membership change.
+            vec![Fault::Membership, Fault::KillLeader],
+            // Delay plus loss plus a leader transfer.
+            vec![Fault::Delay, Fault::Loss, Fault::TransferLeader],
+            // Clients cut off from one node while the leader is cut off from its peers.
+            vec![Fault::ClientsOffRandom, Fault::PartitionLeader],
+            // A learner while a voter lags (cut off from its peers, its clients still reach it).
+            vec![Fault::IsolateFollower, Fault::Membership],
+            // Clients cut off from the leader while a leader transfer happens on slow links.
+            vec![Fault::ClientsOffLeader, Fault::Delay, Fault::TransferLeader],
+            // A kill while the leader's links refuse connections.
+            vec![Fault::RejectLeader, Fault::KillRandom],
+        ],
+        duration: Duration::from_secs(secs),
+        calm: Duration::from_secs(2),
+        fault_for: Duration::from_secs(4),
+        power_disks: false,
+    }
+}
+
+/// The power-loss profile: every node's data on a disk that forgets what was not fsynced; power
+/// lost on one node, on a minority and on every node at once, overlapping kills.
+fn power(secs: u64) -> Profile {
+    Profile {
+        name: "power-loss".to_string(),
+        nodes: 3,
+        scenes: vec![
+            vec![Fault::PowerLossRandom],
+            vec![Fault::KillLeader, Fault::PowerLossMinority],
+            vec![Fault::PowerLossAll],
+            vec![Fault::Delay, Fault::PowerLossRandom],
+        ],
+        duration: Duration::from_secs(secs),
+        calm: Duration::from_secs(2),
+        fault_for: Duration::from_secs(4),
+        power_disks: true,
+    }
+}
+
+fn opts(profile: Profile, planted: Option<&'static str>) -> RunOpts {
+    let name = match planted {
+        Some(b) => format!("{}-planted-{b}", profile.name),
+        None => profile.name.clone(),
+    };
     RunOpts {
-        profile: Profile {
-            name: name.to_string(),
-            nodes,
-            faults,
-            duration: Duration::from_secs(secs),
-            calm: Duration::from_secs(2),
-            fault_for: Duration::from_secs(4),
-            power_disks: false,
-        },
+        out_dir: report_dir(&name),
+        profile,
+        seed: seed(),
         modes: vec!["semi", "sync", "async"],
-        clients: (4, 2, 2),
+        clients: (4, 2, 4),
         client_timeout: Duration::from_millis(1500),
-        planted: None,
-        min_ok_ops: 200,
-        out_dir: report_dir(name),
+        short_timeout: Duration::from_millis(100),
+        planted,
+        min_per_key: 10,
+        min_per_scene: 5,
     }
 }
 
@@ -41,197 +102,139 @@ fn expect_pass(r: &Report) {
     eprintln!("{}", r.summary());
     assert!(
         r.passed(),
-        "fault run failed (see {}): {}",
+        "fault run failed (see {}; replay with KEEL_FAULT_SEED={}): {}",
         r.out_dir,
+        r.seed,
         r.summary()
     );
 }
 
-#[test]
-fn crash_faults_lose_nothing_and_stay_linearizable() {
-    let _serial = serial();
-    let r = run(opts(
-        "crash",
-        3,
-        vec![
-            Fault::KillLeader,
-            Fault::PauseLeader,
-            Fault::KillRandom,
-            Fault::KillAll,
-        ],
-        40,
-    ));
-    expect_pass(&r);
+/// What the checkers caught in a planted run.
+fn caught(r: &Report) -> Vec<String> {
+    let mut c = Vec::new();
+    let lost: usize = r
+        .lost_acked_writes
+        .iter()
+        .filter(|(m, _)| m.as_str() != "async")
+        .map(|(_, n)| n)
+        .sum();
+    if lost > 0 {
+        c.push(format!("{lost} acknowledged semi/sync adds lost"));
+    }
+    if !r.linearizability_anomalies.is_empty() {
+        c.push(format!(
+            "{} register keys not linearizable",
+            r.linearizability_anomalies.len()
+        ));
+    }
+    if r.reads.total() > 0 {
+        c.push(format!("read anomalies {:?}", r.reads.anomalies));
+    }
+    if r.bank_violations > 0 {
+        c.push(format!("{} bank violations", r.bank_violations));
+    }
+    if r.duplicates != 0 {
+        c.push(format!("{} adds applied twice", r.duplicates));
+    }
+    if r.unrecovered {
+        c.push("the cluster did not recover".into());
+    }
+    c
 }
 
-#[test]
-fn partitions_lose_nothing_and_stay_linearizable() {
-    let _serial = serial();
-    let r = run(opts(
-        "partition",
-        3,
-        vec![
-            Fault::PartitionLeader,
-            Fault::OneWayLeaderOut,
-            Fault::BlackholeLeader,
-            Fault::PartitionHalves,
-            Fault::OneWayLeaderIn,
-        ],
-        40,
-    ));
-    expect_pass(&r);
-}
-
-#[test]
-fn slow_and_lossy_links_with_a_partition_stay_linearizable() {
-    let _serial = serial();
-    let r = run(opts(
-        "network",
-        3,
-        vec![Fault::Delay, Fault::PartitionLeader, Fault::Loss],
-        30,
-    ));
-    expect_pass(&r);
-}
-
-/// The power-loss profile: every node's data on a disk that forgets what was not fsynced; power
-/// lost on one node, on a minority and on every node at once, with kills between.
-fn power_opts(name: &str, secs: u64) -> RunOpts {
-    let mut o = opts(
-        name,
-        3,
-        vec![
-            Fault::PowerLossRandom,
-            Fault::KillLeader,
-            Fault::PowerLossMinority,
-            Fault::PowerLossAll,
-        ],
-        secs,
+fn expect_caught(bug: &str, r: &Report) {
+    eprintln!("{}", r.summary());
+    let c = caught(r);
+    assert!(
+        !c.is_empty(),
+        "planted bug {bug} NOT caught on seed {} (see {}): {}",
+        r.seed,
+        r.out_dir,
+        r.summary()
     );
-    o.profile.power_disks = true;
-    o
+    eprintln!(
+        "planted bug {bug} caught on seed {}: {}",
+        r.seed,
+        c.join("; ")
+    );
+}
+
+/// The control run: the correct binary on the combined profile and this process's seed, run
+/// once and shared by every planted run (whichever test comes first runs it).
+fn control() -> Report {
+    static CONTROL: OnceLock<Report> = OnceLock::new();
+    CONTROL
+        .get_or_init(|| run(opts(combined(60), None)))
+        .clone()
+}
+
+/// One planted bug on the combined profile, beside the control on the same seed: the control
+/// passes, the planted bug is caught.
+fn planted_pair(bug: &'static str) {
+    let _serial = serial();
+    let c = control();
+    expect_pass(&c);
+    let r = run(opts(combined(60), Some(bug)));
+    assert_eq!(r.seed, c.seed);
+    expect_caught(bug, &r);
+}
+
+#[test]
+fn combined_faults_with_membership_and_client_partitions_lose_nothing() {
+    let _serial = serial();
+    let r = control();
+    expect_pass(&r);
+    assert!(r.membership_changes >= 1, "{}", r.summary());
+    for kind in ["Linearizable", "Txn", "List", "Stale", "Session"] {
+        assert!(
+            r.reads.checked.get(kind).copied().unwrap_or(0) >= 10,
+            "too few {kind} reads checked: {:?}",
+            r.reads.checked
+        );
+    }
+}
+
+#[test]
+fn planted_stale_reads_are_caught_on_the_combined_profile() {
+    planted_pair("stale-read");
+}
+
+#[test]
+fn planted_early_acknowledgement_is_caught_on_the_combined_profile() {
+    planted_pair("early-ack");
+}
+
+#[test]
+fn planted_idempotency_skip_is_caught_on_the_combined_profile() {
+    planted_pair("skip-idempotency");
+}
+
+#[test]
+fn planted_learner_in_the_sync_quorum_is_caught_on_the_combined_profile() {
+    planted_pair("learner-quorum");
+}
+
+#[test]
+fn planted_read_index_before_the_term_commits_is_caught_on_the_combined_profile() {
+    planted_pair("early-read-index");
 }
 
 #[test]
 fn power_loss_loses_no_acknowledged_write_and_stays_linearizable() {
     let _serial = serial();
-    let r = run(power_opts("power-loss", 40));
+    let r = run(opts(power(40), None));
     expect_pass(&r);
 }
 
 #[test]
-fn planted_skipped_fsync_is_caught_by_the_power_loss_profile() {
+fn planted_skipped_fsync_is_caught_on_the_power_loss_profile() {
     let _serial = serial();
-    let mut o = power_opts("planted-skip-fsync", 40);
-    o.planted = Some("skip-fsync");
-    let r = run(o);
-    eprintln!("{}", r.summary());
-    let lost: usize = r.lost_acked_writes.values().sum();
-    let caught =
-        lost + r.linearizability_anomalies.len() + r.bank_violations + usize::from(r.unrecovered);
-    assert!(
-        caught > 0,
-        "planted bug skip-fsync NOT caught: {}",
-        r.summary()
-    );
-    eprintln!(
-        "planted bug skip-fsync caught: {lost} acknowledged adds lost, {} keys not \
-         linearizable, {} bank violations, {}",
-        r.linearizability_anomalies.len(),
-        r.bank_violations,
-        if r.unrecovered {
-            "and the cluster did not recover"
-        } else {
-            "the cluster recovered"
-        }
-    );
-}
-
-fn planted(bug: &'static str, faults: Vec<Fault>, secs: u64) -> Report {
-    let mut o = opts(&format!("planted-{bug}"), 3, faults, secs);
-    o.planted = Some(bug);
-    // Long partitions: the majority elects a leader and moves on while the cut-off node answers.
-    o.profile.fault_for = Duration::from_secs(6);
-    let r = run(o);
-    eprintln!("{}", r.summary());
-    r
-}
-
-#[test]
-fn planted_stale_reads_are_caught_by_the_linearizability_checker() {
-    let _serial = serial();
-    let r = planted("stale-read", vec![Fault::PartitionLeader], 25);
-    assert!(
-        !r.linearizability_anomalies.is_empty(),
-        "planted bug stale-read NOT caught: {}",
-        r.summary()
-    );
-    eprintln!(
-        "planted bug stale-read caught: {} register keys not linearizable",
-        r.linearizability_anomalies.len()
-    );
-}
-
-#[test]
-fn planted_early_acknowledgement_is_caught() {
-    let _serial = serial();
-    // Only blind writes are acknowledged early, and only by a cut-off leader before it steps
-    // down (1-2 s): two set clients per node (half their adds are blind puts) and four leader
-    // cut-offs make it near certain that some client adds through the old leader in that window.
-    // With one set client on two of the three nodes a run once missed it.
-    let mut o = opts("planted-early-ack", 3, vec![Fault::PartitionLeader], 33);
-    o.planted = Some("early-ack");
-    o.profile.fault_for = Duration::from_secs(6);
-    o.modes = vec!["semi"];
-    o.clients = (4, 2, 6);
-    let r = run(o);
-    eprintln!("{}", r.summary());
-    let caught =
-        r.linearizability_anomalies.len() + r.lost_acked_writes.get("semi").copied().unwrap_or(0);
-    assert!(
-        caught > 0,
-        "planted bug early-ack NOT caught: {}",
-        r.summary()
-    );
-    eprintln!(
-        "planted bug early-ack caught: {} keys not linearizable, {} acknowledged semi adds lost",
-        r.linearizability_anomalies.len(),
-        r.lost_acked_writes.get("semi").copied().unwrap_or(0)
-    );
-}
-
-#[test]
-fn planted_idempotency_skip_is_caught_as_duplicates() {
-    let _serial = serial();
-    // Slow links make adds time out after they were applied; their retries, under the same key,
-    // must not apply again.
-    let mut o = opts(
-        "planted-skip-idempotency",
-        3,
-        vec![Fault::Delay, Fault::KillLeader],
-        25,
-    );
-    o.planted = Some("skip-idempotency");
-    o.modes = vec!["semi"];
-    // Below the smallest round trip the delay fault makes (2 × 50 ms), so every semi add sent
-    // while links are slow times out and is retried, applied or not. (At 400 ms a run whose
-    // random delays were short once timed out nothing and missed the bug.)
-    o.client_timeout = Duration::from_millis(90);
-    let r = run(o);
-    eprintln!("{}", r.summary());
-    assert!(
-        r.duplicates > 0,
-        "planted bug skip-idempotency NOT caught: {}",
-        r.summary()
-    );
-    eprintln!(
-        "planted bug skip-idempotency caught: {} adds applied twice",
-        r.duplicates
-    );
+    let r = run(opts(power(40), Some("skip-fsync")));
+    expect_caught("skip-fsync", &r);
 }
 
 /// The long run: every profile, minutes each (`scripts/faults.sh`; KEEL_FAULTS_SECS sets the
-/// length of each profile, default 120).
+/// length of each profile, default 120; KEEL_FAULT_SEED replays).
 #[test]
 #[ignore]
 fn long_run_over_every_profile() {
@@ -240,70 +243,62 @@ fn long_run_over_every_profile() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
+    let one = Profile::one_at_a_time;
+    let mut five = one(
+        "long-five",
+        5,
+        &[
+            Fault::PartitionHalves,
+            Fault::KillLeader,
+            Fault::PartitionLeader,
+            Fault::PauseRandom,
+        ],
+        secs,
+    );
+    five.scenes
+        .push(vec![Fault::Membership, Fault::PartitionHalves]);
+    let mut combined_long = combined(secs * 2);
+    combined_long.name = "long-combined".into();
+    let mut power_long = power(secs);
+    power_long.name = "long-power-loss".into();
     let profiles = vec![
-        (
+        combined_long,
+        one(
             "long-crash",
             3,
-            vec![
+            &[
                 Fault::KillLeader,
                 Fault::KillRandom,
                 Fault::PauseLeader,
                 Fault::PauseRandom,
                 Fault::KillAll,
             ],
+            secs,
         ),
-        (
+        one(
             "long-partition",
             3,
-            vec![
+            &[
                 Fault::PartitionLeader,
                 Fault::PartitionHalves,
                 Fault::OneWayLeaderOut,
                 Fault::OneWayLeaderIn,
                 Fault::BlackholeLeader,
             ],
+            secs,
         ),
-        (
-            "long-network",
-            3,
-            vec![
-                Fault::Delay,
-                Fault::Loss,
-                Fault::PartitionLeader,
-                Fault::KillLeader,
-            ],
-        ),
-        (
-            "long-five",
-            5,
-            vec![
-                Fault::PartitionHalves,
-                Fault::KillLeader,
-                Fault::PartitionLeader,
-                Fault::PauseRandom,
-            ],
-        ),
-        (
+        five,
+        one(
             "long-four-split",
             4,
-            vec![Fault::Split22, Fault::KillLeader, Fault::PartitionLeader],
+            &[Fault::Split22, Fault::KillLeader, Fault::PartitionLeader],
+            secs,
         ),
-        (
-            "long-power-loss",
-            3,
-            vec![
-                Fault::PowerLossRandom,
-                Fault::KillLeader,
-                Fault::PowerLossMinority,
-                Fault::PowerLossAll,
-            ],
-        ),
+        power_long,
     ];
     let mut failed = Vec::new();
-    for (name, nodes, faults) in profiles {
-        let mut o = opts(name, nodes, faults, secs);
-        o.profile.power_disks = name == "long-power-loss";
-        let r = run(o);
+    for p in profiles {
+        let r = run(opts(p, None));
         eprintln!("{}", r.summary());
         if !r.passed() {
             failed.push(r.summary());

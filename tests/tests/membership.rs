@@ -421,3 +421,63 @@ fn a_member_that_catches_up_by_snapshot_learns_members_added_while_it_was_away()
         assert_eq!(r.status, 200, "node {id}: {}", r.text());
     }
 }
+
+/// A node whose join was applied but whose answer was lost asks again when it restarts: the same
+/// id with the same peer address is answered 200 with the members, without a second change; the
+/// same id with another address is still refused. (Before the fix the retry got 409
+/// `member_exists`, and the new node, which stores nothing until it has its answer, could never
+/// start: the fault suite's membership nemesis found it.)
+#[test]
+fn asking_to_add_the_same_member_again_succeeds_without_a_new_change() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let body = json!({"id": 9, "peer_addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2"}).to_string();
+    let first = c
+        .request(
+            leader,
+            "POST",
+            "/v1/cluster/members",
+            &[],
+            Some(body.as_bytes()),
+        )
+        .expect("answers");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let last_index = |c: &Cluster| c.status(leader).and_then(|s| s["last_index"].as_u64());
+    let before = last_index(&c).expect("last index");
+    let again = c
+        .request(
+            leader,
+            "POST",
+            "/v1/cluster/members",
+            &[],
+            Some(body.as_bytes()),
+        )
+        .expect("answers");
+    assert_eq!(again.status, 200, "{}", again.text());
+    let members = again.json()["members"].clone();
+    assert!(
+        members
+            .as_array()
+            .expect("members")
+            .iter()
+            .any(|m| m["id"] == 9 && m["role"] == "learner"),
+        "{members}"
+    );
+    assert_eq!(
+        last_index(&c),
+        Some(before),
+        "no second change was proposed"
+    );
+    let other = json!({"id": 9, "peer_addr": "127.0.0.1:3"}).to_string();
+    let refused = c
+        .request(
+            leader,
+            "POST",
+            "/v1/cluster/members",
+            &[],
+            Some(other.as_bytes()),
+        )
+        .expect("answers");
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(refused.error_code().as_deref(), Some("member_exists"));
+}

@@ -148,7 +148,20 @@ impl Api {
         }
         let report = self.report().await?;
         Self::require_leader(&report)?;
-        if report.addresses.contains_key(&b.id) {
+        if let Some(existing) = report.addresses.get(&b.id) {
+            // The same node asking again (its first answer was lost, or it restarted before it
+            // stored it): it is already added, so the request succeeds without a new change. A
+            // node that cannot learn it was added could never start.
+            if existing.peer_addr == b.peer_addr {
+                let index = report.status.applied_index;
+                return Reply::json(
+                    &MembershipChangeResponse {
+                        index,
+                        members: self.members(&report),
+                    },
+                    Some(index),
+                );
+            }
             return Err(ApiError::new(
                 ErrorCode::MemberExists,
                 format!("member {} already exists", b.id),

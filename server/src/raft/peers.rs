@@ -64,6 +64,35 @@ impl Peers {
     }
 }
 
+impl Peers {
+    /// The planted bug `learner-quorum`: the highest index that as many members as there are
+    /// voters have applied, learners counted — wrong, a learner can stand in for a voter.
+    pub(super) fn planted_learner_quorum(
+        &self,
+        voters: &[u64],
+        learners: &[u64],
+        me: u64,
+        my_applied: u64,
+    ) -> u64 {
+        let mut applied: Vec<u64> = voters
+            .iter()
+            .chain(learners.iter())
+            .map(|&id| {
+                if id == me {
+                    my_applied
+                } else {
+                    self.get(id).applied
+                }
+            })
+            .collect();
+        applied.sort_unstable_by(|a, b| b.cmp(a));
+        applied
+            .get(voters.len().saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 /// Every voter of `cs`, incoming and outgoing (joint consensus), sorted.
 pub(super) fn voters(cs: &ConfState) -> Vec<u64> {
     let mut v: Vec<u64> = cs

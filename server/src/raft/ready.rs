@@ -563,10 +563,15 @@ impl<O: Outbox> Driver<O> {
         if !self.writes.awaiting_voters() {
             return;
         }
-        let voters = voters(self.raw.store().conf_state());
-        let min = self
-            .peers
-            .min_voter_applied(&voters, self.cfg.id, self.applied);
+        let cs = self.raw.store().conf_state();
+        let voters = voters(cs);
+        let min = if crate::planted::active(crate::planted::Bug::LearnerQuorum) {
+            self.peers
+                .planted_learner_quorum(&voters, &cs.learners, self.cfg.id, self.applied)
+        } else {
+            self.peers
+                .min_voter_applied(&voters, self.cfg.id, self.applied)
+        };
         self.writes.release_sync(min, now);
     }
 

@@ -94,6 +94,19 @@ impl StateMachine {
         }
     }
 
+    /// Reads one key's record on a snapshot, with the snapshot's exact applied index (dearer
+    /// than [`StateMachine::get_value`]: for answers whose index must be exact, such as "absent").
+    pub fn get_at_snapshot(
+        &self,
+        key: &str,
+    ) -> Result<ReadResult<Option<ValueRecord>>, StorageError> {
+        let snap = self.db.snapshot();
+        let index = self.snapshot_applied(&snap)?;
+        let data = cf(&self.db, CF_DATA)?;
+        let value = read_record(&snap.get_cf(data, key.as_bytes()))?;
+        Ok(ReadResult { value, index })
+    }
+
     /// Evaluates a transaction of compares and gets only, on one consistent snapshot.
     pub fn read_txn(&self, t: &TxnOp) -> Result<ReadResult<ApplyResult>, StorageError> {
         let snap = self.db.snapshot();

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::checker::reads::ReadFindings;
 use crate::checker::SetReport;
 use crate::history::History;
 use crate::Cluster;
@@ -27,6 +28,8 @@ pub struct Counts {
 pub struct Report {
     /// Profile name.
     pub profile: String,
+    /// The nemesis seed (`KEEL_FAULT_SEED` replays the schedule).
+    pub seed: u64,
     /// Planted bug, if any.
     pub planted: Option<String>,
     /// Nodes.
@@ -53,8 +56,25 @@ pub struct Report {
     pub set: BTreeMap<String, SetReport>,
     /// Acknowledged set adds lost, per mode.
     pub lost_acked_writes: BTreeMap<String, usize>,
-    /// Adds applied twice (counter larger than the elements present).
+    /// Adds applied twice (counter larger than the elements present) or, when negative,
+    /// elements present without their increment: either way an anomaly.
     pub duplicates: i64,
+    /// The checks of every read kind against the log (snapshots, `min_index`, sessions, `sync`
+    /// visibility).
+    pub reads: ReadFindings,
+    /// Answers keel should never have given (a status or a body outside the API), with the
+    /// first few of them.
+    pub unexpected_responses: usize,
+    /// The first unexpected answers.
+    pub unexpected_examples: Vec<String>,
+    /// Faults the nemesis could not inject (no target): the run is then not valid.
+    pub skipped_faults: Vec<String>,
+    /// Membership changes completed (learner added and promoted, a voter removed).
+    pub membership_changes: usize,
+    /// Membership changes that did not complete: the run is then not valid.
+    pub failed_membership: Vec<String>,
+    /// Leader transfers answered 200.
+    pub transfers: usize,
     /// Elements read that no add attempted.
     pub unexpected: usize,
     /// Distinct (term, leader) pairs seen, minus one.
@@ -91,8 +111,10 @@ impl Report {
             + usize::from(self.unrecovered)
             + self.bank_violations
             + lost
-            + self.duplicates.max(0) as usize
+            + self.duplicates.unsigned_abs() as usize
             + self.unexpected
+            + self.reads.total()
+            + self.unexpected_responses
     }
 
     /// Valid and free of anomalies.
@@ -109,11 +131,14 @@ impl Report {
                 .unwrap_or_default()
         };
         format!(
-            "profile {} ({} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {}; \
+            "profile {} (seed {}, {} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {}; \
              {} register keys ({} ops) checked, {} not linearizable, {} undecided; \
              {} bank reads, {} violations; acked adds lost {:?}; duplicates {}; unexpected {}; \
+             reads checked {:?}, read anomalies {:?}; unexpected answers {}; membership changes {} \
+             ({} failed); transfers {}; skipped faults {}; \
              leader changes {}; snapshots installed {}; longest unavailability {:.1} s; ops/s {:?}{}{}",
             self.profile,
+            self.seed,
             self.nodes,
             self.network,
             self.planted
@@ -133,6 +158,13 @@ impl Report {
             self.lost_acked_writes,
             self.duplicates,
             self.unexpected,
+            self.reads.checked,
+            self.reads.anomalies,
+            self.unexpected_responses,
+            self.membership_changes,
+            self.failed_membership.len(),
+            self.transfers,
+            self.skipped_faults.len(),
             self.leader_changes,
             self.snapshots_installed,
             self.longest_unavailability_s,

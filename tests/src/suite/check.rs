@@ -1,0 +1,226 @@
+//! From a history to the checkers' inputs: per-key register histories for the linearizability
+//! checker (linearizable `GET`s, read-only transactions and lists are all reads of the register),
+//! the known writes and the reads for the checks against the log, and the validity rule (enough
+//! successful reads and writes per key and per scene of the schedule).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::checker::reads::{KeyRead, KnownWrite, ReadKind, ReadObs};
+use crate::checker::{check_register, RegEvent, RegOp, Verdict};
+use crate::history::{OpRecord, Outcome};
+
+/// Reads that are linearizable and so go into the register histories.
+const LINEARIZABLE_READS: [&str; 3] = ["read", "txn_read", "list"];
+
+/// Every key and value one successful register read saw (a list sees every key: the absent ones
+/// as absent).
+fn read_items(op: &OpRecord, keys: usize) -> Vec<KeyRead> {
+    if op.f == "list" {
+        let items = &op.output["items"];
+        (0..keys)
+            .map(|k| {
+                let key = format!("reg/{k}");
+                let it = &items[&key];
+                KeyRead {
+                    key,
+                    value: it[0].as_i64(),
+                    version: it[1].as_u64(),
+                }
+            })
+            .collect()
+    } else {
+        vec![KeyRead {
+            key: op.key.clone(),
+            value: op.output["value"].as_i64(),
+            version: op.output["version"].as_u64(),
+        }]
+    }
+}
+
+/// Turns the register operations into per-key histories and checks each: (keys, operations,
+/// keys not linearizable, keys undecided).
+pub fn check_registers(ops: &[OpRecord], keys: usize) -> (usize, usize, Vec<String>, Vec<String>) {
+    let mut by_key: HashMap<String, Vec<RegEvent>> = HashMap::new();
+    let mut total = 0;
+    for op in ops.iter().filter(|o| o.workload == "register") {
+        let mut events: Vec<(String, RegEvent)> = Vec::new();
+        match (op.f, op.outcome) {
+            (f, Outcome::Ok) if LINEARIZABLE_READS.contains(&f) => {
+                for item in read_items(op, keys) {
+                    events.push((
+                        item.key,
+                        RegEvent {
+                            op: RegOp::Read(item.value),
+                            invoke: op.invoke_ns,
+                            complete: Some(op.complete_ns),
+                        },
+                    ));
+                }
+            }
+            ("write", Outcome::Ok | Outcome::Unknown) => {
+                if let Some(v) = op.input.as_i64() {
+                    events.push((
+                        op.key.clone(),
+                        RegEvent {
+                            op: RegOp::Write(v),
+                            invoke: op.invoke_ns,
+                            // An async write acknowledged from the leader's log may still be
+                            // lost: to the checker it is of unknown outcome.
+                            complete: (op.outcome == Outcome::Ok && op.mode != "async")
+                                .then_some(op.complete_ns),
+                        },
+                    ));
+                }
+            }
+            ("cas", Outcome::Ok | Outcome::Unknown) => {
+                if let (Some(from), Some(to)) = (op.input["from"].as_i64(), op.input["to"].as_i64())
+                {
+                    events.push((
+                        op.key.clone(),
+                        RegEvent {
+                            op: RegOp::Cas {
+                                from,
+                                to,
+                                ok: op.output.as_bool().unwrap_or(false),
+                            },
+                            invoke: op.invoke_ns,
+                            complete: (op.outcome == Outcome::Ok).then_some(op.complete_ns),
+                        },
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for (key, e) in events {
+            total += 1;
+            by_key.entry(key).or_default().push(e);
+        }
+    }
+    let mut bad = Vec::new();
+    let mut undecided = Vec::new();
+    let n = by_key.len();
+    for (key, events) in by_key {
+        match check_register(&events, 20_000_000) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { deepest } => bad.push(format!(
+                "{key} ({} ops, deepest linearization {deepest})",
+                events.len()
+            )),
+            Verdict::Unknown => undecided.push(format!("{key} ({} ops)", events.len())),
+        }
+    }
+    bad.sort();
+    undecided.sort();
+    (n, total, bad, undecided)
+}
+
+/// The writes whose index is known: acknowledged `semi`/`sync` puts, and successful
+/// compare-and-sets (answered once applied, in every mode).
+pub fn known_writes(ops: &[OpRecord]) -> Vec<KnownWrite> {
+    ops.iter()
+        .filter(|o| o.workload == "register" && o.outcome == Outcome::Ok)
+        .filter_map(|o| {
+            let value = match o.f {
+                "write" if o.mode != "async" => o.input.as_i64()?,
+                "cas" if o.output == Value::Bool(true) => o.input["to"].as_i64()?,
+                _ => return None,
+            };
+            Some(KnownWrite {
+                key: o.key.clone(),
+                value,
+                index: o.index?,
+                mode: o.mode.to_string(),
+                client: o.client,
+                invoke: o.invoke_ns,
+                complete: o.complete_ns,
+            })
+        })
+        .collect()
+}
+
+/// Every successful register read, for the checks against the log.
+pub fn read_observations(ops: &[OpRecord], keys: usize) -> Vec<ReadObs> {
+    ops.iter()
+        .enumerate()
+        .filter(|(_, o)| o.workload == "register" && o.outcome == Outcome::Ok)
+        .filter_map(|(i, o)| {
+            let kind = match o.f {
+                "read" => ReadKind::Linearizable,
+                "txn_read" => ReadKind::Txn,
+                "list" => ReadKind::List,
+                "stale_read" => ReadKind::Stale,
+                "session_read" => ReadKind::Session,
+                _ => return None,
+            };
+            Some(ReadObs {
+                op: i,
+                client: o.client,
+                node: o.node,
+                kind,
+                invoke: o.invoke_ns,
+                complete: o.complete_ns,
+                at: o.index?,
+                min_index: o.input["min_index"].as_u64(),
+                items: read_items(o, keys),
+            })
+        })
+        .collect()
+}
+
+/// Whether an operation is a successful read (of any workload).
+fn is_read(o: &OpRecord) -> bool {
+    o.outcome == Outcome::Ok
+        && matches!(
+            o.f,
+            "read" | "txn_read" | "list" | "stale_read" | "session_read" | "read_all"
+        )
+}
+
+/// Whether an operation is a successful write (of any workload).
+fn is_write(o: &OpRecord) -> bool {
+    o.outcome == Outcome::Ok && matches!(o.f, "write" | "cas" | "transfer" | "add")
+}
+
+/// Why the history is too thin to judge, if it is: every register key needs `per_key`
+/// successful linearizable reads and writes, and every window (a scene of the schedule and the
+/// calm after it, given as start times in nanoseconds) `per_window` successful reads and writes.
+pub fn too_thin(
+    ops: &[OpRecord],
+    keys: usize,
+    windows: &[u64],
+    end: u64,
+    per_key: usize,
+    per_window: usize,
+) -> Option<String> {
+    for k in 0..keys {
+        let key = format!("reg/{k}");
+        let of = |f: &dyn Fn(&OpRecord) -> bool| {
+            ops.iter()
+                .filter(|o| o.workload == "register" && o.key == key && f(o))
+                .count()
+        };
+        let reads = of(&|o| is_read(o) && o.f != "stale_read" && o.f != "session_read");
+        let writes = of(&is_write);
+        if reads < per_key || writes < per_key {
+            return Some(format!(
+                "key {key}: {reads} linearizable reads and {writes} writes succeeded (need {per_key} each)"
+            ));
+        }
+    }
+    for (i, start) in windows.iter().enumerate() {
+        let stop = windows.get(i + 1).copied().unwrap_or(end);
+        let inside = |o: &&OpRecord| o.complete_ns >= *start && o.complete_ns < stop;
+        let reads = ops.iter().filter(inside).filter(|o| is_read(o)).count();
+        let writes = ops.iter().filter(inside).filter(|o| is_write(o)).count();
+        if reads < per_window || writes < per_window {
+            return Some(format!(
+                "scene {i} ({:.1}–{:.1} s): {reads} reads and {writes} writes succeeded (need {per_window} each)",
+                *start as f64 / 1e9,
+                stop as f64 / 1e9
+            ));
+        }
+    }
+    None
+}
