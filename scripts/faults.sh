@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The long fault run: every profile (crash, partition, network, five nodes, a 2-2 split of four,
-# power loss),
+# The long fault run: every profile (combined, crash, partition, five nodes, a 2-2 split of four,
+# power loss), on schedules drawn from one printed seed (KEEL_FAULT_SEED=... replays them),
 # KEEL_FAULTS_SECS seconds each (default 120), checked for linearizability, bank and set
 # anomalies. Reports go to target/fault-reports/. Usage: scripts/faults.sh [seconds-per-profile]
 set -euo pipefail

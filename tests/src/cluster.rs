@@ -62,11 +62,14 @@ pub struct Cluster {
     pub(crate) links: HashMap<(u64, u64), Arc<LinkProxy>>,
     /// In namespaces: the proxy in front of each node's peer port.
     pub(crate) dest_proxies: HashMap<u64, Arc<LinkProxy>>,
-    /// Proxies in front of each node's client port, when started with them: the fault suite's
-    /// clients go through them so that a client can be cut off from a node.
+    /// Without namespaces, proxies in front of each node's client port when started with
+    /// [`Spec::client_cuts`]: the fault suite's clients go through them so that they can be cut
+    /// off from a node. (In namespaces the clients use each node's second address instead, cut
+    /// by iptables rules in the root namespace: a dead node then refuses connections, which a
+    /// proxy cannot show.)
     pub(crate) client_proxies: HashMap<u64, LinkProxy>,
-    /// Whether new nodes get a client proxy too.
-    pub(crate) with_client_proxies: bool,
+    /// Whether clients can be cut off from nodes (new nodes too).
+    pub(crate) client_cuts: bool,
     /// Members removed from the cluster: no longer in [`Cluster::ids`], never restarted.
     pub(crate) removed: HashSet<u64>,
     /// Flags given to every `keel server`.
@@ -101,8 +104,8 @@ pub struct Spec<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Each node's data directory on its own [`PowerDisk`] (needs /dev/fuse).
     pub power_disks: bool,
-    /// A proxy in front of each node's client port ([`Cluster::client_endpoints`]).
-    pub client_proxies: bool,
+    /// Clients can be cut off from nodes ([`Cluster::client_endpoint`], [`Cluster::apply_links`]).
+    pub client_cuts: bool,
 }
 
 impl Cluster {
@@ -143,7 +146,7 @@ impl Cluster {
             bin,
             env,
             power_disks: false,
-            client_proxies: false,
+            client_cuts: false,
         };
         // Without namespaces or power disks nothing can fail before the nodes are spawned.
         Self::launch_spec(spec).unwrap_or_else(|e| panic!("cannot start the cluster: {e}"))
@@ -165,7 +168,7 @@ impl Cluster {
             bin,
             env,
             power_disks: false,
-            client_proxies: false,
+            client_cuts: false,
         })
     }
 
@@ -178,8 +181,10 @@ impl Cluster {
         };
         let proxied = spec.proxied || spec.netns;
         let mut c = Self::layout(spec.nodes, spec.extra, proxied, net, spec.bin, spec.env);
-        if spec.client_proxies {
-            c.with_client_proxies = true;
+        if spec.client_cuts {
+            c.client_cuts = true;
+        }
+        if spec.client_cuts && c.net.is_none() {
             for id in c.ids() {
                 let target = c.node(id).http.clone();
                 c.client_proxies.insert(id, LinkProxy::start(target));
@@ -298,7 +303,7 @@ impl Cluster {
             links,
             dest_proxies,
             client_proxies: HashMap::new(),
-            with_client_proxies: false,
+            client_cuts: false,
             removed: HashSet::new(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             bin,
@@ -366,9 +371,12 @@ impl Cluster {
             .collect()
     }
 
-    /// The address a client uses for node `id`: its client proxy when the cluster has them
-    /// ([`Spec::client_proxies`]), else its own client address.
+    /// The address a client uses for node `id`: with [`Spec::client_cuts`], its client address
+    /// (in namespaces) or its client proxy; else its own client address.
     pub fn client_endpoint(&self, id: u64) -> String {
+        if let (true, Some(net)) = (self.client_cuts, &self.net) {
+            return format!("{}:7001", net.client_ip(id));
+        }
         match self.client_proxies.get(&id) {
             Some(p) => p.addr().to_string(),
             None => self.nodes[id as usize - 1].http.clone(),
@@ -432,6 +440,17 @@ impl Cluster {
             .open(&node.log)
             .expect("open node log");
         let log2 = log.try_clone().expect("clone log handle");
+        // In a namespace a node listens on all its addresses (the second one is the clients').
+        let http_args: Vec<String> = if ns.is_some() {
+            vec![
+                "--http".into(),
+                "0.0.0.0:7001".into(),
+                "--advertise-http".into(),
+                node.http.clone(),
+            ]
+        } else {
+            vec!["--http".into(), node.http.clone()]
+        };
         let mut cmd = match &ns {
             // `ip netns exec` enters the namespace and execs keel: the pid is keel's.
             Some(ns) => {
@@ -444,7 +463,7 @@ impl Cluster {
         let child = cmd
             .arg("server")
             .args(["--id", &id.to_string()])
-            .args(["--http", &node.http])
+            .args(&http_args)
             .args(&membership)
             .args(["--peer", &node.peer])
             .arg("--data-dir")

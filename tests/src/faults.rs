@@ -114,7 +114,7 @@ impl Cluster {
             let disk = PowerDisk::mount(&data_dir)?;
             self.disks.insert(id, disk);
         }
-        if self.with_client_proxies {
+        if self.client_cuts && self.net.is_none() {
             self.client_proxies
                 .insert(id, LinkProxy::start(http.clone()));
         }
@@ -168,6 +168,14 @@ impl Cluster {
                     None => slow,
                 };
                 proxy.set(mode);
+            }
+        }
+        if let Some(net) = &self.net {
+            net.flush_clients();
+            for &(id, how) in clients {
+                if let Err(e) = net.cut_client(id, 7001, how == Cut::Reject) {
+                    panic!("cannot cut the clients off node {id}: {e}");
+                }
             }
         }
         for (id, proxy) in &self.client_proxies {

@@ -22,6 +22,8 @@ pub struct NetnsNet {
     /// Process id and cluster number, the parts of every name.
     pid: u32,
     k: u32,
+    /// The chain in the root namespace's OUTPUT that cuts clients off from nodes.
+    client_chain: String,
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -65,6 +67,10 @@ fn clean_leftovers() {
                 .and_then(|s| s.split('n').next())
                 .unwrap_or("0");
             let bridge = format!("kb{pid}x{k}");
+            let chain = format!("KC{pid}x{k}");
+            let _ = run(&["iptables", "-D", "OUTPUT", "-j", &chain]);
+            let _ = run(&["iptables", "-F", &chain]);
+            let _ = run(&["iptables", "-X", &chain]);
             let _ = run(&["ip", "link", "del", &bridge]);
             let _ = run(&[
                 "iptables", "-D", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
@@ -100,6 +106,7 @@ impl NetnsNet {
             subnet: subnet.clone(),
             pid,
             k,
+            client_chain: format!("KC{pid}x{k}"),
         };
         run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         run(&[
@@ -117,6 +124,8 @@ impl NetnsNet {
         run(&[
             "iptables", "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
         ])?;
+        run(&["iptables", "-N", &net.client_chain])?;
+        run(&["iptables", "-I", "OUTPUT", "-j", &net.client_chain])?;
         for i in 1..=n {
             net.add_node(i as u64)?;
         }
@@ -151,6 +160,20 @@ impl NetnsNet {
             "dev",
             "eth0",
         ])?;
+        // A second address, for the fault suite's clients only: cutting it off leaves the
+        // harness's own requests (and the other nodes') alone.
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.{}/24", i + 100),
+            "dev",
+            "eth0",
+        ])?;
         run(&[
             "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
         ])?;
@@ -161,6 +184,40 @@ impl NetnsNet {
     /// The address of node `id` (1-based).
     pub fn ip(&self, id: u64) -> String {
         format!("{}.{id}", self.subnet)
+    }
+
+    /// The address of node `id` that the fault suite's clients use (see [`NetnsNet::cut_client`]).
+    pub fn client_ip(&self, id: u64) -> String {
+        format!("{}.{}", self.subnet, id + 100)
+    }
+
+    /// Cuts the clients (everything in the root namespace) off from node `id`'s client address
+    /// `port`: packets dropped, or connections refused (`reject`).
+    pub fn cut_client(&self, id: u64, port: u16, reject: bool) -> Result<(), String> {
+        let ip = self.client_ip(id);
+        let port = port.to_string();
+        let mut args = vec![
+            "iptables",
+            "-A",
+            &self.client_chain,
+            "-p",
+            "tcp",
+            "-d",
+            &ip,
+            "--dport",
+            &port,
+        ];
+        if reject {
+            args.extend_from_slice(&["-j", "REJECT", "--reject-with", "tcp-reset"]);
+        } else {
+            args.extend_from_slice(&["-j", "DROP"]);
+        }
+        run(&args)
+    }
+
+    /// Lets the clients reach every node again.
+    pub fn flush_clients(&self) {
+        let _ = run(&["iptables", "-F", &self.client_chain]);
     }
 
     /// The root namespace's address on the bridge (where the peer-link proxies listen).
@@ -225,6 +282,9 @@ impl Drop for NetnsNet {
         for ns in &self.namespaces {
             let _ = run(&["ip", "netns", "del", ns]);
         }
+        let _ = run(&["iptables", "-D", "OUTPUT", "-j", &self.client_chain]);
+        let _ = run(&["iptables", "-F", &self.client_chain]);
+        let _ = run(&["iptables", "-X", &self.client_chain]);
         let _ = run(&["ip", "link", "del", &self.bridge]);
         let _ = run(&[
             "iptables",

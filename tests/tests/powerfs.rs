@@ -88,7 +88,7 @@ fn cluster(bug: Option<&str>) -> Cluster {
         },
         env: &env,
         power_disks: true,
-        client_proxies: false,
+        client_cuts: false,
     })
     .expect("a cluster on power disks")
 }

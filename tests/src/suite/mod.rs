@@ -219,7 +219,7 @@ pub fn run(opts: RunOpts) -> Report {
         bin,
         env: &env,
         power_disks: p.power_disks,
-        client_proxies: true,
+        client_cuts: true,
     }) {
         Ok(c) => c,
         Err(e) => panic!("cannot start the cluster: {e}"),
@@ -452,8 +452,7 @@ pub fn run(opts: RunOpts) -> Report {
             .copied()
             .filter(|e| attempted.contains(e))
             .collect();
-        // Odd elements are the counted transactions.
-        txn_present += mine.iter().filter(|e| *e % 2 == 1).count() as i64;
+        txn_present += mine.iter().filter(|e| workload::is_counted(**e)).count() as i64;
         let r = check_set(&acked, &unknown, &mine, 0);
         lost_acked.insert(mode.to_string(), r.lost.len());
         set.insert(mode.to_string(), r);
@@ -541,6 +540,7 @@ pub fn run(opts: RunOpts) -> Report {
     let report = Report {
         profile: p.name.clone(),
         seed: opts.seed,
+        schedule: described.clone(),
         planted: opts.planted.map(str::to_string),
         nodes: p.nodes,
         network,

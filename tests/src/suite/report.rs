@@ -30,6 +30,8 @@ pub struct Report {
     pub profile: String,
     /// The nemesis seed (`KEEL_FAULT_SEED` replays the schedule).
     pub seed: u64,
+    /// The schedule the seed gave, as printed (a replay must give the same text).
+    pub schedule: String,
     /// Planted bug, if any.
     pub planted: Option<String>,
     /// Nodes.

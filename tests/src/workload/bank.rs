@@ -1,6 +1,6 @@
 //! Multi-key workloads: the bank (transfers by transaction, reads of every balance in one
 //! read-only transaction: the total never changes and no balance goes negative) and the set
-//! (unique adds; odd elements are transactions that also increment a counter, under an
+//! (unique adds; every third element is a transaction that also increments a counter, under an
 //! `Idempotency-Key`, so an add applied twice, or an element without its increment, shows).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -114,10 +114,15 @@ pub fn bank_client(client: usize, cfg: WorkloadCfg, history: History, stop: Arc<
     }
 }
 
-/// The set workload: each add inserts a unique element. Even elements are blind puts (in
-/// `async` mode acknowledged from the leader's log, so they may be lost; in the other modes an
-/// acknowledged one must never be); odd elements are transactions that put the element and
-/// increment a counter, under an `Idempotency-Key`. An add of unknown outcome is retried (under
+/// Whether set element `e` is a counted transaction (the others are blind puts).
+pub fn is_counted(e: u64) -> bool {
+    e.is_multiple_of(3)
+}
+
+/// The set workload: each add inserts a unique element. Most are blind puts (in `async` mode
+/// acknowledged from the leader's log, so they may be lost; in the other modes an acknowledged
+/// one must never be); every third ([`is_counted`]) is a transaction that puts the element and
+/// increments a counter, under an `Idempotency-Key`. An add of unknown outcome is retried (under
 /// the same key), through the next node. Odd-numbered clients use a short timeout, so that their
 /// adds time out after being applied and their retries must not apply again.
 pub fn set_client(
@@ -147,7 +152,7 @@ pub fn set_client(
         for attempt in 0..5usize {
             let (id, addr) = cfg.target(client + attempt);
             node = id;
-            let r = if e % 2 == 0 {
+            let r = if !is_counted(e as u64) {
                 // No Idempotency-Key: a keyed write is answered only once applied, and this one
                 // must be a blind put acknowledged from the leader's log. Repeating it is harmless.
                 send(

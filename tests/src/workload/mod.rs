@@ -1,7 +1,8 @@
 //! Workload clients of the fault suite. Each runs in its own thread, records every operation in
 //! the [`History`], and talks to one node at a time (client i starts on slot i mod n, like
-//! Jepsen's clients), moving to the next node after a transport error, as a real client fails
-//! over. Clients reach the nodes through the cluster's client proxies, so that the nemesis can
+//! Jepsen's clients). Register clients stay on their node; bank clients move to the next node
+//! after a transport error, as a real client fails over; set clients retry an add of unknown
+//! outcome through the next nodes. Clients reach the nodes through the cluster's client proxies, so that the nemesis can
 //! cut them off from a node. The slots are shared with the nemesis: when a membership change
 //! removes a node, its slot goes to the node that replaced it.
 //!
@@ -26,7 +27,7 @@ use crate::http::Http;
 pub mod bank;
 pub mod register;
 
-pub use bank::{bank_client, parse_balances, read_all_body, set_client};
+pub use bank::{bank_client, is_counted, parse_balances, read_all_body, set_client};
 pub use register::register_client;
 
 /// The nodes clients talk to: (node id, client address), one per slot.
