@@ -141,20 +141,18 @@ impl Cluster {
     /// proxies close (`Reject`) or swallow bytes (`Drop`).
     pub fn apply_links(&self, cuts: &[(u64, u64, Cut)], slow: LinkMode, clients: &[(u64, Cut)]) {
         if let Some(net) = &self.net {
-            net.flush();
-            for &(from, to, how) in cuts {
-                let Some(proxy) = self.links.get(&(from, to)) else {
-                    continue;
-                };
-                let peer_ip = net.ip(to);
-                for (ip, port) in [(net.host_ip(), proxy.port()), (peer_ip, 7101)] {
-                    let r = match how {
-                        Cut::Drop => net.drop_output(from, &ip, port),
-                        Cut::Reject => net.reject_output(from, &ip, port),
+            for from in self.nodes.iter().map(|n| n.id) {
+                let mut rules = Vec::new();
+                for &(_, to, how) in cuts.iter().filter(|c| c.0 == from) {
+                    let Some(proxy) = self.links.get(&(from, to)) else {
+                        continue;
                     };
-                    if let Err(e) = r {
-                        panic!("cannot cut {from}→{to}: {e}");
-                    }
+                    let reject = how == Cut::Reject;
+                    rules.push((net.host_ip(), proxy.port(), reject));
+                    rules.push((net.ip(to), 7101, reject));
+                }
+                if let Err(e) = net.set_output_rules(from, &rules) {
+                    panic!("cannot set the cuts of node {from}: {e}");
                 }
             }
             for p in self.dest_proxies.values() {

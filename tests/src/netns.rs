@@ -269,6 +269,50 @@ impl NetnsNet {
         run(&args)
     }
 
+    /// Replaces, at once, every rule in node `from`'s namespace with drops or rejects of what it
+    /// sends to each `(ip, port)` (`true` = reject): one `iptables-restore` of the whole table,
+    /// so that no other cut is lifted, even for an instant, while one changes.
+    pub fn set_output_rules(&self, from: u64, rules: &[(String, u16, bool)]) -> Result<(), String> {
+        use std::io::Write;
+        let mut table = String::from(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+        );
+        for (ip, port, reject) in rules {
+            let target = if *reject {
+                "REJECT --reject-with tcp-reset"
+            } else {
+                "DROP"
+            };
+            table.push_str(&format!(
+                "-A OUTPUT -p tcp -d {ip} --dport {port} -j {target}\n"
+            ));
+        }
+        table.push_str("COMMIT\n");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.ns(from), "iptables-restore"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("iptables-restore in node {from}'s namespace: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(table.as_bytes())
+                .map_err(|e| format!("iptables-restore input: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("iptables-restore: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "iptables-restore in node {from}'s namespace failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
     /// Removes every rule in every namespace.
     pub fn flush(&self) {
         for ns in &self.namespaces {

@@ -252,7 +252,7 @@ fn a_get_never_reports_an_index_below_the_version_it_returns() {
     for w in writers {
         let _ = w.join();
     }
-    assert!(checked >= 500, "only {checked} reads answered");
+    assert!(checked >= 100, "only {checked} reads answered");
     assert!(
         below.is_empty(),
         "{} of {checked} GETs answered a version above their X-Keel-Index: {:?}",

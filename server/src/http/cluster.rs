@@ -150,9 +150,13 @@ impl Api {
         Self::require_leader(&report)?;
         if let Some(existing) = report.addresses.get(&b.id) {
             // The same node asking again (its first answer was lost, or it restarted before it
-            // stored it): it is already added, so the request succeeds without a new change. A
-            // node that cannot learn it was added could never start.
-            if existing.peer_addr == b.peer_addr {
+            // stored it): it is already a learner, so the request succeeds without a new change.
+            // A node that cannot learn it was added could never start. Only a learner, never a
+            // voter: a voter's id handed to a node with no data would vote with no log.
+            if report.status.learners.contains(&b.id)
+                && existing.peer_addr == b.peer_addr
+                && existing.http_addr == b.http_addr
+            {
                 let index = report.status.applied_index;
                 return Reply::json(
                     &MembershipChangeResponse {

@@ -65,6 +65,17 @@ impl Peers {
 }
 
 impl Peers {
+    /// The highest index every voter of `cs` has applied: what a `sync` write waits for (with
+    /// the planted bug `learner-quorum`, learners wrongly counted).
+    pub(super) fn sync_floor(&self, cs: &ConfState, me: u64, my_applied: u64) -> u64 {
+        let voters = voters(cs);
+        if crate::planted::active(crate::planted::Bug::LearnerQuorum) {
+            self.planted_learner_quorum(&voters, &cs.learners, me, my_applied)
+        } else {
+            self.min_voter_applied(&voters, me, my_applied)
+        }
+    }
+
     /// The planted bug `learner-quorum`: the highest index that as many members as there are
     /// voters have applied, learners counted — wrong, a learner can stand in for a voter.
     pub(super) fn planted_learner_quorum(

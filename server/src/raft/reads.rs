@@ -19,6 +19,36 @@ use tokio::sync::oneshot;
 use crate::error::ReadError;
 use crate::storage::RaftLogStore;
 
+/// The planted bug `early-read-index` on the leader, for a follower's read-index request: the
+/// answer a correct leader never gives (its commit index before it has committed in its term;
+/// raft-rs drops such requests). None unless the bug is planted and applies.
+pub(super) fn planted_early_answer(
+    raw: &RawNode<RaftLogStore>,
+    msg: &raft::eraftpb::Message,
+) -> Option<raft::eraftpb::Message> {
+    use raft::eraftpb::MessageType;
+    if !crate::planted::active(crate::planted::Bug::EarlyReadIndex)
+        || msg.get_msg_type() != MessageType::MsgReadIndex
+        || raw.raft.state != raft::StateRole::Leader
+        || raw.raft.commit_to_current_term()
+    {
+        return None;
+    }
+    let mut resp = raft::eraftpb::Message::default();
+    resp.set_msg_type(MessageType::MsgReadIndexResp);
+    resp.to = msg.from;
+    resp.from = raw.raft.id;
+    resp.term = raw.raft.term;
+    resp.index = raw.raft.raft_log.committed;
+    resp.entries = msg.entries.clone();
+    tracing::warn!(
+        committed = resp.index,
+        to = msg.from,
+        "planted early-read-index: a follower's read answered before the term's first commit"
+    );
+    Some(resp)
+}
+
 /// Where a read index goes.
 pub(super) type Reply = oneshot::Sender<Result<u64, ReadError>>;
 
@@ -80,6 +110,11 @@ impl Reads {
             && !raw.raft.commit_to_current_term()
         {
             let committed = raw.raft.raft_log.committed;
+            tracing::warn!(
+                committed,
+                reads = waiters.len(),
+                "planted early-read-index: answered before the term's first commit"
+            );
             for w in waiters {
                 let _ = w.send(Ok(committed));
             }
@@ -103,6 +138,27 @@ impl Reads {
     /// advance().
     pub(super) fn reissue(&mut self, raw: &mut RawNode<RaftLogStore>) {
         if raw.raft.leader_id == 0 {
+            return;
+        }
+        if crate::planted::active(crate::planted::Bug::EarlyReadIndex)
+            && raw.raft.state == raft::StateRole::Leader
+            && !raw.raft.commit_to_current_term()
+        {
+            let committed = raw.raft.raft_log.committed;
+            let states: Vec<ReadState> = self
+                .groups
+                .keys()
+                .map(|ctx| ReadState {
+                    index: committed,
+                    request_ctx: self.wire_ctx(*ctx),
+                })
+                .collect();
+            tracing::warn!(
+                committed,
+                reads = states.len(),
+                "planted early-read-index: waiting reads answered before the term's first commit"
+            );
+            self.answer(states);
             return;
         }
         let ctxs: Vec<u64> = self.groups.keys().copied().collect();

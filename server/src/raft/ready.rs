@@ -1,8 +1,7 @@
 //! The Ready loop: one thread owns the raft-rs `RawNode`, the log store and the apply path.
 //!
 //! The loop wakes on an [`Event`] or a tick, drains every queued event (so that many proposals
-//! share one Ready and one fsync), then runs one Ready cycle in the order raft-rs requires
-//! ([`Driver::on_ready`]).
+//! share one Ready and one fsync), then runs one Ready cycle ([`Driver::on_ready`]).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use keel_api::{ErrorCode, WriteMode};
 
 use super::handle::{Event, NodeHandle, Outbox, WriteOk};
 use super::membership::{self, PeerChange};
-use super::peers::{voters, Peers};
+use super::peers::Peers;
 use super::reads::Reads;
 use super::shared::{role_of, Shared};
 use super::status::{self, Known};
@@ -272,6 +271,10 @@ impl<O: Outbox> Driver<O> {
                         return true;
                     }
                     self.staging_locked = true;
+                }
+                if let Some(resp) = super::reads::planted_early_answer(&self.raw, &msg) {
+                    self.outbox.send_raft(vec![resp]);
+                    return true;
                 }
                 if let Err(e) = self.raw.step(*msg) {
                     debug!(from, error = %e, "raft message rejected");
@@ -564,14 +567,7 @@ impl<O: Outbox> Driver<O> {
             return;
         }
         let cs = self.raw.store().conf_state();
-        let voters = voters(cs);
-        let min = if crate::planted::active(crate::planted::Bug::LearnerQuorum) {
-            self.peers
-                .planted_learner_quorum(&voters, &cs.learners, self.cfg.id, self.applied)
-        } else {
-            self.peers
-                .min_voter_applied(&voters, self.cfg.id, self.applied)
-        };
+        let min = self.peers.sync_floor(cs, self.cfg.id, self.applied);
         self.writes.release_sync(min, now);
     }
 

@@ -64,16 +64,16 @@ impl MembershipCtx {
             .collect()
     }
 
-    /// The leader's id, address and status.
+    /// The leader's id, address and status: of the members that say they lead, the one with
+    /// the highest term (an old leader cut off from its peers may still say so).
     fn leader(&self, http: &Http) -> Option<(u64, String, Value)> {
-        for (id, a) in self.addrs() {
-            if let Some(s) = http.get_json(&a, "/v1/status") {
-                if s["role"] == "leader" {
-                    return Some((id, a, s));
-                }
-            }
-        }
-        None
+        self.addrs()
+            .into_iter()
+            .filter_map(|(id, a)| {
+                let s = http.get_json(&a, "/v1/status")?;
+                (s["role"] == "leader").then_some((id, a, s))
+            })
+            .max_by_key(|(_, _, s)| s["term"].as_u64().unwrap_or(0))
     }
 }
 
@@ -184,8 +184,13 @@ pub fn run(ctx: MembershipCtx) -> Result<String, String> {
         .copied()
         .filter(|v| *v != leader && !busy.contains(v))
         .collect();
-    let victim = if (ctx.pick >> 8).is_multiple_of(2) || followers.is_empty() {
+    let leader_free = leader != id && !busy.contains(&leader);
+    let victim = if leader_free && ((ctx.pick >> 8).is_multiple_of(2) || followers.is_empty()) {
         leader
+    } else if followers.is_empty() {
+        return Err(format!(
+            "no voter to remove: leader {leader}, voters {voters:?}, busy {busy:?}"
+        ));
     } else {
         followers[((ctx.pick >> 16) % followers.len() as u64) as usize]
     };
@@ -227,11 +232,18 @@ pub fn run(ctx: MembershipCtx) -> Result<String, String> {
         );
         None
     })?;
+    // A removed node stops by itself once it applies its removal; one that was cut off never
+    // learns of it and is stopped here. (Polled, so that the cluster is not held meanwhile.)
+    let mut exited = false;
+    for _ in 0..50 {
+        if !lock(&ctx.cluster).node(victim).is_running() {
+            exited = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     {
         let mut c = lock(&ctx.cluster);
-        // A removed node stops by itself once it applies its removal; one that was cut off
-        // never learns of it and is stopped here.
-        let exited = c.wait_exit(victim, Duration::from_secs(10));
         c.mark_removed(victim);
         let endpoint = c.client_endpoint(id);
         let mut t = ctx.targets.write().unwrap_or_else(|p| p.into_inner());

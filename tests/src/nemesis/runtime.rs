@@ -50,6 +50,9 @@ pub struct Nemesis {
     pub power_losses: Vec<(u64, u64)>,
     /// Faults that found no target.
     pub skipped: Vec<String>,
+    /// Faults that landed weaker than scheduled (another target than the leader, a transfer that
+    /// did not happen): reported, not failing.
+    pub weaker: Vec<String>,
     /// Active faults by slot.
     active: HashMap<usize, Active>,
     /// Membership jobs under way.
@@ -113,6 +116,7 @@ impl Nemesis {
             busy: Arc::new(Mutex::new(HashSet::new())),
             power_losses: Vec::new(),
             skipped: Vec::new(),
+            weaker: Vec::new(),
             active: HashMap::new(),
             jobs: Vec::new(),
             failed_jobs: Vec::new(),
@@ -164,6 +168,22 @@ impl Nemesis {
         let leader_or_free = leader
             .filter(|l| free.contains(l))
             .or_else(|| choose(&free, pick));
+        let missed_leader = match fault {
+            Fault::KillLeader | Fault::PauseLeader => !leader.is_some_and(|l| free.contains(&l)),
+            Fault::PartitionLeader
+            | Fault::RejectLeader
+            | Fault::BlackholeLeader
+            | Fault::OneWayLeaderOut
+            | Fault::OneWayLeaderIn
+            | Fault::ClientsOffLeader => leader.is_none(),
+            _ => false,
+        };
+        if missed_leader {
+            self.weaker.push(format!(
+                "{}: no free leader (leader {leader:?}): another node was targeted",
+                fault.name()
+            ));
+        }
         let random = choose(&free, pick);
         let followers: Vec<u64> = free
             .iter()
@@ -193,6 +213,9 @@ impl Nemesis {
                 }
             }
             Fault::KillAll => {
+                if free.is_empty() {
+                    return self.skip(fault, "no member free to kill");
+                }
                 let mut c = lock(&self.cluster);
                 for &id in &free {
                     c.kill(id);
@@ -325,8 +348,16 @@ impl Nemesis {
                         self.transfers += 1;
                         format!("leader {l} handed leadership to {to:?}: 200")
                     }
-                    Ok(r) => format!("leader {l} → {to:?}: {} {}", r.status, r.text()),
-                    Err(e) => format!("leader {l} → {to:?}: {e}"),
+                    Ok(r) => {
+                        let line = format!("leader {l} → {to:?}: {} {}", r.status, r.text());
+                        self.weaker.push(format!("transfer-leader: {line}"));
+                        line
+                    }
+                    Err(e) => {
+                        let line = format!("leader {l} → {to:?}: {e}");
+                        self.weaker.push(format!("transfer-leader: {line}"));
+                        line
+                    }
                 }
             }
             Fault::Membership => {

@@ -180,7 +180,11 @@ fn is_read(o: &OpRecord) -> bool {
 
 /// Whether an operation is a successful write (of any workload).
 fn is_write(o: &OpRecord) -> bool {
-    o.outcome == Outcome::Ok && matches!(o.f, "write" | "cas" | "transfer" | "add")
+    o.outcome == Outcome::Ok
+        && match o.f {
+            "cas" => o.output == Value::Bool(true),
+            f => matches!(f, "write" | "transfer" | "add"),
+        }
 }
 
 /// Why the history is too thin to judge, if it is: every register key needs `per_key`

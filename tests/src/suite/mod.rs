@@ -418,7 +418,12 @@ pub fn run(opts: RunOpts) -> Report {
         .collect();
     let (count, present) = match &final_read {
         Some((count, present, bank)) => {
-            bank_reads.push(workload::parse_balances(bank).unwrap_or_default());
+            match workload::parse_balances(bank) {
+                Some(b) => bank_reads.push(b),
+                None => {
+                    invalid.get_or_insert(format!("the final bank read does not parse: {bank}"));
+                }
+            }
             (*count, present.clone())
         }
         None => (0, Vec::new()),
@@ -559,6 +564,7 @@ pub fn run(opts: RunOpts) -> Report {
         unexpected_responses: unexpected_examples.len(),
         unexpected_examples: unexpected_examples.into_iter().take(10).collect(),
         skipped_faults: nemesis.skipped.clone(),
+        weaker_faults: nemesis.weaker.clone(),
         membership_changes: nemesis.membership_changes,
         failed_membership: nemesis.failed_jobs.clone(),
         transfers: nemesis.transfers,
@@ -573,7 +579,7 @@ pub fn run(opts: RunOpts) -> Report {
         out_dir: opts.out_dir.display().to_string(),
     };
     write_report(&opts.out_dir, &report, &history, &faults, &bank_violations);
-    if !report.passed() {
+    if !report.passed() || opts.planted.is_some() {
         keep_logs(&lock(&nemesis.cluster), &opts.out_dir);
     }
     report

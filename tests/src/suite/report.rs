@@ -71,6 +71,9 @@ pub struct Report {
     pub unexpected_examples: Vec<String>,
     /// Faults the nemesis could not inject (no target): the run is then not valid.
     pub skipped_faults: Vec<String>,
+    /// Faults that landed weaker than scheduled (no free leader to aim at, a transfer that did
+    /// not happen): reported, not failing.
+    pub weaker_faults: Vec<String>,
     /// Membership changes completed (learner added and promoted, a voter removed).
     pub membership_changes: usize,
     /// Membership changes that did not complete: the run is then not valid.
@@ -137,7 +140,7 @@ impl Report {
              {} register keys ({} ops) checked, {} not linearizable, {} undecided; \
              {} bank reads, {} violations; acked adds lost {:?}; duplicates {}; unexpected {}; \
              reads checked {:?}, read anomalies {:?}; unexpected answers {}; membership changes {} \
-             ({} failed); transfers {}; skipped faults {}; \
+             ({} failed); transfers {}; skipped faults {}; weaker faults {}; \
              leader changes {}; snapshots installed {}; longest unavailability {:.1} s; ops/s {:?}{}{}",
             self.profile,
             self.seed,
@@ -167,6 +170,7 @@ impl Report {
             self.failed_membership.len(),
             self.transfers,
             self.skipped_faults.len(),
+            self.weaker_faults.len(),
             self.leader_changes,
             self.snapshots_installed,
             self.longest_unavailability_s,

@@ -141,9 +141,22 @@ pub fn send(
         Some(code) => format!("{status} {code}"),
         None => status.to_string(),
     };
+    // A 503 or 504 must say why, with one of the codes the API gives them.
+    let known = |codes: &[&str]| code.as_deref().is_some_and(|c| codes.contains(&c));
     let unexpected = match status {
-        200..=299 | 503 | 504 => None,
-        s if allowed.contains(&s) => None,
+        200..=299 => None,
+        503 if known(&[
+            "no_leader",
+            "not_applied",
+            "shutting_down",
+            "not_ready",
+            "membership_change_pending",
+        ]) =>
+        {
+            None
+        }
+        504 if known(&["outcome_unknown", "replication_timeout", "timeout"]) => None,
+        s if allowed.contains(&s) && s != 503 && s != 504 => None,
         _ => Some(format!(
             "{method} {path}: {status} {}",
             text.chars().take(200).collect::<String>()
