@@ -155,6 +155,12 @@ impl Cluster {
                     panic!("cannot set the cuts of node {from}: {e}");
                 }
             }
+            // What the proxies already hold from a cut-off sender is lost with the partition.
+            for &(from, to, _) in cuts {
+                if let (Some(proxy), Ok(ip)) = (self.links.get(&(from, to)), net.ip(from).parse()) {
+                    proxy.sever_from(ip);
+                }
+            }
             for p in self.dest_proxies.values() {
                 p.set(slow);
             }

@@ -10,8 +10,9 @@
 //! live connections and refuses new ones (a partition as the sender sees it: connection
 //! refused/reset); [`LinkMode::Blackhole`] swallows bytes on open connections.
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,9 @@ struct State {
     mode: Mutex<LinkMode>,
     /// Bumped on every cut: connections of an older epoch close themselves.
     epoch: AtomicU64,
+    /// Per source address, bumped by [`LinkProxy::sever_from`]: that source's connections of an
+    /// older generation close without delivering what they still hold.
+    severed: Mutex<HashMap<IpAddr, u64>>,
     stop: AtomicBool,
 }
 
@@ -59,6 +63,22 @@ impl State {
     fn mode(&self) -> LinkMode {
         *self.mode.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn generation(&self, source: IpAddr) -> u64 {
+        self.severed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&source)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Who a connection came from, and the generation it was accepted in.
+#[derive(Clone, Copy)]
+struct Origin {
+    source: IpAddr,
+    generation: u64,
 }
 
 /// One proxied link: listens on an ephemeral loopback port, forwards to `target`.
@@ -83,6 +103,7 @@ impl LinkProxy {
         let state = Arc::new(State {
             mode: Mutex::new(LinkMode::Pass),
             epoch: AtomicU64::new(0),
+            severed: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         });
         let st = state.clone();
@@ -116,6 +137,20 @@ impl LinkProxy {
     pub fn mode(&self) -> LinkMode {
         self.state.mode()
     }
+
+    /// Closes every connection that `source` opened through this proxy, discarding what the
+    /// proxy still holds for it (delayed bytes): what a partition loses in flight. (A cut made by
+    /// iptables in the sender's namespace stops new packets, not the bytes a delaying proxy has
+    /// already taken in.)
+    pub fn sever_from(&self, source: IpAddr) {
+        *self
+            .state
+            .severed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(source)
+            .or_default() += 1;
+    }
 }
 
 impl Drop for LinkProxy {
@@ -147,6 +182,13 @@ fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
             continue;
         };
         let epoch = state.epoch.load(Ordering::Acquire);
+        let Ok(peer) = inbound.peer_addr() else {
+            continue;
+        };
+        let origin = Origin {
+            source: peer.ip(),
+            generation: state.generation(peer.ip()),
+        };
         let _ = inbound.set_nodelay(true);
         let _ = outbound.set_nodelay(true);
         for (from, to) in [
@@ -155,14 +197,14 @@ fn accept_loop(listener: TcpListener, target: String, state: Arc<State>) {
         ] {
             if let (Ok(from), Ok(to)) = (from, to) {
                 let st = state.clone();
-                std::thread::spawn(move || pump(from, to, st, epoch));
+                std::thread::spawn(move || pump(from, to, st, epoch, origin));
             }
         }
     }
 }
 
 /// Copies one direction, through a delay queue so that ordering holds when the delay changes.
-fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
+fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64, origin: Origin) {
     let _ = from.set_read_timeout(Some(WAKE));
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer_state = state.clone();
@@ -173,7 +215,9 @@ fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
             if at > now {
                 std::thread::sleep(at - now);
             }
-            if writer_state.epoch.load(Ordering::Acquire) != epoch || to.write_all(&bytes).is_err()
+            if writer_state.epoch.load(Ordering::Acquire) != epoch
+                || writer_state.generation(origin.source) != origin.generation
+                || to.write_all(&bytes).is_err()
             {
                 break;
             }
@@ -182,7 +226,9 @@ fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64) {
     });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if state.epoch.load(Ordering::Acquire) != epoch {
+        if state.epoch.load(Ordering::Acquire) != epoch
+            || state.generation(origin.source) != origin.generation
+        {
             break;
         }
         match from.read(&mut buf) {

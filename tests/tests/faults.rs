@@ -46,7 +46,8 @@ fn combined(secs: u64) -> Profile {
             // it commits what is in flight and cannot say so, and the next leader learns of it
             // only once it has committed in its own term.
             vec![Fault::Delay, Fault::OneWayLeaderOut],
-            // Clients cut off from one node while the leader is cut off from its peers.
+            // Clients cut off from a follower while the leader is cut off from its peers (its
+            // clients still reach it).
             vec![Fault::ClientsOffRandom, Fault::PartitionLeader],
             // A learner while a voter lags (cut off from its peers, its clients still reach it).
             vec![Fault::IsolateFollower, Fault::Membership],
@@ -59,7 +60,7 @@ fn combined(secs: u64) -> Profile {
         ],
         duration: Duration::from_secs(secs),
         calm: Duration::from_secs(2),
-        fault_for: Duration::from_secs(4),
+        fault_for: Duration::from_secs(5),
         power_disks: false,
     }
 }
@@ -93,7 +94,7 @@ fn opts(profile: Profile, planted: Option<&'static str>) -> RunOpts {
         profile,
         seed: seed(),
         modes: vec!["semi", "sync", "async"],
-        clients: (6, 2, 6),
+        clients: (4, 2, 6),
         client_timeout: Duration::from_millis(1500),
         short_timeout: Duration::from_millis(100),
         planted,

@@ -69,7 +69,7 @@ pub enum Fault {
     Membership,
     /// The clients cannot reach the leader's client port (packets dropped: requests hang).
     ClientsOffLeader,
-    /// The clients are refused by a random node's client port.
+    /// The clients are refused by a random follower's client port.
     ClientsOffRandom,
 }
 

@@ -314,7 +314,12 @@ impl Nemesis {
                 let (target, how) = if fault == Fault::ClientsOffLeader {
                     (leader.or_else(|| choose(&ids, pick)), Cut::Drop)
                 } else {
-                    (choose(&ids, pick), Cut::Reject)
+                    let followers: Vec<u64> = ids
+                        .iter()
+                        .copied()
+                        .filter(|id| Some(*id) != leader)
+                        .collect();
+                    (choose(&followers, pick), Cut::Reject)
                 };
                 let Some(t) = target else {
                     return self.skip(fault, "no member");
