@@ -186,7 +186,7 @@ fn expect_caught(bug: &str, by: &[&str], r: &Report) {
 fn control() -> Report {
     static CONTROL: OnceLock<Report> = OnceLock::new();
     CONTROL
-        .get_or_init(|| run(opts(combined(70), None)))
+        .get_or_init(|| run(opts(combined(60), None)))
         .clone()
 }
 
@@ -196,7 +196,7 @@ fn planted_pair(bug: &'static str, by: &[&str]) {
     let _serial = serial();
     let c = control();
     expect_pass(&c);
-    let r = run(opts(combined(70), Some(bug)));
+    let r = run(opts(combined(60), Some(bug)));
     // The same seed replays the same schedule.
     assert_eq!(r.seed, c.seed);
     assert_eq!(

@@ -167,7 +167,8 @@ pub struct ScheduleSpec {
 
 impl Schedule {
     /// Draws a schedule: scenes in turn, each after a calm; a scene's later faults start while
-    /// its first one lasts, at random offsets.
+    /// its first one lasts, at random offsets. Every scene plays at least once, even past
+    /// `duration`; after that, scenes go on while they end within it.
     pub fn generate(seed: u64, spec: &ScheduleSpec) -> Schedule {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut steps = Vec::new();
@@ -212,7 +213,7 @@ impl Schedule {
                 end = end.max(start + offset + len);
                 slot += 1;
             }
-            if end > spec.duration {
+            if end > spec.duration && n >= spec.scenes.len() {
                 break;
             }
             scene_starts.push(start);
@@ -298,13 +299,25 @@ mod tests {
     }
 
     #[test]
-    fn scenes_overlap_and_every_fault_is_healed_within_the_duration() {
+    fn scenes_overlap_every_scene_plays_and_every_fault_is_healed() {
         let s = Schedule::generate(7, &spec());
         assert!(s.scene_starts.len() >= 5, "{}", s.describe());
+        // A short duration still plays every scene once.
+        let mut short = spec();
+        short.duration = Duration::from_secs(5);
+        let played: std::collections::HashSet<Fault> = Schedule::generate(7, &short)
+            .steps
+            .iter()
+            .filter_map(|s| match s.action {
+                Action::Inject { fault, .. } => Some(fault),
+                Action::Heal => None,
+            })
+            .collect();
+        assert_eq!(played.len(), 7, "{played:?}");
         let mut open = std::collections::HashMap::new();
         let mut overlapped = 0;
         for step in &s.steps {
-            assert!(step.at <= spec().duration);
+            assert!(step.at <= spec().duration + Duration::from_secs(30));
             match step.action {
                 Action::Inject { .. } => {
                     if !open.is_empty() {
