@@ -11,7 +11,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use keel_tests::nemesis::{seed_from_env, Fault};
+use keel_tests::nemesis::{seed_from_env, Fault, Schedule, ScheduleSpec};
 use keel_tests::suite::{report_dir, run, Profile, Report, RunOpts};
 
 /// One fault run at a time: each loads a cluster and the two cores fully.
@@ -343,8 +343,13 @@ fn long_run_over_every_profile() {
         ),
         power_long,
     ];
+    // KEEL_FAULTS_ONLY=<name> runs one profile (to replay a seed on it).
+    let only = std::env::var("KEEL_FAULTS_ONLY").ok();
     let mut failed = Vec::new();
-    for p in profiles {
+    for p in profiles
+        .into_iter()
+        .filter(|p| only.as_ref().is_none_or(|o| *o == p.name))
+    {
         let r = run(opts(p, None));
         eprintln!("{}", r.summary());
         if !r.passed() {
@@ -352,4 +357,27 @@ fn long_run_over_every_profile() {
         }
     }
     assert!(failed.is_empty(), "failed profiles:\n{}", failed.join("\n"));
+}
+
+/// The replay check of a long run: prints the schedule that `KEEL_FAULT_SEED` gives the long
+/// run's combined profile (`KEEL_FAULTS_SECS` as in that run), to compare with the run's
+/// `schedule.txt` without running it again.
+#[test]
+#[ignore]
+fn print_the_long_combined_schedule_of_a_seed() {
+    let secs: u64 = std::env::var("KEEL_FAULTS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let p = combined(secs * 2);
+    let s = Schedule::generate(
+        seed(),
+        &ScheduleSpec {
+            scenes: p.scenes,
+            duration: p.duration,
+            calm: p.calm,
+            fault_for: p.fault_for,
+        },
+    );
+    print!("{}", s.describe());
 }

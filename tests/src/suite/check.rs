@@ -187,9 +187,15 @@ fn is_write(o: &OpRecord) -> bool {
         }
 }
 
+/// How long after the next scene starts a scene's window still runs: a scene that took every
+/// node down (kill all, power loss of all) heals, restarts and elects before writes succeed
+/// again, which can take longer than the calm before the next scene.
+const RECOVERY_ALLOWANCE_NS: u64 = 5_000_000_000;
+
 /// Why the history is too thin to judge, if it is: every register key needs `per_key`
-/// successful linearizable reads and writes, and every window (a scene of the schedule and the
-/// calm after it, given as start times in nanoseconds) `per_window` successful reads and writes.
+/// successful linearizable reads and writes, and every window (a scene of the schedule, the calm
+/// after it and [`RECOVERY_ALLOWANCE_NS`] into the next, given as start times in nanoseconds)
+/// `per_window` successful reads and writes.
 pub fn too_thin(
     ops: &[OpRecord],
     keys: usize,
@@ -214,7 +220,9 @@ pub fn too_thin(
         }
     }
     for (i, start) in windows.iter().enumerate() {
-        let stop = windows.get(i + 1).copied().unwrap_or(end);
+        let stop = windows
+            .get(i + 1)
+            .map_or(end, |next| (next + RECOVERY_ALLOWANCE_NS).min(end));
         let inside = |o: &&OpRecord| o.complete_ns >= *start && o.complete_ns < stop;
         let reads = ops.iter().filter(inside).filter(|o| is_read(o)).count();
         let writes = ops.iter().filter(inside).filter(|o| is_write(o)).count();
