@@ -25,6 +25,7 @@ pub mod history;
 pub mod http;
 pub mod nemesis;
 pub mod netns;
+mod plan;
 pub mod powerfs;
 pub mod proxy;
 pub mod suite;
