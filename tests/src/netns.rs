@@ -148,32 +148,22 @@ impl NetnsNet {
             "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])?;
         run(&["ip", "link", "set", &host_end, "master", &self.bridge, "up"])?;
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "ip",
-            "addr",
-            "add",
-            &format!("{subnet}.{i}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        // A second address, for the fault suite's clients only: cutting it off leaves the
-        // harness's own requests (and the other nodes') alone.
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "ip",
-            "addr",
-            "add",
-            &format!("{subnet}.{}/24", i + 100),
-            "dev",
-            "eth0",
-        ])?;
+        // The node's address, and a second one for the fault suite's clients only: cutting it
+        // off leaves the harness's own requests (and the other nodes') alone.
+        for host in [i, i + 100] {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                &format!("{subnet}.{host}/24"),
+                "dev",
+                "eth0",
+            ])?;
+        }
         run(&[
             "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
         ])?;
@@ -233,24 +223,8 @@ impl NetnsNet {
     /// Drops, inside node `from`'s namespace, every packet it sends to `ip:port`: the sender
     /// hears nothing back, as when a switch or a cable fails (connections hang, then time out).
     pub fn drop_output(&self, from: u64, ip: &str, port: u16) -> Result<(), String> {
-        self.output_rule(from, ip, port, &["-j", "DROP"])
-    }
-
-    /// Rejects, inside node `from`'s namespace, every packet it sends to `ip:port` with a TCP
-    /// reset: the sender learns at once that the peer cannot be reached (connection refused or
-    /// reset), as when the peer's host is up but its port is firewalled.
-    pub fn reject_output(&self, from: u64, ip: &str, port: u16) -> Result<(), String> {
-        self.output_rule(
-            from,
-            ip,
-            port,
-            &["-j", "REJECT", "--reject-with", "tcp-reset"],
-        )
-    }
-
-    fn output_rule(&self, from: u64, ip: &str, port: u16, target: &[&str]) -> Result<(), String> {
         let port = port.to_string();
-        let mut args = vec![
+        run(&[
             "ip",
             "netns",
             "exec",
@@ -264,9 +238,9 @@ impl NetnsNet {
             ip,
             "--dport",
             &port,
-        ];
-        args.extend_from_slice(target);
-        run(&args)
+            "-j",
+            "DROP",
+        ])
     }
 
     /// Replaces, at once, every rule in node `from`'s namespace with drops or rejects of what it
@@ -310,13 +284,6 @@ impl NetnsNet {
                 "iptables-restore in node {from}'s namespace failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
-        }
-    }
-
-    /// Removes every rule in every namespace.
-    pub fn flush(&self) {
-        for ns in &self.namespaces {
-            let _ = run(&["ip", "netns", "exec", ns, "iptables", "-F"]);
         }
     }
 }

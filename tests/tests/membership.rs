@@ -431,28 +431,22 @@ fn a_member_that_catches_up_by_snapshot_learns_members_added_while_it_was_away()
 fn asking_to_add_the_same_member_again_succeeds_without_a_new_change() {
     let mut c = Cluster::start(3);
     let leader = c.wait_for_leader();
-    let body = json!({"id": 9, "peer_addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2"}).to_string();
-    let first = c
-        .request(
+    let add = |body: &str| {
+        c.request(
             leader,
             "POST",
             "/v1/cluster/members",
             &[],
             Some(body.as_bytes()),
         )
-        .expect("answers");
+        .expect("answers")
+    };
+    let body = json!({"id": 9, "peer_addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2"}).to_string();
+    let first = add(&body);
     assert_eq!(first.status, 200, "{}", first.text());
     let last_index = |c: &Cluster| c.status(leader).and_then(|s| s["last_index"].as_u64());
     let before = last_index(&c).expect("last index");
-    let again = c
-        .request(
-            leader,
-            "POST",
-            "/v1/cluster/members",
-            &[],
-            Some(body.as_bytes()),
-        )
-        .expect("answers");
+    let again = add(&body);
     assert_eq!(again.status, 200, "{}", again.text());
     let members = again.json()["members"].clone();
     assert!(
@@ -469,15 +463,7 @@ fn asking_to_add_the_same_member_again_succeeds_without_a_new_change() {
         "no second change was proposed"
     );
     let other = json!({"id": 9, "peer_addr": "127.0.0.1:3"}).to_string();
-    let refused = c
-        .request(
-            leader,
-            "POST",
-            "/v1/cluster/members",
-            &[],
-            Some(other.as_bytes()),
-        )
-        .expect("answers");
+    let refused = add(&other);
     assert_eq!(refused.status, 409, "{}", refused.text());
     assert_eq!(refused.error_code().as_deref(), Some("member_exists"));
     // A voter's id is never handed out again, even with its own addresses: a node with no data
@@ -490,15 +476,7 @@ fn asking_to_add_the_same_member_again_succeeds_without_a_new_change() {
         .and_then(|m| m["peer_addr"].as_str().map(str::to_string))
         .expect("the voter's peer address");
     let again = json!({"id": voter, "peer_addr": peer}).to_string();
-    let refused = c
-        .request(
-            leader,
-            "POST",
-            "/v1/cluster/members",
-            &[],
-            Some(again.as_bytes()),
-        )
-        .expect("answers");
+    let refused = add(&again);
     assert_eq!(refused.status, 409, "{}", refused.text());
     assert_eq!(refused.error_code().as_deref(), Some("member_exists"));
 }

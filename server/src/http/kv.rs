@@ -43,34 +43,30 @@ impl Api {
         // so that a session that goes on from this index never reads an older version (the
         // fault suite's snapshot check found a GET with a version above its index).
         let applied = self.node.shared().applied();
-        match self.sm.get_value(&key)? {
-            Some(rec) if conditional.as_ref().is_some_and(|c| c.matches(rec.version)) => {
-                Ok(Reply::not_modified(rec.version, applied.max(rec.version)))
-            }
+        let (rec, index) = match self.sm.get_value(&key)? {
             Some(rec) => {
                 let index = applied.max(rec.version);
-                let mut r = Reply::bytes(rec.value, "application/octet-stream", Some(index));
-                r.etag = Some(rec.version);
-                Ok(r)
+                (Some(rec), index)
             }
             // Absent: no version to go by, and a delete may have been applied after `applied`
             // was read; read again on a snapshot, whose index is exact (a rare path).
             None => {
                 let read = self.sm.get_at_snapshot(&key)?;
-                match read.value {
-                    Some(rec) => {
-                        let mut r =
-                            Reply::bytes(rec.value, "application/octet-stream", Some(read.index));
-                        r.etag = Some(rec.version);
-                        Ok(r)
-                    }
-                    None => Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no such key: {key:?}"),
-                    )
-                    .at_index(read.index)),
-                }
+                (read.value, read.index)
             }
+        };
+        match rec {
+            Some(rec) if conditional.as_ref().is_some_and(|c| c.matches(rec.version)) => {
+                Ok(Reply::not_modified(rec.version, index))
+            }
+            Some(rec) => {
+                let mut r = Reply::bytes(rec.value, "application/octet-stream", Some(index));
+                r.etag = Some(rec.version);
+                Ok(r)
+            }
+            None => Err(
+                ApiError::new(ErrorCode::NotFound, format!("no such key: {key:?}")).at_index(index),
+            ),
         }
     }
 

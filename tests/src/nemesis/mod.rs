@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 pub mod membership;
 pub mod runtime;
 
-pub use runtime::{current_leader, Nemesis};
+pub use runtime::Nemesis;
 
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

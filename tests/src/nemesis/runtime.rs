@@ -89,19 +89,6 @@ pub fn leader_of(http: &Http, addrs: &[String]) -> Option<u64> {
     votes.into_iter().max_by_key(|(_, n)| *n).map(|(l, _)| l)
 }
 
-/// The leader as most members report it, asked with the cluster's own client.
-pub fn current_leader(c: &Cluster) -> Option<u64> {
-    let mut votes = HashMap::new();
-    for id in c.ids() {
-        if let Some(s) = c.status(id) {
-            if let Some(l) = s["leader"].as_u64() {
-                *votes.entry(l).or_insert(0) += 1;
-            }
-        }
-    }
-    votes.into_iter().max_by_key(|(_, n)| *n).map(|(l, _)| l)
-}
-
 impl Nemesis {
     /// A nemesis for `cluster`, whose clients use `targets`.
     pub fn new(cluster: Cluster, targets: Targets, clock: History) -> Nemesis {
