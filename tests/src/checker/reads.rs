@@ -7,6 +7,11 @@
 //!   write at `j` wrote, and no acknowledged write of that key may lie in `(j, r]`; a key read as
 //!   absent at `r` may have no acknowledged write at or below `r`. For a list this says that all
 //!   its items come from one state of the log, the state at `r`.
+//! - **Recency** (linearizable `GET`s, read-only transactions and lists): a read invoked after
+//!   a write was acknowledged is read at or beyond that write's index (a read index is the
+//!   leader's commit index, which covers every acknowledged write), and sees that key at that
+//!   write's version or a later one. A sufficient condition for a stale read that needs no
+//!   search, so it decides where the linearizability search may run out of budget.
 //! - **`min_index`**: a read given `min_index = N` is read at `r >= N`.
 //! - **Sessions**: a client's session reads (`stale&min_index` = the highest index the client has
 //!   seen) are monotonic (their indexes and, per key, their versions never go back) and see the
@@ -163,6 +168,7 @@ pub fn check_reads(
             snapshot_check(&mut f, r, item, known);
         }
     }
+    recency_check(&mut f, writes, reads);
     session_check(&mut f, writes, reads);
     sync_check(&mut f, writes, reads, voters, power_losses);
     f
@@ -218,6 +224,72 @@ fn snapshot_check(f: &mut ReadFindings, r: &ReadObs, item: &KeyRead, known: &BTr
                         "op {op} ({:?}) read {key} = {value} (version {j}) at {at}, but {v} was \
                          written at {i}",
                         r.kind
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// For writes sorted by acknowledgement: (acknowledged at, highest index acknowledged so far).
+fn acked_prefix_max<'a>(writes: impl Iterator<Item = &'a KnownWrite>) -> Vec<(u64, u64)> {
+    let mut ws: Vec<(u64, u64)> = writes.map(|w| (w.complete, w.index)).collect();
+    ws.sort_unstable();
+    let mut max = 0;
+    for w in &mut ws {
+        max = max.max(w.1);
+        w.1 = max;
+    }
+    ws
+}
+
+/// The highest index acknowledged strictly before `t`, if any.
+fn acked_before(prefix: &[(u64, u64)], t: u64) -> Option<u64> {
+    let n = prefix.partition_point(|(c, _)| *c < t);
+    n.checked_sub(1).map(|i| prefix[i].1)
+}
+
+/// Linearizable reads see every write acknowledged before they were sent.
+fn recency_check(f: &mut ReadFindings, writes: &[KnownWrite], reads: &[ReadObs]) {
+    let all = acked_prefix_max(writes.iter());
+    let mut keys: HashMap<&str, Vec<&KnownWrite>> = HashMap::new();
+    for w in writes {
+        keys.entry(&w.key).or_default().push(w);
+    }
+    let per_key: HashMap<&str, Vec<(u64, u64)>> = keys
+        .into_iter()
+        .map(|(k, ws)| (k, acked_prefix_max(ws.into_iter())))
+        .collect();
+    let linearizable = [ReadKind::Linearizable, ReadKind::Txn, ReadKind::List];
+    for r in reads.iter().filter(|r| linearizable.contains(&r.kind)) {
+        if let Some(i) = acked_before(&all, r.invoke) {
+            if r.at < i {
+                f.flag(
+                    "recency",
+                    format!(
+                        "op {} ({:?}) read at {} on node {}, sent after a write at {i} was \
+                         acknowledged",
+                        r.op, r.kind, r.at, r.node
+                    ),
+                );
+                continue;
+            }
+        }
+        for item in &r.items {
+            let Some(prefix) = per_key.get(item.key.as_str()) else {
+                continue;
+            };
+            let Some(i) = acked_before(prefix, r.invoke) else {
+                continue;
+            };
+            let seen = item.version.unwrap_or(0);
+            if seen < i {
+                f.flag(
+                    "recency",
+                    format!(
+                        "op {} ({:?}) on node {} read {} at version {seen}, sent after its write \
+                         at {i} was acknowledged",
+                        r.op, r.kind, r.node, item.key
                     ),
                 );
             }

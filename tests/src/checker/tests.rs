@@ -471,6 +471,43 @@ mod reads {
     }
 
     #[test]
+    fn a_linearizable_read_sent_after_an_acknowledged_write_must_see_it() {
+        let w = vec![
+            write("k", 10, 5, "semi", 0, 10),
+            write("k", 11, 8, "sync", 0, 20),
+        ];
+        // A consistent snapshot at index 6 (the state a new leader that has not committed in
+        // its term may still hold), but sent after the write at 8 was acknowledged (at 21).
+        for kind in [ReadKind::Linearizable, ReadKind::Txn, ReadKind::List] {
+            let stale = read(kind, 1, 1, 30, 6, &[(10, 5)]);
+            let f = check_reads(&w, &[stale], &voters(), &[]);
+            assert_eq!(f.anomalies.get("recency"), Some(&1), "{kind:?}: {f:?}");
+            assert_eq!(f.anomalies.get("snapshot"), None, "{f:?}");
+        }
+        // The same answer to a read sent before the acknowledgement is fine (concurrent).
+        let concurrent = read(ReadKind::Linearizable, 1, 1, 20, 6, &[(10, 5)]);
+        assert_eq!(check_reads(&w, &[concurrent], &voters(), &[]).total(), 0);
+        // A read at a late enough index that saw an older version of the key: flagged too
+        // (by the snapshot check as well).
+        let old = read(ReadKind::Linearizable, 1, 1, 30, 9, &[(10, 5)]);
+        let f = check_reads(&w, &[old], &voters(), &[]);
+        assert_eq!(f.anomalies.get("recency"), Some(&1), "{f:?}");
+        // A key read as absent after its write was acknowledged.
+        let mut absent = read(ReadKind::List, 1, 1, 30, 9, &[]);
+        absent.items.push(KeyRead {
+            key: "k".into(),
+            value: None,
+            version: None,
+        });
+        let f = check_reads(&w, &[absent], &voters(), &[]);
+        assert_eq!(f.anomalies.get("recency"), Some(&1), "{f:?}");
+        // Stale reads are not held to it.
+        let stale = read(ReadKind::Stale, 1, 1, 30, 6, &[(10, 5)]);
+        let f = check_reads(&w, &[stale], &voters(), &[]);
+        assert_eq!(f.anomalies.get("recency"), None, "{f:?}");
+    }
+
+    #[test]
     fn session_reads_must_be_monotonic_and_see_their_own_writes() {
         let w = vec![
             write("k", 10, 5, "semi", 1, 10),

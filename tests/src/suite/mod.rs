@@ -82,8 +82,8 @@ pub struct RunOpts {
     pub seed: u64,
     /// Write modes the clients use in turn.
     pub modes: Vec<&'static str>,
-    /// Register / bank / set client threads.
-    pub clients: (usize, usize, usize),
+    /// Client threads of each workload.
+    pub clients: Clients,
     /// Per-request timeout of the clients.
     pub client_timeout: Duration,
     /// Per-request timeout of the odd-numbered set clients.
@@ -96,6 +96,24 @@ pub struct RunOpts {
     pub min_per_scene: usize,
     /// Where the report goes.
     pub out_dir: PathBuf,
+}
+
+/// How many client threads each workload runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Clients {
+    /// Register clients: writes, compare-and-sets and reads of every kind.
+    pub register: usize,
+    /// Register clients that only read (linearizable `GET`s, lists, read-only transactions),
+    /// one per node at a short pace: whenever a node starts answering reads — a new leader
+    /// before its first commit, a node cut off — one of these is there to ask.
+    pub readers: usize,
+    /// Register clients that only write (`semi`), one per node: writes acknowledged in the
+    /// last moments before a leader is lost are what a stale read after the change would miss.
+    pub writers: usize,
+    /// Bank clients (transfers and whole-bank reads).
+    pub bank: usize,
+    /// Set clients (unique adds, read at the end).
+    pub set: usize,
 }
 
 const ACCOUNTS: usize = 5;
@@ -176,11 +194,24 @@ pub fn run(opts: RunOpts) -> Report {
     let values = Arc::new(AtomicI64::new(1));
     let elements = Arc::new(AtomicI64::new(1));
     let mut threads = Vec::new();
-    let (nr, nb, ns) = opts.clients;
-    for i in 0..nr {
+    let Clients {
+        register: nr,
+        readers,
+        writers,
+        bank: nb,
+        set: ns,
+    } = opts.clients;
+    for i in 0..nr + readers + writers {
         let (cfg, h, v, s) = (cfg.clone(), history.clone(), values.clone(), stop.clone());
+        let role = if i < nr {
+            workload::Role::Mixed
+        } else if i < nr + readers {
+            workload::Role::Reader
+        } else {
+            workload::Role::Writer
+        };
         threads.push(std::thread::spawn(move || {
-            workload::register_client(i, cfg, h, v, s)
+            workload::register_client(i, role, cfg, h, v, s)
         }));
     }
     for i in 0..nb {

@@ -28,7 +28,7 @@ pub mod bank;
 pub mod register;
 
 pub use bank::{bank_client, is_counted, parse_balances, read_all_body, set_client};
-pub use register::register_client;
+pub use register::{register_client, Role};
 
 /// The nodes clients talk to: (node id, client address), one per slot.
 pub type Targets = Arc<RwLock<Vec<(u64, String)>>>;

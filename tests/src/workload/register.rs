@@ -24,15 +24,35 @@ const MIX: [(&str, u32); 7] = [
     ("cas", 15),
 ];
 
-fn choose_kind(roll: u32) -> &'static str {
+/// The mix of a client that only reads.
+const READ_MIX: [(&str, u32); 3] = [("read", 50), ("list", 30), ("txn_read", 20)];
+
+/// What a register client does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Writes, compare-and-sets and reads of every kind ([`MIX`]), write modes in turn.
+    Mixed,
+    /// Linearizable reads only ([`READ_MIX`]).
+    Reader,
+    /// Unique `semi` writes only: `semi` is acknowledged exactly at commit, so these are the
+    /// writes a new leader that has not yet committed in its term may not know are committed.
+    Writer,
+}
+
+fn choose_kind(roll: u32, role: Role) -> &'static str {
+    let mix: &[(&str, u32)] = match role {
+        Role::Mixed => &MIX,
+        Role::Reader => &READ_MIX,
+        Role::Writer => return "write",
+    };
     let mut acc = 0;
-    for (k, w) in MIX {
+    for &(k, w) in mix {
         acc += w;
         if roll < acc {
             return k;
         }
     }
-    "write"
+    mix[0].0
 }
 
 /// A value and its version out of a read answer: `(value, version)`; `None` when the body is
@@ -45,9 +65,10 @@ fn value_of_get(r: &Reply) -> Option<(Option<i64>, Option<u64>)> {
     }
 }
 
-/// The register workload's client `client`.
+/// The register workload's client `client`, in its role.
 pub fn register_client(
     client: usize,
+    role: Role,
     cfg: WorkloadCfg,
     history: History,
     values: Arc<AtomicI64>,
@@ -66,8 +87,11 @@ pub fn register_client(
         let (node, addr) = cfg.target(slot);
         let k = rng.gen_range(0..cfg.keys);
         let key = format!("reg/{k}");
-        let mode = cfg.modes[n % cfg.modes.len()];
-        let mut f = choose_kind(rng.gen_range(0..100));
+        let mode = match role {
+            Role::Writer => "semi",
+            _ => cfg.modes[n % cfg.modes.len()],
+        };
+        let mut f = choose_kind(rng.gen_range(0..100), role);
         if f == "cas" && last_seen[k].is_none() {
             f = "write";
         }
