@@ -100,6 +100,7 @@ fn opts(profile: Profile, planted: Option<&'static str>) -> RunOpts {
             writers: 3,
             bank: 2,
             set: 6,
+            append: 2,
         },
         client_timeout: Duration::from_millis(1500),
         short_timeout: Duration::from_millis(100),
@@ -146,6 +147,9 @@ fn caught(r: &Report) -> Vec<(String, String)> {
     }
     for (check, n) in &r.reads.anomalies {
         c.push((check.clone(), format!("{n} {check} anomalies")));
+    }
+    for (kind, n) in &r.append.anomalies {
+        c.push(("append".into(), format!("{n} list-append {kind} anomalies")));
     }
     if r.bank_violations > 0 {
         c.push((
@@ -218,6 +222,11 @@ fn combined_faults_with_membership_and_client_partitions_lose_nothing() {
     let r = control();
     expect_pass(&r);
     assert!(r.membership_changes >= 1, "{}", r.summary());
+    assert!(
+        r.append.committed >= 100,
+        "too few list-append transactions: {}",
+        r.summary()
+    );
     for kind in ["Linearizable", "Txn", "List", "Stale", "Session"] {
         assert!(
             r.reads.checked.get(kind).copied().unwrap_or(0) >= 10,
@@ -229,7 +238,10 @@ fn combined_faults_with_membership_and_client_partitions_lose_nothing() {
 
 #[test]
 fn planted_stale_reads_are_caught_on_the_combined_profile() {
-    planted_pair("stale-read", &["linearizability", "snapshot", "recency"]);
+    planted_pair(
+        "stale-read",
+        &["linearizability", "snapshot", "recency", "append"],
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 
+pub mod append;
 pub mod reads;
 
 /// What a register operation did.

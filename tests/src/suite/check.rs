@@ -7,9 +7,11 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use crate::checker::append::{check_appends, AppendFindings, AppendTxn};
 use crate::checker::reads::{KeyRead, KnownWrite, ReadKind, ReadObs};
 use crate::checker::{check_register, RegEvent, RegOp, Verdict};
 use crate::history::{OpRecord, Outcome};
+use crate::workload;
 
 /// Reads that are linearizable and so go into the register histories.
 const LINEARIZABLE_READS: [&str; 3] = ["read", "txn_read", "list"];
@@ -235,4 +237,74 @@ pub fn too_thin(
         }
     }
     None
+}
+
+/// `[[key, [elements]], ...]` as recorded by the list-append clients.
+fn key_lists(v: &Value) -> Option<Vec<(String, Vec<i64>)>> {
+    v.as_array()?
+        .iter()
+        .map(|pair| {
+            let key = pair.get(0)?.as_str()?.to_string();
+            let list = pair
+                .get(1)?
+                .as_array()?
+                .iter()
+                .map(Value::as_i64)
+                .collect::<Option<Vec<i64>>>()?;
+            Some((key, list))
+        })
+        .collect()
+}
+
+/// `[[key, element], ...]` as recorded by the list-append clients.
+fn key_elements(v: &Value) -> Option<Vec<(String, i64)>> {
+    v.as_array()?
+        .iter()
+        .map(|pair| Some((pair.get(0)?.as_str()?.to_string(), pair.get(1)?.as_i64()?)))
+        .collect()
+}
+
+/// Runs the list-append (Elle) check over the history and the final read of every list.
+pub fn check_append(ops: &[OpRecord], finals: &Value) -> Result<AppendFindings, String> {
+    let mut txns = Vec::new();
+    for op in ops.iter().filter(|o| o.workload == "append") {
+        let bad = || format!("a list-append record that does not parse: {op:?}");
+        let complete = (op.outcome != Outcome::Unknown).then_some(op.complete_ns);
+        let t = match (op.f, op.outcome) {
+            ("read", Outcome::Ok) => AppendTxn {
+                invoke: op.invoke_ns,
+                complete,
+                failed: false,
+                reads: key_lists(&op.output["reads"]).ok_or_else(bad)?,
+                appends: Vec::new(),
+            },
+            // A read that failed or did not parse tells nothing.
+            ("read", _) => continue,
+            ("append", outcome) => AppendTxn {
+                invoke: op.invoke_ns,
+                complete,
+                failed: outcome == Outcome::Fail,
+                reads: key_lists(&op.output["reads"]).ok_or_else(bad)?,
+                appends: key_elements(&op.input["appends"]).ok_or_else(bad)?,
+            },
+            _ => return Err(bad()),
+        };
+        txns.push(t);
+    }
+    let mut lists = HashMap::new();
+    let results = finals["results"]
+        .as_array()
+        .ok_or(format!("the final list read has no results: {finals}"))?;
+    for (i, r) in results.iter().enumerate() {
+        let list = if r["found"] == true {
+            r["value"]
+                .as_str()
+                .and_then(workload::decode_list)
+                .ok_or(format!("a final list that does not parse: {r}"))?
+        } else {
+            Vec::new()
+        };
+        lists.insert(workload::append_key(i), list);
+    }
+    Ok(check_appends(&txns, &lists))
 }

@@ -114,6 +114,8 @@ pub struct Clients {
     pub bank: usize,
     /// Set clients (unique adds, read at the end).
     pub set: usize,
+    /// List-append clients (multi-key transactions, the Elle check).
+    pub append: usize,
 }
 
 const ACCOUNTS: usize = 5;
@@ -200,6 +202,7 @@ pub fn run(opts: RunOpts) -> Report {
         writers,
         bank: nb,
         set: ns,
+        append: na,
     } = opts.clients;
     for i in 0..nr + readers + writers {
         let (cfg, h, v, s) = (cfg.clone(), history.clone(), values.clone(), stop.clone());
@@ -224,6 +227,19 @@ pub fn run(opts: RunOpts) -> Report {
         let (cfg, h, e, s) = (cfg.clone(), history.clone(), elements.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
             workload::set_client(i, cfg, h, e, s)
+        }));
+    }
+
+    let list_elements = Arc::new(AtomicI64::new(1));
+    for i in 0..na {
+        let (cfg, h, e, s) = (
+            cfg.clone(),
+            history.clone(),
+            list_elements.clone(),
+            stop.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            workload::append_client(i, cfg, h, e, s)
         }));
     }
 
@@ -311,18 +327,25 @@ pub fn run(opts: RunOpts) -> Report {
 
     // Final reads, once everything has healed.
     let mut invalid: Option<String> = None;
-    let final_read = if recovered {
+    let (final_read, final_lists) = if recovered {
         let mut c = lock(&nemesis.cluster);
         c.wait_for_leader();
-        match final_state(&c) {
-            Ok(s) => Some(s),
+        let lists = match observe::final_lists(&c) {
+            Ok(l) => Some(l),
             Err(e) => {
                 invalid = Some(e);
                 None
             }
+        };
+        match final_state(&c) {
+            Ok(s) => (Some(s), lists),
+            Err(e) => {
+                invalid = Some(e);
+                (None, lists)
+            }
         }
     } else {
-        None
+        (None, None)
     };
 
     // Check.
@@ -370,6 +393,20 @@ pub fn run(opts: RunOpts) -> Report {
         }
         None => (0, Vec::new()),
     };
+    let append = match final_lists.as_ref().map(|f| check::check_append(&ops, f)) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => {
+            invalid.get_or_insert(e);
+            Default::default()
+        }
+        None => Default::default(),
+    };
+    if na > 0 && final_lists.is_some() && append.committed < 20 {
+        invalid.get_or_insert(format!(
+            "only {} list-append transactions took effect",
+            append.committed
+        ));
+    }
     let bank_violations = check_bank(&bank_reads, ACCOUNTS, OPENING * ACCOUNTS as i64);
 
     let mut set = BTreeMap::new();
@@ -518,6 +555,7 @@ pub fn run(opts: RunOpts) -> Report {
         faults: faults.clone(),
         unrecovered: !recovered,
         invalid,
+        append,
         out_dir: opts.out_dir.display().to_string(),
     };
     write_report(&opts.out_dir, &report, &history, &faults, &bank_violations);

@@ -74,6 +74,15 @@ fn read_until_ok(c: &Cluster, path: &str, body: Option<&str>) -> Result<Option<V
     ))
 }
 
+/// The final read of every list of the list-append workload (a read-only transaction).
+pub(super) fn final_lists(c: &Cluster) -> Result<Value, String> {
+    let steps: Vec<Value> = (0..workload::APPEND_KEYS)
+        .map(|i| serde_json::json!({"op": "get", "key": workload::append_key(i)}))
+        .collect();
+    let body = serde_json::json!({ "success": steps }).to_string();
+    read_until_ok(c, "/v1/txn", Some(&body))?.ok_or_else(|| "the list read answered 404".into())
+}
+
 /// The final state: the set counter, the elements present, the balances.
 pub(super) fn final_state(c: &Cluster) -> Result<(i64, Vec<u64>, Value), String> {
     let count = match read_until_ok(c, "/v1/kv/set/count", None)? {

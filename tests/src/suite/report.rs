@@ -98,6 +98,8 @@ pub struct Report {
     pub unrecovered: bool,
     /// Why the run is invalid, if it is.
     pub invalid: Option<String>,
+    /// The list-append (Elle) check.
+    pub append: crate::checker::append::AppendFindings,
     /// Where the report files are.
     pub out_dir: String,
 }
@@ -120,6 +122,7 @@ impl Report {
             + self.unexpected
             + self.reads.total()
             + self.unexpected_responses
+            + self.append.total()
     }
 
     /// Valid and free of anomalies.
@@ -136,9 +139,10 @@ impl Report {
                 .unwrap_or_default()
         };
         format!(
-            "profile {} (seed {}, {} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {}; \
+            "profile {} (seed {}, {} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {} append {}; \
              {} register keys ({} ops) checked, {} not linearizable, {} undecided; \
-             {} bank reads, {} violations; acked adds lost {:?}; duplicates {}; unexpected {}; \
+             {} bank reads, {} violations; {} append transactions took effect on {} keys, \
+             anomalies {:?}; acked adds lost {:?}; duplicates {}; unexpected {}; \
              reads checked {:?}, read anomalies {:?}; unexpected answers {}; membership changes {} \
              ({} failed); transfers {}; skipped faults {}; weaker faults {}; \
              leader changes {}; snapshots installed {}; longest unavailability {:.1} s; ops/s {:?}{}{}",
@@ -154,12 +158,16 @@ impl Report {
             c("register"),
             c("bank"),
             c("set"),
+            c("append"),
             self.register_keys,
             self.register_ops,
             self.linearizability_anomalies.len(),
             self.undecided_keys.len(),
             self.bank_reads,
             self.bank_violations,
+            self.append.committed,
+            self.append.keys,
+            self.append.anomalies,
             self.lost_acked_writes,
             self.duplicates,
             self.unexpected,

@@ -10,7 +10,9 @@
 //!   read-only transaction, list, `stale`, session `stale&min_index`), written by unique puts
 //!   and compare-and-sets;
 //! - `bank.rs`: transfers between accounts and reads of all of them in one transaction, and the
-//!   set of unique adds (blind puts, and counted transactions under an `Idempotency-Key`).
+//!   set of unique adds (blind puts, and counted transactions under an `Idempotency-Key`);
+//! - `append.rs`: Elle's list-append transactions over a few keys (read two or three lists, or
+//!   append to two under a compare of the versions read).
 //!
 //! No answer is dropped: a status keel should never give to these requests (400, 500, a 422
 //! for a retried key), or a 200 whose body is not what the API says, is recorded as
@@ -24,9 +26,11 @@ use serde_json::Value;
 use crate::history::Outcome;
 use crate::http::Http;
 
+pub mod append;
 pub mod bank;
 pub mod register;
 
+pub use append::{append_client, append_key, decode as decode_list, APPEND_KEYS};
 pub use bank::{bank_client, is_counted, parse_balances, read_all_body, set_client};
 pub use register::{register_client, Role};
 
