@@ -6,7 +6,9 @@
 //! list read of a key gives that key's *version order*, and every read names exactly which
 //! transactions' appends it saw. From that, without trusting any index the server reports:
 //!
-//! - **Incompatible orders**: every list read of a key is a prefix of the longest one.
+//! - **Incompatible orders**: every list read of a key is a prefix of the final read of that
+//!   key (which is its version order; the longest list read when there is no final read), so
+//!   an element once read and later gone is found too.
 //! - **Duplicates, garbage, aborted reads**: an element appears at most once, was appended by
 //!   some transaction to that key, and never by one that certainly did not take effect.
 //! - **Lost appends**: an acknowledged append is in the final read of its key.
@@ -38,8 +40,12 @@ pub struct AppendTxn {
 /// What the check found.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct AppendFindings {
-    /// Transactions that took effect (nodes of the graph).
+    /// Transactions that took effect (nodes of the graph), read-only ones included.
     pub committed: usize,
+    /// Of those, the ones that appended (acknowledged, or seen).
+    pub appended: usize,
+    /// Write-write and write-read edges: how much the graph had to say.
+    pub dependencies: usize,
     /// Keys with a version order.
     pub keys: usize,
     /// Anomalies by kind.
@@ -97,13 +103,17 @@ pub fn check_appends(txns: &[AppendTxn], finals: &HashMap<String, Vec<i64>>) -> 
     for (k, l) in finals {
         lists.push((None, k.as_str(), l.as_slice()));
     }
-    // Version order per key: the longest list; every other must be its prefix.
+    // Version order per key: the final read, else the longest list; every other must be its
+    // prefix.
     let mut order: HashMap<&str, &[i64]> = HashMap::new();
     for (_, k, l) in &lists {
         let cur = order.entry(k).or_insert(&[]);
         if l.len() > cur.len() {
             *cur = l;
         }
+    }
+    for (k, l) in finals {
+        order.insert(k.as_str(), l.as_slice());
     }
     for (who, k, l) in &lists {
         let longest = order.get(k).copied().unwrap_or(&[]);
@@ -154,6 +164,10 @@ pub fn check_appends(txns: &[AppendTxn], finals: &HashMap<String, Vec<i64>>) -> 
         .filter(|i| observed(&txns[*i]) || effective.contains(i))
         .collect();
     f.committed = nodes.len();
+    f.appended = nodes
+        .iter()
+        .filter(|i| !txns[**i].appends.is_empty())
+        .count();
     f.keys = order.len();
     let slot: HashMap<usize, usize> = nodes.iter().enumerate().map(|(s, i)| (*i, s)).collect();
     let mut edges: Vec<(usize, usize, Dep)> = Vec::new();
@@ -180,19 +194,34 @@ pub fn check_appends(txns: &[AppendTxn], finals: &HashMap<String, Vec<i64>>) -> 
         }
     }
     edges.retain(|(a, b, _)| a != b);
+    f.dependencies = edges
+        .iter()
+        .filter(|(_, _, d)| matches!(d, Dep::WriteWrite | Dep::WriteRead))
+        .count();
     let data_cycles = cycles(nodes.len(), &edges);
     for c in &data_cycles {
         f.flag("cycle", describe(c, &nodes, &edges));
     }
-    edges.extend(realtime_edges(txns, &nodes));
-    let all_cycles = cycles(nodes.len(), &edges);
-    // Only the cycles that need a real-time edge are new.
-    let data: HashSet<Vec<usize>> = data_cycles.into_iter().collect();
-    for c in all_cycles
-        .iter()
-        .filter(|c| !data.iter().any(|d| d.iter().all(|x| c.contains(x))))
-    {
-        f.flag("realtime_cycle", describe(c, &nodes, &edges));
+    let realtime = realtime_edges(txns, &nodes);
+    edges.extend(realtime.iter().copied());
+    // A cycle that needs a real-time edge: a component of the whole graph holding a real-time
+    // edge whose ends are not in one component of the data graph.
+    let mut data_comp = vec![usize::MAX; nodes.len()];
+    for (n, c) in data_cycles.iter().enumerate() {
+        for x in c {
+            data_comp[*x] = n;
+        }
+    }
+    for c in cycles(nodes.len(), &edges) {
+        let inside: HashSet<usize> = c.iter().copied().collect();
+        let needs_time = realtime.iter().any(|(a, b, _)| {
+            inside.contains(a)
+                && inside.contains(b)
+                && (data_comp[*a] == usize::MAX || data_comp[*a] != data_comp[*b])
+        });
+        if needs_time {
+            f.flag("realtime_cycle", describe(&c, &nodes, &edges));
+        }
     }
     f
 }

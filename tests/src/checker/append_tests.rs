@@ -135,3 +135,44 @@ fn unknown_appends_count_only_when_seen() {
     let f = check_appends(&h, &finals(&[("a", &[1])]));
     assert_eq!((f.total(), f.committed), (0, 2), "{f:?}");
 }
+
+#[test]
+fn an_element_read_and_later_gone_is_found() {
+    // A read saw 2 (appended with an unknown outcome), the final read does not have it.
+    let mut unknown = txn(0, &[("a", &[1])], &[("a", 2)]);
+    unknown.complete = None;
+    let h = vec![
+        txn(0, &[("a", &[])], &[("a", 1)]),
+        unknown,
+        txn(5, &[("a", &[1, 2])], &[]),
+    ];
+    only(
+        &check_appends(&h, &finals(&[("a", &[1])])),
+        "incompatible_order",
+    );
+}
+
+#[test]
+fn an_unknown_append_that_took_effect_takes_part_in_cycles() {
+    // Write skew between an acknowledged append and one of unknown outcome that was seen.
+    let mut unknown = txn(0, &[("a", &[]), ("b", &[])], &[("a", 1)]);
+    unknown.complete = None;
+    let h = vec![unknown, txn(0, &[("a", &[]), ("b", &[])], &[("b", 2)])];
+    let f = check_appends(&h, &finals(&[("a", &[1]), ("b", &[2])]));
+    only(&f, "cycle");
+    assert_eq!((f.committed, f.appended), (2, 2));
+}
+
+#[test]
+fn a_stale_read_inside_a_data_cycle_is_still_named() {
+    // A write skew (a data cycle) and, among the same transactions, a read sent after both
+    // appends were acknowledged that sees neither.
+    let h = vec![
+        txn(0, &[("a", &[]), ("b", &[])], &[("a", 1)]),
+        txn(0, &[("a", &[]), ("b", &[])], &[("b", 2)]),
+        txn(10, &[("a", &[]), ("b", &[])], &[]),
+    ];
+    let f = check_appends(&h, &finals(&[("a", &[1]), ("b", &[2])]));
+    assert!(f.anomalies.contains_key("cycle"), "{f:?}");
+    assert!(f.anomalies.contains_key("realtime_cycle"), "{f:?}");
+}

@@ -146,6 +146,18 @@ pub fn check_reads(
     voters: &VoterTimeline,
     power_losses: &[(u64, u64)],
 ) -> ReadFindings {
+    check_reads_with(writes, &[], reads, voters, power_losses)
+}
+
+/// [`check_reads`], with the (acknowledged at, index) of other workloads' writes that were
+/// committed when acknowledged: linearizable reads are held to those indexes too.
+pub fn check_reads_with(
+    writes: &[KnownWrite],
+    commits: &[(u64, u64)],
+    reads: &[ReadObs],
+    voters: &VoterTimeline,
+    power_losses: &[(u64, u64)],
+) -> ReadFindings {
     let mut f = ReadFindings::default();
     // key → index → value.
     let mut by_key: HashMap<&str, BTreeMap<u64, i64>> = HashMap::new();
@@ -168,7 +180,7 @@ pub fn check_reads(
             snapshot_check(&mut f, r, item, known);
         }
     }
-    recency_check(&mut f, writes, reads);
+    recency_check(&mut f, writes, commits, reads);
     session_check(&mut f, writes, reads);
     sync_check(&mut f, writes, reads, voters, power_losses);
     f
@@ -232,8 +244,7 @@ fn snapshot_check(f: &mut ReadFindings, r: &ReadObs, item: &KeyRead, known: &BTr
 }
 
 /// For writes sorted by acknowledgement: (acknowledged at, highest index acknowledged so far).
-fn acked_prefix_max<'a>(writes: impl Iterator<Item = &'a KnownWrite>) -> Vec<(u64, u64)> {
-    let mut ws: Vec<(u64, u64)> = writes.map(|w| (w.complete, w.index)).collect();
+fn acked_prefix_max(mut ws: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     ws.sort_unstable();
     let mut max = 0;
     for w in &mut ws {
@@ -250,15 +261,29 @@ fn acked_before(prefix: &[(u64, u64)], t: u64) -> Option<u64> {
 }
 
 /// Linearizable reads see every write acknowledged before they were sent.
-fn recency_check(f: &mut ReadFindings, writes: &[KnownWrite], reads: &[ReadObs]) {
-    let all = acked_prefix_max(writes.iter());
+fn recency_check(
+    f: &mut ReadFindings,
+    writes: &[KnownWrite],
+    commits: &[(u64, u64)],
+    reads: &[ReadObs],
+) {
+    let all = acked_prefix_max(
+        writes
+            .iter()
+            .map(|w| (w.complete, w.index))
+            .chain(commits.iter().copied())
+            .collect(),
+    );
     let mut keys: HashMap<&str, Vec<&KnownWrite>> = HashMap::new();
     for w in writes {
         keys.entry(&w.key).or_default().push(w);
     }
     let per_key: HashMap<&str, Vec<(u64, u64)>> = keys
         .into_iter()
-        .map(|(k, ws)| (k, acked_prefix_max(ws.into_iter())))
+        .map(|(k, ws)| {
+            let ws = ws.into_iter().map(|w| (w.complete, w.index)).collect();
+            (k, acked_prefix_max(ws))
+        })
         .collect();
     let linearizable = [ReadKind::Linearizable, ReadKind::Txn, ReadKind::List];
     for r in reads.iter().filter(|r| linearizable.contains(&r.kind)) {

@@ -171,6 +171,46 @@ pub fn read_observations(ops: &[OpRecord], keys: usize) -> Vec<ReadObs> {
         .collect()
 }
 
+/// The (acknowledged at, index) of the other workloads' writes that were committed when
+/// acknowledged: list appends and bank transfers (transactions, answered once applied), and set
+/// adds but the blind `async` puts (acknowledged from the leader's log).
+pub fn commit_points(ops: &[OpRecord]) -> Vec<(u64, u64)> {
+    ops.iter()
+        .filter(|o| o.outcome == Outcome::Ok && o.detail.starts_with("200"))
+        .filter(|o| match (o.workload, o.f) {
+            ("append", "append") | ("bank", "transfer") => true,
+            ("set", "add") => {
+                o.mode != "async" || o.input.as_u64().is_some_and(workload::is_counted)
+            }
+            _ => false,
+        })
+        .filter_map(|o| Some((o.complete_ns, o.index?)))
+        .collect()
+}
+
+/// The other workloads' linearizable reads (list-append reads and whole-bank reads, both
+/// read-only transactions), for the index half of the recency check.
+pub fn other_reads(ops: &[OpRecord]) -> Vec<ReadObs> {
+    ops.iter()
+        .enumerate()
+        .filter(|(_, o)| o.outcome == Outcome::Ok)
+        .filter(|(_, o)| matches!((o.workload, o.f), ("append", "read") | ("bank", "read_all")))
+        .filter_map(|(i, o)| {
+            Some(ReadObs {
+                op: i,
+                client: o.client,
+                node: o.node,
+                kind: ReadKind::Txn,
+                invoke: o.invoke_ns,
+                complete: o.complete_ns,
+                at: o.index?,
+                min_index: None,
+                items: Vec::new(),
+            })
+        })
+        .collect()
+}
+
 /// Whether an operation is a successful read (of any workload).
 fn is_read(o: &OpRecord) -> bool {
     o.outcome == Outcome::Ok

@@ -141,7 +141,7 @@ impl Report {
         format!(
             "profile {} (seed {}, {} nodes, {}{}): {:.0} s; ok/fail/unknown register {} bank {} set {} append {}; \
              {} register keys ({} ops) checked, {} not linearizable, {} undecided; \
-             {} bank reads, {} violations; {} append transactions took effect on {} keys, \
+             {} bank reads, {} violations; {} append transactions took effect ({} appends) on {} keys, \
              anomalies {:?}; acked adds lost {:?}; duplicates {}; unexpected {}; \
              reads checked {:?}, read anomalies {:?}; unexpected answers {}; membership changes {} \
              ({} failed); transfers {}; skipped faults {}; weaker faults {}; \
@@ -166,6 +166,7 @@ impl Report {
             self.bank_reads,
             self.bank_violations,
             self.append.committed,
+            self.append.appended,
             self.append.keys,
             self.append.anomalies,
             self.lost_acked_writes,
