@@ -40,8 +40,14 @@ pub enum ErrorCode {
     InvalidCommand,
     /// 400: a member id or address is not valid.
     InvalidMember,
-    /// 400: a backup directory is not an absolute path that does not exist yet.
+    /// 400: a backup directory is not a new directory under the node's `--backup-dir`.
     InvalidDir,
+    /// 401: no bearer token, or one the node does not know (the answer carries
+    /// `WWW-Authenticate: Bearer`).
+    Unauthorized,
+    /// 403: the token's role or key prefixes do not cover the request; or backups are not
+    /// enabled on this node (no `--backup-dir`).
+    Forbidden,
     /// 404: no such key.
     NotFound,
     /// 404: no such endpoint.
@@ -93,7 +99,7 @@ pub enum ErrorCode {
 }
 
 /// Every code, for tables and tests.
-pub const ALL_CODES: [ErrorCode; 37] = [
+pub const ALL_CODES: [ErrorCode; 39] = [
     ErrorCode::InvalidKey,
     ErrorCode::InvalidMode,
     ErrorCode::InvalidConsistency,
@@ -107,6 +113,8 @@ pub const ALL_CODES: [ErrorCode; 37] = [
     ErrorCode::InvalidCommand,
     ErrorCode::InvalidMember,
     ErrorCode::InvalidDir,
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
     ErrorCode::NotFound,
     ErrorCode::NoRoute,
     ErrorCode::NoSuchMember,
@@ -151,6 +159,8 @@ impl ErrorCode {
             InvalidCommand => "invalid_command",
             InvalidMember => "invalid_member",
             InvalidDir => "invalid_dir",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
             NotFound => "not_found",
             NoRoute => "no_route",
             NoSuchMember => "no_such_member",
@@ -190,6 +200,8 @@ impl ErrorCode {
             InvalidKey | InvalidMode | InvalidConsistency | InvalidParameter | InvalidJson
             | InvalidTxn | TxnTooLarge | InvalidHeader | InvalidBody | NotInteger
             | InvalidCommand | InvalidMember | InvalidDir => 400,
+            Unauthorized => 401,
+            Forbidden => 403,
             NotFound | NoRoute | NoSuchMember => 404,
             MethodNotAllowed => 405,
             BoundViolated | MemberExists | NotALearner | LearnerBehind | IsLeader | NotAVoter

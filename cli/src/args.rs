@@ -50,6 +50,10 @@ pub struct Endpoints {
     /// clusters whose advertised addresses are not reachable from here (e.g. inside Docker).
     #[arg(long, env = "KEEL_DIRECT", global = true)]
     pub direct: bool,
+    /// Bearer token for clusters started with `--auth-file` (better from the environment than
+    /// on the command line, where other users of the machine can read it).
+    #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Endpoints {

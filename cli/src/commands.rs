@@ -132,9 +132,11 @@ pub enum ClientCommand {
         #[arg(long)]
         ready: bool,
     },
-    /// Take a consistent backup: the node writes a checkpoint into DIR on its own machine.
+    /// Take a consistent backup: the node writes a checkpoint into a new directory under its
+    /// `--backup-dir`, on its own machine.
     Backup {
-        /// An absolute path that does not exist yet.
+        /// A new directory's name (relative to the node's --backup-dir, or an absolute path
+        /// inside it).
         #[arg(long)]
         to: String,
     },
@@ -179,11 +181,11 @@ pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
     if let ClientCommand::Health { ready } = cmd {
         return health(eps.first().map(String::as_str).unwrap_or_default(), ready).await;
     }
-    let client = match Client::builder(eps)
-        .pin_to_endpoints(endpoints.direct)
-        .build()
-        .await
-    {
+    let mut builder = Client::builder(eps).pin_to_endpoints(endpoints.direct);
+    if let Some(t) = &endpoints.token {
+        builder = builder.token(t.clone());
+    }
+    let client = match builder.build().await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keel: {e}");

@@ -10,9 +10,11 @@ pub struct ClientJoin;
 
 impl Join for ClientJoin {
     async fn join(&self, req: JoinRequest) -> Result<Vec<(u64, MemberAddr)>, String> {
-        let client = Client::new(req.via.split(','))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut builder = Client::builder(req.via.split(','));
+        if let Some(t) = &req.token {
+            builder = builder.token(t.clone());
+        }
+        let client = builder.build().await.map_err(|e| e.to_string())?;
         let members = client
             .add_member(req.id, &req.peer_addr, Some(&req.http_addr))
             .await

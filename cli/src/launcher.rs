@@ -129,6 +129,8 @@ impl LocalCluster {
             .args(["--default-mode", self.default_mode.as_str()])
             .arg("--data-dir")
             .arg(&n.dir)
+            .arg("--backup-dir")
+            .arg(n.dir.with_file_name("backups"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -103,6 +103,8 @@ pub struct ClientBuilder {
     pinned: bool,
     /// Which members serve reads.
     read_from: ReadFrom,
+    /// Bearer token for nodes started with `--auth-file`.
+    token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -136,6 +138,12 @@ impl ClientBuilder {
         self
     }
 
+    /// A bearer token sent with every request (for nodes started with `--auth-file`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// Sends every request to the given endpoints only, never straight to the leader: the
     /// node forwards writes itself. For showing (or testing) a particular node's path, and for
     /// clusters whose advertised addresses are not reachable from the client.
@@ -157,6 +165,7 @@ impl ClientBuilder {
         }
         let http = HttpClient::new(HttpOptions {
             request_timeout: self.request_timeout,
+            token: self.token.clone(),
             ..HttpOptions::default()
         });
         let client = Client {
@@ -306,6 +315,7 @@ impl Client {
             consistency: Consistency::Linearizable,
             pinned: false,
             read_from: ReadFrom::Any,
+            token: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct HttpOptions {
     pub max_idle_per_host: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// A bearer token sent with every request (`Authorization: Bearer ...`), for nodes started
+    /// with `--auth-file`.
+    pub token: Option<String>,
 }
 
 impl Default for HttpOptions {
@@ -45,6 +48,7 @@ impl Default for HttpOptions {
             request_timeout: Duration::from_secs(10),
             max_idle_per_host: 64,
             idle_timeout: Duration::from_secs(30),
+            token: None,
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct HttpClient {
     client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
     /// Longest wait for a whole answer.
     request_timeout: Duration,
+    /// `Authorization` sent with every request, when a token was given.
+    authorization: Option<String>,
 }
 
 impl HttpClient {
@@ -131,6 +137,7 @@ impl HttpClient {
         HttpClient {
             client,
             request_timeout: opts.request_timeout,
+            authorization: opts.token.map(|t| format!("Bearer {t}")),
         }
     }
 
@@ -149,6 +156,14 @@ impl HttpClient {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"));
+        if let Some(a) = &self.authorization {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            {
+                req = req.header("authorization", a.as_str());
+            }
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -81,6 +81,17 @@ pub struct ServerArgs {
     /// followers; one further behind gets a snapshot); 0 never compacts.
     #[arg(long, env = "KEEL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
+    /// Bearer tokens with roles (JSON; see docs/security.md): with it, every request but
+    /// `/health` and `/ready` needs a token. Re-read when the file changes.
+    #[arg(long, env = "KEEL_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// The directory backups are written under (`POST /v1/admin/backup` names a new directory
+    /// in it); without it, backups are refused.
+    #[arg(long, env = "KEEL_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// The token this node presents when it asks a member to add it (`--join`; admin role).
+    #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Invalid flags.

@@ -296,6 +296,7 @@ impl Cluster {
         let mut env = self.env.clone();
         env.extend(self.node_env.get(&id).cloned().unwrap_or_default());
         let ns = self.net.as_ref().map(|n| n.ns(id).to_string());
+        let backups = self.dir().join("backups");
         let cluster_arg = self.cluster_args.get(id as usize - 1).cloned();
         let extra = self.extra_args.clone();
         let node = self.node(id);
@@ -341,6 +342,8 @@ impl Cluster {
             .args(["--peer", &node.peer])
             .arg("--data-dir")
             .arg(&node.data_dir)
+            .arg("--backup-dir")
+            .arg(&backups)
             .args(&extra)
             .env("KEEL_LOG", "info")
             .envs(env)
@@ -350,6 +353,13 @@ impl Cluster {
             .spawn()
             .expect("spawn keel server");
         node.child = Some(child);
+    }
+
+    /// Makes the harness's own requests (status, leader waits, `put`, `get`...) present `token`:
+    /// for clusters started with `--auth-file`.
+    pub fn use_token(&mut self, token: &str) {
+        self.http =
+            http::Http::with_token(Duration::from_secs(2), Duration::from_secs(15), Some(token));
     }
 
     /// Sends one HTTP request to node `id`. Err only for transport failures (node down).

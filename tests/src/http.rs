@@ -41,10 +41,17 @@ impl Http {
     /// A client whose connections must open within `connect` and whose answers must arrive
     /// within `timeout`.
     pub fn new(connect: Duration, timeout: Duration) -> Http {
+        Self::with_token(connect, timeout, None)
+    }
+
+    /// [`Http::new`], sending `token` as a bearer token with every request that does not carry
+    /// its own `Authorization`.
+    pub fn with_token(connect: Duration, timeout: Duration, token: Option<&str>) -> Http {
         Http {
             client: HttpClient::new(HttpOptions {
                 connect_timeout: connect,
                 request_timeout: timeout,
+                token: token.map(str::to_string),
                 ..HttpOptions::default()
             }),
         }

@@ -47,7 +47,8 @@ fn a_backup_taken_under_load_restores_exactly_the_acknowledged_writes_up_to_its_
     wait_until(DEADLINE, "some writes", || {
         (acked.lock().expect("acked").len() > 200).then_some(())
     });
-    let backup_dir = c.dir().join("backup");
+    // Inside the nodes' --backup-dir (the harness gives every node <cluster dir>/backups).
+    let backup_dir = c.dir().join("backups").join("backup");
     let body = json!({"dir": backup_dir.display().to_string()}).to_string();
     let r = c
         .request(2, "POST", "/v1/admin/backup", &[], Some(body.as_bytes()))

@@ -1,5 +1,7 @@
 //! The operational handlers: liveness, readiness, metrics and backups.
 
+use std::path::{Component, Path, PathBuf};
+
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::HeaderMap;
@@ -94,20 +96,15 @@ impl Api {
     }
 
     /// `POST /v1/admin/backup`: a consistent checkpoint of this node, taken once it has applied
-    /// everything acknowledged before the request (a linearizable barrier), into a directory on
-    /// this node's machine.
+    /// everything acknowledged before the request (a linearizable barrier), into a new directory
+    /// under this node's `--backup-dir` (a name relative to it, or an absolute path inside it).
     pub(super) async fn backup(&self, headers: &HeaderMap, body: Incoming) -> Answer {
         let body = request::read_body(headers, body, MAX_SMALL_BODY_BYTES).await?;
         let b: BackupRequest = request::parse_json(&body, "{\"dir\": \"/path\"}")?;
-        let dir = std::path::PathBuf::from(&b.dir);
-        if !dir.is_absolute() || dir.exists() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidDir,
-                "dir must be an absolute path that does not exist yet",
-            ));
-        }
+        let dir = backup_target(self.cfg.backup_dir.as_deref(), &b.dir)?;
         self.read_barrier(&Query::default()).await?;
         let db = self.db.clone();
+        let shown = dir.display().to_string();
         let (index, term) = tokio::task::spawn_blocking(move || backup::checkpoint(&db, &dir))
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
@@ -115,9 +112,78 @@ impl Api {
             &BackupResponse {
                 index,
                 term,
-                dir: b.dir,
+                dir: shown,
             },
             Some(index),
         )
+    }
+}
+
+/// Where a backup named `dir` goes: a new directory under `root`, never outside it (no `..`, no
+/// absolute path elsewhere); 403 when the node has no `--backup-dir`.
+fn backup_target(root: Option<&Path>, dir: &str) -> Result<PathBuf, ApiError> {
+    let Some(root) = root else {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "backups are disabled on this node (start it with --backup-dir)",
+        ));
+    };
+    let invalid = |why: &str| {
+        ApiError::new(
+            ErrorCode::InvalidDir,
+            format!(
+                "{dir:?}: {why} (backups go to a new directory under {})",
+                root.display()
+            ),
+        )
+    };
+    let asked = Path::new(dir);
+    if dir.is_empty()
+        || asked
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::RootDir))
+    {
+        return Err(invalid("not a plain path"));
+    }
+    let target = if asked.is_absolute() {
+        asked
+            .strip_prefix(root)
+            .map_err(|_| invalid("outside the backup directory"))?;
+        asked.to_path_buf()
+    } else {
+        root.join(asked)
+    };
+    if target == root {
+        return Err(invalid("the backup directory itself"));
+    }
+    if target.exists() {
+        return Err(invalid("exists already"));
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backups_stay_under_the_backup_directory() {
+        let root = Path::new("/srv/keel-backups");
+        let ok = |d: &str| backup_target(Some(root), d).expect(d);
+        assert_eq!(ok("monday"), root.join("monday"));
+        assert_eq!(ok("/srv/keel-backups/a/b"), root.join("a/b"));
+        for bad in [
+            "",
+            "../etc",
+            "a/../../x",
+            "/etc/cron.d/x",
+            "/srv/keel-backups",
+            "./x",
+        ] {
+            let e = backup_target(Some(root), bad).expect_err(bad);
+            assert_eq!(e.code(), ErrorCode::InvalidDir, "{bad}");
+        }
+        let e = backup_target(None, "x").expect_err("disabled");
+        assert_eq!(e.code(), ErrorCode::Forbidden);
     }
 }

@@ -40,6 +40,7 @@ use crate::sm::StateMachine;
 use crate::transport::Transport;
 
 mod admin;
+pub mod auth;
 mod cluster;
 mod error;
 mod kv;
@@ -52,6 +53,7 @@ pub use error::ApiError;
 pub use request::decode_key;
 pub use txn::parse_txn;
 
+use auth::{Caller, Role, Tokens};
 use reply::Answer;
 use routes::Route;
 
@@ -69,6 +71,8 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// How long a read may wait for a read index or for `min_index` to be applied.
     pub read_timeout: Duration,
+    /// The only directory backups may be written under; None: backups are refused.
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 /// What the API is built from.
@@ -87,6 +91,8 @@ pub struct Parts {
     pub http_addr: String,
     /// The peer transport, for the HTTP addresses peers announce.
     pub transport: Transport,
+    /// The tokens of `--auth-file`; None: every request is allowed.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 /// What the handlers share.
@@ -105,6 +111,8 @@ pub struct Api {
     http_addr: String,
     /// The HTTP addresses peers announced in their Hello.
     transport: Transport,
+    /// Who may do what (None: everyone everything).
+    tokens: Option<Arc<Tokens>>,
 }
 
 impl Api {
@@ -118,6 +126,7 @@ impl Api {
             router: parts.router,
             http_addr: parts.http_addr,
             transport: parts.transport,
+            tokens: parts.tokens,
         })
     }
 
@@ -137,6 +146,10 @@ impl Api {
                 ErrorCode::NoRoute,
                 format!("no such endpoint: {path}"),
             ));
+        };
+        let caller = match (&self.tokens, m.route) {
+            (None, _) | (_, Route::Health | Route::Ready) => Caller::default(),
+            (Some(t), _) => Caller(Some(t.authenticate(&parts.headers)?)),
         };
         let allowed = routes::methods(m.route, m.param);
         if !allowed.contains(&parts.method.as_str()) {
@@ -158,6 +171,18 @@ impl Api {
             &routes::describe(m.route, &method),
         )?;
         let param = m.param.unwrap_or_default();
+        // Roles by endpoint; the key-scoped ones are checked once the key is known.
+        match m.route {
+            Route::Health | Route::Ready | Route::Txn | Route::List | Route::Key => {}
+            Route::Metrics | Route::Status => caller.need(Role::Read)?,
+            Route::Members if method == Method::GET => caller.need(Role::Read)?,
+            Route::Members
+            | Route::Member
+            | Route::Promote
+            | Route::TransferLeader
+            | Route::Backup
+            | Route::Failpoint => caller.need(Role::Admin)?,
+        }
         match (m.route, method) {
             (Route::Health, _) => self.health(),
             (Route::Ready, _) => self.ready(),
@@ -170,15 +195,25 @@ impl Api {
             (Route::TransferLeader, _) => self.transfer_leader(&parts.headers, body).await,
             (Route::Backup, _) => self.backup(&parts.headers, body).await,
             (Route::Failpoint, method) => self.failpoint(&parts.headers, body, param, method).await,
-            (Route::Txn, _) => self.txn(&parts.headers, body, q).await,
-            (Route::List, _) => self.list(q).await,
+            (Route::Txn, _) => self.txn(&parts.headers, body, q, &caller).await,
+            (Route::List, _) => {
+                caller.need_prefix(Role::Read, q.prefix.as_deref().unwrap_or_default())?;
+                self.list(q).await
+            }
             (Route::Key, Method::POST) => {
                 let raw = routes::add_target(param).unwrap_or(param);
                 let key = request::decode_key(raw)?;
+                caller.need_key(Role::Write, &key)?;
                 self.add(&parts.headers, body, key, q).await
             }
             (Route::Key, method) => {
                 let key = request::decode_key(param)?;
+                let role = if method == Method::GET {
+                    Role::Read
+                } else {
+                    Role::Write
+                };
+                caller.need_key(role, &key)?;
                 match method {
                     Method::GET => self.get(&parts.headers, key, q).await,
                     Method::PUT => self.put(&parts.headers, body, key, q).await,

@@ -1,10 +1,12 @@
 //! Turning an answer into a response: the common `X-Keel-*` headers on every one, `ETag`,
-//! `Idempotent-Replayed`, `Retry-After` and `Allow` where they belong, the JSON error body, and
+//! `Idempotent-Replayed`, `Retry-After`, `WWW-Authenticate` and `Allow` where they belong, the JSON error body, and
 //! the HTTP rules for `HEAD` (the headers of a `GET`, no body) and `304 Not Modified`.
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Response, StatusCode};
 use keel_api::{headers, ErrorCode};
 use serde::Serialize;
@@ -110,6 +112,12 @@ pub fn finish(answer: Answer, shared: &Shared, head: bool) -> Response<Full<Byte
             if err.code.retry_after() {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            if err.code == ErrorCode::Unauthorized {
+                resp.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keel\""),
+                );
             }
             if let Some(allow) = err
                 .allow

@@ -12,6 +12,7 @@ use keel_api::txn::{
 };
 use keel_api::ErrorCode;
 
+use super::auth::{Caller, Role};
 use super::error::{rejected, ApiError};
 use super::reply::{Answer, Reply};
 use super::request::{self, validate_key, Query};
@@ -24,7 +25,13 @@ use crate::proto::{
 impl Api {
     /// `POST /v1/txn`. A transaction of compares and gets only, without an idempotency key, is
     /// served like a read (at the requested consistency, from one snapshot, without the log).
-    pub(super) async fn txn(&self, headers: &HeaderMap, body: Incoming, q: Query) -> Answer {
+    pub(super) async fn txn(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        q: Query,
+        caller: &Caller,
+    ) -> Answer {
         let idem = request::idempotency_key(headers)?;
         let body = request::read_body(headers, body, MAX_TXN_BODY_BYTES).await?;
         let txn = parse_txn(&body, self.cfg.max_value_bytes)?;
@@ -33,6 +40,11 @@ impl Api {
             .iter()
             .chain(txn.failure.iter())
             .all(|s| matches!(s.step, Some(Step::Get(_))));
+        let role = if read_only { Role::Read } else { Role::Write };
+        caller.need(role)?;
+        for key in txn_keys(&txn) {
+            caller.need_key(role, key)?;
+        }
         if read_only && idem.is_empty() {
             self.read_barrier(&q).await?;
             let read = self.sm.read_txn(&txn)?;
@@ -190,6 +202,27 @@ fn step(s: StepJson, max_value_bytes: usize) -> Result<TxnStep, ApiError> {
 }
 
 /// The JSON of each step's result.
+/// The key of a transaction step.
+fn step_key(s: &TxnStep) -> Option<&str> {
+    match &s.step {
+        Some(Step::Put(p)) => Some(p.key.as_str()),
+        Some(Step::Delete(d)) => Some(d.key.as_str()),
+        Some(Step::Get(g)) => Some(g.key.as_str()),
+        Some(Step::Add(a)) => Some(a.key.as_str()),
+        None => None,
+    }
+}
+
+/// Every key a transaction names, in its compares and both branches.
+fn txn_keys(txn: &TxnOp) -> impl Iterator<Item = &str> {
+    txn.compare.iter().map(|c| c.key.as_str()).chain(
+        txn.success
+            .iter()
+            .chain(txn.failure.iter())
+            .filter_map(step_key),
+    )
+}
+
 fn step_results(results: &[StepResult]) -> Vec<StepResultJson> {
     results
         .iter()

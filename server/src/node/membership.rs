@@ -23,6 +23,8 @@ pub struct JoinRequest {
     pub peer_addr: String,
     /// Its advertised HTTP address.
     pub http_addr: String,
+    /// The bearer token to present (`--token`), when the cluster needs one.
+    pub token: Option<String>,
 }
 
 /// How a node joins a running cluster: asks a member to add it as a learner and returns every
@@ -81,6 +83,7 @@ pub(super) async fn initial(
             id: args.id,
             peer_addr: advertise_peer.to_string(),
             http_addr: advertise_http.to_string(),
+            token: args.token.clone(),
         })
         .await
         .map_err(ServerError::Join)?;

@@ -44,8 +44,8 @@ pub enum ServerError {
     /// Bad flags.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The data directory could not be created.
-    #[error("cannot create data dir {path}: {source}")]
+    /// A directory (data, backups) could not be created.
+    #[error("cannot create directory {path}: {source}")]
     DataDir {
         /// The directory.
         path: String,
@@ -77,6 +77,9 @@ pub enum ServerError {
     /// Joining through --join failed.
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    /// The auth file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] crate::http::auth::AuthFileError),
     /// The address book stored in the data dir does not parse.
     #[error("the member address book in the data dir is damaged: {0}")]
     CorruptMembers(#[source] serde_json::Error),
@@ -106,10 +109,20 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         .advertise_http
         .clone()
         .unwrap_or_else(|| args.http.clone());
+    let tokens = match &args.auth_file {
+        Some(path) => Some(Arc::new(crate::http::auth::Tokens::load(path)?)),
+        None => None,
+    };
     std::fs::create_dir_all(&args.data_dir).map_err(|source| ServerError::DataDir {
         path: args.data_dir.display().to_string(),
         source,
     })?;
+    if let Some(dir) = &args.backup_dir {
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
 
     // Storage and membership.
     let db = storage::open_db(&args.data_dir)?;
@@ -187,6 +200,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
             default_mode: args.default_mode,
             request_timeout: args.request_timeout,
             read_timeout: args.read_timeout,
+            backup_dir: args.backup_dir.clone(),
         },
         node: node.clone(),
         sm,
@@ -194,7 +208,11 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         router,
         http_addr: advertise_http,
         transport,
+        tokens: tokens.clone(),
     });
+    if let Some(tokens) = tokens {
+        tokio::spawn(watch_auth_file(tokens));
+    }
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let http_task = tokio::spawn(http::serve(http_listener, api, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -245,6 +263,21 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         error!(error = %e, "node stopped");
     }
     outcome
+}
+
+/// Re-reads the auth file when it changes, every second, for as long as the node runs.
+async fn watch_auth_file(tokens: Arc<crate::http::auth::Tokens>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        match tokens.reload_if_changed() {
+            Some(Ok(n)) => tracing::info!(tokens = n, "auth file changed: tokens reloaded"),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "auth file changed but cannot be used; the previous tokens stay")
+            }
+            None => {}
+        }
+    }
 }
 
 /// `keel restore`: fills a new node's data directory from a backup, so that it starts at the

@@ -1,0 +1,441 @@
+//! Who may do what on the client API: bearer tokens from `--auth-file`, each with a role and
+//! optionally key prefixes.
+//!
+//! - `read`: reads of keys (any consistency), lists, read-only transactions, status, members,
+//!   metrics;
+//! - `write`: what `read` may, and writes of keys (put, delete, add, transactions);
+//! - `admin`: everything, including membership changes, leader transfers, backups and failpoints.
+//!
+//! A token with `prefixes` may only name keys that start with one of them (a list only a prefix
+//! inside one of them, a transaction only such keys); endpoints about the cluster are not about
+//! keys and need only the role. `/health` and `/ready` need no token (probes). Without
+//! `--auth-file` every request is allowed, as before.
+//!
+//! The file is JSON, re-read when it changes (so tokens rotate without a restart; a file that
+//! does not parse is logged and the tokens already loaded stay):
+//!
+//! ```json
+//! {"tokens": [
+//!   {"name": "ops", "token": "…at least 16 characters…", "role": "admin"},
+//!   {"name": "billing", "token": "…", "role": "write", "prefixes": ["billing/"]}
+//! ]}
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use hyper::HeaderMap;
+use keel_api::ErrorCode;
+use serde::Deserialize;
+
+use super::error::ApiError;
+
+/// Shortest token accepted: guessing must be hopeless.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads.
+    Read,
+    /// Reads and writes of keys.
+    Write,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One token's rights.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Its name (in logs and errors; never the token).
+    pub name: String,
+    /// The secret.
+    token: String,
+    /// Its role.
+    pub role: Role,
+    /// The key prefixes it is limited to; None for every key.
+    pub prefixes: Option<Vec<String>>,
+}
+
+/// Why an auth file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    /// It could not be read.
+    #[error("cannot read the auth file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its content is not a valid token list.
+    #[error("auth file {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJson {
+    tokens: Vec<TokenJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenJson {
+    name: String,
+    token: String,
+    role: String,
+    #[serde(default)]
+    prefixes: Option<Vec<String>>,
+}
+
+/// Parses and validates the content of an auth file.
+pub fn parse_tokens(text: &str) -> Result<Vec<Grant>, String> {
+    let file: FileJson = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    if file.tokens.is_empty() {
+        return Err("no tokens (an auth file with none would lock everyone out)".into());
+    }
+    let mut grants: Vec<Grant> = Vec::with_capacity(file.tokens.len());
+    for t in file.tokens {
+        if t.name.is_empty() {
+            return Err("a token without a name".into());
+        }
+        let role = Role::parse(&t.role).ok_or(format!(
+            "token {:?}: role {:?} is not read, write or admin",
+            t.name, t.role
+        ))?;
+        if t.token.chars().count() < MIN_TOKEN_LEN || t.token.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "token {:?}: a token has at least {MIN_TOKEN_LEN} characters and no spaces",
+                t.name
+            ));
+        }
+        if let Some(ps) = &t.prefixes {
+            if ps.is_empty() || ps.iter().any(String::is_empty) {
+                return Err(format!(
+                    "token {:?}: prefixes, when given, are non-empty (leave them out for every key)",
+                    t.name
+                ));
+            }
+        }
+        if grants.iter().any(|g| g.name == t.name) {
+            return Err(format!("two tokens named {:?}", t.name));
+        }
+        if grants.iter().any(|g| g.token == t.token) {
+            return Err(format!("token {:?} repeats another token", t.name));
+        }
+        grants.push(Grant {
+            name: t.name,
+            token: t.token,
+            role,
+            prefixes: t.prefixes,
+        });
+    }
+    Ok(grants)
+}
+
+/// Equal without an early exit on the first differing byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the file looked like when it was last read.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The tokens of `--auth-file`, re-read when the file changes.
+pub struct Tokens {
+    /// The file.
+    path: PathBuf,
+    /// The tokens loaded, and the file's stamp when they were.
+    state: RwLock<(Arc<Vec<Grant>>, Stamp)>,
+}
+
+impl Tokens {
+    /// Loads the file (a node does not start with a file it cannot use).
+    pub fn load(path: &Path) -> Result<Self, AuthFileError> {
+        let (grants, st) = Self::read(path)?;
+        Ok(Tokens {
+            path: path.to_path_buf(),
+            state: RwLock::new((Arc::new(grants), st)),
+        })
+    }
+
+    fn read(path: &Path) -> Result<(Vec<Grant>, Stamp), AuthFileError> {
+        let st = stamp(path);
+        let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let grants = parse_tokens(&text).map_err(|message| AuthFileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok((grants, st))
+    }
+
+    /// Re-reads the file if it changed since the last read: Some(number of tokens) when it was
+    /// re-read, Some(error) when it changed but cannot be used (the old tokens stay), None when
+    /// it did not change.
+    pub fn reload_if_changed(&self) -> Option<Result<usize, AuthFileError>> {
+        let now = stamp(&self.path);
+        {
+            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            if s.1 == now {
+                return None;
+            }
+        }
+        let result = Self::read(&self.path);
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((grants, st)) => {
+                let n = grants.len();
+                *s = (Arc::new(grants), st);
+                Some(Ok(n))
+            }
+            Err(e) => {
+                // Not again until it changes once more.
+                s.1 = now;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// The grant of the request's bearer token; 401 without one or with an unknown one.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
+        let unauthorized = |msg: &str| ApiError::new(ErrorCode::Unauthorized, msg);
+        let value = headers.get(hyper::header::AUTHORIZATION).ok_or_else(|| {
+            unauthorized("this node needs a bearer token (Authorization: Bearer ...)")
+        })?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("the Authorization header is not \"Bearer <token>\""))?;
+        let grants = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        // Every token is compared, so the time taken does not say which one came close.
+        let mut found = None;
+        for g in grants.iter() {
+            if same_secret(g.token.as_bytes(), token.as_bytes()) && found.is_none() {
+                found = Some(g.clone());
+            }
+        }
+        found.ok_or_else(|| unauthorized("unknown token"))
+    }
+}
+
+/// The caller of a request: None when the node has no `--auth-file` (everything is allowed).
+#[derive(Clone, Debug, Default)]
+pub struct Caller(pub Option<Grant>);
+
+impl Caller {
+    fn forbidden(g: &Grant, what: String) -> ApiError {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!("token {:?} ({}) may not {what}", g.name, g.role.as_str()),
+        )
+    }
+
+    /// 403 unless the caller has `role`.
+    pub fn need(&self, role: Role) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(g) if g.role < role => Err(Self::forbidden(
+                g,
+                format!("do what needs the {} role", role.as_str()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// 403 unless the caller has `role` and may name `key`.
+    pub fn need_key(&self, role: Role, key: &str) -> Result<(), ApiError> {
+        self.need(role)?;
+        match &self.0 {
+            Some(g) if !g.key_allowed(key) => {
+                Err(Self::forbidden(g, format!("touch the key {key:?}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// 403 unless the caller has `role` and every key under `prefix` is one it may name.
+    pub fn need_prefix(&self, role: Role, prefix: &str) -> Result<(), ApiError> {
+        self.need(role)?;
+        match &self.0 {
+            Some(g) if !g.key_allowed(prefix) => Err(Self::forbidden(
+                g,
+                format!("list the prefix {prefix:?} (its own prefixes must contain it)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Grant {
+    /// Whether `key` (or every key starting with it) lies under one of the token's prefixes.
+    fn key_allowed(&self, key: &str) -> bool {
+        match &self.prefixes {
+            None => true,
+            Some(ps) => ps.iter().any(|p| key.starts_with(p.as_str())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"{"tokens": [
+        {"name": "ops", "token": "ops-0123456789abcdef", "role": "admin"},
+        {"name": "app", "token": "app-0123456789abcdef", "role": "write", "prefixes": ["app/"]},
+        {"name": "viewer", "token": "viewer-0123456789ab", "role": "read"}
+    ]}"#;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            hyper::header::AUTHORIZATION,
+            v.parse().expect("a valid header value"),
+        );
+        h
+    }
+
+    fn tokens(text: &str) -> (tempfile::TempDir, Tokens) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("auth.json");
+        std::fs::write(&path, text).expect("written");
+        let t = Tokens::load(&path).expect("a valid file");
+        (dir, t)
+    }
+
+    #[test]
+    fn roles_and_prefixes_decide() {
+        let (_d, t) = tokens(FILE);
+        let app = Caller(Some(
+            t.authenticate(&headers("Bearer app-0123456789abcdef"))
+                .expect("known"),
+        ));
+        assert!(app.need_key(Role::Write, "app/x").is_ok());
+        assert!(app.need_key(Role::Read, "other/x").is_err());
+        assert!(app.need_prefix(Role::Read, "app/orders/").is_ok());
+        assert!(app.need_prefix(Role::Read, "").is_err(), "everything");
+        assert!(
+            app.need_prefix(Role::Read, "ap").is_err(),
+            "wider than app/"
+        );
+        assert!(app.need(Role::Admin).is_err());
+        let viewer = Caller(Some(
+            t.authenticate(&headers("Bearer viewer-0123456789ab"))
+                .expect("known"),
+        ));
+        assert!(viewer.need_key(Role::Read, "anything").is_ok());
+        let err = viewer.need_key(Role::Write, "x").expect_err("read only");
+        assert_eq!(err.code(), ErrorCode::Forbidden);
+        assert!(Caller(None).need(Role::Admin).is_ok(), "auth off");
+    }
+
+    #[test]
+    fn missing_malformed_and_unknown_tokens_are_401() {
+        let (_d, t) = tokens(FILE);
+        for h in [
+            HeaderMap::new(),
+            headers("Basic b3BzOnNlY3JldA=="),
+            headers("Bearer ops-0123456789abcdeX"),
+            headers("Bearer "),
+        ] {
+            let e = t.authenticate(&h).expect_err("refused");
+            assert_eq!(e.code(), ErrorCode::Unauthorized, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        for (text, why) in [
+            ("{", "JSON"),
+            (r#"{"tokens": []}"#, "no tokens"),
+            (
+                r#"{"tokens": [{"name": "a", "token": "short", "role": "read"}]}"#,
+                "16",
+            ),
+            (
+                r#"{"tokens": [{"name": "a", "token": "0123456789abcdef", "role": "root"}]}"#,
+                "role",
+            ),
+            (
+                r#"{"tokens": [{"name": "a", "token": "0123456789abcdef", "role": "read", "prefixes": []}]}"#,
+                "prefixes",
+            ),
+            (
+                r#"{"tokens": [{"name": "a", "token": "0123456789abcdef", "role": "read"},
+                               {"name": "b", "token": "0123456789abcdef", "role": "read"}]}"#,
+                "repeats",
+            ),
+        ] {
+            let e = parse_tokens(text).expect_err(text);
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_changed_file_is_reread_and_a_broken_one_keeps_the_old_tokens() {
+        let (d, t) = tokens(FILE);
+        let path = d.path().join("auth.json");
+        assert!(t.reload_if_changed().is_none(), "unchanged");
+        std::fs::write(
+            &path,
+            r#"{"tokens": [{"name": "new", "token": "new-0123456789abcdef", "role": "read"}]}"#,
+        )
+        .expect("written");
+        // The stamp includes the length, so a rewrite within the same clock tick is seen.
+        assert!(matches!(t.reload_if_changed(), Some(Ok(1))));
+        assert!(t
+            .authenticate(&headers("Bearer ops-0123456789abcdef"))
+            .is_err());
+        assert!(t
+            .authenticate(&headers("Bearer new-0123456789abcdef"))
+            .is_ok());
+        std::fs::write(&path, "{ broken").expect("written");
+        assert!(matches!(t.reload_if_changed(), Some(Err(_))));
+        assert!(t
+            .authenticate(&headers("Bearer new-0123456789abcdef"))
+            .is_ok());
+    }
+}

@@ -1,0 +1,414 @@
+//! Bearer tokens with roles and key prefixes (`--auth-file`), on a real cluster: a stranger
+//! without a token or with a wrong one gets 401, a token outside its role or prefixes gets 403
+//! and changes nothing, admin endpoints need admin, backups stay under `--backup-dir`, tokens
+//! rotate without a restart, and keel-client and the CLI present a token.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use keel_tests::http::Http;
+use keel_tests::{keel_bin, wait_until, Cluster, Resp, DEADLINE};
+use serde_json::json;
+
+const ADMIN: &str = "admin-token-0123456789";
+const WRITER: &str = "writer-token-0123456789";
+const READER: &str = "reader-token-0123456789";
+const APP: &str = "app-token-0123456789abc";
+
+fn auth_file(dir: &tempfile::TempDir, tokens: serde_json::Value) -> PathBuf {
+    let path = dir.path().join("auth.json");
+    std::fs::write(&path, json!({ "tokens": tokens }).to_string()).expect("auth file written");
+    path
+}
+
+fn all_tokens() -> serde_json::Value {
+    json!([
+        {"name": "ops", "token": ADMIN, "role": "admin"},
+        {"name": "writer", "token": WRITER, "role": "write"},
+        {"name": "viewer", "token": READER, "role": "read"},
+        {"name": "app", "token": APP, "role": "write", "prefixes": ["app/"]},
+    ])
+}
+
+/// A cluster with `--auth-file`; the harness's own requests present the admin token.
+fn start(path: &std::path::Path) -> Cluster {
+    let p = path.display().to_string();
+    let mut c = Cluster::start_with(3, &["--auth-file", &p]);
+    c.use_token(ADMIN);
+    c
+}
+
+/// A client of the test's own, without a default token.
+fn plain() -> Http {
+    Http::new(Duration::from_secs(2), Duration::from_secs(15))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// One request to node `id`, with `token` or with none at all.
+fn call(
+    c: &Cluster,
+    id: u64,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Resp {
+    let auth = token.map(bearer);
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    let addr = &c.endpoints()[id as usize - 1];
+    plain()
+        .send(addr, method, path, &headers, body.map(str::as_bytes))
+        .expect("the node answers")
+}
+
+fn assert_error(r: &Resp, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some(code), "{}", r.text());
+}
+
+/// The value of `key` as the admin reads it (None when absent).
+fn value(c: &Cluster, id: u64, key: &str) -> Option<String> {
+    let r = call(c, id, "GET", &format!("/v1/kv/{key}"), Some(ADMIN), None);
+    match r.status {
+        200 => Some(r.text()),
+        404 => None,
+        s => panic!("admin read of {key}: {s} {}", r.text()),
+    }
+}
+
+#[test]
+fn tokens_decide_who_may_do_what_and_refusals_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = auth_file(&dir, all_tokens());
+    let mut c = start(&path);
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+
+    // Probes need no token; everything else does.
+    assert_eq!(call(&c, follower, "GET", "/health", None, None).status, 200);
+    for (method, path) in [
+        ("GET", "/v1/kv/x"),
+        ("PUT", "/v1/kv/x"),
+        ("GET", "/v1/status"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/admin/backup"),
+    ] {
+        let r = call(&c, follower, method, path, None, Some("v"));
+        assert_error(&r, 401, "unauthorized");
+        assert!(
+            r.headers
+                .get("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{method} {path}: {:?}",
+            r.headers
+        );
+        let wrong = call(
+            &c,
+            follower,
+            method,
+            path,
+            Some("not-a-known-token-at-all"),
+            Some("v"),
+        );
+        assert_error(&wrong, 401, "unauthorized");
+    }
+    assert_eq!(value(&c, leader, "x"), None, "a refused PUT wrote nothing");
+
+    // A writer writes through a follower (the follower forwards), a reader reads.
+    let r = call(&c, follower, "PUT", "/v1/kv/x", Some(WRITER), Some("1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&c, follower, "GET", "/v1/kv/x", Some(READER), None);
+    assert_eq!((r.status, r.text().as_str()), (200, "1"));
+    // A reader may not write, by any route.
+    for (method, path, body) in [
+        ("PUT", "/v1/kv/x", "2"),
+        ("DELETE", "/v1/kv/x", ""),
+        ("POST", "/v1/kv/x/add", "{\"delta\": 1}"),
+        (
+            "POST",
+            "/v1/txn",
+            "{\"success\": [{\"op\": \"put\", \"key\": \"x\", \"value\": \"3\"}]}",
+        ),
+    ] {
+        let r = call(&c, follower, method, path, Some(READER), Some(body));
+        assert_error(&r, 403, "forbidden");
+    }
+    // Its read-only transaction is a read.
+    let r = call(
+        &c,
+        follower,
+        "POST",
+        "/v1/txn",
+        Some(READER),
+        Some("{\"success\": [{\"op\": \"get\", \"key\": \"x\"}]}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        value(&c, leader, "x").as_deref(),
+        Some("1"),
+        "refused writes changed nothing"
+    );
+
+    // A prefix-limited token: inside its prefix only, in every kind of request.
+    assert_eq!(
+        call(&c, leader, "PUT", "/v1/kv/app/a", Some(APP), Some("ok")).status,
+        200
+    );
+    assert_error(
+        &call(&c, leader, "PUT", "/v1/kv/other", Some(APP), Some("no")),
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &call(&c, leader, "GET", "/v1/kv/x", Some(APP), None),
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        call(&c, leader, "GET", "/v1/kv?prefix=app/", Some(APP), None).status,
+        200
+    );
+    assert_error(
+        &call(&c, leader, "GET", "/v1/kv", Some(APP), None),
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &call(&c, leader, "GET", "/v1/kv?prefix=ap", Some(APP), None),
+        403,
+        "forbidden",
+    );
+    let mixed = json!({
+        "compare": [{"key": "x", "target": "version", "op": ">", "value": 0}],
+        "success": [{"op": "put", "key": "app/b", "value": "sneaky"}],
+    })
+    .to_string();
+    assert_error(
+        &call(&c, leader, "POST", "/v1/txn", Some(APP), Some(&mixed)),
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        value(&c, leader, "app/b"),
+        None,
+        "the refused transaction did nothing"
+    );
+    // Keys are checked once decoded (and are names, not paths: `app/../x` is inside `app/`).
+    assert_eq!(
+        call(
+            &c,
+            leader,
+            "PUT",
+            "/v1/kv/%61pp%2Fenc",
+            Some(APP),
+            Some("v")
+        )
+        .status,
+        200
+    );
+    assert_eq!(value(&c, leader, "app/enc").as_deref(), Some("v"));
+    assert_error(
+        &call(
+            &c,
+            leader,
+            "PUT",
+            "/v1/kv/other%2Fapp%2Fx",
+            Some(APP),
+            Some("v"),
+        ),
+        403,
+        "forbidden",
+    );
+
+    // Administrative endpoints need the admin role.
+    let add = json!({"id": 9, "peer_addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2"}).to_string();
+    for token in [WRITER, READER, APP] {
+        assert_error(
+            &call(
+                &c,
+                leader,
+                "POST",
+                "/v1/cluster/members",
+                Some(token),
+                Some(&add),
+            ),
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &call(
+                &c,
+                leader,
+                "POST",
+                "/v1/cluster/transfer-leader",
+                Some(token),
+                Some(""),
+            ),
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &call(
+                &c,
+                leader,
+                "DELETE",
+                &format!("/v1/cluster/members/{follower}"),
+                Some(token),
+                None,
+            ),
+            403,
+            "forbidden",
+        );
+        assert_error(
+            &call(
+                &c,
+                leader,
+                "POST",
+                "/v1/admin/backup",
+                Some(token),
+                Some("{\"dir\": \"b\"}"),
+            ),
+            403,
+            "forbidden",
+        );
+    }
+    // Status and the member list are reads.
+    assert_eq!(
+        call(&c, leader, "GET", "/v1/cluster/members", Some(READER), None).status,
+        200
+    );
+    assert_eq!(
+        call(&c, leader, "GET", "/v1/status", Some(READER), None).status,
+        200
+    );
+
+    // Backups: a new directory under --backup-dir, nowhere else.
+    let root = c.dir().join("backups");
+    let r = call(
+        &c,
+        leader,
+        "POST",
+        "/v1/admin/backup",
+        Some(ADMIN),
+        Some("{\"dir\": \"first\"}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        root.join("first").is_dir(),
+        "written under the backup directory"
+    );
+    let outside = dir.path().join("escaped");
+    for d in ["../escaped", outside.to_str().expect("utf-8"), "first"] {
+        let body = json!({ "dir": d }).to_string();
+        let r = call(
+            &c,
+            leader,
+            "POST",
+            "/v1/admin/backup",
+            Some(ADMIN),
+            Some(&body),
+        );
+        assert_error(&r, 400, "invalid_dir");
+    }
+    assert!(
+        !outside.exists() && !c.dir().join("escaped").exists(),
+        "nothing written outside"
+    );
+}
+
+#[test]
+fn tokens_rotate_without_a_restart_and_clients_present_theirs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = auth_file(&dir, all_tokens());
+    let mut c = start(&path);
+    let leader = c.wait_for_leader();
+
+    // keel-client with a token; the same client without one is refused.
+    let endpoints = c.endpoints();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = keel_client::Client::builder(endpoints.clone())
+            .token(WRITER)
+            .build()
+            .await
+            .expect("client");
+        client.put("lib", "v").await.expect("a put with a token");
+        assert_eq!(&client.get("lib").await.expect("read").value[..], b"v");
+        let anonymous = keel_client::Client::builder(endpoints.clone())
+            .build()
+            .await
+            .expect("client");
+        let err = anonymous.put("lib", "w").await.expect_err("no token");
+        assert!(err.to_string().contains("unauthorized"), "{err}");
+    });
+
+    // The CLI, with the token from the environment.
+    let eps = endpoints.join(",");
+    let cli = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(["--endpoints", &eps])
+            .args(args)
+            .env_remove("KEEL_TOKEN");
+        if let Some(t) = token {
+            cmd.env("KEEL_TOKEN", t);
+        }
+        cmd.output().expect("keel runs")
+    };
+    let out = cli(Some(WRITER), &["put", "cli", "yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(None, &["get", "cli"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Rotation: the writer's token is replaced; every node drops the old one and takes the new
+    // one without a restart.
+    let mut rotated = all_tokens();
+    rotated[1]["token"] = json!("writer-token-ROTATED-0001");
+    std::fs::write(&path, json!({ "tokens": rotated }).to_string()).expect("rewritten");
+    for id in c.ids() {
+        wait_until(
+            DEADLINE,
+            "the old token refused and the new one taken",
+            || {
+                let old = call(&c, id, "GET", "/v1/kv/cli", Some(WRITER), None).status;
+                let new = call(
+                    &c,
+                    id,
+                    "GET",
+                    "/v1/kv/cli",
+                    Some("writer-token-ROTATED-0001"),
+                    None,
+                )
+                .status;
+                (old == 401 && new == 200).then_some(())
+            },
+        );
+    }
+    // A broken file keeps the tokens in force.
+    std::fs::write(&path, "{ not json").expect("broken");
+    let r = call(
+        &c,
+        leader,
+        "PUT",
+        "/v1/kv/after",
+        Some("writer-token-ROTATED-0001"),
+        Some("1"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.wait_for_leader();
+}
