@@ -90,6 +90,8 @@ pub enum ErrorCode {
     NotReady,
     /// 503: another membership change is not applied yet; nothing was proposed.
     MembershipChangePending,
+    /// 503: the node has too many requests waiting; nothing was proposed.
+    Overloaded,
     /// 504: leadership was lost while the write was in flight: it may or may not be applied.
     OutcomeUnknown,
     /// 504: a `sync` write is committed but not yet applied on every voter.
@@ -99,7 +101,7 @@ pub enum ErrorCode {
 }
 
 /// Every code, for tables and tests.
-pub const ALL_CODES: [ErrorCode; 39] = [
+pub const ALL_CODES: [ErrorCode; 40] = [
     ErrorCode::InvalidKey,
     ErrorCode::InvalidMode,
     ErrorCode::InvalidConsistency,
@@ -136,6 +138,7 @@ pub const ALL_CODES: [ErrorCode; 39] = [
     ErrorCode::ShuttingDown,
     ErrorCode::NotReady,
     ErrorCode::MembershipChangePending,
+    ErrorCode::Overloaded,
     ErrorCode::OutcomeUnknown,
     ErrorCode::ReplicationTimeout,
     ErrorCode::Timeout,
@@ -182,6 +185,7 @@ impl ErrorCode {
             ShuttingDown => "shutting_down",
             NotReady => "not_ready",
             MembershipChangePending => "membership_change_pending",
+            Overloaded => "overloaded",
             OutcomeUnknown => "outcome_unknown",
             ReplicationTimeout => "replication_timeout",
             Timeout => "timeout",
@@ -210,7 +214,12 @@ impl ErrorCode {
             PayloadTooLarge => 413,
             IdempotencyKeyReused => 422,
             Storage | Internal => 500,
-            NoLeader | NotApplied | ShuttingDown | NotReady | MembershipChangePending => 503,
+            NoLeader
+            | NotApplied
+            | ShuttingDown
+            | NotReady
+            | MembershipChangePending
+            | Overloaded => 503,
             OutcomeUnknown | ReplicationTimeout | Timeout => 504,
         }
     }

@@ -89,6 +89,10 @@ pub struct ServerArgs {
     /// in it); without it, backups are refused.
     #[arg(long, env = "KEEL_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// Client requests (writes, read indexes) that may wait for the Raft thread at once; more
+    /// are answered 503 `overloaded` with `Retry-After` (and counted in /metrics).
+    #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]
+    pub max_pending: usize,
     /// The token this node presents when it asks a member to add it (`--join`; admin role).
     #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

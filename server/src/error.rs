@@ -40,6 +40,10 @@ pub enum WriteError {
          log not yet applied); retry shortly"
     )]
     ChangePending,
+    /// This node has too many requests waiting (for the Raft thread, or forwarded to it); nothing
+    /// was proposed.
+    #[error("the node has too many requests waiting; retry shortly")]
+    Overloaded,
 }
 
 impl WriteError {
@@ -53,6 +57,7 @@ impl WriteError {
             WriteError::ReplicationTimeout { .. } => "replication_timeout",
             WriteError::ShuttingDown => "shutting_down",
             WriteError::ChangePending => "membership_change_pending",
+            WriteError::Overloaded => "overloaded",
         }
     }
 
@@ -67,6 +72,7 @@ impl WriteError {
             "replication_timeout" => WriteError::ReplicationTimeout { index },
             "shutting_down" => WriteError::ShuttingDown,
             "membership_change_pending" => WriteError::ChangePending,
+            "overloaded" => WriteError::Overloaded,
             _ => WriteError::OutcomeUnknown,
         }
     }
@@ -95,4 +101,7 @@ pub enum ReadError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node has too many requests waiting for the Raft thread.
+    #[error("the node has too many requests waiting; retry shortly")]
+    Overloaded,
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tracing::debug;
 
 use crate::error::WriteError;
@@ -31,7 +31,13 @@ pub struct Router {
     waiting: Mutex<HashMap<u64, oneshot::Sender<ForwardReply>>>,
     /// The next request id (unique per process; replies are matched by it).
     next_id: AtomicU64,
+    /// Places for writes other nodes forwarded here and this node is serving.
+    pub(super) serving: Arc<Semaphore>,
 }
+
+/// Writes forwarded by other nodes that one node serves at once; more are refused as
+/// overloaded (at once, without a task each).
+pub const MAX_FORWARDED_WRITES: usize = 4096;
 
 impl Router {
     /// Creates a router over this node and its transport.
@@ -43,6 +49,7 @@ impl Router {
             // Random, like read-index contexts: a reply the leader queued for this node's previous
             // process, delivered after a restart, must not match a new request's id.
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            serving: Arc::new(Semaphore::new(MAX_FORWARDED_WRITES)),
         })
     }
 

@@ -1,5 +1,6 @@
 //! The leader's side: serve a write a follower forwarded, and send the answer back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::WriteMode;
@@ -9,9 +10,34 @@ use crate::error::WriteError;
 use crate::proto::{frame::Body, ForwardReply, ForwardRequest};
 
 impl Router {
+    /// Serves a write another node forwarded, in a task of its own, or refuses it at once as
+    /// overloaded when [`super::router::MAX_FORWARDED_WRITES`] are being served.
+    pub fn accept_forwarded(self: &Arc<Self>, from: u64, req: ForwardRequest) {
+        match self.serving.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    this.serve_forwarded(from, req).await;
+                });
+            }
+            Err(_) => {
+                self.node.shared().count_overloaded();
+                let reply = ForwardReply {
+                    id: req.id,
+                    leader: self.node.shared().leader().unwrap_or(0),
+                    error_code: WriteError::Overloaded.code().to_string(),
+                    error_message: WriteError::Overloaded.to_string(),
+                    ..Default::default()
+                };
+                self.transport.send(from, Body::ForwardReply(reply));
+            }
+        }
+    }
+
     /// Serves a write forwarded by peer `from` (this node is expected to lead) and sends back the
     /// answer.
-    pub async fn serve_forwarded(&self, from: u64, req: ForwardRequest) {
+    async fn serve_forwarded(&self, from: u64, req: ForwardRequest) {
         let timeout = Duration::from_millis(req.timeout_ms);
         let outcome = match (req.command, WriteMode::from_u32(req.mode)) {
             (Some(command), Some(mode)) => {

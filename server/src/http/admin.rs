@@ -60,12 +60,15 @@ impl Api {
              # HELP keel_is_leader 1 if this node leads.\n\
              # TYPE keel_is_leader gauge\nkeel_is_leader {}\n\
              # HELP keel_leader_known 1 if a leader is known.\n\
-             # TYPE keel_leader_known gauge\nkeel_leader_known {}\n",
+             # TYPE keel_leader_known gauge\nkeel_leader_known {}\n\
+             # HELP keel_overloaded_total Requests refused with 503 overloaded.\n\
+             # TYPE keel_overloaded_total counter\nkeel_overloaded_total {}\n",
             s.applied(),
             s.commit(),
             s.term(),
             u8::from(s.role() == Role::Leader),
             u8::from(s.leader().is_some()),
+            s.overloaded_total(),
         );
         Reply::bytes(Bytes::from(text), "text/plain; version=0.0.4", None)
     }

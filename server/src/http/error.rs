@@ -76,6 +76,7 @@ impl From<WriteError> for ApiError {
             }
             WriteError::ShuttingDown => ApiError::new(ErrorCode::ShuttingDown, msg),
             WriteError::ChangePending => ApiError::new(ErrorCode::MembershipChangePending, msg),
+            WriteError::Overloaded => ApiError::new(ErrorCode::Overloaded, msg),
         }
     }
 }
@@ -87,6 +88,7 @@ impl From<ReadError> for ApiError {
             ReadError::NoLeader => ApiError::new(ErrorCode::NoLeader, msg),
             ReadError::Timeout(_) => ApiError::new(ErrorCode::Timeout, msg),
             ReadError::ShuttingDown => ApiError::new(ErrorCode::ShuttingDown, msg),
+            ReadError::Overloaded => ApiError::new(ErrorCode::Overloaded, msg),
         }
     }
 }
@@ -149,6 +151,7 @@ mod tests {
                 ErrorCode::MembershipChangePending,
                 503,
             ),
+            (WriteError::Overloaded, ErrorCode::Overloaded, 503),
         ];
         for (e, code, status) in cases {
             let api: ApiError = e.into();

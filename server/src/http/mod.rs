@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use keel_api::{ErrorCode, WriteMode};
 use rocksdb::DB;
 use tokio::net::TcpListener;
@@ -44,6 +44,8 @@ pub mod auth;
 mod cluster;
 mod error;
 mod kv;
+#[cfg(test)]
+mod proptests;
 mod reply;
 mod request;
 mod routes;
@@ -59,6 +61,12 @@ use routes::Route;
 
 /// Concurrent client connections per node.
 pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a client may take to send a request's headers, and how long an idle keep-alive
+/// connection stays open: after it the connection is closed, so that slow or silent sockets
+/// cannot hold the connection slots.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body once its headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -257,6 +265,8 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(api.handle(req).await) }
             });
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

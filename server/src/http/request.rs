@@ -165,10 +165,18 @@ pub async fn read_body(
             return Err(too_large());
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::new(
+    let read = tokio::time::timeout(super::BODY_TIMEOUT, Limited::new(body, limit).collect());
+    match read.await {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!(
+                "the body did not arrive within {} s",
+                super::BODY_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::new(
             ErrorCode::InvalidBody,
             format!("cannot read the body: {e}"),
         )),

@@ -214,7 +214,7 @@ fn step_key(s: &TxnStep) -> Option<&str> {
 }
 
 /// Every key a transaction names, in its compares and both branches.
-fn txn_keys(txn: &TxnOp) -> impl Iterator<Item = &str> {
+pub(super) fn txn_keys(txn: &TxnOp) -> impl Iterator<Item = &str> {
     txn.compare.iter().map(|c| c.key.as_str()).chain(
         txn.success
             .iter()

@@ -185,6 +185,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         },
         &raft_logger(),
     )?;
+    node.shared().set_max_queued(args.max_pending.max(1));
     let router = Router::new(node.clone(), transport.clone());
     let inbound = Arc::new(wiring::PeerFrames {
         node: node.clone(),

@@ -107,10 +107,7 @@ pub(super) struct PeerFrames {
 impl Inbound for PeerFrames {
     fn on_frame(&self, from: u64, body: Body) {
         match body {
-            Body::Forward(req) => {
-                let router = self.router.clone();
-                tokio::spawn(async move { router.serve_forwarded(from, req).await });
-            }
+            Body::Forward(req) => self.router.accept_forwarded(from, req),
             Body::ForwardReply(reply) => self.router.on_reply(reply),
             Body::Applied(report) => {
                 self.node.send(Event::Applied {

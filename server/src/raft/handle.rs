@@ -15,6 +15,16 @@ use crate::error::{ReadError, WriteError};
 use crate::members::MemberAddr;
 use crate::proto::{ApplyResult, Command};
 
+/// A client request's place in the loop's queue ([`Shared::admit`]): the loop takes events in
+/// order, so the place is given back when it drops the event, whatever it did with it.
+pub struct Ticket(Arc<Shared>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// Work for the Ready loop.
 pub enum Event {
     /// Propose a client write (only meaningful on the leader).
@@ -25,6 +35,8 @@ pub enum Event {
         mode: WriteMode,
         /// Where to answer.
         reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+        /// Its place in the loop's queue, given back when the loop drops the event.
+        ticket: Ticket,
     },
     /// Propose a membership change (only meaningful on the leader).
     ProposeConfChange {
@@ -41,6 +53,8 @@ pub enum Event {
     ReadIndex {
         /// Where to answer with the read index.
         reply: oneshot::Sender<Result<u64, ReadError>>,
+        /// Its place in the loop's queue.
+        ticket: Ticket,
     },
     /// A Raft message from a peer.
     Raft(Box<Message>),
@@ -118,11 +132,16 @@ impl NodeHandle {
 
     /// Proposes a write on this node (which must be the leader) and waits for its answer.
     pub async fn propose(&self, command: Command, mode: WriteMode) -> Result<WriteOk, WriteError> {
+        if !self.shared.admit() {
+            return Err(WriteError::Overloaded);
+        }
+        let ticket = Ticket(self.shared.clone());
         let (reply, rx) = oneshot::channel();
         if !self.send(Event::Propose {
             command,
             mode,
             reply,
+            ticket,
         }) {
             return Err(WriteError::ShuttingDown);
         }
@@ -146,8 +165,12 @@ impl NodeHandle {
 
     /// Obtains a read index through Raft (on any node).
     pub async fn read_index(&self) -> Result<u64, ReadError> {
+        if !self.shared.admit() {
+            return Err(ReadError::Overloaded);
+        }
+        let ticket = Ticket(self.shared.clone());
         let (reply, rx) = oneshot::channel();
-        if !self.send(Event::ReadIndex { reply }) {
+        if !self.send(Event::ReadIndex { reply, ticket }) {
             return Err(ReadError::ShuttingDown);
         }
         rx.await.unwrap_or(Err(ReadError::ShuttingDown))

@@ -7,13 +7,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
+use keel_api::{ErrorCode, WriteMode};
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType, MessageType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
-
-use keel_api::{ErrorCode, WriteMode};
 
 use super::handle::{Event, NodeHandle, Outbox, WriteOk};
 use super::membership::{self, PeerChange};
@@ -238,6 +237,7 @@ impl<O: Outbox> Driver<O> {
                 command,
                 mode,
                 reply,
+                ..
             } => self.writes.propose(&mut self.raw, command, mode, reply),
             Event::ProposeConfChange { cc, context, reply } => {
                 self.propose_conf_change(cc, context, reply)
@@ -248,7 +248,7 @@ impl<O: Outbox> Driver<O> {
                     self.raw.transfer_leader(to);
                 }
             }
-            Event::ReadIndex { reply } => self.reads.push(reply),
+            Event::ReadIndex { reply, .. } => self.reads.push(reply),
             Event::Raft(mut msg) => {
                 let from = msg.from;
                 if msg.get_msg_type() == MessageType::MsgHeartbeat

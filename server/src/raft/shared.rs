@@ -1,7 +1,7 @@
 //! What the Ready loop publishes for the rest of the node to read without asking it: cheap,
 //! lock-free, and slightly behind.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use keel_api::cluster::Role;
@@ -51,7 +51,17 @@ pub struct Shared {
     removed_tx: watch::Sender<bool>,
     /// The applied index; a watch so that reads waiting for an index wake when it is reached.
     applied_tx: watch::Sender<u64>,
+    /// Client requests (proposals, read indexes) sent into the loop and not yet taken by it.
+    queued: AtomicUsize,
+    /// The most of them allowed to wait; more are refused as overloaded.
+    max_queued: AtomicUsize,
+    /// Requests refused as overloaded since the start (queue full, or too many forwarded
+    /// writes).
+    overloaded: AtomicU64,
 }
+
+/// Client requests allowed to wait for the loop, unless `--max-pending` says otherwise.
+pub const DEFAULT_MAX_QUEUED: usize = 10_000;
 
 impl Shared {
     /// The state of a loop that starts with `term`, `commit` and `applied`.
@@ -65,7 +75,42 @@ impl Shared {
             stopped: AtomicBool::new(false),
             removed_tx: watch::channel(false).0,
             applied_tx: watch::channel(applied).0,
+            queued: AtomicUsize::new(0),
+            max_queued: AtomicUsize::new(DEFAULT_MAX_QUEUED),
+            overloaded: AtomicU64::new(0),
         }
+    }
+
+    /// Sets how many client requests may wait for the loop.
+    pub fn set_max_queued(&self, n: usize) {
+        self.max_queued.store(n, Ordering::Release);
+    }
+
+    /// Takes a place in the loop's queue for a client request; false (and counted) when it is
+    /// full. The place is given back by [`Shared::release`] (a `Ticket` does it on drop).
+    pub(super) fn admit(&self) -> bool {
+        let before = self.queued.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max_queued.load(Ordering::Acquire) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.count_overloaded();
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a place taken by [`Shared::admit`].
+    pub(super) fn release(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts a request refused as overloaded.
+    pub fn count_overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused as overloaded since the start.
+    pub fn overloaded_total(&self) -> u64 {
+        self.overloaded.load(Ordering::Relaxed)
     }
 
     /// This node's id.

@@ -11,7 +11,10 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
 
-use super::{Inbound, Transport, BACKOFF_MIN, MAX_FRAME_BYTES, MAX_INBOUND_CONNECTIONS};
+use super::{
+    Inbound, Transport, BACKOFF_MIN, HELLO_DEADLINE, MAX_FRAME_BYTES, MAX_HELLO_BYTES,
+    MAX_INBOUND_CONNECTIONS,
+};
 use crate::proto::{frame::Body, Frame};
 
 impl Transport {
@@ -48,14 +51,16 @@ impl Transport {
         handler: Arc<dyn Inbound>,
     ) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
+        // Until the Hello: a small frame, soon.
         let codec = LengthDelimitedCodec::builder()
-            .max_frame_length(MAX_FRAME_BYTES)
+            .max_frame_length(MAX_HELLO_BYTES)
             .new_codec();
         let mut frames = FramedRead::new(stream, codec);
-        let first = match frames.next().await {
-            Some(Ok(bytes)) => bytes,
-            Some(Err(e)) => return Err(format!("bad first frame: {e}")),
-            None => return Ok(()),
+        let first = match tokio::time::timeout(HELLO_DEADLINE, frames.next()).await {
+            Err(_) => return Err(format!("no Hello within {HELLO_DEADLINE:?}")),
+            Ok(Some(Ok(bytes))) => bytes,
+            Ok(Some(Err(e))) => return Err(format!("bad first frame: {e}")),
+            Ok(None) => return Ok(()),
         };
         let from = match Frame::decode(first) {
             Ok(Frame {
@@ -82,6 +87,7 @@ impl Transport {
             Ok(_) => return Err("first frame is not a Hello from a member".into()),
             Err(e) => return Err(format!("undecodable first frame: {e}")),
         };
+        frames.decoder_mut().set_max_frame_length(MAX_FRAME_BYTES);
         info!(peer = from, "peer connected");
         while let Some(next) = frames.next().await {
             if !self.is_member(from) {

@@ -20,8 +20,11 @@
 //!
 //! # Inbound
 //! The listener accepts at most [`MAX_INBOUND_CONNECTIONS`] connections. The first frame must be
-//! a [`Hello`] from a configured member other than this node; any undecodable or oversized frame
-//! closes the connection. Garbage on the peer port can therefore never reach Raft.
+//! a [`Hello`] from a configured member other than this node, of at most [`MAX_HELLO_BYTES`],
+//! within [`HELLO_DEADLINE`] of the connection (so that a stranger can neither make the node
+//! buffer a large frame nor hold a connection slot by saying nothing); any undecodable or
+//! oversized frame closes the connection. Garbage on the peer port can therefore never reach
+//! Raft. (The Hello itself is not authenticated yet: docs/security.md.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -35,6 +38,8 @@ use raft::eraftpb::Message;
 
 mod inbound;
 mod outbound;
+#[cfg(test)]
+mod proptests;
 
 /// Largest frame accepted on the peer port.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -44,6 +49,10 @@ pub const PEER_QUEUE_FRAMES: usize = 8192;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Concurrent inbound peer connections.
 pub const MAX_INBOUND_CONNECTIONS: usize = 64;
+/// Largest first frame (the Hello) accepted, before the peer has said who it is.
+pub const MAX_HELLO_BYTES: usize = 4 * 1024;
+/// How long a new peer connection may take to send its Hello.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 /// First pause before re-dialing an unreachable peer (doubles up to [`BACKOFF_MAX`]).
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest pause between dials.

@@ -10,7 +10,9 @@
 //! - **Recency** (linearizable `GET`s, read-only transactions and lists): a read invoked after
 //!   a write was acknowledged is read at or beyond that write's index (a read index is the
 //!   leader's commit index, which covers every acknowledged write), and sees that key at that
-//!   write's version or a later one. A sufficient condition for a stale read that needs no
+//!   write's version or a later one; and a read invoked after another linearizable read
+//!   completed is read at or beyond that read's index (what a read saw was committed, so the
+//!   next read's index covers it: X-Keel-Index never goes back in real time). A sufficient condition for a stale read that needs no
 //!   search, so it decides where the linearizability search may run out of budget.
 //! - **`min_index`**: a read given `min_index = N` is read at `r >= N`.
 //! - **Sessions**: a client's session reads (`stale&min_index` = the highest index the client has
@@ -267,11 +269,18 @@ fn recency_check(
     commits: &[(u64, u64)],
     reads: &[ReadObs],
 ) {
+    let linearizable = [ReadKind::Linearizable, ReadKind::Txn, ReadKind::List];
     let all = acked_prefix_max(
         writes
             .iter()
             .map(|w| (w.complete, w.index))
             .chain(commits.iter().copied())
+            .chain(
+                reads
+                    .iter()
+                    .filter(|r| linearizable.contains(&r.kind))
+                    .map(|r| (r.complete, r.at)),
+            )
             .collect(),
     );
     let mut keys: HashMap<&str, Vec<&KnownWrite>> = HashMap::new();
@@ -285,15 +294,14 @@ fn recency_check(
             (k, acked_prefix_max(ws))
         })
         .collect();
-    let linearizable = [ReadKind::Linearizable, ReadKind::Txn, ReadKind::List];
     for r in reads.iter().filter(|r| linearizable.contains(&r.kind)) {
         if let Some(i) = acked_before(&all, r.invoke) {
             if r.at < i {
                 f.flag(
                     "recency",
                     format!(
-                        "op {} ({:?}) read at {} on node {}, sent after a write at {i} was \
-                         acknowledged",
+                        "op {} ({:?}) read at {} on node {}, sent after a write or a read at \
+                         {i} was answered",
                         r.op, r.kind, r.at, r.node
                     ),
                 );

@@ -505,6 +505,14 @@ mod reads {
         let stale = read(ReadKind::Stale, 1, 1, 30, 6, &[(10, 5)]);
         let f = check_reads(&w, &[stale], &voters(), &[]);
         assert_eq!(f.anomalies.get("recency"), None, "{f:?}");
+        // A read sent after another read answered at 9 may not read at 8, even with the same
+        // value; one sent while it ran may.
+        let first = read(ReadKind::List, 1, 1, 30, 9, &[(11, 8)]);
+        let after = read(ReadKind::Linearizable, 2, 2, 40, 8, &[(11, 8)]);
+        let f = check_reads(&w, &[first.clone(), after], &voters(), &[]);
+        assert_eq!(f.anomalies.get("recency"), Some(&1), "{f:?}");
+        let during = read(ReadKind::Linearizable, 2, 2, 31, 8, &[(11, 8)]);
+        assert_eq!(check_reads(&w, &[first, during], &voters(), &[]).total(), 0);
     }
 
     #[test]

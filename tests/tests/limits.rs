@@ -1,0 +1,198 @@
+//! What a stranger can tie up on each port: sockets that say nothing, or send headers a byte at
+//! a time, or announce a huge first frame on the peer port. The node must go on serving real
+//! clients and peers, and must close such sockets by itself (header and idle timeouts on HTTP,
+//! a Hello deadline and a small pre-Hello frame limit on the peer port), so that they cannot
+//! hold its connection slots for ever.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use keel_tests::{wait_until, Cluster};
+
+/// Longer than the node's header timeout (10 s) and Hello deadline (5 s), with room for a
+/// loaded machine.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(45);
+
+/// Whether the server has closed `s` (EOF or reset); false while it is still open.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 512];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        // A 408 or 400 answer before the close counts as closing; keep reading next time.
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
+        Err(_) => true,
+    }
+}
+
+fn open_many(addr: &str, n: usize, first_bytes: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            if !first_bytes.is_empty() {
+                s.write_all(first_bytes).expect("write");
+            }
+            s.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("read timeout");
+            s
+        })
+        .collect()
+}
+
+/// Waits until the server has closed every socket; returns how long it took.
+fn wait_all_closed(socks: &mut [TcpStream], what: &str) -> Duration {
+    let start = Instant::now();
+    let mut open: Vec<usize> = (0..socks.len()).collect();
+    wait_until(CLOSE_DEADLINE, what, || {
+        open.retain(|&i| !closed_by_server(&mut socks[i]));
+        open.is_empty().then_some(())
+    });
+    start.elapsed()
+}
+
+#[test]
+fn silent_and_slow_http_clients_are_cut_off_and_real_clients_are_served() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let addr = c.endpoints()[leader as usize - 1].clone();
+    // 100 sockets that say nothing, 100 that send half a request's headers and stop.
+    let mut silent = open_many(&addr, 100, b"");
+    let mut slow = open_many(&addr, 100, b"PUT /v1/kv/slow HTTP/1.1\r\nHost: keel\r\n");
+    // A request whose headers arrived and whose body never does.
+    let mut no_body = open_many(
+        &addr,
+        20,
+        b"PUT /v1/kv/nobody HTTP/1.1\r\nHost: keel\r\nContent-Length: 10\r\n\r\nabc",
+    );
+    // Meanwhile real clients are served.
+    for i in 0..50 {
+        let r = c.put(leader, &format!("real{i}"), b"v").expect("answers");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let t = wait_all_closed(&mut silent, "silent sockets closed by the node");
+    eprintln!("100 silent HTTP sockets closed after {t:?}");
+    let t = wait_all_closed(&mut slow, "slowloris sockets closed by the node");
+    eprintln!("100 slowloris HTTP sockets closed after {t:?}");
+    let t = wait_all_closed(&mut no_body, "body-less requests answered and closed");
+    eprintln!("20 requests without their body closed after {t:?}");
+    let r = c.get(leader, "nobody").expect("answers");
+    assert_eq!(r.status, 404, "a body that never came wrote nothing");
+    let r = c.get(leader, "real49").expect("answers");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn strangers_on_the_peer_port_cannot_hold_its_slots() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+    let peer = c.node(follower).peer.clone();
+    // A first frame that announces 60 MiB: refused at once, never buffered.
+    let mut huge = open_many(&peer, 5, &(60u32 * 1024 * 1024).to_be_bytes());
+    let t = wait_all_closed(&mut huge, "huge first frames refused");
+    eprintln!("5 connections announcing a 60 MiB first frame closed after {t:?}");
+    // More silent sockets than the peer port's connection slots (64).
+    let mut silent = open_many(&peer, 80, b"");
+    let t = wait_all_closed(&mut silent, "silent peer sockets closed by the node");
+    eprintln!("80 silent peer sockets closed after {t:?}");
+    // The real peers still connect: the follower, restarted, dials the others and they dial it.
+    c.kill(follower);
+    c.put_until_ok(leader, "while-away", b"1", Duration::from_secs(30));
+    c.restart(follower);
+    wait_until(CLOSE_DEADLINE, "the restarted follower catches up", || {
+        let r = c.get(follower, "while-away?consistency=stale").ok()?;
+        (r.status == 200).then_some(())
+    });
+}
+
+#[test]
+fn overload_is_answered_503_overloaded_with_retry_after_and_loses_nothing() {
+    // A queue into the Raft thread of two client requests: 48 writers overflow it.
+    let mut c = Cluster::start_with(3, &["--max-pending", "2"]);
+    c.wait_for_leader();
+    let endpoints = c.endpoints();
+    let results: Vec<(String, u16, Option<String>, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..48)
+            .map(|t| {
+                let addr = endpoints[t % endpoints.len()].clone();
+                s.spawn(move || {
+                    let http = keel_tests::http::Http::new(
+                        Duration::from_secs(2),
+                        Duration::from_secs(15),
+                    );
+                    let mut out = Vec::new();
+                    for i in 0..60 {
+                        let key = format!("w{t}-{i}");
+                        let path = format!("/v1/kv/{key}");
+                        let Ok(r) = http.send(&addr, "PUT", &path, &[], Some(b"v")) else {
+                            continue;
+                        };
+                        let retry = r.headers.contains_key("retry-after");
+                        out.push((key, r.status, r.error_code(), retry));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("writer thread"))
+            .collect()
+    });
+    let overloaded: Vec<_> = results
+        .iter()
+        .filter(|r| r.2.as_deref() == Some("overloaded"))
+        .collect();
+    let acked: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
+    eprintln!(
+        "{} writes: {} acknowledged, {} refused as overloaded",
+        results.len(),
+        acked.len(),
+        overloaded.len()
+    );
+    assert!(
+        !overloaded.is_empty(),
+        "48 writers never overflowed a queue of 2"
+    );
+    assert!(!acked.is_empty());
+    for r in &overloaded {
+        assert_eq!(r.1, 503);
+        assert!(r.3, "503 overloaded without Retry-After");
+    }
+    // Nothing lost, nothing refused applied.
+    let leader = c.wait_for_leader();
+    for (key, status, code, _) in &results {
+        let got = wait_until(Duration::from_secs(30), "a read", || {
+            let r = c.get(leader, key).ok()?;
+            (r.status != 503).then_some(r.status)
+        });
+        match (status, code.as_deref()) {
+            (200, _) => assert_eq!(got, 200, "acknowledged {key} lost"),
+            (503, Some("overloaded")) => assert_eq!(got, 404, "refused {key} was applied"),
+            _ => {}
+        }
+    }
+    let metrics = c
+        .request(leader, "GET", "/metrics", &[], None)
+        .expect("metrics")
+        .text();
+    let counted: u64 = c
+        .ids()
+        .iter()
+        .filter_map(|id| c.request(*id, "GET", "/metrics", &[], None).ok())
+        .filter_map(|r| {
+            r.text().lines().find_map(|l| {
+                l.strip_prefix("keel_overloaded_total ")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .sum();
+    assert!(
+        counted >= 1 && metrics.contains("keel_overloaded_total"),
+        "refusals counted in /metrics: {counted}"
+    );
+}
