@@ -2,7 +2,7 @@
 //! and the mapping of answers to typed errors. The calls themselves are in `kv.rs` and
 //! `admin.rs`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -12,10 +12,10 @@ use keel_api::{headers, ErrorBody, ErrorCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rand::Rng;
 use serde::de::DeserializeOwned;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::Error;
-use crate::http::{HttpClient, HttpOptions};
+use crate::http::{HttpClient, HttpError, HttpOptions};
 use crate::types::{Consistency, Mode, ReadFrom, RetryPolicy};
 
 /// Characters left as they are in a key's path segment (RFC 3986 unreserved).
@@ -63,6 +63,11 @@ pub(crate) struct Inner {
     pub(crate) consistency: Consistency,
     /// Send every request to the given endpoints only (they forward writes to the leader).
     pinned: bool,
+    /// Set when a member's advertised address could not be connected to while it was not one
+    /// of the given endpoints (a cluster in containers advertising names the client cannot
+    /// resolve or reach): from then on the client talks to the given endpoints only, as if
+    /// pinned.
+    via_seeds: AtomicBool,
     /// Which members serve reads.
     read_from: ReadFrom,
 }
@@ -180,6 +185,7 @@ impl ClientBuilder {
                 mode: self.mode,
                 consistency: self.consistency,
                 pinned: self.pinned,
+                via_seeds: AtomicBool::new(false),
                 read_from: self.read_from,
             }),
         };
@@ -344,7 +350,7 @@ impl Client {
     /// Re-reads the topology from the first member that answers `/v1/status` (a pinned client
     /// keeps its endpoints).
     pub async fn refresh(&self) {
-        if self.inner.pinned {
+        if self.pinned() {
             return;
         }
         let mut candidates = self
@@ -387,6 +393,32 @@ impl Client {
         }
     }
 
+    /// Whether every request goes to the given endpoints only.
+    fn pinned(&self) -> bool {
+        self.inner.pinned || self.inner.via_seeds.load(Ordering::Acquire)
+    }
+
+    /// A member's advertised address `target` refused or could not take a connection: if it is
+    /// not one of the given endpoints, the advertised addresses may not be reachable from here
+    /// at all (a compose cluster advertising `keel1:7001` to a client on the host), so the
+    /// client goes on through the given endpoints, which forward writes to the leader.
+    fn fall_back_to_seeds(&self, target: &str) {
+        if self.inner.pinned || self.inner.seeds.iter().any(|s| s == target) {
+            return;
+        }
+        if !self.inner.via_seeds.swap(true, Ordering::AcqRel) {
+            warn!(
+                %target,
+                seeds = ?self.inner.seeds,
+                "cannot connect to a member's advertised address; going on through the given \
+                 endpoints only (they forward writes)"
+            );
+            if let Ok(mut m) = self.inner.members.write() {
+                *m = self.inner.seeds.iter().map(|s| (0, s.clone())).collect();
+            }
+        }
+    }
+
     fn leader_addr(&self) -> Option<String> {
         let leader = self.leader()?;
         self.members()
@@ -407,7 +439,7 @@ impl Client {
     /// Where the next read goes.
     fn read_target(&self) -> String {
         match self.inner.read_from {
-            _ if self.inner.pinned => self.any_member(),
+            _ if self.pinned() => self.any_member(),
             ReadFrom::Any => self.any_member(),
             ReadFrom::Leader => self.leader_addr().unwrap_or_else(|| self.any_member()),
             ReadFrom::Endpoints => {
@@ -426,14 +458,13 @@ impl Client {
         path: &str,
         headers: &[(&'static str, String)],
         body: Bytes,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, HttpError> {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let resp = self
             .inner
             .http
             .request(addr, method, path, &headers, body)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let num = |name: &str| resp.header(name).and_then(|v| v.parse::<u64>().ok());
         let index = num(headers::INDEX);
         if let Some(l) = num(headers::LEADER) {
@@ -481,7 +512,7 @@ impl Client {
             if attempt > 0 {
                 self.backoff(attempt).await;
             }
-            let target = if call.write && !self.inner.pinned {
+            let target = if call.write && !self.pinned() {
                 self.leader_addr().unwrap_or_else(|| self.any_member())
             } else if call.write {
                 self.any_member()
@@ -500,9 +531,15 @@ impl Client {
             {
                 Err(e) => {
                     debug!(%target, error = %e, "request failed; refreshing topology");
-                    // The request may have reached the server before the connection broke.
-                    maybe_applied |= call.write;
-                    last = Error::Timeout { message: e };
+                    if matches!(e, HttpError::Connect { .. }) {
+                        self.fall_back_to_seeds(&target);
+                    }
+                    // The request may have reached the server before the connection broke
+                    // (not when no connection was made).
+                    maybe_applied |= call.write && !e.certainly_not_sent();
+                    last = Error::Timeout {
+                        message: e.to_string(),
+                    };
                     self.inner.leader.store(0, Ordering::Release);
                     self.refresh().await;
                 }

@@ -47,7 +47,9 @@ impl Default for HttpOptions {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             max_idle_per_host: 64,
-            idle_timeout: Duration::from_secs(30),
+            // Below the server's 10 s idle close, so that a pooled connection is not reused just
+            // as the server closes it.
+            idle_timeout: Duration::from_secs(5),
             token: None,
         }
     }

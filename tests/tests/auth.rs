@@ -150,6 +150,19 @@ fn tokens_decide_who_may_do_what_and_refusals_change_nothing() {
         Some("{\"success\": [{\"op\": \"get\", \"key\": \"x\"}]}"),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // ...unless it carries an idempotency key: then it goes through the log and takes a key
+    // other writers may want, so it is a write.
+    let auth = bearer(READER);
+    let keyed = plain()
+        .send(
+            &c.endpoints()[follower as usize - 1],
+            "POST",
+            "/v1/txn",
+            &[("authorization", &auth), ("idempotency-key", "k-1")],
+            Some(b"{\"success\": [{\"op\": \"get\", \"key\": \"x\"}]}"),
+        )
+        .expect("answers");
+    assert_error(&keyed, 403, "forbidden");
     assert_eq!(
         value(&c, leader, "x").as_deref(),
         Some("1"),

@@ -292,3 +292,33 @@ fn every_typed_error_comes_from_a_real_answer() {
         Err(Error::NoLeader { .. })
     ));
 }
+
+/// A cluster whose members advertise HTTP addresses the client cannot reach (a compose cluster
+/// advertising `keel1:7001` to a client on the host): the client goes on through the endpoints
+/// it was given, which forward writes, instead of timing out on the advertised ones.
+#[test]
+fn a_cluster_advertising_unreachable_addresses_is_used_through_the_given_endpoints() {
+    // Port 9 (discard) on loopback: nothing listens, connections are refused.
+    let mut c = Cluster::start_with(3, &["--advertise-http", "127.0.0.1:9"]);
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+    let endpoint = c.endpoints()[follower as usize - 1].clone();
+    rt().block_on(async {
+        let client = Client::builder([endpoint])
+            .retry(few_retries())
+            .build()
+            .await
+            .expect("client");
+        assert!(
+            client.members().iter().any(|(_, a)| a == "127.0.0.1:9"),
+            "the client learned the advertised addresses: {:?}",
+            client.members()
+        );
+        client
+            .put("through-seeds", "1")
+            .await
+            .expect("a write through the given endpoint");
+        let v = client.get("through-seeds").await.expect("a read");
+        assert_eq!(&v.value[..], b"1");
+    });
+}

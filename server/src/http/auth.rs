@@ -23,7 +23,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 use hyper::HeaderMap;
 use keel_api::ErrorCode;
@@ -159,20 +158,27 @@ pub fn parse_tokens(text: &str) -> Result<Vec<Grant>, String> {
     Ok(grants)
 }
 
-/// Equal without an early exit on the first differing byte.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Equal, in a time that depends only on the length of `known` (no early exit on the first
+/// differing byte, nor on a different length).
+fn same_secret(known: &[u8], given: &[u8]) -> bool {
+    let mut diff = known.len() ^ given.len();
+    for (i, k) in known.iter().enumerate() {
+        diff |= usize::from(k ^ given.get(i).copied().unwrap_or(0));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    diff == 0
 }
 
-/// What the file looked like when it was last read.
-type Stamp = Option<(SystemTime, u64)>;
+/// What the file held when it was last read: a hash of its content (None: unreadable). The
+/// content itself is compared, not its modification time, so that a rewrite with the same
+/// length in the same clock tick, or a copy that keeps the old time, is seen.
+type Stamp = Option<u64>;
 
 fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// The tokens of `--auth-file`, re-read when the file changes.
@@ -239,11 +245,13 @@ impl Tokens {
         let value = headers.get(hyper::header::AUTHORIZATION).ok_or_else(|| {
             unauthorized("this node needs a bearer token (Authorization: Bearer ...)")
         })?;
+        // The scheme is case-insensitive (RFC 7235).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
             .ok_or_else(|| unauthorized("the Authorization header is not \"Bearer <token>\""))?;
         let grants = self
             .state
@@ -437,5 +445,20 @@ mod tests {
         assert!(t
             .authenticate(&headers("Bearer new-0123456789abcdef"))
             .is_ok());
+        // A token of the same length, written at once (same size, likely the same mtime).
+        std::fs::write(
+            &path,
+            r#"{"tokens": [{"name": "new", "token": "NEW-0123456789abcdef", "role": "read"}]}"#,
+        )
+        .expect("written");
+        assert!(matches!(t.reload_if_changed(), Some(Ok(1))));
+        assert!(t
+            .authenticate(&headers("Bearer new-0123456789abcdef"))
+            .is_err());
+        assert!(
+            t.authenticate(&headers("bearer NEW-0123456789abcdef"))
+                .is_ok(),
+            "the scheme in any case"
+        );
     }
 }

@@ -40,7 +40,13 @@ impl Api {
             .iter()
             .chain(txn.failure.iter())
             .all(|s| matches!(s.step, Some(Step::Get(_))));
-        let role = if read_only { Role::Read } else { Role::Write };
+        // With an idempotency key even a read-only transaction goes through the log (and takes
+        // a key other writers might have wanted): a write.
+        let role = if read_only && idem.is_empty() {
+            Role::Read
+        } else {
+            Role::Write
+        };
         caller.need(role)?;
         for key in txn_keys(&txn) {
             caller.need_key(role, key)?;

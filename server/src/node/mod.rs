@@ -117,12 +117,18 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         path: args.data_dir.display().to_string(),
         source,
     })?;
-    if let Some(dir) = &args.backup_dir {
-        std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
+    // The backup directory, created and resolved once (symbolic links in its own path are
+    // followed here, so that a path inside it compares as inside).
+    let backup_dir = match &args.backup_dir {
+        Some(dir) => {
+            let made = std::fs::create_dir_all(dir).and_then(|()| dir.canonicalize());
+            Some(made.map_err(|source| ServerError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?)
+        }
+        None => None,
+    };
 
     // Storage and membership.
     let db = storage::open_db(&args.data_dir)?;
@@ -201,7 +207,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
             default_mode: args.default_mode,
             request_timeout: args.request_timeout,
             read_timeout: args.read_timeout,
-            backup_dir: args.backup_dir.clone(),
+            backup_dir,
         },
         node: node.clone(),
         sm,
