@@ -63,10 +63,8 @@ pub(crate) struct Inner {
     pub(crate) consistency: Consistency,
     /// Send every request to the given endpoints only (they forward writes to the leader).
     pinned: bool,
-    /// Set when a member's advertised address could not be connected to while it was not one
-    /// of the given endpoints (a cluster in containers advertising names the client cannot
-    /// resolve or reach): from then on the client talks to the given endpoints only, as if
-    /// pinned.
+    /// Set once a member's advertised address (not a given endpoint) took no connection: from
+    /// then on the client talks to the given endpoints only, as if pinned.
     via_seeds: AtomicBool,
     /// Which members serve reads.
     read_from: ReadFrom,
