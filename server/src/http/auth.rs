@@ -173,12 +173,32 @@ fn same_secret(known: &[u8], given: &[u8]) -> bool {
 /// length in the same clock tick, or a copy that keeps the old time, is seen.
 type Stamp = Option<u64>;
 
-fn stamp(path: &Path) -> Stamp {
+fn hash(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    Some(h.finish())
+    h.finish()
+}
+
+/// The tokens of an auth file's content.
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<Arc<Grant>>, AuthFileError> {
+    let invalid = |message: String| AuthFileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| invalid(format!("not UTF-8: {e}")))?;
+    Ok(parse_tokens(text)
+        .map_err(invalid)?
+        .into_iter()
+        .map(Arc::new)
+        .collect())
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> AuthFileError {
+    AuthFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The tokens of `--auth-file`, re-read when the file changes.
@@ -186,61 +206,47 @@ pub struct Tokens {
     /// The file.
     path: PathBuf,
     /// The tokens loaded, and the file's stamp when they were.
-    state: RwLock<(Arc<Vec<Grant>>, Stamp)>,
+    state: RwLock<(Arc<Vec<Arc<Grant>>>, Stamp)>,
 }
 
 impl Tokens {
     /// Loads the file (a node does not start with a file it cannot use).
     pub fn load(path: &Path) -> Result<Self, AuthFileError> {
-        let (grants, st) = Self::read(path)?;
+        let bytes = std::fs::read(path).map_err(|e| read_error(path, e))?;
+        let grants = parse_file(path, &bytes)?;
         Ok(Tokens {
             path: path.to_path_buf(),
-            state: RwLock::new((Arc::new(grants), st)),
+            state: RwLock::new((Arc::new(grants), Some(hash(&bytes)))),
         })
-    }
-
-    fn read(path: &Path) -> Result<(Vec<Grant>, Stamp), AuthFileError> {
-        let st = stamp(path);
-        let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let grants = parse_tokens(&text).map_err(|message| AuthFileError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok((grants, st))
     }
 
     /// Re-reads the file if it changed since the last read: Some(number of tokens) when it was
     /// re-read, Some(error) when it changed but cannot be used (the old tokens stay), None when
     /// it did not change.
     pub fn reload_if_changed(&self) -> Option<Result<usize, AuthFileError>> {
-        let now = stamp(&self.path);
-        {
-            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-            if s.1 == now {
-                return None;
-            }
+        let content = std::fs::read(&self.path);
+        let now = content.as_deref().ok().map(hash);
+        if self.state.read().unwrap_or_else(|p| p.into_inner()).1 == now {
+            return None;
         }
-        let result = Self::read(&self.path);
+        let result = content
+            .map_err(|e| read_error(&self.path, e))
+            .and_then(|bytes| parse_file(&self.path, &bytes));
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        // Either way, not again until it changes once more.
+        s.1 = now;
         match result {
-            Ok((grants, st)) => {
+            Ok(grants) => {
                 let n = grants.len();
-                *s = (Arc::new(grants), st);
+                s.0 = Arc::new(grants);
                 Some(Ok(n))
             }
-            Err(e) => {
-                // Not again until it changes once more.
-                s.1 = now;
-                Some(Err(e))
-            }
+            Err(e) => Some(Err(e)),
         }
     }
 
     /// The grant of the request's bearer token; 401 without one or with an unknown one.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Grant>, ApiError> {
         let unauthorized = |msg: &str| ApiError::new(ErrorCode::Unauthorized, msg);
         let value = headers.get(hyper::header::AUTHORIZATION).ok_or_else(|| {
             unauthorized("this node needs a bearer token (Authorization: Bearer ...)")
@@ -272,7 +278,7 @@ impl Tokens {
 
 /// The caller of a request: None when the node has no `--auth-file` (everything is allowed).
 #[derive(Clone, Debug, Default)]
-pub struct Caller(pub Option<Grant>);
+pub struct Caller(pub Option<Arc<Grant>>);
 
 impl Caller {
     fn forbidden(g: &Grant, what: String) -> ApiError {
@@ -432,7 +438,6 @@ mod tests {
             r#"{"tokens": [{"name": "new", "token": "new-0123456789abcdef", "role": "read"}]}"#,
         )
         .expect("written");
-        // The stamp includes the length, so a rewrite within the same clock tick is seen.
         assert!(matches!(t.reload_if_changed(), Some(Ok(1))));
         assert!(t
             .authenticate(&headers("Bearer ops-0123456789abcdef"))

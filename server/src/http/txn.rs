@@ -207,7 +207,6 @@ fn step(s: StepJson, max_value_bytes: usize) -> Result<TxnStep, ApiError> {
     Ok(TxnStep { step: Some(step) })
 }
 
-/// The JSON of each step's result.
 /// The key of a transaction step.
 fn step_key(s: &TxnStep) -> Option<&str> {
     match &s.step {
@@ -229,6 +228,7 @@ pub(super) fn txn_keys(txn: &TxnOp) -> impl Iterator<Item = &str> {
     )
 }
 
+/// The JSON of each step's result.
 fn step_results(results: &[StepResult]) -> Vec<StepResultJson> {
     results
         .iter()
