@@ -42,6 +42,13 @@ export KEEL_BIN="$PWD/target/release/keel"
 export KEEL_FAULT_SEED="${KEEL_FAULT_SEED:-8987458752572237270}"
 # Two test threads: each cluster test runs three nodes; more at once starves two cores.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release --workspace
+echo "== the cluster tests again, with TLS on both ports and tokens"
+# The same tests on secure clusters (tests/src/secure.rs): certificates from `keel certs`,
+# every request over https with a client certificate and the admin token.
+KEEL_TEST_SECURE=1 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release -p keel-tests \
+  --test cluster_basic --test modes --test atomic --test client
+echo "== fuzz: the peer frame decoder and the Raft message guard (AFL++, briefly)"
+scripts/fuzz.sh "${KEEL_FUZZ_SECONDS:-30}"
 echo "== docker compose test"
 # Builds the image from this machine's files (no registry), runs the 3-node compose cluster
 # through a disconnect and a restart; says SKIPPED when there is no Docker engine.

@@ -6,7 +6,8 @@
 //! value). A code always comes with the same HTTP status ([`ErrorCode::status`]).
 //!
 //! The codes of deterministic rejections (`precondition_failed`, `bound_violated`, `not_integer`,
-//! `invalid_command`, `idempotency_key_reused`) are also stored in the state machine's memory of
+//! `invalid_command`, `idempotency_key_reused`, `lease_not_found`, `not_holder`,
+//! `fence_rejected`) are also stored in the state machine's memory of
 //! idempotent requests: they are part of the on-disk format and never change spelling.
 
 use std::fmt;
@@ -34,6 +35,8 @@ pub enum ErrorCode {
     InvalidHeader,
     /// 400: the body could not be read.
     InvalidBody,
+    /// 400: plain HTTP sent to a port that speaks TLS (use https).
+    TlsRequired,
     /// 400: an `add` or an `int` compare met a value that is not a decimal integer.
     NotInteger,
     /// 400: a command was refused by the state machine as malformed.
@@ -54,6 +57,10 @@ pub enum ErrorCode {
     NoRoute,
     /// 404: no such member.
     NoSuchMember,
+    /// 404: the lease does not exist (expired, revoked, or never granted).
+    LeaseNotFound,
+    /// 404: nobody holds the lock.
+    LockNotFound,
     /// 405: the endpoint exists but not with this method (the answer carries `Allow`).
     MethodNotAllowed,
     /// 409: an `add` would leave its bounds.
@@ -70,8 +77,15 @@ pub enum ErrorCode {
     NotAVoter,
     /// 409: there is no other voter to hand leadership to.
     NoSuccessor,
+    /// 409: the lock is held by another lease (the answer carries the `holder`).
+    LockHeld,
     /// 412: `If-Match` / `If-None-Match` did not hold.
     PreconditionFailed,
+    /// 412: the lock is not held by the lease that tries to release it.
+    NotHolder,
+    /// 412: `If-Fence` names a fence that is not the lock's current one (the answer carries the
+    /// current `holder`, if any).
+    FenceRejected,
     /// 413: a body or value is larger than allowed.
     PayloadTooLarge,
     /// 422: an idempotency key was used before for a different request.
@@ -101,7 +115,7 @@ pub enum ErrorCode {
 }
 
 /// Every code, for tables and tests.
-pub const ALL_CODES: [ErrorCode; 40] = [
+pub const ALL_CODES: [ErrorCode; 46] = [
     ErrorCode::InvalidKey,
     ErrorCode::InvalidMode,
     ErrorCode::InvalidConsistency,
@@ -111,6 +125,7 @@ pub const ALL_CODES: [ErrorCode; 40] = [
     ErrorCode::TxnTooLarge,
     ErrorCode::InvalidHeader,
     ErrorCode::InvalidBody,
+    ErrorCode::TlsRequired,
     ErrorCode::NotInteger,
     ErrorCode::InvalidCommand,
     ErrorCode::InvalidMember,
@@ -120,6 +135,8 @@ pub const ALL_CODES: [ErrorCode; 40] = [
     ErrorCode::NotFound,
     ErrorCode::NoRoute,
     ErrorCode::NoSuchMember,
+    ErrorCode::LeaseNotFound,
+    ErrorCode::LockNotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::BoundViolated,
     ErrorCode::MemberExists,
@@ -128,7 +145,10 @@ pub const ALL_CODES: [ErrorCode; 40] = [
     ErrorCode::IsLeader,
     ErrorCode::NotAVoter,
     ErrorCode::NoSuccessor,
+    ErrorCode::LockHeld,
     ErrorCode::PreconditionFailed,
+    ErrorCode::NotHolder,
+    ErrorCode::FenceRejected,
     ErrorCode::PayloadTooLarge,
     ErrorCode::IdempotencyKeyReused,
     ErrorCode::Storage,
@@ -157,6 +177,7 @@ impl ErrorCode {
             InvalidTxn => "invalid_txn",
             TxnTooLarge => "txn_too_large",
             InvalidHeader => "invalid_header",
+            TlsRequired => "tls_required",
             InvalidBody => "invalid_body",
             NotInteger => "not_integer",
             InvalidCommand => "invalid_command",
@@ -167,6 +188,11 @@ impl ErrorCode {
             NotFound => "not_found",
             NoRoute => "no_route",
             NoSuchMember => "no_such_member",
+            LeaseNotFound => "lease_not_found",
+            LockNotFound => "lock_not_found",
+            LockHeld => "lock_held",
+            NotHolder => "not_holder",
+            FenceRejected => "fence_rejected",
             MethodNotAllowed => "method_not_allowed",
             BoundViolated => "bound_violated",
             MemberExists => "member_exists",
@@ -203,14 +229,14 @@ impl ErrorCode {
         match self {
             InvalidKey | InvalidMode | InvalidConsistency | InvalidParameter | InvalidJson
             | InvalidTxn | TxnTooLarge | InvalidHeader | InvalidBody | NotInteger
-            | InvalidCommand | InvalidMember | InvalidDir => 400,
+            | InvalidCommand | InvalidMember | InvalidDir | TlsRequired => 400,
             Unauthorized => 401,
             Forbidden => 403,
-            NotFound | NoRoute | NoSuchMember => 404,
+            NotFound | NoRoute | NoSuchMember | LeaseNotFound | LockNotFound => 404,
             MethodNotAllowed => 405,
             BoundViolated | MemberExists | NotALearner | LearnerBehind | IsLeader | NotAVoter
-            | NoSuccessor => 409,
-            PreconditionFailed => 412,
+            | NoSuccessor | LockHeld => 409,
+            PreconditionFailed | NotHolder | FenceRejected => 412,
             PayloadTooLarge => 413,
             IdempotencyKeyReused => 422,
             Storage | Internal => 500,
@@ -263,6 +289,9 @@ pub struct ErrorBody {
     /// On `bound_violated`: the key's current value, unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<i64>,
+    /// On `lock_held`, `not_holder` and `fence_rejected`: the lock's current holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<crate::coord::LockHolderInfo>,
 }
 
 impl ErrorBody {
@@ -277,6 +306,7 @@ impl ErrorBody {
             committed: None,
             key: None,
             value: None,
+            holder: None,
         }
     }
 

@@ -11,6 +11,7 @@
 //!   JSON error body ([`ErrorBody`]).
 //! - [`kv`]: the bodies of the key-value endpoints (put, delete, add, list).
 //! - [`txn`]: the body of `POST /v1/txn` and its answer.
+//! - [`coord`]: leases and locks with fencing tokens (SPEC §8).
 //! - [`cluster`]: status, membership, leader transfer, backup, health and readiness.
 //! - [`headers`], [`limits`], [`params`]: header names, size limits and query parameters.
 //!
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod coord;
 pub mod error;
 pub mod kv;
 pub mod mode;
@@ -77,4 +79,10 @@ pub mod params {
     pub const AFTER: &str = "after";
     /// Most keys in one page of a list.
     pub const LIMIT: &str = "limit";
+    /// The lease a key is put with, or the lease releasing a lock.
+    pub const LEASE: &str = "lease";
+    /// A blocking lock read answers once the lock changed after this index.
+    pub const WAIT_INDEX: &str = "wait_index";
+    /// How long a blocking lock read may wait, in milliseconds.
+    pub const WAIT_MS: &str = "wait_ms";
 }

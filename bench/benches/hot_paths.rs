@@ -15,7 +15,7 @@ fn put(i: u64) -> Vec<u8> {
         op: Some(Op::Put(PutOp {
             key: format!("bench/{i:08}"),
             value: Bytes::from(vec![b'x'; 100]),
-            precondition: None,
+            ..Default::default()
         })),
         ..Default::default()
     }

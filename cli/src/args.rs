@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use keel_api::WriteMode;
+use keel_client::{Client, ClientBuilder, TlsError, TlsOptions};
 use keel_server::config::{RestoreArgs, ServerArgs};
 
 /// keel: a leader-routed replicated key-value store.
@@ -30,6 +31,8 @@ pub enum Command {
     /// Restore a backup into a new node's data directory (run once per node of the new cluster,
     /// with the same --cluster, then start the nodes).
     Restore(RestoreArgs),
+    /// Write a private CA and node and client certificates for a secure cluster.
+    Certs(crate::certs::CertsArgs),
     /// Client commands.
     #[command(flatten)]
     Client(crate::commands::ClientCommand),
@@ -54,9 +57,44 @@ pub struct Endpoints {
     /// on the command line, where other users of the machine can read it).
     #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA of a cluster started with TLS (PEM): with it the client speaks https.
+    #[arg(long = "ca", env = "KEEL_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate to present (PEM), for nodes started with `--client-certs`.
+    #[arg(long = "cert", env = "KEEL_CERT", global = true, requires_all = ["client_key", "tls_ca"])]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        env = "KEEL_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 impl Endpoints {
+    /// The TLS settings, when --ca is given.
+    pub fn tls(&self) -> Result<Option<TlsOptions>, TlsError> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = self.client_cert.as_deref().zip(self.client_key.as_deref());
+        TlsOptions::from_files(ca, identity).map(Some)
+    }
+
+    /// A client builder for these endpoints, with the token and TLS settings given.
+    pub fn builder(&self) -> Result<ClientBuilder, TlsError> {
+        let mut builder = Client::builder(self.list()).pin_to_endpoints(self.direct);
+        if let Some(t) = &self.token {
+            builder = builder.token(t.clone());
+        }
+        if let Some(tls) = self.tls()? {
+            builder = builder.tls(tls);
+        }
+        Ok(builder)
+    }
+
     /// The endpoints as a list.
     pub fn list(&self) -> Vec<String> {
         self.endpoints
@@ -82,4 +120,8 @@ pub struct ClusterArgs {
     /// Mode of writes that do not give `?mode=`.
     #[arg(long, default_value = "semi")]
     pub default_mode: WriteMode,
+    /// TLS on both ports and bearer tokens: writes a CA and certificates (`<data-dir>/certs`)
+    /// and an auth file with an admin token (`<data-dir>/auth.json`), and prints how to use them.
+    #[arg(long)]
+    pub secure: bool,
 }

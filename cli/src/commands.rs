@@ -178,14 +178,29 @@ pub enum MemberAction {
 /// Runs a client command; the exit code is 0 on success, 1 on error, 2 for a missing key.
 pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
     let eps = endpoints.list();
+    let tls = match endpoints.tls() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            return 1;
+        }
+    };
     if let ClientCommand::Health { ready } = cmd {
-        return health(eps.first().map(String::as_str).unwrap_or_default(), ready).await;
+        return health(
+            eps.first().map(String::as_str).unwrap_or_default(),
+            ready,
+            tls,
+        )
+        .await;
     }
-    let mut builder = Client::builder(eps).pin_to_endpoints(endpoints.direct);
-    if let Some(t) = &endpoints.token {
-        builder = builder.token(t.clone());
-    }
-    let client = match builder.build().await {
+    let built = match endpoints.builder() {
+        Ok(b) => b.build().await,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            return 1;
+        }
+    };
+    let client = match built {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keel: {e}");
@@ -211,14 +226,18 @@ pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
 }
 
 /// One GET of /health or /ready on `endpoint`, without the client's discovery and retries.
-async fn health(endpoint: &str, ready: bool) -> i32 {
+async fn health(endpoint: &str, ready: bool, tls: Option<keel_client::TlsOptions>) -> i32 {
     let path = if ready { "/ready" } else { "/health" };
     let http = HttpClient::new(HttpOptions {
         connect_timeout: HEALTH_TIMEOUT,
         request_timeout: HEALTH_TIMEOUT,
+        tls,
         ..HttpOptions::default()
     });
-    let endpoint = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    let endpoint = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
     match http
         .request(endpoint, "GET", path, &[], bytes::Bytes::new())
         .await

@@ -1,7 +1,7 @@
 //! How `keel server --join` joins a running cluster: through the client library, so that the
 //! server crate makes no HTTP requests of its own.
 
-use keel_client::Client;
+use keel_client::{Client, TlsOptions};
 use keel_server::members::MemberAddr;
 use keel_server::node::{Join, JoinRequest};
 
@@ -13,6 +13,12 @@ impl Join for ClientJoin {
         let mut builder = Client::builder(req.via.split(','));
         if let Some(t) = &req.token {
             builder = builder.token(t.clone());
+        }
+        if let Some(files) = &req.tls {
+            // The node's own certificate serves as its client certificate.
+            let tls = TlsOptions::from_files(&files.ca, Some((&files.cert, &files.key)))
+                .map_err(|e| e.to_string())?;
+            builder = builder.tls(tls);
         }
         let client = builder.build().await.map_err(|e| e.to_string())?;
         let members = client

@@ -6,11 +6,13 @@
 //! - `commands.rs`: the client commands;
 //! - `demo/`: the correctness demonstrations;
 //! - `launcher.rs`: the local cluster of child processes (`keel cluster`, `keel demo --local`);
+//! - `certs.rs`: `keel certs`, a private CA and certificates (rcgen);
 //! - `join.rs`: how `keel server --join` joins a cluster (through the client library).
 
 #![warn(missing_docs)]
 
 mod args;
+mod certs;
 mod commands;
 mod demo;
 mod join;
@@ -57,6 +59,14 @@ fn main() -> std::process::ExitCode {
             Command::Restore(args) => keel_server::node::restore(args)
                 .map(|msg| {
                     println!("{msg}");
+                    0
+                })
+                .map_err(|e| e.to_string()),
+            Command::Certs(args) => certs::run(&args)
+                .map(|written| {
+                    for w in written {
+                        println!("wrote {w}");
+                    }
                     0
                 })
                 .map_err(|e| e.to_string()),

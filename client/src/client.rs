@@ -14,8 +14,9 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
+use crate::builder::ClientBuilder;
 use crate::error::Error;
-use crate::http::{HttpClient, HttpError, HttpOptions};
+use crate::http::{HttpClient, HttpError};
 use crate::types::{Consistency, Mode, ReadFrom, RetryPolicy};
 
 /// Characters left as they are in a key's path segment (RFC 3986 unreserved).
@@ -44,167 +45,30 @@ impl std::fmt::Debug for Client {
 /// What every clone of a [`Client`] shares.
 pub(crate) struct Inner {
     /// The HTTP stack (keep-alive connections to every member).
-    http: HttpClient,
+    pub(crate) http: HttpClient,
     /// The endpoints the client was built with.
-    seeds: Vec<String>,
+    pub(crate) seeds: Vec<String>,
     /// Known members: (id, host:port). Id 0 for seeds not yet identified.
-    members: RwLock<Vec<(u64, String)>>,
+    pub(crate) members: RwLock<Vec<(u64, String)>>,
     /// The leader last seen (0: unknown).
     pub(crate) leader: AtomicU64,
     /// The highest log index seen in a successful answer (the session).
-    session_index: AtomicU64,
+    pub(crate) session_index: AtomicU64,
     /// Round-robin position of reads.
-    next_read: AtomicUsize,
+    pub(crate) next_read: AtomicUsize,
     /// How often and how long to retry.
-    retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
     /// Mode of writes that do not say.
     pub(crate) mode: Mode,
     /// Consistency of reads that do not say.
     pub(crate) consistency: Consistency,
     /// Send every request to the given endpoints only (they forward writes to the leader).
-    pinned: bool,
+    pub(crate) pinned: bool,
     /// Set once a member's advertised address (not a given endpoint) took no connection: from
     /// then on the client talks to the given endpoints only, as if pinned.
-    via_seeds: AtomicBool,
+    pub(crate) via_seeds: AtomicBool,
     /// Which members serve reads.
-    read_from: ReadFrom,
-}
-
-/// Configures a [`Client`].
-///
-/// ```
-/// # let cluster = keel_tests::Cluster::start(1);
-/// # let endpoints = cluster.endpoints();
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use std::time::Duration;
-/// use keel_client::{Client, Consistency, Mode};
-///
-/// let client = Client::builder(endpoints)
-///     .request_timeout(Duration::from_secs(3))
-///     .default_mode(Mode::Sync)
-///     .default_consistency(Consistency::Session)
-///     .build()
-///     .await?;
-/// let put = client.put("k", "v").await?;
-/// assert_eq!(put.acked, keel_client::Acked::All);
-/// # Ok::<(), keel_client::Error>(())
-/// # }).unwrap();
-/// ```
-#[derive(Clone, Debug)]
-pub struct ClientBuilder {
-    /// The members to start from.
-    endpoints: Vec<String>,
-    /// Timeout of one HTTP attempt.
-    request_timeout: Duration,
-    /// How often and how long to retry.
-    retry: RetryPolicy,
-    /// Mode of writes that do not say.
-    mode: Mode,
-    /// Consistency of reads that do not say.
-    consistency: Consistency,
-    /// Talk only to `endpoints`.
-    pinned: bool,
-    /// Which members serve reads.
-    read_from: ReadFrom,
-    /// Bearer token for nodes started with `--auth-file`.
-    token: Option<String>,
-}
-
-impl ClientBuilder {
-    /// Timeout of one HTTP attempt (default 10 s).
-    pub fn request_timeout(mut self, t: Duration) -> Self {
-        self.request_timeout = t;
-        self
-    }
-
-    /// Retry policy (default: 12 attempts, 50 ms doubling to 1 s, full jitter).
-    pub fn retry(mut self, r: RetryPolicy) -> Self {
-        self.retry = r;
-        self
-    }
-
-    /// Mode of writes (default: the server's default, `semi`).
-    pub fn default_mode(mut self, m: Mode) -> Self {
-        self.mode = m;
-        self
-    }
-
-    /// Consistency of reads (default `Linearizable`).
-    pub fn default_consistency(mut self, c: Consistency) -> Self {
-        self.consistency = c;
-        self
-    }
-
-    /// Which members serve reads (default [`ReadFrom::Any`]).
-    pub fn read_from(mut self, r: ReadFrom) -> Self {
-        self.read_from = r;
-        self
-    }
-
-    /// A bearer token sent with every request (for nodes started with `--auth-file`).
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
-        self
-    }
-
-    /// Sends every request to the given endpoints only, never straight to the leader: the
-    /// node forwards writes itself. For showing (or testing) a particular node's path, and for
-    /// clusters whose advertised addresses are not reachable from the client.
-    pub fn pin_to_endpoints(mut self, pinned: bool) -> Self {
-        self.pinned = pinned;
-        self
-    }
-
-    /// Builds the client and discovers the cluster. Fails only if no endpoint was given or one
-    /// cannot be parsed; unreachable endpoints are retried on use.
-    pub async fn build(self) -> Result<Client, Error> {
-        let seeds: Vec<String> = self
-            .endpoints
-            .iter()
-            .map(|e| normalize(e))
-            .collect::<Result<_, _>>()?;
-        if seeds.is_empty() {
-            return Err(Error::InvalidEndpoint("no endpoint given".into()));
-        }
-        let http = HttpClient::new(HttpOptions {
-            request_timeout: self.request_timeout,
-            token: self.token.clone(),
-            ..HttpOptions::default()
-        });
-        let client = Client {
-            inner: Arc::new(Inner {
-                http,
-                members: RwLock::new(seeds.iter().map(|s| (0, s.clone())).collect()),
-                seeds,
-                leader: AtomicU64::new(0),
-                session_index: AtomicU64::new(0),
-                next_read: AtomicUsize::new(0),
-                retry: self.retry,
-                mode: self.mode,
-                consistency: self.consistency,
-                pinned: self.pinned,
-                via_seeds: AtomicBool::new(false),
-                read_from: self.read_from,
-            }),
-        };
-        if !client.inner.pinned {
-            client.refresh().await;
-        }
-        Ok(client)
-    }
-}
-
-/// `host:port` of an endpoint given as `host:port` or `http://host:port`.
-fn normalize(endpoint: &str) -> Result<String, Error> {
-    let e = endpoint.trim();
-    let e = e.strip_prefix("http://").unwrap_or(e);
-    let e = e.trim_end_matches('/');
-    if e.is_empty() || e.contains('/') || !e.contains(':') {
-        return Err(Error::InvalidEndpoint(format!(
-            "{endpoint:?}: expected host:port or http://host:port"
-        )));
-    }
-    Ok(e.to_string())
+    pub(crate) read_from: ReadFrom,
 }
 
 /// An HTTP answer as the retry loop sees it.
@@ -218,6 +82,8 @@ pub(crate) struct Answer {
     pub(crate) version: Option<u64>,
     /// `Idempotent-Replayed: true`.
     pub(crate) replayed: bool,
+    /// `Retry-After` in seconds, on a 503.
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl Answer {
@@ -251,6 +117,7 @@ impl Answer {
                     .unwrap_or_else(|| key.to_string()),
                 current: body.as_ref().and_then(|b| b.value).unwrap_or(0),
             },
+            (503, Some(ErrorCode::Overloaded)) => Error::Overloaded { message },
             (503, _) => Error::NoLeader { message },
             (504, Some(ErrorCode::OutcomeUnknown)) => Error::OutcomeUnknown { message },
             (504, Some(ErrorCode::ReplicationTimeout)) => Error::ReplicationTimeout {
@@ -308,19 +175,12 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        ClientBuilder {
-            endpoints: endpoints
+        ClientBuilder::new(
+            endpoints
                 .into_iter()
                 .map(|s| s.as_ref().to_string())
                 .collect(),
-            request_timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
-            mode: Mode::Semi,
-            consistency: Consistency::Linearizable,
-            pinned: false,
-            read_from: ReadFrom::Any,
-            token: None,
-        }
+        )
     }
 
     /// The members known (id, host:port); id 0 for a seed not yet identified.
@@ -381,7 +241,11 @@ impl Client {
                 .collect();
             if !members.is_empty() {
                 if let Ok(mut m) = self.inner.members.write() {
-                    *m = members;
+                    // A fall-back to the given endpoints that happened while this refresh was
+                    // under way wins: its addresses were unreachable.
+                    if !self.pinned() {
+                        *m = members;
+                    }
                 }
             }
             if let Some(l) = status.leader {
@@ -481,6 +345,7 @@ impl Client {
                 .header("etag")
                 .and_then(|v| v.trim_matches('"').parse().ok()),
             replayed: resp.header(headers::IDEMPOTENT_REPLAYED) == Some("true"),
+            retry_after: num("retry-after"),
             body: resp.body,
         })
     }
@@ -549,6 +414,13 @@ impl Client {
                             // 503: nothing was applied; the leader may have moved.
                             self.refresh().await;
                         }
+                        Error::Overloaded { .. } => {
+                            // Nothing was applied and the topology is fine: wait as asked
+                            // (within the retry policy's longest pause) before the next try.
+                            let wait = Duration::from_secs(ans.retry_after.unwrap_or(1))
+                                .min(self.inner.retry.max_backoff);
+                            tokio::time::sleep(wait).await;
+                        }
                         Error::OutcomeUnknown { .. } => {
                             maybe_applied = true;
                             self.refresh().await;
@@ -583,6 +455,7 @@ impl Client {
 
 fn strip_scheme(a: &str) -> String {
     a.strip_prefix("http://")
+        .or_else(|| a.strip_prefix("https://"))
         .unwrap_or(a)
         .trim_end_matches('/')
         .to_string()

@@ -29,6 +29,14 @@ pub enum Error {
         /// The last server explanation.
         message: String,
     },
+    /// The node refused the request because too many wait for its Raft thread (503
+    /// `overloaded`); nothing was applied. The client retries after the node's `Retry-After`;
+    /// this is what is left when every retry was refused.
+    #[error("overloaded: {message}")]
+    Overloaded {
+        /// The server's explanation.
+        message: String,
+    },
     /// The request or a read's wait timed out (504 `timeout`, or no answer in time).
     #[error("timed out: {message}")]
     Timeout {
@@ -60,6 +68,9 @@ pub enum Error {
     /// The client was given no endpoint, or none it could parse.
     #[error("invalid endpoint: {0}")]
     InvalidEndpoint(String),
+    /// The token cannot be sent in an HTTP header (it must be visible ASCII).
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
     /// Anything else: an unexpected status or an unreadable answer.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
@@ -74,8 +85,10 @@ impl Error {
                 | Error::PreconditionFailed { .. }
                 | Error::BoundViolated { .. }
                 | Error::NoLeader { .. }
+                | Error::Overloaded { .. }
                 | Error::BadRequest { .. }
                 | Error::InvalidEndpoint(_)
+                | Error::InvalidToken(_)
         )
     }
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Method, Request};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
@@ -39,6 +40,8 @@ pub struct HttpOptions {
     /// A bearer token sent with every request (`Authorization: Bearer ...`), for nodes started
     /// with `--auth-file`.
     pub token: Option<String>,
+    /// TLS settings: with them every request is https (for nodes started with `--tls-cert`).
+    pub tls: Option<crate::TlsOptions>,
 }
 
 impl Default for HttpOptions {
@@ -51,6 +54,7 @@ impl Default for HttpOptions {
             // as the server closes it.
             idle_timeout: Duration::from_secs(5),
             token: None,
+            tls: None,
         }
     }
 }
@@ -115,11 +119,22 @@ impl RawResponse {
     }
 }
 
+/// hyper's pooled client (keep-alive connections per host), over TCP or TLS.
+#[derive(Clone, Debug)]
+enum Pool {
+    /// http.
+    Plain(hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>),
+    /// https.
+    Tls(hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
 /// A keep-alive HTTP/1.1 client; cheap to clone (clones share connections).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    /// hyper's pooled client (keep-alive connections per host).
-    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    /// hyper's pooled client.
+    client: Pool,
+    /// `https` with TLS settings, else `http`.
+    scheme: &'static str,
     /// Longest wait for a whole answer.
     request_timeout: Duration,
     /// `Authorization` sent with every request, when a token was given.
@@ -132,12 +147,25 @@ impl HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(opts.connect_timeout));
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        builder
             .pool_max_idle_per_host(opts.max_idle_per_host)
-            .pool_idle_timeout(opts.idle_timeout)
-            .build(connector);
+            .pool_idle_timeout(opts.idle_timeout);
+        let client = match &opts.tls {
+            None => Pool::Plain(builder.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                let https = HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls.config).clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Pool::Tls(builder.build(https))
+            }
+        };
         HttpClient {
             client,
+            scheme: if opts.tls.is_some() { "https" } else { "http" },
             request_timeout: opts.request_timeout,
             authorization: opts.token.map(|t| format!("Bearer {t}")),
         }
@@ -157,7 +185,7 @@ impl HttpClient {
             .map_err(|e| HttpError::InvalidRequest(format!("method {method:?}: {e}")))?;
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path}"));
+            .uri(format!("{}://{addr}{path}", self.scheme));
         if let Some(a) = &self.authorization {
             if !headers
                 .iter()
@@ -173,7 +201,11 @@ impl HttpClient {
             .body(Full::new(body))
             .map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
+            let sent = match &self.client {
+                Pool::Plain(c) => c.request(req),
+                Pool::Tls(c) => c.request(req),
+            };
+            let resp = sent.await.map_err(|e| {
                 let message = error_chain(&e);
                 if e.is_connect() {
                     HttpError::Connect {

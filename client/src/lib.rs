@@ -43,6 +43,7 @@
 
 //! # Layout
 //! - `client.rs`: topology, routing, the retry loop, typed errors from answers;
+//! - `builder.rs`: [`ClientBuilder`]; `tls.rs`: [`TlsOptions`] for https;
 //! - `kv.rs`, `admin.rs`, `txn.rs`: the calls;
 //! - [`http`]: the one small HTTP client every keel tool uses to talk to a node;
 //! - the request and answer bodies are keel-api's, shared with the server.
@@ -50,14 +51,17 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod builder;
 mod client;
 mod error;
 pub mod http;
 mod kv;
+mod tls;
 mod txn;
 mod types;
 
-pub use client::{Client, ClientBuilder};
+pub use builder::ClientBuilder;
+pub use client::Client;
 pub use error::Error;
 pub use keel_api;
 pub use keel_api::txn::{
@@ -65,6 +69,7 @@ pub use keel_api::txn::{
     TxnResponse as TxnResult,
 };
 pub use kv::PutOptions;
+pub use tls::{TlsError, TlsOptions};
 pub use txn::TxnBuilder;
 pub use types::{
     Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Member, MemberRole, Mode,

@@ -96,6 +96,35 @@ pub struct ServerArgs {
     /// The token this node presents when it asks a member to add it (`--join`; admin role).
     #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// This node's certificate chain (PEM; `keel certs` writes one): with --tls-key and
+    /// --tls-ca, both ports speak TLS and peers authenticate each other (docs/security.md).
+    #[arg(long, env = "KEEL_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "KEEL_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The CA that every peer's (and client's) certificate must chain to (PEM).
+    #[arg(long, env = "KEEL_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Whether HTTP clients present certificates (from --tls-ca): none, optional or required.
+    #[arg(
+        long,
+        env = "KEEL_CLIENT_CERTS",
+        default_value = "none",
+        requires = "tls_cert"
+    )]
+    pub client_certs: crate::tls::ClientCerts,
+}
+
+impl ServerArgs {
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+        })
+    }
 }
 
 /// Invalid flags.

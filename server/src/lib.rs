@@ -20,6 +20,8 @@
 //! - [`sm`]: the state machine: apply, reads, idempotency, and the pure evaluation of commands.
 //! - [`snapshot`]: the whole send → stage → install path, and backups.
 //! - [`transport`]: persistent peer TCP connections carrying frames.
+//! - [`tls`]: the certificates of both ports (TLS on the client port, mutual TLS between
+//!   peers, a peer's certificate binding its member id).
 //!
 //! Shared by the stages: [`proto`] (the formats on disk and on the wire), [`members`] (the
 //! address book), [`error`] (why a write or a read failed), [`config`] (flags), [`planted`]
@@ -40,4 +42,5 @@ pub mod raft;
 pub mod sm;
 pub mod snapshot;
 pub mod storage;
+pub mod tls;
 pub mod transport;

@@ -10,6 +10,12 @@
 //! - `early-read-index`: a new leader answers read-index requests with its commit index before
 //!   it has committed an entry of its own term (that commit index may be behind what the old
 //!   leader acknowledged).
+//! - `trust-hello`: with TLS, a peer's Hello is believed whatever member its certificate names
+//!   (any holder of a certificate from the CA can then act as any member).
+//!
+//! - `skip-fence`: `If-Fence` is not checked (a paused holder's late write goes through);
+//! - `keepalive-no-read-index`: the leader answers a keepalive from its local state, without a
+//!   read-index round (a deposed leader goes on extending leases the new leader expires).
 //!
 //! Without the feature, [`active`] is a constant `false` and the optimiser removes every hook.
 
@@ -28,6 +34,12 @@ pub enum Bug {
     LearnerQuorum,
     /// Read indexes served before the leader has committed in its term.
     EarlyReadIndex,
+    /// A peer's Hello believed whatever its certificate names.
+    TrustHello,
+    /// `If-Fence` not checked.
+    SkipFence,
+    /// Keepalives answered without confirming leadership.
+    KeepaliveNoReadIndex,
 }
 
 /// Whether `bug` is planted in this process.
@@ -43,6 +55,9 @@ pub fn active(bug: Bug) -> bool {
             "skip-fsync" => Bug::SkipFsync,
             "learner-quorum" => Bug::LearnerQuorum,
             "early-read-index" => Bug::EarlyReadIndex,
+            "trust-hello" => Bug::TrustHello,
+            "skip-fence" => Bug::SkipFence,
+            "keepalive-no-read-index" => Bug::KeepaliveNoReadIndex,
             _ => return None,
         };
         tracing::warn!(bug = ?b, "PLANTED BUG ACTIVE: this node is deliberately wrong");

@@ -87,6 +87,8 @@ pub struct Cluster {
     pub(crate) http: http::Http,
     /// Each node's data directory on a disk that can lose power, when started on them.
     pub(crate) disks: HashMap<u64, PowerDisk>,
+    /// TLS on both ports and tokens ([`crate::secure`]), when started so.
+    pub(crate) secure: Option<&'static crate::secure::Secure>,
 }
 
 /// How to start a cluster (see [`Cluster::launch_spec`]).
@@ -107,6 +109,8 @@ pub struct Spec<'a> {
     pub power_disks: bool,
     /// Clients can be cut off from nodes ([`Cluster::client_endpoint`], [`Cluster::apply_links`]).
     pub client_cuts: bool,
+    /// TLS on both ports and bearer tokens ([`crate::secure`]; also with `KEEL_TEST_SECURE=1`).
+    pub secure: bool,
 }
 
 impl Cluster {
@@ -148,6 +152,7 @@ impl Cluster {
             env,
             power_disks: false,
             client_cuts: false,
+            secure: false,
         };
         // Without namespaces or power disks nothing can fail before the nodes are spawned.
         Self::launch_spec(spec).unwrap_or_else(|e| panic!("cannot start the cluster: {e}"))
@@ -170,6 +175,7 @@ impl Cluster {
             env,
             power_disks: false,
             client_cuts: false,
+            secure: false,
         })
     }
 
@@ -184,6 +190,16 @@ impl Cluster {
         let mut c = Self::layout(spec.nodes, spec.extra, proxied, net, spec.bin, spec.env);
         if spec.client_cuts {
             c.client_cuts = true;
+        }
+        if spec.secure || crate::secure::everywhere() {
+            let s = crate::secure::Secure::get();
+            c.secure = Some(s);
+            c.http = http::Http::with(
+                Duration::from_secs(2),
+                Duration::from_secs(15),
+                Some(&s.token),
+                Some(s.client_tls()),
+            );
         }
         if spec.client_cuts && c.net.is_none() {
             for id in c.ids() {
@@ -298,7 +314,10 @@ impl Cluster {
         let ns = self.net.as_ref().map(|n| n.ns(id).to_string());
         let backups = self.dir().join("backups");
         let cluster_arg = self.cluster_args.get(id as usize - 1).cloned();
-        let extra = self.extra_args.clone();
+        let mut extra = self.extra_args.clone();
+        if let Some(s) = self.secure {
+            extra.extend(s.server_args(id));
+        }
         let node = self.node(id);
         let mut membership: Vec<String> = match (&node.join, cluster_arg) {
             (Some(via), _) => vec!["--join".into(), via.clone()],
@@ -355,11 +374,52 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// Starts `n` nodes with TLS on both ports and bearer tokens ([`crate::secure`]); the
+    /// harness's own requests use https and the admin token.
+    pub fn start_secure(n: usize, extra: &[&str]) -> Cluster {
+        Self::launch_spec(Spec {
+            nodes: n,
+            extra,
+            proxied: false,
+            netns: false,
+            bin: keel_bin(),
+            env: &[],
+            power_disks: false,
+            client_cuts: false,
+            secure: true,
+        })
+        .unwrap_or_else(|e| panic!("cannot start the cluster: {e}"))
+    }
+
+    /// The secure files, when the cluster is secure.
+    pub fn secure(&self) -> Option<&'static crate::secure::Secure> {
+        self.secure
+    }
+
+    /// A keel-client builder for `endpoints` with the cluster's TLS settings and admin token
+    /// (when it is secure).
+    pub fn client_builder<I, S>(&self, endpoints: I) -> keel_client::ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let b = keel_client::Client::builder(endpoints);
+        match self.secure {
+            Some(s) => b.tls(s.client_tls()).token(s.token.clone()),
+            None => b,
+        }
+    }
+
     /// Makes the harness's own requests (status, leader waits, `put`, `get`...) present `token`:
     /// for clusters started with `--auth-file`.
     pub fn use_token(&mut self, token: &str) {
-        self.http =
-            http::Http::with_token(Duration::from_secs(2), Duration::from_secs(15), Some(token));
+        let tls = self.secure.map(|s| s.client_tls());
+        self.http = http::Http::with(
+            Duration::from_secs(2),
+            Duration::from_secs(15),
+            Some(token),
+            tls,
+        );
     }
 
     /// Sends one HTTP request to node `id`. Err only for transport failures (node down).

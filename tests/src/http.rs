@@ -39,19 +39,38 @@ pub struct Http {
 
 impl Http {
     /// A client whose connections must open within `connect` and whose answers must arrive
-    /// within `timeout`.
+    /// within `timeout`. With `KEEL_TEST_SECURE=1` it speaks https and presents the admin
+    /// token ([`crate::secure`]).
     pub fn new(connect: Duration, timeout: Duration) -> Http {
-        Self::with_token(connect, timeout, None)
+        let secure = crate::secure::everywhere().then(crate::secure::Secure::get);
+        Self::with(
+            connect,
+            timeout,
+            secure.map(|s| s.token.as_str()),
+            secure.map(|s| s.client_tls()),
+        )
     }
 
     /// [`Http::new`], sending `token` as a bearer token with every request that does not carry
-    /// its own `Authorization`.
+    /// its own `Authorization` (https with `KEEL_TEST_SECURE=1`).
     pub fn with_token(connect: Duration, timeout: Duration, token: Option<&str>) -> Http {
+        let tls = crate::secure::everywhere().then(|| crate::secure::Secure::get().client_tls());
+        Self::with(connect, timeout, token, tls)
+    }
+
+    /// A client with exactly these settings: a bearer token, and TLS (https) or not.
+    pub fn with(
+        connect: Duration,
+        timeout: Duration,
+        token: Option<&str>,
+        tls: Option<keel_client::TlsOptions>,
+    ) -> Http {
         Http {
             client: HttpClient::new(HttpOptions {
                 connect_timeout: connect,
                 request_timeout: timeout,
                 token: token.map(str::to_string),
+                tls,
                 ..HttpOptions::default()
             }),
         }

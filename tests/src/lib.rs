@@ -25,9 +25,11 @@ pub mod history;
 pub mod http;
 pub mod nemesis;
 pub mod netns;
+pub mod peerwire;
 mod plan;
 pub mod powerfs;
 pub mod proxy;
+pub mod secure;
 pub mod suite;
 pub mod workload;
 

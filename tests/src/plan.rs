@@ -106,6 +106,7 @@ impl Cluster {
             net,
             http,
             disks: HashMap::new(),
+            secure: None,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keel_client::{Client, Consistency, Error, Mode, ReadFrom, RetryPolicy};
+use keel_client::{Consistency, Error, Mode, ReadFrom, RetryPolicy};
 use keel_tests::{wait_until, Cluster, LinkMode, DEADLINE};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -34,7 +34,9 @@ fn a_client_given_one_follower_finds_the_leader_and_survives_its_kill() {
         .expect("follower");
     let addr = c.node(follower).http.clone();
     let rt = rt();
-    let client = rt.block_on(Client::new([addr.as_str()])).expect("client");
+    let client = rt
+        .block_on(c.client_builder([addr.as_str()]).build())
+        .expect("client");
     assert_eq!(
         client.members().len(),
         3,
@@ -81,7 +83,7 @@ fn a_session_read_after_a_session_write_waits_on_a_lagging_follower() {
     // Built with the lagging follower only; reads are served there, writes go to the leader.
     let client = rt
         .block_on(
-            Client::builder([c.node(lagging).http.as_str()])
+            c.client_builder([c.endpoints()[lagging as usize - 1].as_str()])
                 .default_consistency(Consistency::Session)
                 .read_from(ReadFrom::Endpoints)
                 .build(),
@@ -128,7 +130,7 @@ fn a_write_whose_first_attempt_timed_out_is_applied_exactly_once() {
     let rt = rt();
     let client = rt
         .block_on(
-            Client::builder(c.endpoints())
+            c.client_builder(c.endpoints())
                 .request_timeout(Duration::from_millis(800))
                 .build(),
         )
@@ -170,7 +172,9 @@ fn every_typed_error_comes_from_a_real_answer() {
     let mut c = Cluster::start_proxied(3, &["--sync-timeout", "500ms", "--read-timeout", "500ms"]);
     let leader = c.wait_for_leader();
     let rt = rt();
-    let client = rt.block_on(Client::new(c.endpoints())).expect("client");
+    let client = rt
+        .block_on(c.client_builder(c.endpoints()).build())
+        .expect("client");
 
     // NotFound.
     assert!(matches!(
@@ -215,7 +219,7 @@ fn every_typed_error_comes_from_a_real_answer() {
     c.link(leader, follower).set(LinkMode::Cut);
     let sync_client = rt
         .block_on(
-            Client::builder(c.endpoints())
+            c.client_builder(c.endpoints())
                 .default_mode(Mode::Sync)
                 .build(),
         )
@@ -229,7 +233,7 @@ fn every_typed_error_comes_from_a_real_answer() {
     // (the server answers 504 timeout).
     let lagging = rt
         .block_on(
-            Client::builder([c.node(follower).http.as_str()])
+            c.client_builder([c.endpoints()[follower as usize - 1].as_str()])
                 .default_consistency(Consistency::Session)
                 .read_from(ReadFrom::Endpoints)
                 .retry(few_retries())
@@ -249,7 +253,7 @@ fn every_typed_error_comes_from_a_real_answer() {
     let leader = c.wait_for_leader();
     let pinned = rt
         .block_on(
-            Client::builder([c.node(leader).http.as_str()])
+            c.client_builder([c.endpoints()[leader as usize - 1].as_str()])
                 .pin_to_endpoints(true)
                 .retry(RetryPolicy {
                     max_attempts: 1,
@@ -281,7 +285,7 @@ fn every_typed_error_comes_from_a_real_answer() {
     });
     let alone = rt
         .block_on(
-            Client::builder([c.node(survivor).http.as_str()])
+            c.client_builder([c.endpoints()[survivor as usize - 1].as_str()])
                 .pin_to_endpoints(true)
                 .retry(few_retries())
                 .build(),
@@ -304,7 +308,8 @@ fn a_cluster_advertising_unreachable_addresses_is_used_through_the_given_endpoin
     let follower = c.others(&[leader])[0];
     let endpoint = c.endpoints()[follower as usize - 1].clone();
     rt().block_on(async {
-        let client = Client::builder([endpoint])
+        let client = c
+            .client_builder([endpoint])
             .retry(few_retries())
             .build()
             .await
@@ -321,4 +326,69 @@ fn a_cluster_advertising_unreachable_addresses_is_used_through_the_given_endpoin
         let v = client.get("through-seeds").await.expect("a read");
         assert_eq!(&v.value[..], b"1");
     });
+}
+
+/// A node refusing requests as overloaded (503 `overloaded`, `Retry-After`) is not a lost
+/// leader: with one attempt the client reports `Overloaded` (certainly not applied: the key is
+/// absent), and with retries it waits as asked and every write lands. (Before, the client took
+/// the 503 for `NoLeader`, refreshed its topology, and ignored `Retry-After`.)
+#[test]
+fn an_overloaded_node_is_reported_as_overloaded_and_retried_after_it_asks() {
+    let mut c = Cluster::start_with(3, &["--max-pending", "1"]);
+    c.wait_for_leader();
+    let rt = rt();
+    let once = rt
+        .block_on(
+            c.client_builder(c.endpoints())
+                .retry(RetryPolicy {
+                    max_attempts: 1,
+                    ..RetryPolicy::default()
+                })
+                .build(),
+        )
+        .expect("client");
+    // Rounds of 32 concurrent writes until one is refused (bounded).
+    let mut refused = Vec::new();
+    for round in 0..20 {
+        let results = rt.block_on(futures::future::join_all((0..32).map(|i| {
+            let once = once.clone();
+            async move {
+                let key = format!("once-{round}-{i}");
+                (once.put(&key, "v").await, key)
+            }
+        })));
+        for (r, key) in results {
+            match r {
+                Err(e @ Error::Overloaded { .. }) => {
+                    assert!(e.certainly_not_applied());
+                    refused.push(key);
+                }
+                Err(e @ Error::NoLeader { .. }) => panic!("overload reported as {e:?}"),
+                _ => {}
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "32 concurrent writes never overloaded a queue of one"
+    );
+    let leader = c.wait_for_leader();
+    for key in &refused {
+        let r = c.get(leader, key).expect("answers");
+        assert_eq!(r.status, 404, "{key} was refused but applied");
+    }
+    // With retries, every write lands.
+    let patient = rt
+        .block_on(c.client_builder(c.endpoints()).build())
+        .expect("client");
+    let results = rt.block_on(futures::future::join_all((0..32).map(|i| {
+        let patient = patient.clone();
+        async move { patient.put(&format!("patient-{i}"), "v").await }
+    })));
+    for (i, r) in results.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("patient-{i}: {e}"));
+    }
 }

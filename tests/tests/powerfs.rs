@@ -89,6 +89,7 @@ fn cluster(bug: Option<&str>) -> Cluster {
         env: &env,
         power_disks: true,
         client_cuts: false,
+        secure: false,
     })
     .expect("a cluster on power disks")
 }

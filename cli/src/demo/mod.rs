@@ -107,6 +107,7 @@ pub async fn run(endpoints: &Endpoints, args: DemoArgs) -> Result<bool, DemoErro
             data_dir: dir.clone(),
             base_port: args.local_base_port,
             default_mode: args.mode,
+            secure: false,
         })?;
         println!(
             "started a local 3-node cluster for the demo in {}",

@@ -115,12 +115,19 @@ pub fn rejected(r: &ApplyResult) -> Result<&ApplyResult, ApiError> {
                     | ErrorCode::NotInteger
                     | ErrorCode::IdempotencyKeyReused
                     | ErrorCode::InvalidCommand
+                    | ErrorCode::LeaseNotFound
+                    | ErrorCode::NotHolder
+                    | ErrorCode::FenceRejected
             )
         })
         .unwrap_or(ErrorCode::InvalidCommand);
     let mut err = ApiError::new(code, r.error_message.clone()).at_index(r.index);
     if code == ErrorCode::BoundViolated {
         err.body.value = r.value;
+    }
+    if let Some(h) = r.coord.as_ref().and_then(|c| c.holder.as_ref()) {
+        let name = r.error_key.clone();
+        err.body.holder = Some(super::coord::holder_info(&name, h, r.index));
     }
     if !r.error_key.is_empty() {
         err.body.key = Some(r.error_key.clone());

@@ -7,7 +7,7 @@ use keel_api::kv::{
     AddRequest, AddResponse, DeleteResponse, JsonValue, ListItem, ListResponse, PutResponse,
 };
 use keel_api::limits::{DEFAULT_LIST_LIMIT, MAX_SMALL_BODY_BYTES};
-use keel_api::{ErrorCode, ReadConsistency};
+use keel_api::{ErrorCode, ReadConsistency, WriteMode};
 
 use super::error::{rejected, ApiError};
 use super::reply::{Answer, Reply};
@@ -96,18 +96,32 @@ impl Api {
         )
     }
 
-    /// Sends a write wherever the leader is and waits for its acknowledgement.
+    /// Sends a write wherever the leader is and waits for its acknowledgement. The write
+    /// carries the request's `Idempotency-Key` and `If-Fence`.
     pub(super) async fn write(
         &self,
         op: Op,
         q: &Query,
-        idempotency_key: String,
+        headers: &HeaderMap,
     ) -> Result<WriteOk, ApiError> {
         let mode = q.mode.unwrap_or(self.cfg.default_mode);
         let command = Command {
             op: Some(op),
-            idempotency_key,
+            idempotency_key: request::idempotency_key(headers)?,
             leader_ms: 0,
+            fence: request::if_fence(headers)?,
+        };
+        Ok(self
+            .router
+            .write(command, mode, self.cfg.request_timeout)
+            .await?)
+    }
+
+    /// Sends a command without idempotency key or fence (leases and locks).
+    pub(super) async fn write_cmd(&self, op: Op, mode: WriteMode) -> Result<WriteOk, ApiError> {
+        let command = Command {
+            op: Some(op),
+            ..Default::default()
         };
         Ok(self
             .router
@@ -124,14 +138,14 @@ impl Api {
         q: Query,
     ) -> Answer {
         let precondition = request::precondition(headers)?;
-        let idem = request::idempotency_key(headers)?;
         let value: Bytes = request::read_body(headers, body, self.cfg.max_value_bytes).await?;
         let op = Op::Put(PutOp {
             key,
             value,
             precondition,
+            lease: q.lease.unwrap_or(0),
         });
-        let ok = self.write(op, &q, idem).await?;
+        let ok = self.write(op, &q, headers).await?;
         let r = rejected(&ok.result)?;
         Reply::write(
             &PutResponse {
@@ -146,9 +160,8 @@ impl Api {
     /// `DELETE /v1/kv/{key}`.
     pub(super) async fn delete(&self, headers: &HeaderMap, key: String, q: Query) -> Answer {
         let precondition = request::precondition(headers)?;
-        let idem = request::idempotency_key(headers)?;
         let ok = self
-            .write(Op::Delete(DeleteOp { key, precondition }), &q, idem)
+            .write(Op::Delete(DeleteOp { key, precondition }), &q, headers)
             .await?;
         let r = rejected(&ok.result)?;
         Reply::write(
@@ -169,7 +182,6 @@ impl Api {
         key: String,
         q: Query,
     ) -> Answer {
-        let idem = request::idempotency_key(headers)?;
         let body = request::read_body(headers, body, MAX_SMALL_BODY_BYTES).await?;
         let b: AddRequest =
             request::parse_json(&body, "{\"delta\": i64, \"min\"?: i64, \"max\"?: i64}")?;
@@ -179,7 +191,7 @@ impl Api {
             min: b.min,
             max: b.max,
         });
-        let ok = self.write(op, &q, idem).await?;
+        let ok = self.write(op, &q, headers).await?;
         let r = rejected(&ok.result)?;
         Reply::write(
             &AddResponse {

@@ -2,7 +2,7 @@
 //!
 //! This stage owns the conversation with clients: the routing table (`routes.rs`), reading
 //! requests (`request.rs`), the handlers per resource (`kv.rs`, `txn.rs`, `cluster.rs`,
-//! `admin.rs`), and the mapping of every outcome to a status, headers and a JSON body
+//! `admin.rs`, `coord.rs` for leases and locks), and the mapping of every outcome to a status, headers and a JSON body
 //! (`error.rs`, `reply.rs`). The JSON shapes are keel-api's, shared with the client.
 //!
 //! Handlers are thin: they validate, build a [`Command`] or a read, hand writes to the
@@ -17,22 +17,15 @@
 //!
 //! [`Command`]: crate::proto::Command
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use keel_api::{ErrorCode, WriteMode};
 use rocksdb::DB;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, warn};
 
 use crate::forward::Router;
 use crate::raft::NodeHandle;
@@ -42,6 +35,7 @@ use crate::transport::Transport;
 mod admin;
 pub mod auth;
 mod cluster;
+mod coord;
 mod error;
 mod kv;
 #[cfg(test)]
@@ -49,10 +43,12 @@ mod proptests;
 mod reply;
 mod request;
 mod routes;
+mod serve;
 mod txn;
 
 pub use error::ApiError;
 pub use request::decode_key;
+pub use serve::serve;
 pub use txn::parse_txn;
 
 use auth::{Caller, Role, Tokens};
@@ -65,8 +61,11 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// connection stays open: after it the connection is closed, so that slow or silent sockets
 /// cannot hold the connection slots.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's body once its headers are in.
+/// How long a client may take to send a small request's body once its headers are in; a
+/// larger body gets one more second per [`MIN_BODY_RATE`] bytes of its length.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The slowest upload rate accepted for a large body, in bytes per second.
+pub const MIN_BODY_RATE: u64 = 64 * 1024;
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -81,6 +80,9 @@ pub struct ApiConfig {
     pub read_timeout: Duration,
     /// The only directory backups may be written under; None: backups are refused.
     pub backup_dir: Option<std::path::PathBuf>,
+    /// The shortest lease granted (twice the election timeout): a lease asked for with less
+    /// gets this.
+    pub min_lease_ttl: Duration,
 }
 
 /// What the API is built from.
@@ -181,7 +183,10 @@ impl Api {
         let param = m.param.unwrap_or_default();
         // Roles by endpoint; the key-scoped ones are checked once the key is known.
         match m.route {
-            Route::Health | Route::Ready | Route::Txn | Route::List | Route::Key => {}
+            Route::Health | Route::Ready | Route::Txn | Route::List | Route::Key | Route::Lock => {}
+            Route::Leases | Route::Keepalive => caller.need(Role::Write)?,
+            Route::Lease if method == Method::GET => caller.need(Role::Read)?,
+            Route::Lease => caller.need(Role::Write)?,
             Route::Metrics | Route::Status => caller.need(Role::Read)?,
             Route::Members if method == Method::GET => caller.need(Role::Read)?,
             Route::Members
@@ -204,6 +209,24 @@ impl Api {
             (Route::Backup, _) => self.backup(&parts.headers, body).await,
             (Route::Failpoint, method) => self.failpoint(&parts.headers, body, param, method).await,
             (Route::Txn, _) => self.txn(&parts.headers, body, q, &caller).await,
+            (Route::Leases, _) => self.lease_grant(&parts.headers, body).await,
+            (Route::Keepalive, _) => self.lease_keepalive(coord::lease_id(param)?).await,
+            (Route::Lease, Method::GET) => self.lease_info(coord::lease_id(param)?).await,
+            (Route::Lease, _) => self.lease_revoke(coord::lease_id(param)?, q).await,
+            (Route::Lock, method) => {
+                let name = request::decode_key(param)?;
+                let role = if method == Method::GET {
+                    Role::Read
+                } else {
+                    Role::Write
+                };
+                caller.need_key(role, &name)?;
+                match method {
+                    Method::GET => self.lock_get(name, q).await,
+                    Method::POST => self.lock_acquire(&parts.headers, body, name).await,
+                    _ => self.lock_release(name, q).await,
+                }
+            }
             (Route::List, _) => {
                 caller.need_prefix(Role::Read, q.prefix.as_deref().unwrap_or_default())?;
                 self.list(q).await
@@ -229,49 +252,5 @@ impl Api {
                 }
             }
         }
-    }
-}
-
-/// Serves HTTP on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    api: Arc<Api>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(%remote, "too many client connections; closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let api = api.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(req).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%remote, error = %e, "http connection ended with an error");
-            }
-        });
     }
 }

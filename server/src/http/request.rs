@@ -12,7 +12,7 @@ use keel_api::{params, ErrorCode, ReadConsistency, WriteMode};
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
-use crate::proto::Precondition;
+use crate::proto::{FenceCheck, Precondition};
 
 /// The query parameters keel knows, parsed and checked.
 #[derive(Default, Debug)]
@@ -29,6 +29,21 @@ pub struct Query {
     pub after: Option<String>,
     /// `limit`: most keys in a page of a list.
     pub limit: Option<usize>,
+    /// `lease`: the lease a key is put with, or the lease releasing a lock.
+    pub lease: Option<u64>,
+    /// `wait_index`: a blocking lock read answers once the lock changed after it.
+    pub wait_index: Option<u64>,
+    /// `wait_ms`: how long a blocking lock read may wait.
+    pub wait_ms: Option<u64>,
+}
+
+fn number(name: &str, v: &str) -> Result<u64, ApiError> {
+    v.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("{name} must be a non-negative integer, not {v:?}"),
+        )
+    })
 }
 
 /// Parses `raw`, refusing any parameter not in `accepted` (a typo such as `mod=sync` must not
@@ -93,6 +108,17 @@ pub fn parse_query(raw: Option<&str>, accepted: &[&str], what: &str) -> Result<Q
                 }
                 q.limit = Some(n);
             }
+            params::LEASE => match number("lease", &v)? {
+                0 => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidParameter,
+                        "lease must be a lease id (a positive integer)",
+                    ))
+                }
+                id => q.lease = Some(id),
+            },
+            params::WAIT_INDEX => q.wait_index = Some(number("wait_index", &v)?),
+            params::WAIT_MS => q.wait_ms = Some(number("wait_ms", &v)?),
             params::PREFIX => q.prefix = Some(text_param("prefix", v.into_owned())?),
             params::AFTER => q.after = Some(text_param("after", v.into_owned())?),
             _ => {}
@@ -143,6 +169,13 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How long a body of `len` bytes may take to arrive: [`super::BODY_TIMEOUT`], plus the time
+/// it takes at [`super::MIN_BODY_RATE`] (a large value on a slow link is not cut off; a
+/// trickle is).
+pub fn body_deadline(len: u64) -> std::time::Duration {
+    super::BODY_TIMEOUT + std::time::Duration::from_secs(len / super::MIN_BODY_RATE)
+}
+
 /// Reads a whole body, refusing (413) anything over `limit` before it is read whole.
 pub async fn read_body(
     headers: &HeaderMap,
@@ -155,6 +188,7 @@ pub async fn read_body(
             format!("the body is larger than {limit} bytes"),
         )
     };
+    let mut expected = limit as u64;
     if let Some(len) = headers.get(CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -164,15 +198,14 @@ pub async fn read_body(
         if len > limit as u64 {
             return Err(too_large());
         }
+        expected = len;
     }
-    let read = tokio::time::timeout(super::BODY_TIMEOUT, Limited::new(body, limit).collect());
+    let allowed = body_deadline(expected);
+    let read = tokio::time::timeout(allowed, Limited::new(body, limit).collect());
     match read.await {
         Err(_) => Err(ApiError::new(
             ErrorCode::InvalidBody,
-            format!(
-                "the body did not arrive within {} s",
-                super::BODY_TIMEOUT.as_secs()
-            ),
+            format!("the body did not arrive within {} s", allowed.as_secs()),
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
@@ -227,6 +260,20 @@ pub fn precondition(headers: &HeaderMap) -> Result<Option<Precondition>, ApiErro
         any = true;
     }
     Ok(any.then_some(pre))
+}
+
+/// Parses a write's `If-Fence: <lock>=<fence>`.
+pub fn if_fence(headers: &HeaderMap) -> Result<Option<FenceCheck>, ApiError> {
+    let Some(v) = headers.get(keel_api::coord::IF_FENCE) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidHeader, "If-Fence is not ASCII"))?;
+    let (name, fence) = keel_api::coord::parse_if_fence(s)
+        .map_err(|m| ApiError::new(ErrorCode::InvalidHeader, m))?;
+    validate_key(&name)?;
+    Ok(Some(FenceCheck { name, fence }))
 }
 
 /// The entity tags of a read's `If-None-Match`: None without the header; `*` matches any
@@ -306,6 +353,17 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_gets_time_by_its_length() {
+        use std::time::Duration;
+        assert_eq!(body_deadline(10), Duration::from_secs(10));
+        assert_eq!(body_deadline(1024 * 1024), Duration::from_secs(26));
+        assert_eq!(
+            body_deadline(64 * 1024 * 1024),
+            Duration::from_secs(10 + 1024)
+        );
+    }
 
     #[test]
     fn unknown_repeated_and_bad_parameters_are_refused() {

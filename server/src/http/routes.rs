@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 
 use hyper::Method;
-use keel_api::params::{AFTER, CONSISTENCY, LIMIT, MIN_INDEX, MODE, PREFIX};
+use keel_api::params::{
+    AFTER, CONSISTENCY, LEASE, LIMIT, MIN_INDEX, MODE, PREFIX, WAIT_INDEX, WAIT_MS,
+};
 
 /// An endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +37,14 @@ pub enum Route {
     Key,
     /// `/v1/admin/failpoints/{name}`: only in the test build (see [`crate::failpoints`]).
     Failpoint,
+    /// `/v1/lease`: grant.
+    Leases,
+    /// `/v1/lease/{id}`: look, revoke.
+    Lease,
+    /// `/v1/lease/{id}/keepalive`.
+    Keepalive,
+    /// `/v1/lock/{name}`: acquire, look (blocking), release.
+    Lock,
 }
 
 /// The table, built once.
@@ -56,6 +66,10 @@ fn table() -> &'static matchit::Router<Route> {
             ("/v1/kv", Route::List),
             ("/v1/kv/", Route::List),
             ("/v1/kv/{*key}", Route::Key),
+            ("/v1/lease", Route::Leases),
+            ("/v1/lease/{id}", Route::Lease),
+            ("/v1/lease/{id}/keepalive", Route::Keepalive),
+            ("/v1/lock/{*name}", Route::Lock),
         ] {
             // The table is a constant: a conflict is a programming error caught by the tests.
             if let Err(e) = t.insert(path, route) {
@@ -113,6 +127,9 @@ pub fn methods(route: Route, param: Option<&str>) -> &'static [&'static str] {
         }
         Route::Key => &["GET", "HEAD", "PUT", "DELETE"],
         Route::Failpoint => &["PUT", "DELETE"],
+        Route::Leases | Route::Keepalive => &["POST"],
+        Route::Lease => &["GET", "HEAD", "DELETE"],
+        Route::Lock => &["GET", "HEAD", "POST", "DELETE"],
     }
 }
 
@@ -120,7 +137,11 @@ pub fn methods(route: Route, param: Option<&str>) -> &'static [&'static str] {
 pub fn params(route: Route, method: &Method) -> &'static [&'static str] {
     match (route, method.as_str()) {
         (Route::Key, "GET") => &[CONSISTENCY, MIN_INDEX],
-        (Route::Key, "PUT" | "DELETE" | "POST") => &[MODE],
+        (Route::Key, "PUT") => &[MODE, LEASE],
+        (Route::Key, "DELETE" | "POST") => &[MODE],
+        (Route::Lease, "DELETE") => &[MODE],
+        (Route::Lock, "GET") => &[CONSISTENCY, MIN_INDEX, WAIT_INDEX, WAIT_MS],
+        (Route::Lock, "DELETE") => &[MODE, LEASE],
         (Route::List, "GET") => &[PREFIX, AFTER, LIMIT, CONSISTENCY, MIN_INDEX],
         (Route::Txn, "POST") => &[MODE, CONSISTENCY, MIN_INDEX],
         _ => &[],
@@ -144,6 +165,10 @@ pub fn describe(route: Route, method: &Method) -> String {
         Route::Key if method == Method::POST => "/v1/kv/{key}/add",
         Route::Key => "/v1/kv/{key}",
         Route::Failpoint => "/v1/admin/failpoints/{name}",
+        Route::Leases => "/v1/lease",
+        Route::Lease => "/v1/lease/{id}",
+        Route::Keepalive => "/v1/lease/{id}/keepalive",
+        Route::Lock => "/v1/lock/{name}",
     };
     format!("{method} {path}")
 }
@@ -165,6 +190,10 @@ mod tests {
             ("/v1/kv/a", Route::Key, Some("a")),
             ("/v1/kv/acct/alice/add", Route::Key, Some("acct/alice/add")),
             ("/v1/kv/a%2Fb", Route::Key, Some("a%2Fb")),
+            ("/v1/lease", Route::Leases, None),
+            ("/v1/lease/12", Route::Lease, Some("12")),
+            ("/v1/lease/12/keepalive", Route::Keepalive, Some("12")),
+            ("/v1/lock/jobs/9am", Route::Lock, Some("jobs/9am")),
         ];
         for (path, route, param) in cases {
             assert_eq!(find(path), Some(Matched { route, param }), "{path}");
@@ -186,7 +215,8 @@ mod tests {
             ["GET", "HEAD", "PUT", "DELETE"]
         );
         assert!(methods(Route::Key, Some("a/add")).contains(&"POST"));
-        assert_eq!(params(Route::Key, &Method::PUT), [MODE]);
+        assert_eq!(params(Route::Key, &Method::PUT), [MODE, LEASE]);
+        assert_eq!(params(Route::Key, &Method::DELETE), [MODE]);
         assert_eq!(params(Route::Key, &Method::GET), [CONSISTENCY, MIN_INDEX]);
         assert!(params(Route::Status, &Method::GET).is_empty());
         assert_eq!(describe(Route::Key, &Method::POST), "POST /v1/kv/{key}/add");

@@ -41,8 +41,10 @@ impl Api {
             .chain(txn.failure.iter())
             .all(|s| matches!(s.step, Some(Step::Get(_))));
         // With an idempotency key even a read-only transaction goes through the log (and takes
-        // a key other writers might have wanted): a write.
-        let role = if read_only && idem.is_empty() {
+        // a key other writers might have wanted): a write. So does a fenced one (the fence is
+        // checked at apply).
+        let fenced = headers.contains_key(keel_api::coord::IF_FENCE);
+        let role = if read_only && idem.is_empty() && !fenced {
             Role::Read
         } else {
             Role::Write
@@ -51,7 +53,7 @@ impl Api {
         for key in txn_keys(&txn) {
             caller.need_key(role, key)?;
         }
-        if read_only && idem.is_empty() {
+        if read_only && idem.is_empty() && !fenced {
             self.read_barrier(&q).await?;
             let read = self.sm.read_txn(&txn)?;
             let r = rejected(&read.value)?;
@@ -65,7 +67,7 @@ impl Api {
                 Some(read.index),
             );
         }
-        let ok = self.write(Op::Txn(txn), &q, idem).await?;
+        let ok = self.write(Op::Txn(txn), &q, headers).await?;
         let r = rejected(&ok.result)?;
         Reply::write(
             &TxnResponse {
@@ -182,6 +184,7 @@ fn step(s: StepJson, max_value_bytes: usize) -> Result<TxnStep, ApiError> {
                 ));
             }
             Step::Put(PutOp {
+                lease: 0,
                 key,
                 value: Bytes::from(value),
                 precondition: None,

@@ -25,6 +25,9 @@ pub struct JoinRequest {
     pub http_addr: String,
     /// The bearer token to present (`--token`), when the cluster needs one.
     pub token: Option<String>,
+    /// The node's TLS files, when the cluster speaks TLS: the CA to trust, and the node's own
+    /// certificate to present as a client certificate.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// How a node joins a running cluster: asks a member to add it as a learner and returns every
@@ -84,6 +87,7 @@ pub(super) async fn initial(
             peer_addr: advertise_peer.to_string(),
             http_addr: advertise_http.to_string(),
             token: args.token.clone(),
+            tls: args.tls_files(),
         })
         .await
         .map_err(ServerError::Join)?;

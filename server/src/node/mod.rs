@@ -27,6 +27,7 @@ use crate::raft::{self, Event, LoopParts, RaftConfig};
 use crate::sm::StateMachine;
 use crate::snapshot;
 use crate::storage::{self, meta, RaftLogStore, StorageError};
+use crate::tls::{Tls, TlsError};
 use crate::transport::{self, Transport, TransportError};
 
 mod membership;
@@ -80,6 +81,9 @@ pub enum ServerError {
     /// The auth file cannot be used.
     #[error(transparent)]
     Auth(#[from] crate::http::auth::AuthFileError),
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The address book stored in the data dir does not parse.
     #[error("the member address book in the data dir is damaged: {0}")]
     CorruptMembers(#[source] serde_json::Error),
@@ -109,6 +113,10 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         .advertise_http
         .clone()
         .unwrap_or_else(|| args.http.clone());
+    let tls = match args.tls_files() {
+        Some(files) => Some(Arc::new(Tls::load(files, args.client_certs)?)),
+        None => None,
+    };
     let tokens = match &args.auth_file {
         Some(path) => Some(Arc::new(crate::http::auth::Tokens::load(path)?)),
         None => None,
@@ -164,6 +172,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         incarnation,
         &peers,
         Arc::new(wiring::RaftEvents(tx.clone())),
+        tls.clone(),
     );
     let outbox = wiring::PeerOutbox {
         transport: transport.clone(),
@@ -208,6 +217,9 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
             request_timeout: args.request_timeout,
             read_timeout: args.read_timeout,
             backup_dir,
+            // Twice the election timeout, as etcd does: a lease outlives an election.
+            min_lease_ttl: Duration::from_millis(args.tick_ms)
+                * u32::try_from(args.election_ticks.saturating_mul(2)).unwrap_or(u32::MAX),
         },
         node: node.clone(),
         sm,
@@ -217,11 +229,9 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         transport,
         tokens: tokens.clone(),
     });
-    if let Some(tokens) = tokens {
-        tokio::spawn(watch_auth_file(tokens));
-    }
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let http_task = tokio::spawn(http::serve(http_listener, api, async move {
+    let watcher = tokio::spawn(watch_files(tokens, tls.clone(), stop_tx.subscribe()));
+    let http_task = tokio::spawn(http::serve(http_listener, api, tls, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     info!(
@@ -266,22 +276,53 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
     };
     http_task.abort();
     peer_task.abort();
+    watcher.abort();
     if let Err(e) = &outcome {
         error!(error = %e, "node stopped");
     }
     outcome
 }
 
-/// Re-reads the auth file when it changes, every second, for as long as the node runs.
-async fn watch_auth_file(tokens: Arc<crate::http::auth::Tokens>) {
+/// Re-reads the auth file and the TLS files when they change, every second, until the node
+/// stops. The reads are blocking file system calls: they run on the blocking pool.
+async fn watch_files(
+    tokens: Option<Arc<crate::http::auth::Tokens>>,
+    tls: Option<Arc<Tls>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if tokens.is_none() && tls.is_none() {
+        return;
+    }
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
-        every.tick().await;
-        match tokens.reload_if_changed() {
-            Some(Ok(n)) => tracing::info!(tokens = n, "auth file changed: tokens reloaded"),
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (tokens, tls) = (tokens.clone(), tls.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            (
+                tokens.and_then(|t| t.reload_if_changed()),
+                tls.and_then(|t| t.reload_if_changed()),
+            )
+        })
+        .await;
+        let Ok((auth, certs)) = checked else {
+            continue;
+        };
+        match auth {
+            Some(Ok(n)) => info!(tokens = n, "auth file changed: tokens reloaded"),
             Some(Err(e)) => {
-                tracing::error!(error = %e, "auth file changed but cannot be used; the previous tokens stay")
+                error!(error = %e, "auth file changed but cannot be used; the previous tokens stay")
             }
+            None => {}
+        }
+        match certs {
+            Some(Ok(())) => info!("TLS files changed: new connections use them"),
+            Some(Err(e)) => error!(
+                error = %e,
+                "TLS files changed but cannot be used; the previous certificates stay"
+            ),
             None => {}
         }
     }

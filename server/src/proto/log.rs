@@ -8,7 +8,7 @@ use bytes::Bytes;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// The operation.
-    #[prost(oneof = "command::Op", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "command::Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 20")]
     pub op: Option<command::Op>,
     /// The client's `Idempotency-Key` (empty: none). A command whose key is still remembered
     /// (see [`crate::sm::idempotency`]) is answered with the first outcome instead.
@@ -21,6 +21,9 @@ pub struct Command {
     /// of the same leader; part of the entry, so every replica decides alike.
     #[prost(uint64, tag = "12")]
     pub leader_ms: u64,
+    /// `If-Fence`: the command applies only if this lock is held now with this fence.
+    #[prost(message, optional, tag = "13")]
+    pub fence: Option<crate::proto::FenceCheck>,
 }
 
 /// Nested types of [`Command`].
@@ -40,6 +43,25 @@ pub mod command {
         /// Multi-key transaction.
         #[prost(message, tag = "4")]
         Txn(super::TxnOp),
+        /// Grant a lease.
+        #[prost(message, tag = "5")]
+        LeaseGrant(crate::proto::LeaseGrantOp),
+        /// End a lease (revoked, or expired by the leader).
+        #[prost(message, tag = "6")]
+        LeaseRevoke(crate::proto::LeaseRevokeOp),
+        /// Acquire a lock or queue for it.
+        #[prost(message, tag = "7")]
+        LockAcquire(crate::proto::LockAcquireOp),
+        /// Release a held lock.
+        #[prost(message, tag = "8")]
+        LockRelease(crate::proto::LockReleaseOp),
+        /// Leave a lock's queue (or learn it was granted meanwhile).
+        #[prost(message, tag = "9")]
+        LockCancel(crate::proto::LockReleaseOp),
+        /// A keepalive or a lease lookup: answered by the leader, never logged (refused if
+        /// it ever reaches the apply path).
+        #[prost(message, tag = "20")]
+        LeaseQuery(crate::proto::LeaseQueryOp),
     }
 }
 
@@ -224,6 +246,9 @@ pub struct PutOp {
     /// Optional compare-and-set condition.
     #[prost(message, optional, tag = "3")]
     pub precondition: Option<Precondition>,
+    /// The lease the key lives with (0: none; the key is detached from any lease it had).
+    #[prost(uint64, tag = "4")]
+    pub lease: u64,
 }
 
 /// Remove `key`.
@@ -265,6 +290,9 @@ pub struct ValueRecord {
     #[prost(uint64, tag = "2")]
     pub version: u64,
     // Tag 3 (a creation index, never exposed) is retired: keeping it cost a read per put.
+    /// The lease the key lives with (0: none): the key is deleted when that lease ends.
+    #[prost(uint64, tag = "4")]
+    pub lease: u64,
 }
 
 /// The deterministic outcome of applying one [`Command`].
@@ -301,6 +329,9 @@ pub struct ApplyResult {
     /// This is the stored outcome of an earlier command with the same idempotency key.
     #[prost(bool, tag = "10")]
     pub replayed: bool,
+    /// For leases and locks (and a refused `If-Fence`): what the command reports.
+    #[prost(message, optional, tag = "11")]
+    pub coord: Option<crate::proto::CoordResult>,
 }
 
 impl ApplyResult {

@@ -47,6 +47,10 @@ pub struct Hello {
     /// The dialing node's data incarnation (see [`crate::storage::meta::incarnation`]).
     #[prost(uint64, tag = "3")]
     pub incarnation: u64,
+    /// The dialing node's own peer address, so that a node that does not know it yet (it was
+    /// cut off when the dialer joined) can answer it.
+    #[prost(string, tag = "4")]
+    pub peer_addr: String,
 }
 
 /// A write forwarded to the leader.

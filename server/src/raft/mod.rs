@@ -13,15 +13,22 @@
 //! [`Outbox`], the peers. It never blocks on the network and never waits for a client.
 //!
 //! - `ready.rs`: the loop and the Ready cycle, one numbered step per raft-rs requirement;
+//! - `apply.rs`: committed entries to the state machine, and telling whoever waits on them;
+//! - `leases.rs`: lease countdowns on the leader's monotonic clock, keepalives after a read
+//!   index (SPEC §8);
 //! - `writes.rs`: proposals waiting for their acknowledgement (async, semi, sync);
 //! - `reads.rs`: read-index batching, re-issue and expiry;
+//! - `guard.rs`: what a peer's Raft message must satisfy before raft-rs sees it;
 //! - `membership.rs`: applying conf changes and the address book;
 //! - `peers.rs`, `status.rs`: what the leader knows of followers, and the status report;
 //! - `handle.rs`, `shared.rs`: the way in and what is published.
 
 use std::time::Duration;
 
+mod apply;
+pub mod guard;
 mod handle;
+mod leases;
 mod membership;
 mod peers;
 mod reads;

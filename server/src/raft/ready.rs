@@ -7,15 +7,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use keel_api::{ErrorCode, WriteMode};
-use raft::eraftpb::{ConfChangeV2, Entry, EntryType, MessageType};
+use keel_api::WriteMode;
+use raft::eraftpb::{ConfChangeV2, MessageType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::handle::{Event, NodeHandle, Outbox, WriteOk};
-use super::membership::{self, PeerChange};
+use super::leases::Leases;
 use super::peers::Peers;
 use super::reads::Reads;
 use super::shared::{role_of, Shared};
@@ -25,7 +25,7 @@ use super::RaftConfig;
 use crate::error::WriteError;
 use crate::failpoints;
 use crate::members::AddressBook;
-use crate::proto::ApplyResult;
+use crate::proto::command::Op;
 use crate::sm::StateMachine;
 use crate::snapshot::Stage;
 use crate::storage::{RaftLogStore, StorageError};
@@ -56,37 +56,39 @@ pub struct LoopParts<O: Outbox> {
 }
 
 /// Owner of the RawNode and everything that must change in step with it.
-struct Driver<O: Outbox> {
+pub(super) struct Driver<O: Outbox> {
     /// Timing and limits.
-    cfg: RaftConfig,
+    pub(super) cfg: RaftConfig,
     /// raft-rs, with the log store inside.
-    raw: RawNode<RaftLogStore>,
+    pub(super) raw: RawNode<RaftLogStore>,
     /// Where committed entries are applied.
-    sm: StateMachine,
+    pub(super) sm: StateMachine,
     /// Incoming snapshot data, locked and installed by the loop.
-    stage: Stage,
+    pub(super) stage: Stage,
     /// Where messages to peers go.
-    outbox: O,
+    pub(super) outbox: O,
     /// What the loop publishes for the rest of the node.
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     /// Everything that reaches the loop.
-    rx: Receiver<Event>,
+    pub(super) rx: Receiver<Event>,
     /// Proposals waiting for their acknowledgement.
-    writes: Writes,
+    pub(super) writes: Writes,
     /// Read-index requests waiting for their read index.
-    reads: Reads,
+    pub(super) reads: Reads,
     /// Followers' applied indexes and last contact (on the leader).
-    peers: Peers,
+    pub(super) peers: Peers,
     /// Ticks since the loop started (drives periodic work).
-    ticks: u64,
+    pub(super) ticks: u64,
     /// The state machine's applied index, as this loop last wrote it.
-    applied: u64,
+    pub(super) applied: u64,
     /// Pending read-index requests must be asked again (after the current Ready cycle).
-    reissue_reads: bool,
+    pub(super) reissue_reads: bool,
     /// A staged snapshot is locked for installation until the end of this cycle.
-    staging_locked: bool,
+    pub(super) staging_locked: bool,
     /// Every member's addresses (changed only by applied conf changes).
-    members: AddressBook,
+    pub(super) members: AddressBook,
+    /// Lease countdowns (on the leader) and keepalives waiting for their read index.
+    pub(super) leases: Leases,
 }
 
 /// The result of the loop's thread: an error if storage failed (the node must then stop: its
@@ -157,6 +159,7 @@ pub fn start<O: Outbox>(
         reissue_reads: false,
         staging_locked: false,
         members,
+        leases: Leases::default(),
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -216,6 +219,7 @@ impl<O: Outbox> Driver<O> {
             }
             self.reads.issue(&mut self.raw);
             self.on_ready()?;
+            self.coord_cycle()?;
             if self.staging_locked {
                 self.stage.unlock_staged();
                 self.staging_locked = false;
@@ -238,7 +242,14 @@ impl<O: Outbox> Driver<O> {
                 mode,
                 reply,
                 ..
-            } => self.writes.propose(&mut self.raw, command, mode, reply),
+            } => match &command.op {
+                // Keepalives and lease lookups are answered by the leader, never logged.
+                Some(Op::LeaseQuery(q)) => {
+                    self.leases
+                        .query(&self.raw, &mut self.reads, &self.sm, q.clone(), reply)
+                }
+                _ => self.writes.propose(&mut self.raw, command, mode, reply),
+            },
             Event::ProposeConfChange { cc, context, reply } => {
                 self.propose_conf_change(cc, context, reply)
             }
@@ -251,12 +262,9 @@ impl<O: Outbox> Driver<O> {
             Event::ReadIndex { reply, .. } => self.reads.push(reply),
             Event::Raft(mut msg) => {
                 let from = msg.from;
-                if msg.get_msg_type() == MessageType::MsgHeartbeat
-                    && msg.commit > self.raw.raft.raft_log.last_index()
-                {
-                    // The leader believes we hold entries we do not (our data was wiped): raft-rs
-                    // would abort on such a commit index. Taking none of it is always safe.
-                    msg.commit = self.raw.raft.raft_log.committed;
+                if let Err(why) = super::guard::admit_to(&mut msg, &self.raw.raft.raft_log) {
+                    warn!(from, kind = ?msg.get_msg_type(), %why, "raft message refused");
+                    return true;
                 }
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     // Raft may only take a snapshot whose data has arrived whole (the chunks
@@ -451,100 +459,6 @@ impl<O: Outbox> Driver<O> {
         Ok(())
     }
 
-    /// Applies committed entries in one batch, then answers the writes waiting for them.
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let sm = self.sm.clone();
-        let mut batch = sm.batch();
-        let mut outcomes = Vec::new();
-        let mut dropped = Vec::new();
-        let mut peer_changes: Vec<PeerChange> = Vec::new();
-        for entry in &entries {
-            // After a snapshot the state machine may already cover entries Raft hands out again
-            // (its data was read at an index above the snapshot's): their effects are in it.
-            let covered = entry.index <= self.applied;
-            match entry.get_entry_type() {
-                EntryType::EntryNormal if covered => {}
-                EntryType::EntryNormal if entry.data.is_empty() => {
-                    // A new leader's empty entry, or a proposal raft-rs emptied (a refused conf
-                    // change): whoever waits at this index learns it was not applied.
-                    batch.skip(entry.index, entry.term);
-                    dropped.push(entry.index);
-                }
-                EntryType::EntryNormal => {
-                    let result = batch.apply(entry.index, entry.term, &entry.data)?;
-                    outcomes.push((entry.index, entry.term, result));
-                }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let result = match membership::apply(
-                        &mut self.raw,
-                        entry,
-                        &mut batch,
-                        &mut self.members,
-                        &mut peer_changes,
-                    )? {
-                        Ok(()) => {
-                            failpoints::crash_point(failpoints::CONF_CHANGE_APPLIED);
-                            ApplyResult {
-                                index: entry.index,
-                                ..Default::default()
-                            }
-                        }
-                        Err(e) => {
-                            warn!(index = entry.index, error = %e, "conf change rejected");
-                            ApplyResult {
-                                index: entry.index,
-                                error_code: ErrorCode::InvalidCommand.as_str().into(),
-                                error_message: e,
-                                ..Default::default()
-                            }
-                        }
-                    };
-                    if covered {
-                        // Re-applied below the applied index (the installed data was ahead of its
-                        // snapshot): nothing records that raft-rs applied it, so on a restart the
-                        // log would not replay it. Its configuration must be durable now.
-                        batch.sync_on_commit();
-                    } else {
-                        batch.skip(entry.index, entry.term);
-                        outcomes.push((entry.index, entry.term, result));
-                    }
-                }
-            }
-        }
-        if let Some((applied, applied_term)) = batch.commit()? {
-            self.applied = applied;
-            self.raw.mut_store().set_applied(applied, applied_term);
-            self.shared.set_applied(applied);
-            let leader = self.raw.raft.leader_id;
-            if leader != 0 && leader != self.cfg.id {
-                self.outbox.send_applied(leader, applied);
-            }
-        }
-        for (id, addr) in peer_changes {
-            if id == self.cfg.id {
-                if addr.is_none() {
-                    warn!("this node was removed from the cluster");
-                    self.shared.set_removed();
-                }
-            } else {
-                self.outbox.set_peer(id, addr.as_ref());
-            }
-        }
-        let now = Instant::now();
-        for index in dropped {
-            self.writes.drop_at(index);
-        }
-        for (index, term, result) in outcomes {
-            self.writes
-                .complete(index, term, result, now, self.cfg.sync_timeout);
-        }
-        self.release_sync_writes(now);
-        Ok(())
-    }
-
     /// Takes the address book of an installed snapshot: peers added while this node was away are
     /// dialled (and let in), peers removed meanwhile are dropped.
     fn adopt_members(&mut self, book: AddressBook) {
@@ -562,7 +476,7 @@ impl<O: Outbox> Driver<O> {
     }
 
     /// Answers `sync` writes that every voter has applied, or whose time ran out.
-    fn release_sync_writes(&mut self, now: Instant) {
+    pub(super) fn release_sync_writes(&mut self, now: Instant) {
         if !self.writes.awaiting_voters() {
             return;
         }
@@ -596,5 +510,6 @@ impl<O: Outbox> Driver<O> {
             self.reissue_reads = true;
         }
         self.release_sync_writes(now);
+        self.expire_leases(now);
     }
 }

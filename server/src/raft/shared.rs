@@ -58,6 +58,9 @@ pub struct Shared {
     /// Requests refused as overloaded since the start (queue full, or too many forwarded
     /// writes).
     overloaded: AtomicU64,
+    /// Bumped (to the applied index) whenever an applied entry changed a lock's holder: waiting
+    /// lock acquires and blocking lock reads wake on it and look again.
+    locks_tx: watch::Sender<u64>,
 }
 
 /// Client requests allowed to wait for the loop, unless `--max-pending` says otherwise.
@@ -78,7 +81,18 @@ impl Shared {
             queued: AtomicUsize::new(0),
             max_queued: AtomicUsize::new(DEFAULT_MAX_QUEUED),
             overloaded: AtomicU64::new(0),
+            locks_tx: watch::channel(0).0,
         }
+    }
+
+    /// Wakes whoever waits on a lock: an entry up to `applied` changed a holder.
+    pub(super) fn locks_changed(&self, applied: u64) {
+        self.locks_tx.send_replace(applied);
+    }
+
+    /// A receiver that wakes when an applied entry changes a lock's holder.
+    pub fn lock_changes(&self) -> watch::Receiver<u64> {
+        self.locks_tx.subscribe()
     }
 
     /// Sets how many client requests may wait for the loop.

@@ -11,23 +11,30 @@ use keel_api::ErrorCode;
 use prost::Message as _;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use super::coord::CoordEvent;
 use super::decode_record;
 use super::eval::{check_precondition, compute_add, new_record, reject, run_txn};
 use super::idempotency::{fingerprint, Memory, Stamp};
 use crate::proto::{
-    command::Op, AddOp, ApplyResult, Command, DeleteOp, IdempotencyRecord, PutOp, TxnOp,
-    ValueRecord,
+    command::Op, AddOp, ApplyResult, Command, DeleteOp, FenceCheck, IdempotencyRecord, LeaseRecord,
+    LockRecord, PutOp, TxnOp, ValueRecord,
 };
 use crate::storage::{cf, meta, rocks, StorageError, CF_DATA};
 
 /// Applies a run of committed entries as one atomic RocksDB write.
 pub struct ApplyBatch<'a> {
     /// The node's database.
-    db: &'a DB,
+    pub(super) db: &'a DB,
     /// Everything this run writes, committed at once by [`ApplyBatch::commit`].
-    batch: WriteBatch,
+    pub(super) batch: WriteBatch,
     /// Writes of this batch not yet in RocksDB: key → record (None = deleted).
-    overlay: HashMap<String, Option<ValueRecord>>,
+    pub(super) overlay: HashMap<String, Option<ValueRecord>>,
+    /// Leases changed by this batch, not yet in RocksDB (None = ended).
+    pub(super) leases: HashMap<u64, Option<LeaseRecord>>,
+    /// Locks changed by this batch, not yet in RocksDB.
+    pub(super) locks: HashMap<String, Option<LockRecord>>,
+    /// What this batch changed that the Ready loop and waiting handlers act on.
+    pub(super) events: Vec<CoordEvent>,
     /// Idempotency records written by this batch, and the newest stamp seen.
     idempotency: Memory,
     /// The last entry applied (or skipped) and its term: where the applied index moves to.
@@ -43,6 +50,9 @@ impl<'a> ApplyBatch<'a> {
             db,
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
+            leases: HashMap::new(),
+            locks: HashMap::new(),
+            events: Vec::new(),
             idempotency: Memory::default(),
             applied: None,
             sync: false,
@@ -60,6 +70,11 @@ impl<'a> ApplyBatch<'a> {
     /// snapshot install whose data was ahead of its index).
     pub fn sync_on_commit(&mut self) {
         self.sync = true;
+    }
+
+    /// What this batch changed in leases and locks so far (taken once, before commit).
+    pub fn take_events(&mut self) -> Vec<CoordEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Marks the entry at `index` (of `term`) applied without a command (the leader's empty
@@ -96,7 +111,7 @@ impl<'a> ApplyBatch<'a> {
         if cmd.idempotency_key.is_empty()
             || crate::planted::active(crate::planted::Bug::SkipIdempotency)
         {
-            return self.apply_op(index, op);
+            return self.apply_op(index, op, cmd.fence.as_ref());
         }
         let fingerprint = fingerprint(&op);
         if let Some(rec) = self
@@ -117,7 +132,7 @@ impl<'a> ApplyBatch<'a> {
             first.replayed = true;
             return Ok(first);
         }
-        let result = self.apply_op(index, op)?;
+        let result = self.apply_op(index, op, cmd.fence.as_ref())?;
         let rec = IdempotencyRecord {
             fingerprint,
             result: Some(result.clone()),
@@ -130,12 +145,32 @@ impl<'a> ApplyBatch<'a> {
         Ok(result)
     }
 
-    fn apply_op(&mut self, index: u64, op: Op) -> Result<ApplyResult, StorageError> {
+    fn apply_op(
+        &mut self,
+        index: u64,
+        op: Op,
+        fence: Option<&FenceCheck>,
+    ) -> Result<ApplyResult, StorageError> {
+        if let Some(f) = fence {
+            if let Some(refused) = self.check_fence(index, f)? {
+                return Ok(refused);
+            }
+        }
         match op {
             Op::Put(p) => self.put(index, p),
             Op::Delete(d) => self.delete(index, d),
             Op::Add(a) => self.add(index, a),
             Op::Txn(t) => self.txn(index, t),
+            Op::LeaseGrant(g) => Ok(self.lease_grant(index, g)),
+            Op::LeaseRevoke(r) => self.lease_revoke(index, r),
+            Op::LockAcquire(a) => self.lock_acquire(index, a),
+            Op::LockRelease(r) => self.lock_release(index, r),
+            Op::LockCancel(r) => self.lock_cancel(index, r),
+            Op::LeaseQuery(_) => Ok(reject(
+                index,
+                ErrorCode::InvalidCommand,
+                "a lease query is answered by the leader, never logged".into(),
+            )),
         }
     }
 
@@ -146,6 +181,7 @@ impl<'a> ApplyBatch<'a> {
         opts.set_sync(self.sync);
         let Some((applied, applied_term)) = self.applied else {
             // Nothing applied, but the caller may have added records (a conf state).
+            self.write_coord()?;
             if !self.batch.is_empty() {
                 self.db
                     .write_opt(self.batch, &opts)
@@ -160,6 +196,7 @@ impl<'a> ApplyBatch<'a> {
                 None => self.batch.delete_cf(data, key.as_bytes()),
             }
         }
+        self.write_coord()?;
         self.idempotency.evict_expired(self.db, &mut self.batch)?;
         meta::put_applied(self.db, &mut self.batch, applied, applied_term)?;
         self.db
@@ -169,7 +206,7 @@ impl<'a> ApplyBatch<'a> {
     }
 
     /// A key's record as this batch sees it: its own writes first, then RocksDB.
-    fn current(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
+    pub(super) fn current(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
         if let Some(rec) = self.overlay.get(key) {
             return Ok(rec.clone());
         }
@@ -191,7 +228,14 @@ impl<'a> ApplyBatch<'a> {
                 return Ok(reject(index, ErrorCode::PreconditionFailed, msg));
             }
         }
-        self.overlay.insert(p.key, Some(new_record(p.value, index)));
+        if p.lease != 0 {
+            if let Some(refused) = self.attach(index, &p.key, p.lease)? {
+                return Ok(refused);
+            }
+        }
+        let mut rec = new_record(p.value, index);
+        rec.lease = p.lease;
+        self.overlay.insert(p.key, Some(rec));
         Ok(ApplyResult {
             index,
             version: index,
@@ -219,8 +263,10 @@ impl<'a> ApplyBatch<'a> {
         let cur = self.current(&a.key)?;
         match compute_add(cur.as_ref(), &a) {
             Ok(new) => {
-                self.overlay
-                    .insert(a.key, Some(new_record(Bytes::from(new.to_string()), index)));
+                // An add keeps the key on the lease it lives with.
+                let mut rec = new_record(Bytes::from(new.to_string()), index);
+                rec.lease = cur.as_ref().map_or(0, |c| c.lease);
+                self.overlay.insert(a.key, Some(rec));
                 Ok(ApplyResult {
                     index,
                     version: index,

@@ -20,6 +20,7 @@ pub(super) fn new_record(value: Bytes, index: u64) -> ValueRecord {
     ValueRecord {
         value,
         version: index,
+        lease: 0,
     }
 }
 
@@ -439,7 +440,7 @@ mod tests {
                 step(Step::Put(PutOp {
                     key: "c".into(),
                     value: Bytes::from_static(b"1"),
-                    precondition: None,
+                    ..Default::default()
                 })),
                 step(Step::Add(add_op("a", -1000, Some(0), None))),
             ],

@@ -265,8 +265,8 @@ mod tests {
         stage
             .stage_chunk(chunk(0, false, vec![pair(0, b"a")]))
             .expect("stage");
-        // Column family 3 does not exist (256 would even wrap to 0 as a byte).
-        for bad in [pair(3, b"b"), pair(256, b"b"), pair(0, &[b'k'; 9000])] {
+        // Column family 5 does not exist (256 would even wrap to 0 as a byte).
+        for bad in [pair(5, b"b"), pair(256, b"b"), pair(0, &[b'k'; 9000])] {
             let (_d, stage) = self::stage();
             stage
                 .stage_chunk(chunk(0, false, vec![pair(0, b"a")]))

@@ -7,7 +7,7 @@
 //! column families listed here, and write them in their own batches.
 //!
 //! # Layout
-//! One RocksDB database per node, six column families:
+//! One RocksDB database per node, eight column families:
 //! - `raft_log`: log entries keyed by their index as a big-endian `u64` (so keys sort by index),
 //!   values are protobuf-encoded `eraftpb::Entry`.
 //! - `meta`: the hard state, the conf state, the member address book, the applied index and its
@@ -16,6 +16,8 @@
 //! - `data`: the state machine's keys and [`crate::proto::ValueRecord`]s.
 //! - `idempotency`, `idempotency_ttl`: the state machine's memory of recent idempotent commands
 //!   and their outcomes, and the same ordered by age for expiry.
+//! - `leases`, `locks`: the state machine's leases and locks (SPEC §8, [`crate::sm`]'s
+//!   `coord.rs`); in snapshots like `data`.
 //! - `snapshot_staging`: an incoming snapshot, received in chunks, before it is installed.
 //!
 //! # Durability
@@ -59,19 +61,25 @@ pub const CF_DATA: &str = "data";
 pub const CF_IDEM: &str = "idempotency";
 /// Column family ordering idempotency records by age: BE stamp ++ client key → ().
 pub const CF_IDEM_TTL: &str = "idempotency_ttl";
+/// Column family of leases: id (big-endian) → [`crate::proto::LeaseRecord`].
+pub const CF_LEASES: &str = "leases";
+/// Column family of locks: name → [`crate::proto::LockRecord`].
+pub const CF_LOCKS: &str = "locks";
 /// Column family where an incoming snapshot is staged before it is installed.
 pub const CF_SNAP_STAGING: &str = "snapshot_staging";
 /// The state machine's column families, as a snapshot or a backup carries them (the index is the
 /// `cf` number in [`crate::proto::SnapshotPair`]).
-pub const SNAPSHOT_CFS: [&str; 3] = [CF_DATA, CF_IDEM, CF_IDEM_TTL];
+pub const SNAPSHOT_CFS: [&str; 5] = [CF_DATA, CF_IDEM, CF_IDEM_TTL, CF_LEASES, CF_LOCKS];
 /// Every column family keel creates.
-pub const ALL_CFS: [&str; 6] = [
+pub const ALL_CFS: [&str; 8] = [
     CF_LOG,
     CF_META,
     CF_DATA,
     CF_IDEM,
     CF_IDEM_TTL,
     CF_SNAP_STAGING,
+    CF_LEASES,
+    CF_LOCKS,
 ];
 
 /// Failures of the storage layer. Any of these makes the node stop: the disk is not trustworthy.

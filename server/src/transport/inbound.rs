@@ -5,22 +5,26 @@ use std::sync::Arc;
 use futures::StreamExt;
 use prost::Message as _;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
+use rustls::pki_types::CertificateDer;
+use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
 
+use super::admission::{Admission, Pending};
 use super::{
     Inbound, Transport, BACKOFF_MIN, HELLO_DEADLINE, MAX_FRAME_BYTES, MAX_HELLO_BYTES,
     MAX_INBOUND_CONNECTIONS,
 };
 use crate::proto::{frame::Body, Frame};
+use crate::tls;
 
 impl Transport {
     /// Accepts peer connections on `listener` until the task is dropped.
     pub async fn serve_inbound(self, listener: TcpListener, handler: Arc<dyn Inbound>) {
-        let limit = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
+        let admission = Admission::new(MAX_INBOUND_CONNECTIONS);
         loop {
             let (stream, remote) = match listener.accept().await {
                 Ok(s) => s,
@@ -30,15 +34,14 @@ impl Transport {
                     continue;
                 }
             };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                warn!(%remote, "too many peer connections; closing");
+            let Some(pending) = admission.admit(remote.ip()) else {
+                debug!(%remote, "too many peer connections not yet identified; closing");
                 continue;
             };
             let this = self.clone();
             let handler = handler.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(reason) = this.read_connection(stream, handler).await {
+                if let Err(reason) = this.read_connection(stream, pending, handler).await {
                     debug!(%remote, %reason, "peer connection closed");
                 }
             });
@@ -48,24 +51,98 @@ impl Transport {
     async fn read_connection(
         &self,
         stream: TcpStream,
+        pending: Pending,
         handler: Arc<dyn Inbound>,
     ) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
+        // The handshake and the Hello share one deadline.
+        let deadline = tokio::time::Instant::now() + HELLO_DEADLINE;
+        let Some(tls) = &self.inner.tls else {
+            return self
+                .read_frames(stream, None, deadline, pending, handler)
+                .await;
+        };
+        let acceptor = TlsAcceptor::from(tls.current().peer_accept.clone());
+        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Err(_) => return Err(format!("no TLS handshake within {HELLO_DEADLINE:?}")),
+            Ok(Err(e)) => {
+                warn!(error = %e, "peer TLS handshake refused");
+                return Err(format!("TLS handshake failed: {e}"));
+            }
+            Ok(Ok(s)) => s,
+        };
+        // The handshake required a certificate from the CA: it is there.
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        if cert.is_none() {
+            return Err("no client certificate".into());
+        }
+        self.read_frames(stream, cert, deadline, pending, handler)
+            .await
+    }
+
+    /// Reads the Hello, then frames until the connection ends. `cert` is the peer's certificate
+    /// when the port speaks TLS (the Hello must claim the member it names).
+    async fn read_frames<S: AsyncRead + Unpin>(
+        &self,
+        stream: S,
+        cert: Option<CertificateDer<'static>>,
+        deadline: tokio::time::Instant,
+        pending: Pending,
+        handler: Arc<dyn Inbound>,
+    ) -> Result<(), String> {
         // Until the Hello: a small frame, soon.
         let codec = LengthDelimitedCodec::builder()
             .max_frame_length(MAX_HELLO_BYTES)
             .new_codec();
         let mut frames = FramedRead::new(stream, codec);
-        let first = match tokio::time::timeout(HELLO_DEADLINE, frames.next()).await {
+        let first = match tokio::time::timeout_at(deadline, frames.next()).await {
             Err(_) => return Err(format!("no Hello within {HELLO_DEADLINE:?}")),
             Ok(Some(Ok(bytes))) => bytes,
             Ok(Some(Err(e))) => return Err(format!("bad first frame: {e}")),
             Ok(None) => return Ok(()),
         };
+        // Without TLS any member id is believed; with it, only the one the certificate names.
+        let vouched = |id: u64| match (&self.inner.tls, &cert) {
+            (None, _) => true,
+            (Some(_), Some(c)) => {
+                let ok = tls::names_member(c, id)
+                    || crate::planted::active(crate::planted::Bug::TrustHello);
+                if !ok {
+                    warn!(
+                        claimed = id,
+                        "peer Hello claims a member its certificate does not name: refused"
+                    );
+                }
+                ok
+            }
+            (Some(_), None) => false,
+        };
         let from = match Frame::decode(first) {
             Ok(Frame {
                 body: Some(Body::Hello(h)),
-            }) if h.from != self.inner.id && self.is_member(h.from) => {
+            }) if h.from != self.inner.id && h.from != 0 && vouched(h.from) => {
+                // An id this node does not know is let in too (with TLS, only as its
+                // certificate names it): a member added while this node was cut off is the
+                // only one that can bring it up to date, and refusing it stranded this node
+                // for good (the fault suite: isolated during a join and the old leader's
+                // removal, it refused the new leader's every connection).
+                if !self.is_member(h.from) && !h.peer_addr.is_empty() {
+                    // It can only be answered on a connection of this node's own: dial it
+                    // back at the address it gives (with TLS, checked to be the member its
+                    // certificate names). The address book replaces this once it names it.
+                    info!(
+                        peer = h.from,
+                        addr = %h.peer_addr,
+                        "a node this node does not know yet connected (a member added while \
+                         it was away, presumably): answering it at its address"
+                    );
+                    self.add_peer(h.from, h.peer_addr.clone());
+                }
                 self.record_peer_http(h.from, h.http_addr);
                 let previous = self
                     .inner
@@ -84,38 +161,80 @@ impl Transport {
                 }
                 h.from
             }
-            Ok(_) => return Err("first frame is not a Hello from a member".into()),
+            Ok(_) => return Err("first frame is not a Hello from another node".into()),
             Err(e) => return Err(format!("undecodable first frame: {e}")),
+        };
+        let Some(_slot) = pending.promote() else {
+            warn!(
+                peer = from,
+                "every member slot of the peer port is taken; closing"
+            );
+            return Err("no member slot".into());
         };
         frames.decoder_mut().set_max_frame_length(MAX_FRAME_BYTES);
         info!(peer = from, "peer connected");
+        let generation = self.inner.tls.as_ref().map(|t| t.generation());
+        // Closed once a peer known as a member stops being one (it was removed).
+        let mut was_member = false;
         while let Some(next) = frames.next().await {
-            if !self.is_member(from) {
+            if self.is_member(from) {
+                was_member = true;
+            } else if was_member {
                 return Err(format!("{from} is no longer a member"));
             }
             let bytes = next.map_err(|e| format!("bad frame from {from}: {e}"))?;
-            let frame =
-                Frame::decode(bytes).map_err(|e| format!("undecodable frame from {from}: {e}"))?;
-            match frame.body {
-                Some(Body::Hello(_)) | None => {
-                    return Err(format!("unexpected frame from {from}"));
-                }
-                Some(Body::Raft(raw)) => {
-                    let msg = Message::parse_from_bytes(&raw)
-                        .map_err(|e| format!("undecodable raft message from {from}: {e}"))?;
-                    if msg.to != self.inner.id || msg.from != from {
-                        return Err(format!(
-                            "raft message {}→{} on the connection from {from}",
-                            msg.from, msg.to
-                        ));
-                    }
+            match decode_after_hello(&bytes, from, self.inner.id)? {
+                Decoded::Raft(msg) => {
                     if !self.inner.events.raft_message(msg) {
                         return Ok(());
                     }
                 }
-                Some(body) => handler.on_frame(from, body),
+                Decoded::Other(body) => handler.on_frame(from, body),
+            }
+            if self.inner.tls.as_ref().map(|t| t.generation()) != generation {
+                // New certificates: the peer must present its certificate again to the new
+                // CA (a rotated-out identity stops here).
+                return Err("TLS files changed: the peer must reconnect".into());
             }
         }
         Ok(())
+    }
+}
+
+/// A frame that arrived after the Hello, decoded.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A Raft message from the connection's peer to this node.
+    Raft(Message),
+    /// Any other frame (forwarded writes and replies, applied reports, snapshot chunks).
+    Other(Body),
+}
+
+/// Decodes one frame that `from` sent to `me` after its Hello; Err (the connection is then
+/// closed) for anything undecodable, a second Hello, or a Raft message that is not from `from`
+/// to `me`. What the Ready loop checks next is in [`crate::raft::guard`]. Public for the fuzz
+/// target (fuzz/), which feeds it arbitrary bytes.
+pub fn decode_after_hello(bytes: &[u8], from: u64, me: u64) -> Result<Decoded, String> {
+    let frame = Frame::decode(bytes).map_err(|e| format!("undecodable frame from {from}: {e}"))?;
+    match frame.body {
+        Some(Body::Hello(_)) | None => Err(format!("unexpected frame from {from}")),
+        Some(Body::Raft(raw)) => {
+            let msg = Message::parse_from_bytes(&raw)
+                .map_err(|e| format!("undecodable raft message from {from}: {e}"))?;
+            // raft-rs passes a proposal or a read index sent to a former leader on to the new
+            // one with its first sender's id: those may come from another member.
+            let forwarded = matches!(
+                msg.get_msg_type(),
+                MessageType::MsgPropose | MessageType::MsgReadIndex
+            );
+            if msg.to != me || (msg.from != from && !forwarded) {
+                return Err(format!(
+                    "raft message {}→{} on the connection from {from}",
+                    msg.from, msg.to
+                ));
+            }
+            Ok(Decoded::Raft(msg))
+        }
+        Some(body) => Ok(Decoded::Other(body)),
     }
 }

@@ -19,12 +19,21 @@
 //! Ready loop is told ([`PeerEvents::unreachable`]); Raft retransmits what matters.
 //!
 //! # Inbound
-//! The listener accepts at most [`MAX_INBOUND_CONNECTIONS`] connections. The first frame must be
+//! The listener admits connections that have not yet said who they are to a few pending slots
+//! per remote address (`admission.rs`); a connection whose Hello is accepted takes one of
+//! [`MAX_INBOUND_CONNECTIONS`] member slots. The first frame must be
 //! a [`Hello`] from a configured member other than this node, of at most [`MAX_HELLO_BYTES`],
 //! within [`HELLO_DEADLINE`] of the connection (so that a stranger can neither make the node
 //! buffer a large frame nor hold a connection slot by saying nothing); any undecodable or
 //! oversized frame closes the connection. Garbage on the peer port can therefore never reach
-//! Raft. (The Hello itself is not authenticated yet: docs/security.md.)
+//! Raft.
+//!
+//! # TLS
+//! With a [`Tls`] identity every connection is mutual TLS: the dialer checks that the server's
+//! certificate names the member it dials, the listener requires a client certificate from the
+//! CA and refuses a Hello that claims a member the certificate does not name (see
+//! [`crate::tls`]). The TLS handshake shares the Hello's deadline. Without TLS a Hello is
+//! believed: anyone who can reach the peer port can act as a member (docs/security.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -34,10 +43,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::proto::{frame::Body, Frame, Hello};
+use crate::tls::Tls;
 use raft::eraftpb::Message;
 
+mod admission;
 mod inbound;
 mod outbound;
+
+pub use inbound::{decode_after_hello, Decoded};
 #[cfg(test)]
 mod proptests;
 
@@ -47,7 +60,7 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 pub const PEER_QUEUE_FRAMES: usize = 8192;
 /// Bytes gathered into one write.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Concurrent inbound peer connections.
+/// Concurrent inbound connections of members (after their Hello).
 pub const MAX_INBOUND_CONNECTIONS: usize = 64;
 /// Largest first frame (the Hello) accepted, before the peer has said who it is.
 pub const MAX_HELLO_BYTES: usize = 4 * 1024;
@@ -115,6 +128,9 @@ struct Inner {
     peer_http: RwLock<HashMap<u64, String>>,
     /// Data incarnations of peers, learned from their Hello.
     peer_incarnation: RwLock<HashMap<u64, u64>>,
+    /// The node's TLS identity when the peer port speaks mutual TLS (None: plain TCP, and a
+    /// Hello is believed).
+    tls: Option<Arc<Tls>>,
 }
 
 impl Transport {
@@ -125,12 +141,14 @@ impl Transport {
         incarnation: u64,
         members: &HashMap<u64, String>,
         events: Arc<dyn PeerEvents>,
+        tls: Option<Arc<Tls>>,
     ) -> Transport {
         let hello = Frame {
             body: Some(Body::Hello(Hello {
                 from: id,
                 http_addr,
                 incarnation,
+                peer_addr: members.get(&id).cloned().unwrap_or_default(),
             })),
         };
         let t = Transport {
@@ -143,6 +161,7 @@ impl Transport {
                 runtime: tokio::runtime::Handle::current(),
                 peer_http: RwLock::new(HashMap::new()),
                 peer_incarnation: RwLock::new(HashMap::new()),
+                tls,
             }),
         };
         for (&peer, addr) in members {
@@ -170,6 +189,7 @@ impl Transport {
             self.inner.hello.clone(),
             rx,
             self.inner.events.clone(),
+            self.inner.tls.clone(),
         ));
     }
 

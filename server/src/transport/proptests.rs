@@ -25,14 +25,14 @@ proptest! {
 
     #[test]
     fn a_hello_decodes_to_itself(from in any::<u64>(), http in ".{0,40}", incarnation in any::<u64>()) {
-        let f = Frame { body: Some(Body::Hello(Hello { from, http_addr: http, incarnation })) };
+        let f = Frame { body: Some(Body::Hello(Hello { from, http_addr: http, incarnation, peer_addr: String::new() })) };
         let bytes = f.encode_to_vec();
         prop_assert_eq!(Frame::decode(bytes.as_slice()).ok(), Some(f));
     }
 
     #[test]
     fn a_truncated_frame_is_refused_or_shorter(cut in 0usize..64, http in "[a-z:0-9.]{1,40}") {
-        let f = Frame { body: Some(Body::Hello(Hello { from: 7, http_addr: http, incarnation: 9 })) };
+        let f = Frame { body: Some(Body::Hello(Hello { from: 7, http_addr: http, incarnation: 9, peer_addr: String::new() })) };
         let bytes = f.encode_to_vec();
         let cut = cut.min(bytes.len());
         if let Ok(g) = Frame::decode(&bytes[..bytes.len() - cut]) {

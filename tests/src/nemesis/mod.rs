@@ -102,6 +102,14 @@ impl Fault {
         }
     }
 
+    /// Whether the fault, when it opens a scene, lasts until the scene's other faults have
+    /// healed. An isolated follower does: a voter then lags for the whole life of a learner that
+    /// the scene adds (the window in which a learner could wrongly stand in for it in a `sync`
+    /// acknowledgement), not only for the part of it that a random length happens to cover.
+    pub fn outlasts_scene(self) -> bool {
+        matches!(self, Fault::IsolateFollower)
+    }
+
     /// Whether the fault makes the cluster change leader (or try to) by itself.
     pub fn disturbs_leadership(self) -> bool {
         !matches!(
@@ -212,6 +220,22 @@ impl Schedule {
                 });
                 end = end.max(start + offset + len);
                 slot += 1;
+            }
+            if scene.len() > 1 && scene.first().is_some_and(|f| f.outlasts_scene()) {
+                // Every fault injects one step and heals one; the first heal is the second step.
+                let later = scene_steps
+                    .iter()
+                    .skip(2)
+                    .map(|s| s.at)
+                    .max()
+                    .unwrap_or(start);
+                let hold = later + Duration::from_millis(500);
+                if let Some(first_heal) = scene_steps.get_mut(1) {
+                    if first_heal.at < hold {
+                        first_heal.at = hold;
+                    }
+                    end = end.max(first_heal.at);
+                }
             }
             if end > spec.duration && n >= spec.scenes.len() {
                 break;
@@ -332,5 +356,41 @@ mod tests {
         }
         assert!(open.is_empty(), "every fault is healed");
         assert!(overlapped >= s.scene_starts.len(), "{}", s.describe());
+    }
+
+    #[test]
+    fn an_isolated_follower_opening_a_scene_outlasts_the_membership_change() {
+        let spec = ScheduleSpec {
+            scenes: vec![vec![Fault::IsolateFollower, Fault::Membership]],
+            duration: Duration::from_secs(60),
+            calm: Duration::from_secs(2),
+            fault_for: Duration::from_secs(5),
+        };
+        for seed in 0..50 {
+            let s = Schedule::generate(seed, &spec);
+            let mut heal_at = std::collections::HashMap::new();
+            let mut fault_of = std::collections::HashMap::new();
+            for step in &s.steps {
+                match step.action {
+                    Action::Inject { fault, .. } => {
+                        fault_of.insert(step.slot, fault);
+                    }
+                    Action::Heal => {
+                        heal_at.insert(step.slot, step.at);
+                    }
+                }
+            }
+            for (slot, fault) in &fault_of {
+                if *fault == Fault::Membership {
+                    let isolation = slot - 1;
+                    assert_eq!(fault_of.get(&isolation), Some(&Fault::IsolateFollower));
+                    assert!(
+                        heal_at[&isolation] > heal_at[slot],
+                        "seed {seed}: {}",
+                        s.describe()
+                    );
+                }
+            }
+        }
     }
 }

@@ -151,6 +151,7 @@ pub fn run(opts: RunOpts) -> Report {
         env: &env,
         power_disks: p.power_disks,
         client_cuts: true,
+        secure: false,
     }) {
         Ok(c) => c,
         Err(e) => panic!("cannot start the cluster: {e}"),

@@ -12,6 +12,10 @@ use tokio::process::{Child, Command};
 
 use crate::args::ClusterArgs;
 
+mod secure;
+
+use secure::Secure;
+
 /// How long to wait for the first leader before saying so.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 /// How long children get to stop after SIGTERM.
@@ -63,6 +67,8 @@ pub struct LocalCluster {
     default_mode: keel_api::WriteMode,
     /// The nodes, in id order.
     nodes: Vec<ChildNode>,
+    /// TLS and token files, with `--secure`.
+    secure: Option<Secure>,
 }
 
 impl LocalCluster {
@@ -89,7 +95,13 @@ impl LocalCluster {
         let cluster: Vec<String> = (1..=args.nodes)
             .map(|i| format!("{i}=127.0.0.1:{}", peer_port(i)))
             .collect();
+        let secure = if args.secure {
+            Some(Secure::prepare(&args.data_dir, args.nodes)?)
+        } else {
+            None
+        };
         let mut lc = LocalCluster {
+            secure,
             exe,
             cluster: cluster.join(","),
             default_mode: args.default_mode,
@@ -131,6 +143,7 @@ impl LocalCluster {
             .arg(&n.dir)
             .arg("--backup-dir")
             .arg(n.dir.with_file_name("backups"))
+            .args(self.secure.iter().flat_map(|s| s.server_args(id)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -156,14 +169,24 @@ impl LocalCluster {
         self.nodes.iter().map(|n| n.http.clone()).collect()
     }
 
+    /// `http` or `https`.
+    fn scheme(&self) -> &'static str {
+        if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// One line per node: where it listens, its data and its log.
     pub fn describe(&self) -> Vec<String> {
         self.nodes
             .iter()
             .map(|n| {
                 format!(
-                    "node {}: http://{}  (data {}, log {})",
+                    "node {}: {}://{}  (data {}, log {})",
                     n.id,
+                    self.scheme(),
                     n.http,
                     n.dir.display(),
                     n.log_path.display()
@@ -189,7 +212,16 @@ impl LocalCluster {
     /// Waits until some node names a leader (up to `timeout`).
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
         let addrs = self.http_addrs();
-        wait_for_leader(&addrs, timeout).await
+        let opts = HttpOptions {
+            request_timeout: STATUS_TIMEOUT,
+            connect_timeout: STATUS_TIMEOUT,
+            ..HttpOptions::default()
+        };
+        let opts = match &self.secure {
+            Some(s) => s.http_options(opts).ok()?,
+            None => opts,
+        };
+        wait_for_leader(&HttpClient::new(opts), &addrs, timeout).await
     }
 
     /// SIGTERM to every node, then SIGKILL after a grace period.
@@ -246,7 +278,8 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     let addrs = lc.http_addrs();
     match lc.wait_for_leader(LEADER_WAIT).await {
         Some(leader) => println!(
-            "leader: node {leader} (http://{})",
+            "leader: node {leader} ({}://{})",
+            lc.scheme(),
             addrs.get(leader as usize - 1).cloned().unwrap_or_default()
         ),
         None => println!(
@@ -254,11 +287,25 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
             LEADER_WAIT.as_secs()
         ),
     }
-    println!(
-        "try: curl -X PUT --data-binary hello http://{}/v1/kv/greeting && curl http://{}/v1/kv/greeting",
-        addrs[0],
-        addrs[addrs.len() - 1]
-    );
+    match &lc.secure {
+        None => println!(
+            "try: curl -X PUT --data-binary hello http://{}/v1/kv/greeting && curl http://{}/v1/kv/greeting",
+            addrs[0],
+            addrs[addrs.len() - 1]
+        ),
+        Some(s) => {
+            let ca = s.ca();
+            println!(
+                "TLS on both ports and tokens are on; in another shell:\n  \
+                 export KEEL_CA={} KEEL_TOKEN=$(grep -o '\"token\":\"[^\"]*' {} | cut -d'\"' -f4)\n  \
+                 keel put greeting hello && keel get greeting\n  \
+                 curl --cacert \"$KEEL_CA\" -H \"Authorization: Bearer $KEEL_TOKEN\" https://{}/v1/kv/greeting",
+                ca.display(),
+                s.auth_file.display(),
+                addrs[0]
+            );
+        }
+    }
     println!("press Ctrl-C to stop the cluster");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ClusterError::Io {
@@ -286,12 +333,7 @@ fn open_log(path: &Path) -> Result<std::fs::File, ClusterError> {
 }
 
 /// Polls `/v1/status` of `addrs` until one names a leader.
-async fn wait_for_leader(addrs: &[String], timeout: Duration) -> Option<u64> {
-    let http = HttpClient::new(HttpOptions {
-        request_timeout: STATUS_TIMEOUT,
-        connect_timeout: STATUS_TIMEOUT,
-        ..HttpOptions::default()
-    });
+async fn wait_for_leader(http: &HttpClient, addrs: &[String], timeout: Duration) -> Option<u64> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         for addr in addrs {

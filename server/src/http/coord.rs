@@ -1,0 +1,291 @@
+//! The coordination handlers (SPEC §8): leases (grant, keepalive, look, revoke) and locks
+//! (acquire with a FIFO wait, look with a blocking query, release).
+//!
+//! Every change goes through the log like any write ([`Api::write`]): the state machine decides
+//! who holds a lock and with which fence. Keepalives and lease lookups travel the same way to
+//! the leader, which answers them after a read-index round (see `raft/leases.rs`) without
+//! logging anything. A waiting acquire is answered from this node's applied state when the
+//! grant reaches it, or ends with a cancel entry whose outcome is the truth: a grant made while
+//! the wait was ending is reported, never lost.
+
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::HeaderMap;
+use keel_api::coord::{
+    LeaseGrantRequest, LeaseId, LeaseInfo, LeaseResponse, LeaseRevokeResponse, LockHolderInfo,
+    LockRequest,
+};
+use keel_api::kv::JsonValue;
+use keel_api::limits::MAX_SMALL_BODY_BYTES;
+use keel_api::{ErrorCode, WriteMode};
+use serde::Serialize;
+
+use super::error::{rejected, ApiError};
+use super::reply::{Answer, Reply};
+use super::request::{self, Query};
+use super::Api;
+use crate::proto::{
+    command::Op, CoordResult, LeaseGrantOp, LeaseQueryOp, LeaseRevokeOp, LockAcquireOp, LockHolder,
+    LockReleaseOp,
+};
+
+/// The longest a lock acquire or a blocking lock read may wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// Answer to `DELETE /v1/lock/{name}`.
+#[derive(Serialize)]
+struct Released {
+    name: String,
+    lease: LeaseId,
+    released: bool,
+    index: u64,
+}
+
+/// A lease id from the path.
+pub(super) fn lease_id(raw: &str) -> Result<u64, ApiError> {
+    match raw.parse::<u64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!("{raw:?} is not a lease id (a positive integer)"),
+        )),
+    }
+}
+
+/// How a holder is shown.
+pub(super) fn holder_info(name: &str, h: &LockHolder, index: u64) -> LockHolderInfo {
+    LockHolderInfo {
+        name: name.to_string(),
+        lease: LeaseId(h.lease),
+        value: JsonValue::from_bytes(&h.value),
+        fence: h.fence,
+        index,
+    }
+}
+
+fn coord_of(r: &crate::proto::ApplyResult) -> CoordResult {
+    r.coord.clone().unwrap_or_default()
+}
+
+fn wait_of(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_WAIT)
+}
+
+impl Api {
+    /// `POST /v1/lease`.
+    pub(super) async fn lease_grant(&self, headers: &HeaderMap, body: Incoming) -> Answer {
+        let body = request::read_body(headers, body, MAX_SMALL_BODY_BYTES).await?;
+        let b: LeaseGrantRequest = request::parse_json(&body, "{\"ttl_ms\": u64}")?;
+        let min = u64::try_from(self.cfg.min_lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = b.ttl_ms.max(min);
+        let ok = self
+            .write_cmd(Op::LeaseGrant(LeaseGrantOp { ttl_ms }), WriteMode::Semi)
+            .await?;
+        let r = rejected(&ok.result)?;
+        let c = coord_of(r);
+        Reply::write(
+            &LeaseResponse {
+                id: LeaseId(c.lease),
+                ttl_ms: c.ttl_ms,
+                index: r.index,
+            },
+            &ok,
+        )
+    }
+
+    /// Asks the leader about a lease (a keepalive resets its countdown).
+    async fn lease_query(&self, id: u64, keepalive: bool) -> Result<(CoordResult, u64), ApiError> {
+        let ok = self
+            .write_cmd(
+                Op::LeaseQuery(LeaseQueryOp { id, keepalive }),
+                WriteMode::Semi,
+            )
+            .await?;
+        let r = rejected(&ok.result)?;
+        Ok((coord_of(r), r.index))
+    }
+
+    /// `POST /v1/lease/{id}/keepalive`.
+    pub(super) async fn lease_keepalive(&self, id: u64) -> Answer {
+        let (c, index) = self.lease_query(id, true).await?;
+        Reply::json(
+            &LeaseResponse {
+                id: LeaseId(id),
+                ttl_ms: c.ttl_ms,
+                index,
+            },
+            Some(index),
+        )
+    }
+
+    /// `GET /v1/lease/{id}`.
+    pub(super) async fn lease_info(&self, id: u64) -> Answer {
+        let (c, index) = self.lease_query(id, false).await?;
+        // The leader answered after applying `index`; the keys and locks are read here once this
+        // node has applied it too.
+        if index > self.node.shared().applied() {
+            self.node.wait_applied(index, self.cfg.read_timeout).await?;
+        }
+        let rec = self.sm.lease(id)?.unwrap_or_default();
+        Reply::json(
+            &LeaseInfo {
+                id: LeaseId(id),
+                ttl_ms: c.ttl_ms,
+                remaining_ms: c.remaining_ms,
+                keys: rec.keys,
+                locks: rec.locks,
+                index,
+            },
+            Some(index),
+        )
+    }
+
+    /// `DELETE /v1/lease/{id}`.
+    pub(super) async fn lease_revoke(&self, id: u64, q: Query) -> Answer {
+        let mode = q.mode.unwrap_or(self.cfg.default_mode);
+        let ok = self
+            .write_cmd(Op::LeaseRevoke(LeaseRevokeOp { id, expired: false }), mode)
+            .await?;
+        let r = rejected(&ok.result)?;
+        let c = coord_of(r);
+        Reply::write(
+            &LeaseRevokeResponse {
+                id: LeaseId(id),
+                keys: c.keys,
+                locks: c.locks,
+                index: r.index,
+            },
+            &ok,
+        )
+    }
+
+    /// `POST /v1/lock/{name}`: granted at once, or after waiting in the queue up to `wait_ms`.
+    pub(super) async fn lock_acquire(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        name: String,
+    ) -> Answer {
+        let body = request::read_body(headers, body, MAX_SMALL_BODY_BYTES).await?;
+        let b: LockRequest = request::parse_json(
+            &body,
+            "{\"lease\": id, \"value\"?: string, \"wait_ms\"?: u64}",
+        )?;
+        let started = Instant::now();
+        let lease = b.lease.0;
+        let op = Op::LockAcquire(LockAcquireOp {
+            name: name.clone(),
+            lease,
+            value: b.value.into(),
+        });
+        let ok = self.write_cmd(op, WriteMode::Semi).await?;
+        let r = rejected(&ok.result)?;
+        let c = coord_of(r);
+        if c.granted {
+            if let Some(h) = &c.holder {
+                return Reply::write(&holder_info(&name, h, r.index), &ok);
+            }
+        }
+        // Queued: wait for the grant to be applied here, until the wait ends.
+        let deadline = started + wait_of(b.wait_ms);
+        let mut changes = self.node.shared().lock_changes();
+        loop {
+            changes.borrow_and_update();
+            if let Some(lock) = self.sm.lock(&name)? {
+                if let Some(h) = lock.holder.filter(|h| h.lease == lease) {
+                    let index = self.node.shared().applied();
+                    return Reply::json(&holder_info(&name, &h, index), Some(index));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, changes.changed()).await.is_err() {
+                break;
+            }
+        }
+        // The wait is over: leave the queue, unless the lock was granted meanwhile.
+        let ok = self
+            .write_cmd(
+                Op::LockCancel(LockReleaseOp {
+                    name: name.clone(),
+                    lease,
+                }),
+                WriteMode::Semi,
+            )
+            .await?;
+        let r = rejected(&ok.result)?;
+        let c = coord_of(r);
+        match (&c.holder, c.granted) {
+            (Some(h), true) => Reply::write(&holder_info(&name, h, r.index), &ok),
+            (holder, _) => Err(held(&name, holder.as_ref(), r.index)),
+        }
+    }
+
+    /// `GET /v1/lock/{name}`: the holder, or 404; with `wait_index`, answers once the lock's
+    /// holder changed after that index, or when `wait_ms` runs out.
+    pub(super) async fn lock_get(&self, name: String, q: Query) -> Answer {
+        self.read_barrier(&q).await?;
+        let deadline = Instant::now() + wait_of(q.wait_ms.unwrap_or(60_000));
+        let mut changes = self.node.shared().lock_changes();
+        loop {
+            changes.borrow_and_update();
+            let index = self.node.shared().applied();
+            let lock = self.sm.lock(&name)?.unwrap_or_default();
+            let changed = q.wait_index.is_none_or(|w| lock.index > w);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if changed || left.is_zero() {
+                return match lock.holder {
+                    Some(h) => Reply::json(&holder_info(&name, &h, index), Some(index)),
+                    None => Err(ApiError::new(
+                        ErrorCode::LockNotFound,
+                        format!("lock {name:?} is not held"),
+                    )
+                    .at_index(index.max(lock.index))),
+                };
+            }
+            // Woken on any lock change (or at the deadline), then look again.
+            let _ = tokio::time::timeout(left, changes.changed()).await;
+        }
+    }
+
+    /// `DELETE /v1/lock/{name}?lease=`: only the holder's lease releases it.
+    pub(super) async fn lock_release(&self, name: String, q: Query) -> Answer {
+        let Some(lease) = q.lease else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "DELETE /v1/lock/{name} needs ?lease=<the holder's lease>",
+            ));
+        };
+        let mode = q.mode.unwrap_or(self.cfg.default_mode);
+        let ok = self
+            .write_cmd(
+                Op::LockRelease(LockReleaseOp {
+                    name: name.clone(),
+                    lease,
+                }),
+                mode,
+            )
+            .await?;
+        let r = rejected(&ok.result)?;
+        Reply::write(
+            &Released {
+                name,
+                lease: LeaseId(lease),
+                released: true,
+                index: r.index,
+            },
+            &ok,
+        )
+    }
+}
+
+/// 409 `lock_held`, with the holder.
+fn held(name: &str, holder: Option<&LockHolder>, index: u64) -> ApiError {
+    let mut err = ApiError::new(
+        ErrorCode::LockHeld,
+        format!("lock {name:?} is held by another lease"),
+    )
+    .at_index(index);
+    err.body.holder = holder.map(|h| holder_info(name, h, index));
+    err
+}

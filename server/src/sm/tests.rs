@@ -1,0 +1,391 @@
+//! The state machine's tests: apply, idempotency and reads on a real RocksDB.
+
+use super::idempotency::{IDEMPOTENCY_CROSS_TERM_ENTRIES, IDEMPOTENCY_TTL_MS};
+use super::*;
+use crate::proto::command::Op;
+use crate::proto::txn_step::Step;
+use crate::proto::{
+    AddOp, Command, Compare, CompareOp, CompareTarget, DeleteOp, Precondition, PutOp,
+};
+use bytes::Bytes;
+use keel_api::ErrorCode;
+
+fn cmd(op: Op) -> Vec<u8> {
+    Command {
+        op: Some(op),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn idem(op: Op, key: &str, stamp: u64) -> Vec<u8> {
+    Command {
+        op: Some(op),
+        idempotency_key: key.into(),
+        leader_ms: stamp,
+        fence: None,
+    }
+    .encode_to_vec()
+}
+
+fn step(s: Step) -> crate::proto::TxnStep {
+    crate::proto::TxnStep { step: Some(s) }
+}
+
+fn add_op(key: &str, delta: i64, min: Option<i64>) -> AddOp {
+    AddOp {
+        key: key.into(),
+        delta,
+        min,
+        max: None,
+    }
+}
+
+#[test]
+fn txn_applies_all_or_nothing() {
+    let (_d, sm) = open();
+    let mut b = sm.batch();
+    b.apply(1, 1, &add("a", 100, None)).unwrap();
+    b.apply(2, 1, &add("b", 0, None)).unwrap();
+    // Transfer 30 from a to b when a >= 30.
+    let transfer = |amount: i64| {
+        cmd(Op::Txn(TxnOp {
+            compare: vec![Compare {
+                key: "a".into(),
+                target: CompareTarget::Int as i32,
+                op: CompareOp::Ge as i32,
+                int: amount,
+                ..Default::default()
+            }],
+            success: vec![
+                step(Step::Add(add_op("a", -amount, Some(0)))),
+                step(Step::Add(add_op("b", amount, None))),
+            ],
+            failure: vec![step(Step::Get(crate::proto::GetOp { key: "a".into() }))],
+        }))
+    };
+    let r = b.apply(3, 1, &transfer(30)).unwrap();
+    assert!(r.is_ok() && r.succeeded);
+    assert_eq!(r.results[0].int, Some(70));
+    assert_eq!(r.results[1].int, Some(30));
+    // Compare fails: the failure branch reads a.
+    let r = b.apply(4, 1, &transfer(500)).unwrap();
+    assert!(r.is_ok() && !r.succeeded);
+    assert_eq!(&r.results[0].value[..], b"70");
+    // Compare passes but the first add would break its bound... make a bound that the second
+    // step violates: the whole txn aborts, the first step's effect is discarded.
+    let abort = cmd(Op::Txn(TxnOp {
+        compare: vec![],
+        success: vec![
+            step(Step::Add(add_op("a", -10, Some(0)))),
+            step(Step::Add(add_op("b", -1000, Some(0)))),
+        ],
+        failure: vec![],
+    }));
+    let r = b.apply(5, 1, &abort).unwrap();
+    assert_eq!(r.error_code, ErrorCode::BoundViolated.as_str());
+    assert_eq!(r.error_key, "b");
+    assert_eq!(r.value, Some(30));
+    b.commit().unwrap();
+    assert_eq!(&sm.get_value("a").unwrap().unwrap().value[..], b"70");
+    assert_eq!(&sm.get_value("b").unwrap().unwrap().value[..], b"30");
+    // A read-only txn on a snapshot.
+    let ro = TxnOp {
+        compare: vec![],
+        success: vec![
+            step(Step::Get(crate::proto::GetOp { key: "a".into() })),
+            step(Step::Get(crate::proto::GetOp { key: "zz".into() })),
+        ],
+        failure: vec![],
+    };
+    let r = sm.read_txn(&ro).unwrap();
+    assert_eq!(r.index, 5);
+    assert!(r.value.results[0].found && !r.value.results[1].found);
+}
+
+#[test]
+fn a_retry_under_a_new_leader_whose_clock_is_ahead_is_not_applied_twice() {
+    let (_d, sm) = open();
+    let t0 = 1_000_000_000;
+    let mut b = sm.batch();
+    let first = b
+        .apply(1, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0))
+        .unwrap();
+    assert!(!first.replayed);
+    // The leader changes; the new leader's clock is 10 minutes ahead of the old one's. The
+    // client's retry of the same request, a second later, must still be recognised.
+    let retry = b
+        .apply(
+            2,
+            2,
+            &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 600_000),
+        )
+        .unwrap();
+    assert!(retry.replayed, "the retry was applied a second time");
+    b.commit().unwrap();
+    assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"5");
+}
+
+/// Replicas batch their applies differently; whether a retry is applied must not depend on
+/// it (a record deleted at one batch boundary on one replica and kept on another would make
+/// them diverge).
+#[test]
+fn replicas_that_batch_differently_decide_a_retry_alike() {
+    let stamp = |ms: u64| {
+        Command {
+            op: Some(Op::Put(PutOp {
+                key: "other".into(),
+                value: Bytes::from_static(b"x"),
+                ..Default::default()
+            })),
+            leader_ms: ms,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let retry = idem(Op::Add(add_op("n", 1, None)), "k", 0);
+    // Replica A: entry 1, then entry 2 alone (its leader's clock 5 minutes on), then the
+    // retry under the next leader.
+    let (_da, a) = open();
+    let mut b = a.batch();
+    b.apply(1, 3, &retry).unwrap();
+    b.commit().unwrap();
+    let mut b = a.batch();
+    b.apply(2, 3, &stamp(IDEMPOTENCY_TTL_MS)).unwrap();
+    b.commit().unwrap();
+    let mut b = a.batch();
+    let on_a = b.apply(3, 4, &retry).unwrap();
+    b.commit().unwrap();
+    // Replica B: the same entries, 2 and 3 in one batch.
+    let (_db, r) = open();
+    let mut b = r.batch();
+    b.apply(1, 3, &retry).unwrap();
+    b.commit().unwrap();
+    let mut b = r.batch();
+    b.apply(2, 3, &stamp(IDEMPOTENCY_TTL_MS)).unwrap();
+    let on_b = b.apply(3, 4, &retry).unwrap();
+    b.commit().unwrap();
+    assert_eq!(
+        on_a.replayed, on_b.replayed,
+        "the replicas decided the retry differently"
+    );
+    assert_eq!(
+        a.get_value("n").unwrap().unwrap().value,
+        r.get_value("n").unwrap().unwrap().value,
+        "the replicas diverged"
+    );
+}
+
+#[test]
+fn idempotent_commands_apply_once_until_their_key_expires() {
+    let (_d, sm) = open();
+    let t0 = 1_000_000_000;
+    let mut b = sm.batch();
+    let r1 = b
+        .apply(1, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0))
+        .unwrap();
+    let r2 = b
+        .apply(2, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 10))
+        .unwrap();
+    assert_eq!(r1.value, Some(5));
+    assert!(r2.replayed);
+    assert_eq!(r2.value, Some(5));
+    assert_eq!(r2.index, 1, "the replay carries the first outcome");
+    b.commit().unwrap();
+    // Survives a new batch (persisted), and a different request under the same key is refused.
+    let mut b = sm.batch();
+    let r3 = b
+        .apply(3, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", t0 + 20))
+        .unwrap();
+    assert!(r3.replayed);
+    let r4 = b
+        .apply(4, 1, &idem(Op::Add(add_op("n", 7, None)), "req-1", t0 + 30))
+        .unwrap();
+    assert_eq!(r4.error_code, ErrorCode::IdempotencyKeyReused.as_str());
+    // After the TTL the key is free again: the command applies.
+    let later = t0 + IDEMPOTENCY_TTL_MS + 1;
+    let r5 = b
+        .apply(5, 1, &idem(Op::Add(add_op("n", 5, None)), "req-1", later))
+        .unwrap();
+    assert!(!r5.replayed);
+    assert_eq!(r5.value, Some(10));
+    b.commit().unwrap();
+    assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"10");
+    // Expired records are physically removed by later batches, but not the fresh one.
+    let mut b = sm.batch();
+    b.apply(
+        6,
+        1,
+        &idem(
+            Op::Add(add_op("m", 1, None)),
+            "req-2",
+            later + IDEMPOTENCY_TTL_MS / 2,
+        ),
+    )
+    .unwrap();
+    b.commit().unwrap();
+    let mut b = sm.batch();
+    let r = b
+        .apply(
+            7,
+            1,
+            &idem(Op::Add(add_op("n", 5, None)), "req-1", later + 5),
+        )
+        .unwrap();
+    assert!(r.replayed, "the record written at `later` is still live");
+    b.commit().unwrap();
+    // Dead by the leader's clock, the records stay: the next leader's commands would still
+    // count them. Past the window of entries, a batch deletes them physically.
+    let stored = |sm: &StateMachine, key: &str| {
+        let idem = cf(&sm.db, crate::storage::CF_IDEM).unwrap();
+        sm.db.get_cf(idem, key.as_bytes()).unwrap().is_some()
+    };
+    let end = later + 2 * IDEMPOTENCY_TTL_MS;
+    let mut b = sm.batch();
+    b.apply(8, 1, &idem(Op::Add(add_op("z", 1, None)), "req-3", end))
+        .unwrap();
+    b.commit().unwrap();
+    assert!(stored(&sm, "req-1") && stored(&sm, "req-2"));
+    let mut b = sm.batch();
+    let far = 8 + IDEMPOTENCY_CROSS_TERM_ENTRIES;
+    let past = end + IDEMPOTENCY_TTL_MS;
+    b.apply(far, 1, &idem(Op::Add(add_op("z", 1, None)), "req-4", past))
+        .unwrap();
+    b.commit().unwrap();
+    assert!(!stored(&sm, "req-1") && !stored(&sm, "req-2") && !stored(&sm, "req-3"));
+    assert!(stored(&sm, "req-4"));
+}
+
+#[test]
+fn once_leadership_changes_a_key_is_remembered_for_a_number_of_entries() {
+    let (_d, sm) = open();
+    let mut b = sm.batch();
+    b.apply(10, 1, &idem(Op::Add(add_op("n", 1, None)), "k", 0))
+        .unwrap();
+    // The next leader's clock is far ahead and no help: entries are counted.
+    let edge = 10 + IDEMPOTENCY_CROSS_TERM_ENTRIES;
+    let r = b
+        .apply(
+            edge - 1,
+            2,
+            &idem(Op::Add(add_op("n", 1, None)), "k", u64::MAX),
+        )
+        .unwrap();
+    assert!(r.replayed);
+    let r = b
+        .apply(edge, 2, &idem(Op::Add(add_op("n", 1, None)), "k", 0))
+        .unwrap();
+    assert!(!r.replayed, "forgotten after the window of entries");
+    b.commit().unwrap();
+    assert_eq!(&sm.get_value("n").unwrap().unwrap().value[..], b"2");
+}
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    cmd(Op::Put(PutOp {
+        key: key.into(),
+        value: Bytes::from(value.to_string()),
+        ..Default::default()
+    }))
+}
+
+fn add(key: &str, delta: i64, min: Option<i64>) -> Vec<u8> {
+    cmd(Op::Add(AddOp {
+        key: key.into(),
+        delta,
+        min,
+        max: None,
+    }))
+}
+
+fn open() -> (tempfile::TempDir, StateMachine) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::storage::open_db(dir.path()).unwrap();
+    (dir, StateMachine::new(db))
+}
+
+#[test]
+fn batch_sees_its_own_writes_and_moves_applied_index_atomically() {
+    let (_d, sm) = open();
+    let mut b = sm.batch();
+    assert!(b.apply(1, 1, &add("n", 5, None)).unwrap().is_ok());
+    let r = b.apply(2, 1, &add("n", -3, Some(0))).unwrap();
+    assert_eq!(r.value, Some(2));
+    let r = b.apply(3, 1, &add("n", -3, Some(0))).unwrap();
+    assert_eq!(r.error_code, ErrorCode::BoundViolated.as_str());
+    assert_eq!(r.value, Some(2));
+    // Nothing is visible before commit.
+    assert!(sm.get_value("n").unwrap().is_none());
+    assert_eq!(b.commit().unwrap(), Some((3, 1)));
+    assert_eq!(sm.applied_index().unwrap(), 3);
+    let rec = sm.get_value("n").unwrap().unwrap();
+    assert_eq!(&rec.value[..], b"2");
+    assert_eq!(rec.version, 2);
+}
+
+#[test]
+fn preconditions_and_non_integer_add() {
+    let (_d, sm) = open();
+    let mut b = sm.batch();
+    b.apply(1, 1, &put("k", "hello")).unwrap();
+    let r = b.apply(2, 1, &add("k", 1, None)).unwrap();
+    assert_eq!(r.error_code, ErrorCode::NotInteger.as_str());
+    let cas = |v| {
+        cmd(Op::Put(PutOp {
+            key: "k".into(),
+            value: Bytes::from_static(b"x"),
+            precondition: Some(Precondition {
+                if_version: Some(v),
+                ..Default::default()
+            }),
+            lease: 0,
+        }))
+    };
+    assert_eq!(
+        b.apply(3, 1, &cas(7)).unwrap().error_code,
+        ErrorCode::PreconditionFailed.as_str()
+    );
+    assert!(b.apply(4, 1, &cas(1)).unwrap().is_ok());
+    let create = cmd(Op::Put(PutOp {
+        key: "k".into(),
+        value: Bytes::from_static(b"y"),
+        precondition: Some(Precondition {
+            if_absent: true,
+            ..Default::default()
+        }),
+        lease: 0,
+    }));
+    assert_eq!(
+        b.apply(5, 1, &create).unwrap().error_code,
+        ErrorCode::PreconditionFailed.as_str()
+    );
+    let del = cmd(Op::Delete(DeleteOp {
+        key: "k".into(),
+        precondition: None,
+    }));
+    assert!(b.apply(6, 1, &del).unwrap().deleted);
+    assert!(!b.apply(7, 1, &del).unwrap().deleted);
+    assert!(b.apply(8, 1, &create).unwrap().is_ok());
+    b.commit().unwrap();
+    let rec = sm.get_value("k").unwrap().unwrap();
+    assert_eq!(&rec.value[..], b"y");
+    assert_eq!(rec.version, 8);
+}
+
+#[test]
+fn list_by_prefix_in_order_with_paging() {
+    let (_d, sm) = open();
+    let mut b = sm.batch();
+    for (i, k) in ["b/2", "a/1", "b/1", "b/3", "c"].iter().enumerate() {
+        b.apply(i as u64 + 1, 1, &put(k, "v")).unwrap();
+    }
+    b.commit().unwrap();
+    let page = sm.list("b/", None, 2).unwrap().value;
+    let keys: Vec<_> = page.items.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, vec!["b/1", "b/2"]);
+    assert!(page.more);
+    let page = sm.list("b/", Some("b/2"), 2).unwrap().value;
+    let keys: Vec<_> = page.items.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, vec!["b/3"]);
+    assert!(!page.more);
+    assert_eq!(sm.list("", None, 100).unwrap().value.items.len(), 5);
+}
