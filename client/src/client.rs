@@ -109,6 +109,20 @@ impl Answer {
             (404, Some(ErrorCode::NotFound)) => Error::NotFound {
                 key: key.to_string(),
             },
+            (404, Some(ErrorCode::LeaseNotFound)) => Error::LeaseNotFound { message },
+            (404, Some(ErrorCode::LockNotFound)) => Error::LockNotFound {
+                name: key.to_string(),
+                index: self.index.unwrap_or(0),
+            },
+            (409, Some(ErrorCode::LockHeld)) => Error::LockHeld {
+                message,
+                holder: body.and_then(|b| b.holder).map(Box::new),
+            },
+            (412, Some(ErrorCode::NotHolder)) => Error::NotHolder { message },
+            (412, Some(ErrorCode::FenceRejected)) => Error::FenceRejected {
+                message,
+                holder: body.and_then(|b| b.holder).map(Box::new),
+            },
             (412, _) => Error::PreconditionFailed { message },
             (409, Some(ErrorCode::BoundViolated)) => Error::BoundViolated {
                 key: body

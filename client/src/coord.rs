@@ -15,7 +15,6 @@
 //! sent with [`crate::PutOptions::fence`] is applied only if that lock is still held with that
 //! fence (checked by the state machine, atomically with the write).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +27,9 @@ use tokio::task::JoinHandle;
 
 use crate::client::{encode_key, Call, Client};
 use crate::error::Error;
+
+/// A wait shorter than this is not worth another request.
+const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// Why a lease was lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,8 +261,35 @@ impl Client {
         self.lock_for(name, lease.id, value, wait).await
     }
 
-    /// [`Client::lock`] for a lease id (a lease kept alive elsewhere).
+    /// [`Client::lock`] for a lease id (a lease kept alive elsewhere). A wait longer than the
+    /// client's request timeout allows is made of several shorter ones (each joins the back of
+    /// the queue again).
     pub async fn lock_for(
+        &self,
+        name: &str,
+        lease: u64,
+        value: &str,
+        wait: Duration,
+    ) -> Result<LockGuard, Error> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .acquire_once(name, lease, value, left.min(self.longest_wait()))
+                .await
+            {
+                Err(Error::LockHeld { .. }) if Instant::now() + MIN_WAIT < deadline => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The longest a single blocking request may wait: well inside the request timeout.
+    fn longest_wait(&self) -> Duration {
+        self.inner.http.request_timeout().mul_f32(0.6)
+    }
+
+    async fn acquire_once(
         &self,
         name: &str,
         lease: u64,
@@ -274,7 +303,11 @@ impl Client {
         })
         .map_err(|e| Error::Unexpected(e.to_string()))?;
         let info: LockHolderInfo = self
-            .coord_call("POST", format!("/v1/lock/{}", encode_key(name)), body.into())
+            .coord_call(
+                "POST",
+                format!("/v1/lock/{}", encode_key(name)),
+                body.into(),
+            )
             .await?
             .json()?;
         Ok(LockGuard::from_info(info))
@@ -297,7 +330,8 @@ impl Client {
     }
 
     /// A blocking read of lock `name`: answers once its holder changed after `index`, or after
-    /// `wait`; returns the holder then (None: free) and the index the answer reflects.
+    /// `wait` (at most a little over half the client's request timeout); returns the holder then
+    /// (None: free) and the index the answer reflects.
     pub async fn wait_lock(
         &self,
         name: &str,
@@ -308,7 +342,7 @@ impl Client {
         if index > 0 {
             path.push_str(&format!(
                 "?wait_index={index}&wait_ms={}",
-                wait.as_millis()
+                wait.min(self.longest_wait()).as_millis()
             ));
         }
         match self

@@ -23,6 +23,44 @@ pub enum Error {
         /// Its value, unchanged.
         current: i64,
     },
+    /// The lease does not exist: it expired, was revoked, or was never granted (404
+    /// `lease_not_found`).
+    #[error("lease not found: {message}")]
+    LeaseNotFound {
+        /// The server's explanation.
+        message: String,
+    },
+    /// Nobody holds the lock (404 `lock_not_found`).
+    #[error("lock {name} is not held")]
+    LockNotFound {
+        /// The lock.
+        name: String,
+        /// The index the answer reflects.
+        index: u64,
+    },
+    /// The lock is held by another lease and was not granted in time (409 `lock_held`).
+    #[error("lock held: {message}")]
+    LockHeld {
+        /// The server's explanation.
+        message: String,
+        /// The holder.
+        holder: Option<Box<keel_api::coord::LockHolderInfo>>,
+    },
+    /// The lease releasing a lock does not hold it (412 `not_holder`).
+    #[error("not the holder: {message}")]
+    NotHolder {
+        /// The server's explanation.
+        message: String,
+    },
+    /// A fenced write was refused: the lock is no longer held with that fence (412
+    /// `fence_rejected`); nothing was written.
+    #[error("fence rejected: {message}")]
+    FenceRejected {
+        /// The server's explanation.
+        message: String,
+        /// The lock's current holder, if any.
+        holder: Option<Box<keel_api::coord::LockHolderInfo>>,
+    },
     /// No leader is known, even after retries (503 `no_leader`).
     #[error("no leader: {message}")]
     NoLeader {
@@ -82,6 +120,11 @@ impl Error {
         matches!(
             self,
             Error::NotFound { .. }
+                | Error::LeaseNotFound { .. }
+                | Error::LockNotFound { .. }
+                | Error::LockHeld { .. }
+                | Error::NotHolder { .. }
+                | Error::FenceRejected { .. }
                 | Error::PreconditionFailed { .. }
                 | Error::BoundViolated { .. }
                 | Error::NoLeader { .. }

@@ -171,6 +171,11 @@ impl HttpClient {
         }
     }
 
+    /// The longest wait for a whole answer.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Sends `method path` (path and query) to `addr` (host:port) with `headers` and `body`,
     /// and reads the whole answer.
     pub async fn request(

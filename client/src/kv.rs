@@ -18,6 +18,10 @@ pub struct PutOptions {
     if_version: Option<u64>,
     /// `If-None-Match: *`.
     if_absent: bool,
+    /// `If-Fence: <lock>=<fence>`.
+    fence: Option<(String, u64)>,
+    /// `?lease=`: the key lives as long as this lease.
+    lease: Option<u64>,
 }
 
 impl PutOptions {
@@ -38,6 +42,23 @@ impl PutOptions {
     /// Only if the key does not exist.
     pub fn if_absent(mut self) -> Self {
         self.if_absent = true;
+        self
+    }
+    /// Only if the guard's lock is still held with the guard's fence (checked by the state
+    /// machine, atomically with the write): a holder that lost its lock while paused cannot
+    /// write any more ([`Error::FenceRejected`]).
+    pub fn fence(mut self, guard: &crate::LockGuard) -> Self {
+        self.fence = Some((guard.name.clone(), guard.fence));
+        self
+    }
+    /// `If-Fence` with a lock name and fence given directly.
+    pub fn fence_raw(mut self, name: &str, fence: u64) -> Self {
+        self.fence = Some((name.to_string(), fence));
+        self
+    }
+    /// The key lives as long as this lease (it is deleted when the lease ends).
+    pub fn lease(mut self, lease: &crate::Lease) -> Self {
+        self.lease = Some(lease.id());
         self
     }
 }
@@ -117,11 +138,18 @@ impl Client {
         if opts.if_absent {
             headers.push(("if-none-match", "*".to_string()));
         }
+        if let Some((name, fence)) = &opts.fence {
+            headers.push((keel_api::coord::IF_FENCE, format!("{name}={fence}")));
+        }
         let mode = opts.mode.unwrap_or(self.inner.mode);
+        let lease = opts
+            .lease
+            .map(|l| format!("&lease={l}"))
+            .unwrap_or_default();
         let ans = self
             .execute(Call {
                 method: "PUT",
-                path: format!("/v1/kv/{}?mode={}", encode_key(key), mode.as_str()),
+                path: format!("/v1/kv/{}?mode={}{lease}", encode_key(key), mode.as_str()),
                 headers,
                 body: value.into(),
                 write: true,

@@ -44,7 +44,8 @@
 //! # Layout
 //! - `client.rs`: topology, routing, the retry loop, typed errors from answers;
 //! - `builder.rs`: [`ClientBuilder`]; `tls.rs`: [`TlsOptions`] for https;
-//! - `kv.rs`, `admin.rs`, `txn.rs`: the calls;
+//! - `kv.rs`, `admin.rs`, `txn.rs`: the calls; `coord.rs`: leases, locks with fences,
+//!   elections;
 //! - [`http`]: the one small HTTP client every keel tool uses to talk to a node;
 //! - the request and answer bodies are keel-api's, shared with the server.
 
@@ -53,6 +54,7 @@
 mod admin;
 mod builder;
 mod client;
+mod coord;
 mod error;
 pub mod http;
 mod kv;
@@ -62,8 +64,10 @@ mod types;
 
 pub use builder::ClientBuilder;
 pub use client::Client;
+pub use coord::{Election, Lease, LeaseLoss, LockGuard};
 pub use error::Error;
 pub use keel_api;
+pub use keel_api::coord::{LeaseInfo, LeaseResponse, LeaseRevokeResponse, LockHolderInfo};
 pub use keel_api::txn::{
     CompareJson as Compare, CompareOp as Cmp, StepJson as Op, StepResultJson as OpResult,
     TxnResponse as TxnResult,

@@ -60,6 +60,24 @@ impl Router {
         mode: WriteMode,
         timeout: Duration,
     ) -> Result<WriteOk, WriteError> {
+        self.route(command, mode, timeout, false).await
+    }
+
+    /// Asks the leader something it answers without logging (a lease keepalive or lookup):
+    /// like [`Router::write`], but when the leader changes while a forwarded question waits,
+    /// it is asked again of the new leader at once (nothing was applied either way), instead of
+    /// waiting out the deadline for a leader that may be dead.
+    pub async fn ask(&self, command: Command, timeout: Duration) -> Result<WriteOk, WriteError> {
+        self.route(command, WriteMode::Semi, timeout, true).await
+    }
+
+    async fn route(
+        &self,
+        command: Command,
+        mode: WriteMode,
+        timeout: Duration,
+        question: bool,
+    ) -> Result<WriteOk, WriteError> {
         let deadline = Instant::now() + timeout;
         let mut last_err = WriteError::NoLeader;
         for attempt in 0..MAX_ATTEMPTS {
@@ -80,7 +98,10 @@ impl Router {
                         Err(_) => Err(WriteError::OutcomeUnknown),
                     }
                 }
-                Some(leader) => self.forward(leader, command.clone(), mode, remaining).await,
+                Some(leader) => {
+                    self.forward(leader, command.clone(), mode, remaining, question)
+                        .await
+                }
             };
             match result {
                 Err(e) if e.certainly_not_applied() => {
@@ -99,6 +120,7 @@ impl Router {
         command: Command,
         mode: WriteMode,
         timeout: Duration,
+        question: bool,
     ) -> Result<WriteOk, WriteError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -114,11 +136,25 @@ impl Router {
             // Nothing left this node: certainly not applied.
             return Err(WriteError::NoLeader);
         }
-        let reply = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            _ => {
+        let shared = self.node.shared();
+        let moved = async {
+            // Only a question gives up on a leader that changed; a write keeps waiting (its
+            // entry may be committed by the next leader).
+            if !question || !shared.wait_leader(timeout, |l| l != Some(leader)).await {
+                std::future::pending::<()>().await;
+            }
+        };
+        let reply = tokio::select! {
+            r = tokio::time::timeout(timeout, rx) => match r {
+                Ok(Ok(reply)) => reply,
+                _ => {
+                    self.lock_waiting().remove(&id);
+                    return Err(WriteError::OutcomeUnknown);
+                }
+            },
+            () = moved => {
                 self.lock_waiting().remove(&id);
-                return Err(WriteError::OutcomeUnknown);
+                return Err(WriteError::Dropped);
             }
         };
         match (reply.result, AckPoint::from_u32(reply.acked)) {

@@ -96,12 +96,11 @@ impl Api {
 
     /// Asks the leader about a lease (a keepalive resets its countdown).
     async fn lease_query(&self, id: u64, keepalive: bool) -> Result<(CoordResult, u64), ApiError> {
-        let ok = self
-            .write_cmd(
-                Op::LeaseQuery(LeaseQueryOp { id, keepalive }),
-                WriteMode::Semi,
-            )
-            .await?;
+        let command = crate::proto::Command {
+            op: Some(Op::LeaseQuery(LeaseQueryOp { id, keepalive })),
+            ..Default::default()
+        };
+        let ok = self.router.ask(command, self.cfg.request_timeout).await?;
         let r = rejected(&ok.result)?;
         Ok((coord_of(r), r.index))
     }

@@ -365,7 +365,7 @@ impl ApplyBatch<'_> {
                 false
             }
         };
-        if !lease.locks.iter().any(|n| *n == op.name) {
+        if !lease.locks.contains(&op.name) {
             lease.locks.push(op.name.clone());
             self.leases.insert(op.lease, Some(lease));
         }
@@ -389,7 +389,7 @@ impl ApplyBatch<'_> {
         op: LockReleaseOp,
     ) -> Result<ApplyResult, StorageError> {
         let holder = self.lock(&op.name)?.and_then(|l| l.holder);
-        if !holder.as_ref().is_some_and(|h| h.lease == op.lease) {
+        if holder.as_ref().is_none_or(|h| h.lease != op.lease) {
             let why = match &holder {
                 Some(h) => format!(
                     "lock {:?} is held by lease {}, not {}",
