@@ -33,6 +33,15 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write a private CA and node and client certificates for a secure cluster.
     Certs(crate::certs::CertsArgs),
+    /// Leases: grant, keepalive, show, revoke.
+    Lease(crate::coord::LeaseArgs),
+    /// Hold a lock (kept alive by a lease) while a command runs, or until Ctrl-C.
+    Lock(crate::coord::LockArgs),
+    /// Campaign in an election and lead until Ctrl-C, or watch who leads (--observe).
+    Elect(crate::coord::ElectArgs),
+    /// One scheduler of `keel demo cron` (started by the demo).
+    #[command(hide = true)]
+    CronWorker(crate::demo::cron::WorkerArgs),
     /// Client commands.
     #[command(flatten)]
     Client(crate::commands::ClientCommand),

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - `args.rs`: the command line;
-//! - `commands.rs`: the client commands;
+//! - `commands.rs`: the client commands; `coord.rs`: `keel lease`, `keel lock`, `keel elect`;
 //! - `demo/`: the correctness demonstrations;
 //! - `launcher.rs`: the local cluster of child processes (`keel cluster`, `keel demo --local`);
 //! - `certs.rs`: `keel certs`, a private CA and certificates (rcgen);
@@ -14,6 +14,7 @@
 mod args;
 mod certs;
 mod commands;
+mod coord;
 mod demo;
 mod join;
 mod launcher;
@@ -71,6 +72,13 @@ fn main() -> std::process::ExitCode {
                 })
                 .map_err(|e| e.to_string()),
             Command::Client(cmd) => Ok(commands::run(&endpoints, cmd).await),
+            Command::CronWorker(args) => demo::cron::worker(&endpoints.list(), args)
+                .await
+                .map(|_| 0)
+                .map_err(|e| e.to_string()),
+            Command::Lease(args) => Ok(coord::lease(&endpoints, args).await),
+            Command::Lock(args) => Ok(coord::lock(&endpoints, args).await),
+            Command::Elect(args) => Ok(coord::elect(&endpoints, args).await),
         }
     });
     match result {

@@ -625,3 +625,90 @@ fn leases_across_a_leader_kill_kept_alive_survive_and_abandoned_expire() {
             .then_some(())
     });
 }
+
+fn keel(c: &Cluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(keel_tests::keel_bin())
+        .args(["--endpoints", &c.endpoints().join(",")])
+        .args(args)
+        .output()
+        .expect("run keel")
+}
+
+/// `keel lease`, `keel lock NAME -- COMMAND` (the command sees its fence, the lock is released
+/// when it ends) and `keel elect --observe` seeing a candidate take the lead.
+#[test]
+fn the_cli_grants_leases_holds_a_lock_around_a_command_and_observes_an_election() {
+    let mut c = Cluster::start(3);
+    c.wait_for_leader();
+    let out = keel(&c, &["lease", "grant", "--ttl-ms", "5000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let id = v["id"].as_str().expect("id").to_string();
+    let out = keel(&c, &["lease", "show", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ttl_ms"], 5000);
+    assert!(keel(&c, &["lease", "revoke", &id]).status.success());
+    let out = keel(&c, &["lease", "keepalive", &id]);
+    assert_eq!(out.status.code(), Some(2), "a revoked lease: exit 2");
+
+    // An observer first (it prints the current state, then each change).
+    let mut observer = std::process::Command::new(keel_tests::keel_bin())
+        .args(["--endpoints", &c.endpoints().join(",")])
+        .args(["elect", "cli/election", "--observe", "--changes", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("observer");
+    let stdout = observer.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("\"leader\":null"), "{first}");
+
+    // Hold the election's lock around a command: it sees its fence; afterwards it is free.
+    let out = keel(
+        &c,
+        &[
+            "lock",
+            "cli/election",
+            "--value",
+            "candidate-1",
+            "--",
+            "sh",
+            "-c",
+            "echo fence=$KEEL_FENCE",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let fence: u64 = printed
+        .trim()
+        .strip_prefix("fence=")
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("the command saw no fence: {printed:?}"));
+    assert!(fence > 0);
+    let next = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        next.contains("candidate-1") && next.contains(&format!("\"fence\":{fence}")),
+        "the observer saw {next:?}"
+    );
+    assert!(observer.wait().expect("observer exits").success());
+    let leader = c.wait_for_leader();
+    wait_until(DEADLINE, "the lock released after the command", || {
+        let r = c
+            .request(leader, "GET", "/v1/lock/cli/election", &[], None)
+            .ok()?;
+        (r.status == 404).then_some(())
+    });
+}

@@ -102,3 +102,41 @@ fn client_examples_run_against_a_cluster() {
         );
     }
 }
+
+/// The seeds' duplicate cron job and paused lease holder: three scheduler processes run the
+/// job three times a tick naively and once with a keel lock; the holder frozen with SIGSTOP
+/// past its TTL loses the lock and its late run is refused by its fence. The pause demo shows
+/// the paused client's late write going through without fences and refused with them.
+#[test]
+fn cron_and_pause_demos_duplicate_naively_and_fence_off_the_paused_holder() {
+    let mut c = Cluster::start(3);
+    c.wait_for_leader();
+    let s = run_demo(&c, "cron", &[]);
+    assert_eq!(s["invariants_hold"], true, "{s}");
+    let naive: Vec<i64> = serde_json::from_value(s["naive_runs"].clone()).expect("runs");
+    assert!(
+        naive.iter().any(|&n| n > 1),
+        "naive runs per tick: {naive:?}"
+    );
+    assert!(s["naive_duplicates"].as_i64().unwrap_or(0) > 0);
+    let locked: Vec<i64> = serde_json::from_value(s["locked_runs"].clone()).expect("runs");
+    assert!(
+        locked.iter().all(|&n| n <= 1),
+        "locked runs per tick: {locked:?}"
+    );
+    assert!(
+        locked.iter().filter(|&&n| n == 1).count() >= 6,
+        "{locked:?}"
+    );
+    assert_eq!(s["locked_duplicates"], 0);
+    assert!(s["late_runs_refused"].as_i64().unwrap_or(0) >= 1, "{s}");
+    assert_ne!(s["taken_over_by"], s["frozen"]);
+    assert!(s["new_fence"].as_u64().unwrap_or(0) > s["frozen_fence"].as_u64().unwrap_or(0));
+
+    let s = run_demo(&c, "pause", &[]);
+    assert_eq!(s["invariants_hold"], true, "{s}");
+    assert_eq!(s["unfenced_late_write_accepted"], true);
+    assert_eq!(s["unfenced_final"], "written by A (late)");
+    assert_eq!(s["fenced_late_write_accepted"], false);
+    assert_eq!(s["fenced_final"], "written by B");
+}

@@ -1,5 +1,6 @@
-//! `keel demo balance | inventory | bank`: the correctness demonstrations of SPEC §4, on the
-//! client library, against a running cluster (or one the demo starts for itself).
+//! `keel demo balance | inventory | bank | cron | pause`: the correctness demonstrations of
+//! SPEC §4 and §8, on the client library, against a running cluster (or one the demo starts for
+//! itself).
 //!
 //! Each demo runs the seed's small case step by step, then the same with a naive client that
 //! reads, decides and writes back (GET then PUT), then both at scale through every node, and
@@ -20,7 +21,9 @@ use crate::args::{ClusterArgs, Endpoints};
 use crate::launcher::LocalCluster;
 
 mod bank;
+pub mod cron;
 mod decrement;
+mod pause;
 
 /// Which demonstration.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -31,6 +34,10 @@ pub enum DemoKind {
     Inventory,
     /// Transfers between accounts with transactions, and reads of all balances.
     Bank,
+    /// Three schedulers and one job: naive duplicates, a keel lock, a frozen holder fenced off.
+    Cron,
+    /// A lease holder paused past its TTL: its late write, without and with the fence check.
+    Pause,
 }
 
 /// Flags of `keel demo`.
@@ -157,6 +164,8 @@ pub async fn run(endpoints: &Endpoints, args: DemoArgs) -> Result<bool, DemoErro
         DemoKind::Balance => decrement::bounded_decrement(&mut dc, &decrement::BALANCE).await?,
         DemoKind::Inventory => decrement::bounded_decrement(&mut dc, &decrement::INVENTORY).await?,
         DemoKind::Bank => bank::bank(&mut dc).await?,
+        DemoKind::Cron => cron::cron(&mut dc).await?,
+        DemoKind::Pause => pause::pause(&mut dc).await?,
     };
     let ok = summary["invariants_hold"].as_bool().unwrap_or(false);
     if let Some(path) = &args.json {
