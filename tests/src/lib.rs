@@ -23,6 +23,7 @@ mod cluster;
 mod faults;
 pub mod history;
 pub mod http;
+pub mod locks;
 pub mod nemesis;
 pub mod netns;
 pub mod peerwire;
