@@ -56,3 +56,20 @@ fn the_lock_workload_under_faults_keeps_fenced_writes_exclusive_and_the_planted_
         planted.summary()
     );
 }
+
+/// The planted `keepalive-no-read-index` (a leader answers keepalives without confirming it
+/// still leads): whether the lease check sees it depends on a paused or isolated leader
+/// answering a keepalive after its successor took office. Not in CI: run by hand.
+#[test]
+#[ignore]
+fn planted_keepalive_without_read_index() {
+    let r = locks(Some("keepalive-no-read-index"));
+    assert!(
+        r.findings
+            .violations
+            .iter()
+            .any(|(k, _)| k == "lease_ended_early"),
+        "not caught: {}",
+        r.summary()
+    );
+}
