@@ -31,10 +31,18 @@ fn framed(frame: &[u8]) -> Vec<u8> {
 
 /// `Frame { hello: Hello { from, http_addr, incarnation } }`, framed.
 pub fn hello(from: u64, http_addr: &str, incarnation: u64) -> Vec<u8> {
+    hello_at(from, http_addr, incarnation, "")
+}
+
+/// A Hello frame that also gives the sender's own peer address (empty: none).
+pub fn hello_at(from: u64, http_addr: &str, incarnation: u64, peer_addr: &str) -> Vec<u8> {
     let mut h = Vec::new();
     field_varint(1, from, &mut h);
     field_bytes(2, http_addr.as_bytes(), &mut h);
     field_varint(3, incarnation, &mut h);
+    if !peer_addr.is_empty() {
+        field_bytes(4, peer_addr.as_bytes(), &mut h);
+    }
     let mut f = Vec::new();
     field_bytes(1, &h, &mut f);
     framed(&f)

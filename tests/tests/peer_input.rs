@@ -160,3 +160,47 @@ fn raft_messages_that_would_abort_raft_rs_are_refused_and_the_node_stays_up() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
 }
+
+/// A node that does not know a peer's id answers it at the address its Hello gives (a member
+/// added while the node was cut off: the fault suite's stranded-node bug), but only a few such
+/// nodes: a stranger claiming twenty new ids makes the node dial at most
+/// `MAX_UNKNOWN_PEERS` (8) of them, and a Hello from an unknown id without an address is refused.
+#[test]
+fn strangers_claiming_unknown_ids_start_only_a_few_dialers() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let target = c.others(&[leader])[0];
+    let peer = c.node(target).peer.clone();
+    let log = c.node(target).log.clone();
+    // The addresses strangers give point here, a listener of this test.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sink_addr = sink.local_addr().expect("addr").to_string();
+    let count = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let answered = || count("answering it at its address");
+    let refused = || count("cannot be answered");
+    // One at a time: each Hello decided before the next (only a few connections per address
+    // may wait for their Hello at once).
+    let mut conns = Vec::new();
+    let hellos = (0..20u64)
+        .map(|i| keel_tests::peerwire::hello_at(1000 + i, "127.0.0.1:1", 1, &sink_addr))
+        .chain(std::iter::once(hello(2000, "127.0.0.1:1", 1)));
+    for (n, h) in hellos.enumerate() {
+        let mut s = TcpStream::connect(&peer).expect("connect");
+        let _ = s.write_all(&h);
+        conns.push(s);
+        wait_until(DEADLINE, "the stranger's Hello decided", || {
+            (answered() + refused() > n).then_some(())
+        });
+    }
+    assert_eq!(answered(), 8, "answered");
+    assert_eq!(refused(), 13, "refused");
+    let r = c.put(leader, "still-served", b"1").expect("answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(conns);
+}

@@ -131,17 +131,25 @@ impl Transport {
                 // only one that can bring it up to date, and refusing it stranded this node
                 // for good (the fault suite: isolated during a join and the old leader's
                 // removal, it refused the new leader's every connection).
-                if !self.is_member(h.from) && !h.peer_addr.is_empty() {
+                if !self.is_member(h.from) {
                     // It can only be answered on a connection of this node's own: dial it
                     // back at the address it gives (with TLS, checked to be the member its
                     // certificate names). The address book replaces this once it names it.
+                    if h.peer_addr.is_empty() || !self.add_unknown_peer(h.from, h.peer_addr.clone())
+                    {
+                        warn!(
+                            peer = h.from,
+                            "a node not in the address book cannot be answered (no address, or \
+                             too many such nodes already): refused"
+                        );
+                        return Err(format!("{} is not in the address book", h.from));
+                    }
                     info!(
                         peer = h.from,
                         addr = %h.peer_addr,
                         "a node this node does not know yet connected (a member added while \
                          it was away, presumably): answering it at its address"
                     );
-                    self.add_peer(h.from, h.peer_addr.clone());
                 }
                 self.record_peer_http(h.from, h.http_addr);
                 let previous = self

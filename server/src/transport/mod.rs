@@ -64,6 +64,9 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_INBOUND_CONNECTIONS: usize = 64;
 /// Largest first frame (the Hello) accepted, before the peer has said who it is.
 pub const MAX_HELLO_BYTES: usize = 4 * 1024;
+/// Nodes outside the address book answered at once (a stranger without TLS could otherwise make
+/// a node start a dialer per id it claims).
+pub const MAX_UNKNOWN_PEERS: usize = 8;
 /// How long a new peer connection may take to send its Hello.
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 /// First pause before re-dialing an unreachable peer (doubles up to [`BACKOFF_MAX`]).
@@ -128,6 +131,9 @@ struct Inner {
     peer_http: RwLock<HashMap<u64, String>>,
     /// Data incarnations of peers, learned from their Hello.
     peer_incarnation: RwLock<HashMap<u64, u64>>,
+    /// Nodes not in the address book that connected and are answered at the address they gave
+    /// (members added while this node was cut off), at most [`MAX_UNKNOWN_PEERS`] of them.
+    unknown: RwLock<std::collections::HashSet<u64>>,
     /// The node's TLS identity when the peer port speaks mutual TLS (None: plain TCP, and a
     /// Hello is believed).
     tls: Option<Arc<Tls>>,
@@ -161,6 +167,7 @@ impl Transport {
                 runtime: tokio::runtime::Handle::current(),
                 peer_http: RwLock::new(HashMap::new()),
                 peer_incarnation: RwLock::new(HashMap::new()),
+                unknown: RwLock::new(std::collections::HashSet::new()),
                 tls,
             }),
         };
@@ -193,8 +200,27 @@ impl Transport {
         ));
     }
 
+    /// Takes a node outside the address book as a peer, answered at `addr`: false when
+    /// [`MAX_UNKNOWN_PEERS`] are taken already.
+    fn add_unknown_peer(&self, peer: u64, addr: String) -> bool {
+        {
+            let Ok(mut u) = self.inner.unknown.write() else {
+                return false;
+            };
+            if !u.contains(&peer) && u.len() >= MAX_UNKNOWN_PEERS {
+                return false;
+            }
+            u.insert(peer);
+        }
+        self.add_peer(peer, addr);
+        true
+    }
+
     /// Stops talking to a peer and refuses its connections.
     pub fn remove_peer(&self, peer: u64) {
+        if let Ok(mut u) = self.inner.unknown.write() {
+            u.remove(&peer);
+        }
         if let Ok(mut m) = self.inner.members.write() {
             m.remove(&peer);
         }
