@@ -171,6 +171,21 @@ fn leases_grant_keepalive_look_revoke_and_refuse_bad_input() {
             400,
             "invalid_json",
         ),
+        // A TTL that would overflow the leader's clock arithmetic, and one over the maximum.
+        (
+            "POST",
+            "/v1/lease".to_string(),
+            Some("{\"ttl_ms\": 18446744073709551615}"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "POST",
+            "/v1/lease".to_string(),
+            Some("{\"ttl_ms\": 604800001}"),
+            400,
+            "invalid_parameter",
+        ),
         (
             "POST",
             "/v1/lease/abc/keepalive".to_string(),

@@ -78,6 +78,13 @@ impl Api {
         let body = request::read_body(headers, body, MAX_SMALL_BODY_BYTES).await?;
         let b: LeaseGrantRequest = request::parse_json(&body, "{\"ttl_ms\": u64}")?;
         let min = u64::try_from(self.cfg.min_lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let max = u64::try_from(crate::raft::MAX_TTL.as_millis()).unwrap_or(u64::MAX);
+        if b.ttl_ms > max {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!("ttl_ms may be at most {max} (7 days), not {}", b.ttl_ms),
+            ));
+        }
         let ttl_ms = b.ttl_ms.max(min);
         let ok = self
             .write_cmd(Op::LeaseGrant(LeaseGrantOp { ttl_ms }), WriteMode::Semi)

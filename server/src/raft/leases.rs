@@ -100,6 +100,17 @@ fn gone(op: &LeaseQueryOp, index: u64) -> WriteOk {
     }
 }
 
+/// `t + d`, or a moment far enough for any lease when that does not fit in an `Instant` (a TTL
+/// from a log entry is never trusted to be small).
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(MAX_TTL))
+        .unwrap_or(t)
+}
+
+/// The longest TTL the HTTP API grants; also what a countdown falls back to.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -141,7 +152,7 @@ impl Leases {
             self.countdowns.insert(
                 id,
                 Countdown {
-                    deadline: now + ttl,
+                    deadline: after(now, ttl),
                     ttl,
                 },
             );
@@ -169,7 +180,7 @@ impl Leases {
                     self.countdowns.insert(
                         *id,
                         Countdown {
-                            deadline: now + ttl,
+                            deadline: after(now, ttl),
                             ttl,
                         },
                     );
@@ -260,15 +271,22 @@ impl Leases {
     ) -> WriteOk {
         let ttl = Duration::from_millis(ttl_ms);
         let Some(c) = self.countdowns.get_mut(&op.id) else {
-            // Applied but its grant not yet seen by this leader's countdowns: cannot happen once
-            // taking office scanned the leases; answer as if just granted.
+            // Applied but its grant not yet seen by this leader's countdowns (taking office scans
+            // the leases, so this should not happen): start its countdown now.
+            self.countdowns.insert(
+                op.id,
+                Countdown {
+                    deadline: after(arrival, ttl),
+                    ttl,
+                },
+            );
             return answer(op, ttl_ms, ttl_ms, index);
         };
         if c.deadline <= arrival || self.revoking.contains_key(&op.id) {
             return gone(op, index);
         }
         if op.keepalive {
-            c.deadline = c.deadline.max(arrival + ttl);
+            c.deadline = c.deadline.max(after(arrival, ttl));
             c.ttl = ttl;
         }
         answer(

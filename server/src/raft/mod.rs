@@ -38,6 +38,7 @@ mod status;
 mod writes;
 
 pub use handle::{Event, NodeHandle, Outbox, WriteOk};
+pub use leases::MAX_TTL;
 pub use ready::{start, LoopParts, LoopThread};
 pub use shared::Shared;
 pub use status::StatusReport;
