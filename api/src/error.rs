@@ -63,6 +63,9 @@ pub enum ErrorCode {
     LockNotFound,
     /// 405: the endpoint exists but not with this method (the answer carries `Allow`).
     MethodNotAllowed,
+    /// 410: a watch starts before the oldest change the node keeps (the answer carries
+    /// `oldest_index`, the first index a watch can start from).
+    Compacted,
     /// 409: an `add` would leave its bounds.
     BoundViolated,
     /// 409: a member with this id exists.
@@ -115,7 +118,7 @@ pub enum ErrorCode {
 }
 
 /// Every code, for tables and tests.
-pub const ALL_CODES: [ErrorCode; 46] = [
+pub const ALL_CODES: [ErrorCode; 47] = [
     ErrorCode::InvalidKey,
     ErrorCode::InvalidMode,
     ErrorCode::InvalidConsistency,
@@ -137,6 +140,7 @@ pub const ALL_CODES: [ErrorCode; 46] = [
     ErrorCode::NoSuchMember,
     ErrorCode::LeaseNotFound,
     ErrorCode::LockNotFound,
+    ErrorCode::Compacted,
     ErrorCode::MethodNotAllowed,
     ErrorCode::BoundViolated,
     ErrorCode::MemberExists,
@@ -190,6 +194,7 @@ impl ErrorCode {
             NoSuchMember => "no_such_member",
             LeaseNotFound => "lease_not_found",
             LockNotFound => "lock_not_found",
+            Compacted => "compacted",
             LockHeld => "lock_held",
             NotHolder => "not_holder",
             FenceRejected => "fence_rejected",
@@ -234,6 +239,7 @@ impl ErrorCode {
             Forbidden => 403,
             NotFound | NoRoute | NoSuchMember | LeaseNotFound | LockNotFound => 404,
             MethodNotAllowed => 405,
+            Compacted => 410,
             BoundViolated | MemberExists | NotALearner | LearnerBehind | IsLeader | NotAVoter
             | NoSuccessor | LockHeld => 409,
             PreconditionFailed | NotHolder | FenceRejected => 412,
@@ -292,6 +298,9 @@ pub struct ErrorBody {
     /// On `lock_held`, `not_holder` and `fence_rejected`: the lock's current holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<crate::coord::LockHolderInfo>,
+    /// On `compacted`: the oldest index a watch on this node can start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_index: Option<u64>,
 }
 
 impl ErrorBody {
@@ -307,6 +316,7 @@ impl ErrorBody {
             key: None,
             value: None,
             holder: None,
+            oldest_index: None,
         }
     }
 

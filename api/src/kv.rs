@@ -69,6 +69,14 @@ pub struct JsonValue {
 }
 
 impl JsonValue {
+    /// No value (`"value": null`, no base64): a deleted key in a watch event.
+    pub fn none() -> Self {
+        JsonValue {
+            value: None,
+            value_base64: None,
+        }
+    }
+
     /// Encodes bytes.
     pub fn from_bytes(bytes: &[u8]) -> Self {
         match std::str::from_utf8(bytes) {

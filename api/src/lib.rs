@@ -25,6 +25,7 @@ pub mod error;
 pub mod kv;
 pub mod mode;
 pub mod txn;
+pub mod watch;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use mode::{AckPoint, ReadConsistency, WriteMode};
@@ -85,4 +86,10 @@ pub mod params {
     pub const WAIT_INDEX: &str = "wait_index";
     /// How long a blocking lock read may wait, in milliseconds.
     pub const WAIT_MS: &str = "wait_ms";
+    /// The one key a watch follows.
+    pub const KEY: &str = "key";
+    /// A watch starts with the changes of this index (`Last-Event-ID` wins over it).
+    pub const FROM_INDEX: &str = "from_index";
+    /// How often an idle watch sends a progress event, in milliseconds.
+    pub const PROGRESS_MS: &str = "progress_ms";
 }

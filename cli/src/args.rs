@@ -39,6 +39,8 @@ pub enum Command {
     Lock(crate::coord::LockArgs),
     /// Campaign in an election and lead until Ctrl-C, or watch who leads (--observe).
     Elect(crate::coord::ElectArgs),
+    /// Print the changes of a prefix (or a key) as they happen, as JSON lines.
+    Watch(crate::watch::WatchArgs),
     /// One scheduler of `keel demo cron` (started by the demo).
     #[command(hide = true)]
     CronWorker(crate::demo::cron::WorkerArgs),

@@ -18,6 +18,7 @@ mod coord;
 mod demo;
 mod join;
 mod launcher;
+mod watch;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -79,6 +80,7 @@ fn main() -> std::process::ExitCode {
             Command::Lease(args) => Ok(coord::lease(&endpoints, args).await),
             Command::Lock(args) => Ok(coord::lock(&endpoints, args).await),
             Command::Elect(args) => Ok(coord::elect(&endpoints, args).await),
+            Command::Watch(args) => Ok(watch::run(&endpoints, args).await),
         }
     });
     match result {

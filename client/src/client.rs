@@ -138,6 +138,10 @@ impl Answer {
                 index: body.as_ref().and_then(|b| b.index).unwrap_or(0),
             },
             (504, _) => Error::Timeout { message },
+            (410, _) => Error::Compacted {
+                message,
+                oldest_index: body.as_ref().and_then(|b| b.oldest_index).unwrap_or(0),
+            },
             (400..=499, _) => Error::BadRequest {
                 code: body.map(|b| b.error.code).unwrap_or_default(),
                 message,
@@ -303,7 +307,7 @@ impl Client {
             .map(|(_, a)| a)
     }
 
-    fn any_member(&self) -> String {
+    pub(crate) fn any_member(&self) -> String {
         let members = self.members();
         if members.is_empty() {
             return self.inner.seeds[0].clone();
@@ -364,7 +368,7 @@ impl Client {
         })
     }
 
-    async fn backoff(&self, attempt: u32) {
+    pub(crate) async fn backoff(&self, attempt: u32) {
         let r = &self.inner.retry;
         let cap = r
             .base_backoff

@@ -61,6 +61,15 @@ pub enum Error {
         /// The lock's current holder, if any.
         holder: Option<Box<keel_api::coord::LockHolderInfo>>,
     },
+    /// A watch starts before the oldest change every member keeps (410 `compacted`): start
+    /// again from `oldest_index` (after reading the current state), or later.
+    #[error("compacted: {message}")]
+    Compacted {
+        /// The server's explanation.
+        message: String,
+        /// The oldest index a watch can start from.
+        oldest_index: u64,
+    },
     /// No leader is known, even after retries (503 `no_leader`).
     #[error("no leader: {message}")]
     NoLeader {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -176,16 +177,41 @@ impl HttpClient {
         self.request_timeout
     }
 
-    /// Sends `method path` (path and query) to `addr` (host:port) with `headers` and `body`,
-    /// and reads the whole answer.
-    pub async fn request(
+    /// Sends `GET path` to `addr` and returns the status and headers as soon as they arrive,
+    /// with the body to read as it comes ([`StreamingResponse::chunk`]): for a watch.
+    pub async fn stream(
+        &self,
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<StreamingResponse, HttpError> {
+        let req = self.build(addr, "GET", path, headers, Bytes::new())?;
+        let resp = match tokio::time::timeout(self.request_timeout, self.send(addr, req)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(HttpError::Timeout {
+                    addr: addr.to_string(),
+                    timeout: self.request_timeout,
+                })
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        Ok(StreamingResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            addr: addr.to_string(),
+        })
+    }
+
+    fn build(
         &self,
         addr: &str,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
-    ) -> Result<RawResponse, HttpError> {
+    ) -> Result<Request<Full<Bytes>>, HttpError> {
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|e| HttpError::InvalidRequest(format!("method {method:?}: {e}")))?;
         let mut req = Request::builder()
@@ -202,28 +228,48 @@ impl HttpClient {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
-        let exchange = async {
-            let sent = match &self.client {
-                Pool::Plain(c) => c.request(req),
-                Pool::Tls(c) => c.request(req),
-            };
-            let resp = sent.await.map_err(|e| {
-                let message = error_chain(&e);
-                if e.is_connect() {
-                    HttpError::Connect {
-                        addr: addr.to_string(),
-                        message,
-                    }
-                } else {
-                    HttpError::Transport {
-                        addr: addr.to_string(),
-                        message,
-                    }
+        req.body(Full::new(body))
+            .map_err(|e| HttpError::InvalidRequest(e.to_string()))
+    }
+
+    async fn send(
+        &self,
+        addr: &str,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<Incoming>, HttpError> {
+        let sent = match &self.client {
+            Pool::Plain(c) => c.request(req),
+            Pool::Tls(c) => c.request(req),
+        };
+        sent.await.map_err(|e| {
+            let message = error_chain(&e);
+            if e.is_connect() {
+                HttpError::Connect {
+                    addr: addr.to_string(),
+                    message,
                 }
-            })?;
+            } else {
+                HttpError::Transport {
+                    addr: addr.to_string(),
+                    message,
+                }
+            }
+        })
+    }
+
+    /// Sends `method path` (path and query) to `addr` (host:port) with `headers` and `body`,
+    /// and reads the whole answer.
+    pub async fn request(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<RawResponse, HttpError> {
+        let req = self.build(addr, method, path, headers, body)?;
+        let exchange = async {
+            let resp = self.send(addr, req).await?;
             let (parts, body) = resp.into_parts();
             let body = body
                 .collect()
@@ -245,6 +291,66 @@ impl HttpClient {
                 addr: addr.to_string(),
                 timeout: self.request_timeout,
             }),
+        }
+    }
+}
+
+/// An answer whose body is read as it arrives.
+#[derive(Debug)]
+pub struct StreamingResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers (names are lower case).
+    pub headers: HeaderMap,
+    body: Incoming,
+    addr: String,
+}
+
+impl StreamingResponse {
+    /// A header as text, if present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The next piece of the body, waiting at most `idle` for it; None at the body's end.
+    pub async fn chunk(&mut self, idle: Duration) -> Result<Option<Bytes>, HttpError> {
+        // Bounded: trailers and empty frames are skipped, a few at most.
+        for _ in 0..64 {
+            let frame = match tokio::time::timeout(idle, self.body.frame()).await {
+                Err(_) => {
+                    return Err(HttpError::Timeout {
+                        addr: self.addr.clone(),
+                        timeout: idle,
+                    })
+                }
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(HttpError::Transport {
+                        addr: self.addr.clone(),
+                        message: error_chain(&e),
+                    })
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+        Ok(Some(Bytes::new()))
+    }
+
+    /// Reads the rest of the body whole (an error answer), waiting at most `timeout`.
+    pub async fn collect(self, timeout: Duration) -> Result<Bytes, HttpError> {
+        let addr = self.addr.clone();
+        match tokio::time::timeout(timeout, self.body.collect()).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) => Err(HttpError::Transport {
+                addr,
+                message: e.to_string(),
+            }),
+            Err(_) => Err(HttpError::Timeout { addr, timeout }),
         }
     }
 }

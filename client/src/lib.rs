@@ -45,7 +45,7 @@
 //! - `client.rs`: topology, routing, the retry loop, typed errors from answers;
 //! - `builder.rs`: [`ClientBuilder`]; `tls.rs`: [`TlsOptions`] for https;
 //! - `kv.rs`, `admin.rs`, `txn.rs`: the calls; `coord.rs`: leases, locks with fences,
-//!   elections;
+//!   elections; `watch.rs`: the change feed, resumed across failures;
 //! - [`http`]: the one small HTTP client every keel tool uses to talk to a node;
 //! - the request and answer bodies are keel-api's, shared with the server.
 
@@ -61,6 +61,7 @@ mod kv;
 mod tls;
 mod txn;
 mod types;
+mod watch;
 
 pub use builder::ClientBuilder;
 pub use client::Client;
@@ -74,6 +75,7 @@ pub use keel_api::txn::{
 };
 pub use kv::PutOptions;
 pub use tls::{TlsError, TlsOptions};
+pub use watch::{Watch, WatchEvent, WatchKind, WatchOptions};
 pub use txn::TxnBuilder;
 pub use types::{
     Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Member, MemberRole, Mode,

@@ -81,6 +81,17 @@ pub struct ServerArgs {
     /// followers; one further behind gets a snapshot); 0 never compacts.
     #[arg(long, env = "KEEL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
+    /// Keep the changes of this many most recent entries for watches to resume from (a watch
+    /// starting before them is answered 410 `compacted`).
+    #[arg(long, env = "KEEL_WATCH_HISTORY", default_value_t = crate::sm::DEFAULT_HISTORY_ENTRIES)]
+    pub watch_history: u64,
+    /// Hold this many recent changes in memory for watchers (a watcher further behind than
+    /// them, or than `--watch-buffer-bytes`, is cut off and resumes from the change log).
+    #[arg(long, env = "KEEL_WATCH_BUFFER", default_value_t = 65_536)]
+    pub watch_buffer: usize,
+    /// Hold at most this many bytes of recent changes in memory for watchers.
+    #[arg(long, env = "KEEL_WATCH_BUFFER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub watch_buffer_bytes: usize,
     /// Bearer tokens with roles (JSON; see docs/security.md): with it, every request but
     /// `/health` and `/ready` needs a token. Re-read when the file changes.
     #[arg(long, env = "KEEL_AUTH_FILE")]

@@ -24,8 +24,13 @@ pub const APPLIED_BEFORE_APPEND: &str = "applied-before-append";
 /// written.
 pub const CONF_CHANGE_APPLIED: &str = "conf-change-applied";
 
+/// Committed entries are about to be applied (a `sleep` here makes a node's state machine lag
+/// behind what its leader answers).
+pub const BEFORE_APPLY: &str = "before-apply";
+
 /// Every point, for the admin endpoint's checks.
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
+    BEFORE_APPLY,
     SNAPSHOT_STAGED,
     SNAPSHOT_INSTALLED,
     SNAPSHOT_SEND,

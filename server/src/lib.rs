@@ -19,6 +19,7 @@
 //! - [`storage`]: RocksDB; the Raft log, hard state and conf state (raft-rs `Storage`).
 //! - [`sm`]: the state machine: apply, reads, idempotency, and the pure evaluation of commands.
 //! - [`snapshot`]: the whole send → stage → install path, and backups.
+//! - [`watch`]: the change feed: recent changes in memory, and each watcher's stream.
 //! - [`transport`]: persistent peer TCP connections carrying frames.
 //! - [`tls`]: the certificates of both ports (TLS on the client port, mutual TLS between
 //!   peers, a peer's certificate binding its member id).
@@ -44,3 +45,4 @@ pub mod snapshot;
 pub mod storage;
 pub mod tls;
 pub mod transport;
+pub mod watch;

@@ -727,3 +727,57 @@ fn the_cli_grants_leases_holds_a_lock_around_a_command_and_observes_an_election(
         (r.status == 404).then_some(())
     });
 }
+
+/// A follower whose state machine lags (the test build's `before-apply` failpoint sleeps before
+/// each apply) is asked for a lock its lease held and released a moment ago, while another
+/// lease holds it now. The acquire is queued at the leader; the follower must not answer it
+/// from its stale state, where the first grant is still in force ("granted" with the old fence
+/// while the other lease holds the lock: two holders). Found by review; this test failed before
+/// the fix (the follower answered 200 with the released fence).
+#[test]
+fn a_lagging_follower_never_grants_a_lock_from_its_stale_state() {
+    let mut c = Cluster::launch_with(3, &[], false, keel_tests::suite::planted_bin(), &[]);
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+    let (l, _) = grant(&c, leader, 60_000);
+    let (m, _) = grant(&c, leader, 60_000);
+    let r = c
+        .request(
+            follower,
+            "PUT",
+            "/v1/admin/failpoints/before-apply",
+            &[],
+            Some(b"sleep(400)"),
+        )
+        .expect("answers");
+    assert_eq!(r.status, 200, "arming: {}", r.text());
+    let mut double_grants = Vec::new();
+    for round in 0..3 {
+        let name = format!("lag/{round}");
+        let first = acquire(&c, follower, &name, l, "l", 0);
+        assert_eq!(first.status, 200, "{}", first.text());
+        let old_fence = first.json()["fence"].clone();
+        let rel = c
+            .request(
+                leader,
+                "DELETE",
+                &format!("/v1/lock/{name}?lease={l}"),
+                &[],
+                None,
+            )
+            .expect("answers");
+        assert_eq!(rel.status, 200, "release: {}", rel.text());
+        let by_m = acquire(&c, leader, &name, m, "m", 0);
+        assert_eq!(by_m.status, 200, "{}", by_m.text());
+        let again = acquire(&c, follower, &name, l, "l", 1500);
+        if again.status == 200 {
+            double_grants.push((round, old_fence, again.text()));
+        } else {
+            assert_eq!(again.error_code().as_deref(), Some("lock_held"), "{}", again.text());
+        }
+    }
+    assert!(
+        double_grants.is_empty(),
+        "the lagging follower granted locks another lease held: {double_grants:?}"
+    );
+}

@@ -193,7 +193,13 @@ impl Api {
                 return Reply::write(&holder_info(&name, h, r.index), &ok);
             }
         }
-        // Queued: wait for the grant to be applied here, until the wait ends.
+        // Queued: wait for the grant to be applied here, until the wait ends. This node's state
+        // machine must first reach the acquire's own entry: before it, a follower that lags may
+        // still show this lease holding the lock from an earlier grant it has since released
+        // (and another lease holding it now).
+        self.node
+            .wait_applied(r.index, self.cfg.read_timeout)
+            .await?;
         let deadline = started + wait_of(b.wait_ms);
         let mut changes = self.node.shared().lock_changes();
         loop {

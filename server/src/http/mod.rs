@@ -2,8 +2,9 @@
 //!
 //! This stage owns the conversation with clients: the routing table (`routes.rs`), reading
 //! requests (`request.rs`), the handlers per resource (`kv.rs`, `txn.rs`, `cluster.rs`,
-//! `admin.rs`, `coord.rs` for leases and locks), and the mapping of every outcome to a status, headers and a JSON body
-//! (`error.rs`, `reply.rs`). The JSON shapes are keel-api's, shared with the client.
+//! `admin.rs`, `coord.rs` for leases and locks, `watch.rs` for the change feed), and the mapping
+//! of every outcome to a status, headers and a JSON body or an event stream (`error.rs`,
+//! `reply.rs`). The JSON shapes are keel-api's, shared with the client.
 //!
 //! Handlers are thin: they validate, build a [`Command`] or a read, hand writes to the
 //! [`Router`] (which proposes or forwards) and reads to the Raft read path ([`NodeHandle`] for
@@ -12,16 +13,14 @@
 //!
 //! Every response carries `X-Keel-Node`, `X-Keel-Leader` (when known) and `X-Keel-Index`; every
 //! error is `{"error": {"code", "message"}}`. HTTP's conventions hold: an unknown query parameter
-//! is a 400, `HEAD` works wherever `GET` does, a read with `If-None-Match` of the current version
-//! is a 304, and a 405 carries `Allow`.
+//! is a 400, `HEAD` works wherever `GET` does (but on `/v1/watch`, which only streams), a read
+//! with `If-None-Match` of the current version is a 304, and a 405 carries `Allow`.
 //!
 //! [`Command`]: crate::proto::Command
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use keel_api::{ErrorCode, WriteMode};
@@ -31,6 +30,7 @@ use crate::forward::Router;
 use crate::raft::NodeHandle;
 use crate::sm::StateMachine;
 use crate::transport::Transport;
+use crate::watch::Feed;
 
 mod admin;
 pub mod auth;
@@ -45,9 +45,11 @@ mod request;
 mod routes;
 mod serve;
 mod txn;
+mod watch;
 
 pub use error::ApiError;
 pub use request::decode_key;
+pub use reply::Body;
 pub use serve::serve;
 pub use txn::parse_txn;
 
@@ -93,6 +95,8 @@ pub struct Parts {
     pub node: NodeHandle,
     /// Local reads.
     pub sm: StateMachine,
+    /// Recent changes, for watches.
+    pub feed: Arc<Feed>,
     /// The database, for backups.
     pub db: Arc<DB>,
     /// Where writes go.
@@ -113,6 +117,8 @@ pub struct Api {
     node: NodeHandle,
     /// Local reads.
     sm: StateMachine,
+    /// Recent changes, for watches.
+    feed: Arc<Feed>,
     /// The database, for backups.
     db: Arc<DB>,
     /// Where writes go.
@@ -132,6 +138,7 @@ impl Api {
             cfg: parts.cfg,
             node: parts.node,
             sm: parts.sm,
+            feed: parts.feed,
             db: parts.db,
             router: parts.router,
             http_addr: parts.http_addr,
@@ -141,7 +148,7 @@ impl Api {
     }
 
     /// Handles one request; never fails (errors become JSON answers).
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<reply::Body> {
         let head = req.method() == Method::HEAD;
         let answer = self.route(req).await;
         reply::finish(answer, self.node.shared(), head)
@@ -183,7 +190,13 @@ impl Api {
         let param = m.param.unwrap_or_default();
         // Roles by endpoint; the key-scoped ones are checked once the key is known.
         match m.route {
-            Route::Health | Route::Ready | Route::Txn | Route::List | Route::Key | Route::Lock => {}
+            Route::Health
+            | Route::Ready
+            | Route::Txn
+            | Route::List
+            | Route::Key
+            | Route::Lock
+            | Route::Watch => {}
             Route::Leases | Route::Keepalive => caller.need(Role::Write)?,
             Route::Lease if method == Method::GET => caller.need(Role::Read)?,
             Route::Lease => caller.need(Role::Write)?,
@@ -227,6 +240,7 @@ impl Api {
                     _ => self.lock_release(name, q).await,
                 }
             }
+            (Route::Watch, _) => self.watch(&parts.headers, q, &caller),
             (Route::List, _) => {
                 caller.need_prefix(Role::Read, q.prefix.as_deref().unwrap_or_default())?;
                 self.list(q).await

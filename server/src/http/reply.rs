@@ -2,10 +2,16 @@
 //! `Idempotent-Replayed`, `Retry-After`, `WWW-Authenticate` and `Allow` where they belong, the JSON error body, and
 //! the HTTP rules for `HEAD` (the headers of a `GET`, no body) and `304 Not Modified`.
 
+use std::convert::Infallible;
+use std::pin::Pin;
+
 use bytes::Bytes;
-use http_body_util::Full;
+use futures::Stream;
+use http_body_util::{Either, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::header::{
-    HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Response, StatusCode};
 use keel_api::{headers, ErrorCode};
@@ -13,6 +19,21 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use crate::raft::{Shared, WriteOk};
+use crate::watch::Watcher;
+
+/// A streamed body: the events of a watch.
+pub type EventStream = StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>;
+/// The body of every response: whole, or a stream of events.
+pub type Body = Either<Full<Bytes>, EventStream>;
+
+/// A watcher to stream as the body of a reply.
+pub struct Streamed(pub Box<Watcher>);
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Streamed")
+    }
+}
 
 /// `Retry-After` seconds sent with 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -34,6 +55,8 @@ pub struct Reply {
     pub etag: Option<u64>,
     /// The answer is the stored outcome of an earlier request with the same idempotency key.
     pub replayed: bool,
+    /// A stream of events to send instead of `body` (a watch).
+    pub stream: Option<Streamed>,
 }
 
 /// What a handler returns.
@@ -51,6 +74,7 @@ impl Reply {
             index,
             etag: None,
             replayed: false,
+            stream: None,
         })
     }
 
@@ -70,6 +94,20 @@ impl Reply {
             index,
             etag: None,
             replayed: false,
+            stream: None,
+        }
+    }
+
+    /// 200 with a stream of Server-Sent Events; `index`: where the watch starts.
+    pub fn events(watcher: Watcher, index: u64) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: Bytes::new(),
+            content_type: "text/event-stream",
+            index: Some(index),
+            etag: None,
+            replayed: false,
+            stream: Some(Streamed(Box::new(watcher))),
         }
     }
 
@@ -82,13 +120,20 @@ impl Reply {
             index: Some(index),
             etag: Some(version),
             replayed: false,
+            stream: None,
         }
     }
 }
 
 /// Builds the response: `head` answers a `HEAD` request (the same headers, no body).
-pub fn finish(answer: Answer, shared: &Shared, head: bool) -> Response<Full<Bytes>> {
+pub fn finish(answer: Answer, shared: &Shared, head: bool) -> Response<Body> {
     let (resp, index) = match answer {
+        Ok(Reply {
+            stream: Some(Streamed(watcher)),
+            content_type,
+            index,
+            ..
+        }) => (events(*watcher, content_type), index),
         Ok(reply) => {
             let mut resp = response(reply.status, reply.body, reply.content_type, head);
             if let Some(v) = reply.etag {
@@ -132,15 +177,34 @@ pub fn finish(answer: Answer, shared: &Shared, head: bool) -> Response<Full<Byte
     common(resp, shared, index)
 }
 
+/// A response streaming a watcher's events, as its connection asks for them.
+fn events(watcher: Watcher, content_type: &'static str) -> Response<Body> {
+    let chunks = futures::stream::unfold(watcher, |mut w| async move {
+        let chunk = w.next_chunk().await?;
+        Some((Ok(Frame::data(chunk)), w))
+    });
+    let body: Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>> =
+        Box::pin(chunks);
+    let mut resp = Response::new(Either::Right(StreamBody::new(body)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
 /// A response with a body (or, for `HEAD`, only the length it would have).
 fn response(
     status: StatusCode,
     body: Bytes,
     content_type: &'static str,
     head: bool,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let len = body.len();
-    let mut resp = Response::new(Full::new(if head { Bytes::new() } else { body }));
+    let mut resp = Response::new(Either::Left(Full::new(if head {
+        Bytes::new()
+    } else {
+        body
+    })));
     *resp.status_mut() = status;
     if status != StatusCode::NOT_MODIFIED {
         resp.headers_mut()
@@ -154,11 +218,7 @@ fn response(
 }
 
 /// Adds the headers every response carries: who answered, who leads, and the index.
-fn common(
-    mut resp: Response<Full<Bytes>>,
-    shared: &Shared,
-    index: Option<u64>,
-) -> Response<Full<Bytes>> {
+fn common(mut resp: Response<Body>, shared: &Shared, index: Option<u64>) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(headers::NODE, HeaderValue::from(shared.id()));
     if let Some(leader) = shared.leader() {

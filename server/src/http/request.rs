@@ -35,6 +35,12 @@ pub struct Query {
     pub wait_index: Option<u64>,
     /// `wait_ms`: how long a blocking lock read may wait.
     pub wait_ms: Option<u64>,
+    /// `key`: the one key a watch follows.
+    pub key: Option<String>,
+    /// `from_index`: a watch starts with the changes of this index.
+    pub from_index: Option<u64>,
+    /// `progress_ms`: how often an idle watch sends a progress event.
+    pub progress_ms: Option<u64>,
 }
 
 fn number(name: &str, v: &str) -> Result<u64, ApiError> {
@@ -119,6 +125,9 @@ pub fn parse_query(raw: Option<&str>, accepted: &[&str], what: &str) -> Result<Q
             },
             params::WAIT_INDEX => q.wait_index = Some(number("wait_index", &v)?),
             params::WAIT_MS => q.wait_ms = Some(number("wait_ms", &v)?),
+            params::FROM_INDEX => q.from_index = Some(number("from_index", &v)?),
+            params::PROGRESS_MS => q.progress_ms = Some(number("progress_ms", &v)?),
+            params::KEY => q.key = Some(text_param("key", v.into_owned())?),
             params::PREFIX => q.prefix = Some(text_param("prefix", v.into_owned())?),
             params::AFTER => q.after = Some(text_param("after", v.into_owned())?),
             _ => {}

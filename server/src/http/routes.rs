@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 
 use hyper::Method;
 use keel_api::params::{
-    AFTER, CONSISTENCY, LEASE, LIMIT, MIN_INDEX, MODE, PREFIX, WAIT_INDEX, WAIT_MS,
+    AFTER, CONSISTENCY, FROM_INDEX, KEY, LEASE, LIMIT, MIN_INDEX, MODE, PREFIX, PROGRESS_MS,
+    WAIT_INDEX, WAIT_MS,
 };
 
 /// An endpoint.
@@ -45,6 +46,8 @@ pub enum Route {
     Keepalive,
     /// `/v1/lock/{name}`: acquire, look (blocking), release.
     Lock,
+    /// `/v1/watch`: the change feed (Server-Sent Events).
+    Watch,
 }
 
 /// The table, built once.
@@ -70,6 +73,7 @@ fn table() -> &'static matchit::Router<Route> {
             ("/v1/lease/{id}", Route::Lease),
             ("/v1/lease/{id}/keepalive", Route::Keepalive),
             ("/v1/lock/{*name}", Route::Lock),
+            ("/v1/watch", Route::Watch),
         ] {
             // The table is a constant: a conflict is a programming error caught by the tests.
             if let Err(e) = t.insert(path, route) {
@@ -130,6 +134,7 @@ pub fn methods(route: Route, param: Option<&str>) -> &'static [&'static str] {
         Route::Leases | Route::Keepalive => &["POST"],
         Route::Lease => &["GET", "HEAD", "DELETE"],
         Route::Lock => &["GET", "HEAD", "POST", "DELETE"],
+        Route::Watch => &["GET"],
     }
 }
 
@@ -144,6 +149,7 @@ pub fn params(route: Route, method: &Method) -> &'static [&'static str] {
         (Route::Lock, "DELETE") => &[MODE, LEASE],
         (Route::List, "GET") => &[PREFIX, AFTER, LIMIT, CONSISTENCY, MIN_INDEX],
         (Route::Txn, "POST") => &[MODE, CONSISTENCY, MIN_INDEX],
+        (Route::Watch, "GET") => &[KEY, PREFIX, FROM_INDEX, PROGRESS_MS],
         _ => &[],
     }
 }
@@ -169,6 +175,7 @@ pub fn describe(route: Route, method: &Method) -> String {
         Route::Lease => "/v1/lease/{id}",
         Route::Keepalive => "/v1/lease/{id}/keepalive",
         Route::Lock => "/v1/lock/{name}",
+        Route::Watch => "/v1/watch",
     };
     format!("{method} {path}")
 }
@@ -194,6 +201,7 @@ mod tests {
             ("/v1/lease/12", Route::Lease, Some("12")),
             ("/v1/lease/12/keepalive", Route::Keepalive, Some("12")),
             ("/v1/lock/jobs/9am", Route::Lock, Some("jobs/9am")),
+            ("/v1/watch", Route::Watch, None),
         ];
         for (path, route, param) in cases {
             assert_eq!(find(path), Some(Matched { route, param }), "{path}");

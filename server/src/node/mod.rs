@@ -29,6 +29,7 @@ use crate::snapshot;
 use crate::storage::{self, meta, RaftLogStore, StorageError};
 use crate::tls::{Tls, TlsError};
 use crate::transport::{self, Transport, TransportError};
+use crate::watch::{Feed, FeedLimits};
 
 mod membership;
 mod shutdown;
@@ -156,7 +157,15 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
     });
     meta::write_members(&db, &book)?;
     let store = RaftLogStore::open(db.clone(), &voters)?;
-    let sm = StateMachine::new(db.clone());
+    let mut sm = StateMachine::new(db.clone());
+    sm.open_history(args.watch_history)?;
+    let feed = Arc::new(Feed::new(
+        sm.applied_index()?,
+        FeedLimits {
+            max_changes: args.watch_buffer.max(1),
+            max_bytes: args.watch_buffer_bytes.max(1),
+        },
+    ));
     let stage = snapshot::Stage::new(db.clone());
 
     // The transport and the Ready loop.
@@ -197,6 +206,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
             outbox,
             tx,
             rx,
+            feed: feed.clone(),
         },
         &raft_logger(),
     )?;
@@ -223,6 +233,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         },
         node: node.clone(),
         sm,
+        feed: feed.clone(),
         db,
         router,
         http_addr: advertise_http,
@@ -274,6 +285,9 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
             }
         }
     };
+    // Watch streams end (a graceful stop tells their clients by closing, and they resume on
+    // another node).
+    feed.close();
     http_task.abort();
     peer_task.abort();
     watcher.abort();

@@ -340,3 +340,34 @@ impl ApplyResult {
         self.error_code.is_empty()
     }
 }
+
+/// One key's change, as the change log keeps it (column family `changes`, keyed by the entry's
+/// index and the change's place among that entry's changes, both big-endian): the history a
+/// watch resumes from (SPEC §9).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ChangeRecord {
+    /// The key.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// What happened: [`ChangeKind`] as a number.
+    #[prost(int32, tag = "2")]
+    pub kind: i32,
+    /// The new value (puts only).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub value: Bytes,
+    /// The lease the key lives with after a put, or the lease whose end deleted it (0: none).
+    #[prost(uint64, tag = "4")]
+    pub lease: u64,
+}
+
+/// What a change did to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum ChangeKind {
+    /// The key was written (put, add, a transaction's put).
+    Put = 0,
+    /// The key was deleted (delete, a transaction's delete, a revoked lease).
+    Delete = 1,
+    /// The key was deleted because its lease expired.
+    Expire = 2,
+}

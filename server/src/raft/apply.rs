@@ -24,6 +24,7 @@ impl<O: Outbox> Driver<O> {
         if entries.is_empty() {
             return Ok(());
         }
+        failpoints::crash_point(failpoints::BEFORE_APPLY);
         let sm = self.sm.clone();
         let mut batch = sm.batch();
         let mut outcomes = Vec::new();
@@ -83,9 +84,11 @@ impl<O: Outbox> Driver<O> {
             }
         }
         let events = batch.take_events();
+        let changes = batch.take_changes();
         if let Some((applied, applied_term)) = batch.commit()? {
             self.applied = applied;
             self.raw.mut_store().set_applied(applied, applied_term);
+            self.feed.publish(changes, applied);
             self.shared.set_applied(applied);
             let leader = self.raw.raft.leader_id;
             if leader != 0 && leader != self.cfg.id {

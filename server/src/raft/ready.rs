@@ -29,6 +29,7 @@ use crate::proto::command::Op;
 use crate::sm::StateMachine;
 use crate::snapshot::Stage;
 use crate::storage::{RaftLogStore, StorageError};
+use crate::watch::Feed;
 
 /// Most events handled before a Ready cycle runs, so a flood cannot starve ticks.
 const MAX_EVENTS_PER_CYCLE: usize = 4096;
@@ -53,6 +54,8 @@ pub struct LoopParts<O: Outbox> {
     pub tx: Sender<Event>,
     /// The receiving side of the loop's channel.
     pub rx: Receiver<Event>,
+    /// Where applied changes are published for watchers.
+    pub feed: Arc<Feed>,
 }
 
 /// Owner of the RawNode and everything that must change in step with it.
@@ -89,6 +92,8 @@ pub(super) struct Driver<O: Outbox> {
     pub(super) members: AddressBook,
     /// Lease countdowns (on the leader) and keepalives waiting for their read index.
     pub(super) leases: Leases,
+    /// Where applied changes are published for watchers.
+    pub(super) feed: Arc<Feed>,
 }
 
 /// The result of the loop's thread: an error if storage failed (the node must then stop: its
@@ -109,6 +114,7 @@ pub fn start<O: Outbox>(
         outbox,
         tx,
         rx,
+        feed,
     } = parts;
     let applied = sm
         .applied_index()
@@ -160,6 +166,7 @@ pub fn start<O: Outbox>(
         staging_locked: false,
         members,
         leases: Leases::default(),
+        feed,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -409,6 +416,8 @@ impl<O: Outbox> Driver<O> {
                 "installed a snapshot"
             );
             self.applied = applied;
+            self.sm.history().restart_after(applied);
+            self.feed.reset(applied);
             self.shared.set_applied(applied);
         }
 

@@ -11,12 +11,13 @@ use keel_api::ErrorCode;
 use prost::Message as _;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use super::changes::{Change, History};
 use super::coord::CoordEvent;
 use super::decode_record;
 use super::eval::{check_precondition, compute_add, new_record, reject, run_txn};
 use super::idempotency::{fingerprint, Memory, Stamp};
 use crate::proto::{
-    command::Op, AddOp, ApplyResult, Command, DeleteOp, FenceCheck, IdempotencyRecord, LeaseRecord,
+    command::Op, AddOp, ApplyResult, ChangeKind, Command, DeleteOp, FenceCheck, IdempotencyRecord, LeaseRecord,
     LockRecord, PutOp, TxnOp, ValueRecord,
 };
 use crate::storage::{cf, meta, rocks, StorageError, CF_DATA};
@@ -35,6 +36,10 @@ pub struct ApplyBatch<'a> {
     pub(super) locks: HashMap<String, Option<LockRecord>>,
     /// What this batch changed that the Ready loop and waiting handlers act on.
     pub(super) events: Vec<CoordEvent>,
+    /// Every key this batch changed, in log order (for the change log and the watch feed).
+    pub(super) changes: Vec<Change>,
+    /// The change log's retention and start.
+    pub(super) history: &'a History,
     /// Idempotency records written by this batch, and the newest stamp seen.
     idempotency: Memory,
     /// The last entry applied (or skipped) and its term: where the applied index moves to.
@@ -45,9 +50,11 @@ pub struct ApplyBatch<'a> {
 
 impl<'a> ApplyBatch<'a> {
     /// Starts a batch on `db`.
-    pub(super) fn new(db: &'a DB) -> Self {
+    pub(super) fn new(db: &'a DB, history: &'a History) -> Self {
         ApplyBatch {
             db,
+            history,
+            changes: Vec::new(),
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
             leases: HashMap::new(),
@@ -111,7 +118,7 @@ impl<'a> ApplyBatch<'a> {
         if cmd.idempotency_key.is_empty()
             || crate::planted::active(crate::planted::Bug::SkipIdempotency)
         {
-            return self.apply_op(index, op, cmd.fence.as_ref());
+            return self.apply_noting_changes(index, op, cmd.fence.as_ref());
         }
         let fingerprint = fingerprint(&op);
         if let Some(rec) = self
@@ -132,7 +139,7 @@ impl<'a> ApplyBatch<'a> {
             first.replayed = true;
             return Ok(first);
         }
-        let result = self.apply_op(index, op, cmd.fence.as_ref())?;
+        let result = self.apply_noting_changes(index, op, cmd.fence.as_ref())?;
         let rec = IdempotencyRecord {
             fingerprint,
             result: Some(result.clone()),
@@ -142,6 +149,19 @@ impl<'a> ApplyBatch<'a> {
         };
         self.idempotency
             .record(self.db, &mut self.batch, cmd.idempotency_key, rec)?;
+        Ok(result)
+    }
+
+    /// Applies `op` and seals the changes it made (in key order, into the change log).
+    fn apply_noting_changes(
+        &mut self,
+        index: u64,
+        op: Op,
+        fence: Option<&FenceCheck>,
+    ) -> Result<ApplyResult, StorageError> {
+        let start = self.changes.len();
+        let result = self.apply_op(index, op, fence)?;
+        self.seal_changes(start)?;
         Ok(result)
     }
 
@@ -198,10 +218,14 @@ impl<'a> ApplyBatch<'a> {
         }
         self.write_coord()?;
         self.idempotency.evict_expired(self.db, &mut self.batch)?;
+        let trimmed = self.trim_history(applied)?;
         meta::put_applied(self.db, &mut self.batch, applied, applied_term)?;
         self.db
             .write_opt(self.batch, &opts)
             .map_err(rocks("apply batch"))?;
+        if let Some(to) = trimmed {
+            ApplyBatch::history_trimmed(self.history, to);
+        }
         Ok(Some((applied, applied_term)))
     }
 
@@ -235,7 +259,7 @@ impl<'a> ApplyBatch<'a> {
         }
         let mut rec = new_record(p.value, index);
         rec.lease = p.lease;
-        self.overlay.insert(p.key, Some(rec));
+        self.write_key(index, p.key, Some(rec), ChangeKind::Put, 0);
         Ok(ApplyResult {
             index,
             version: index,
@@ -250,7 +274,7 @@ impl<'a> ApplyBatch<'a> {
         }
         let existed = cur.is_some();
         if existed {
-            self.overlay.insert(d.key, None);
+            self.write_key(index, d.key, None, ChangeKind::Delete, 0);
         }
         Ok(ApplyResult {
             index,
@@ -266,7 +290,7 @@ impl<'a> ApplyBatch<'a> {
                 // An add keeps the key on the lease it lives with.
                 let mut rec = new_record(Bytes::from(new.to_string()), index);
                 rec.lease = cur.as_ref().map_or(0, |c| c.lease);
-                self.overlay.insert(a.key, Some(rec));
+                self.write_key(index, a.key, Some(rec), ChangeKind::Put, 0);
                 Ok(ApplyResult {
                     index,
                     version: index,
@@ -281,7 +305,14 @@ impl<'a> ApplyBatch<'a> {
     fn txn(&mut self, index: u64, t: TxnOp) -> Result<ApplyResult, StorageError> {
         let (result, scratch) = run_txn(|k| self.current(k), index, &t)?;
         if result.is_ok() {
-            self.overlay.extend(scratch);
+            for (key, rec) in scratch {
+                match rec {
+                    Some(rec) => self.write_key(index, key, Some(rec), ChangeKind::Put, 0),
+                    // Deleting a key that was not there changes nothing: no event.
+                    None if self.current(&key)?.is_none() => {}
+                    None => self.write_key(index, key, None, ChangeKind::Delete, 0),
+                }
+            }
         }
         Ok(result)
     }

@@ -17,7 +17,7 @@ use super::apply::ApplyBatch;
 use super::eval::reject;
 use super::StateMachine;
 use crate::proto::{
-    ApplyResult, CoordResult, FenceCheck, LeaseGrantOp, LeaseRecord, LeaseRevokeOp, LockAcquireOp,
+    ApplyResult, ChangeKind, CoordResult, FenceCheck, LeaseGrantOp, LeaseRecord, LeaseRevokeOp, LockAcquireOp,
     LockHolder, LockRecord, LockReleaseOp, LockWaiter,
 };
 use crate::storage::{cf, rocks, StorageError, CF_LEASES, CF_LOCKS};
@@ -253,7 +253,12 @@ impl ApplyBatch<'_> {
         };
         for key in &rec.keys {
             if self.current(key)?.is_some_and(|v| v.lease == op.id) {
-                self.overlay.insert(key.clone(), None);
+                let kind = if op.expired {
+                    ChangeKind::Expire
+                } else {
+                    ChangeKind::Delete
+                };
+                self.write_key(index, key.clone(), None, kind, op.id);
             }
         }
         for name in &rec.locks {

@@ -10,6 +10,7 @@
 //!   tested without RocksDB;
 //! - [`idempotency`]: the memory of idempotent requests and its expiry;
 //! - [`coord`]: leases and locks, and the `If-Fence` check (SPEC §8);
+//! - [`changes`]: the change log watches resume from (SPEC §9), written in the apply batch;
 //! - this file: reads (one key, a prefix page, a read-only transaction on one snapshot).
 //!
 //! # Invariants
@@ -33,11 +34,13 @@ use crate::proto::{ApplyResult, TxnOp, ValueRecord};
 use crate::storage::{cf, meta, rocks, StorageError, CF_DATA, CF_META};
 
 pub mod apply;
+pub mod changes;
 pub mod coord;
 pub mod eval;
 pub mod idempotency;
 
 pub use apply::ApplyBatch;
+pub use changes::{Change, History, HistoryPage, DEFAULT_HISTORY_ENTRIES};
 pub use coord::CoordEvent;
 pub use eval::parse_int;
 pub use idempotency::{IDEMPOTENCY_CROSS_TERM_ENTRIES, IDEMPOTENCY_TTL_MS};
@@ -48,6 +51,8 @@ pub use idempotency::{IDEMPOTENCY_CROSS_TERM_ENTRIES, IDEMPOTENCY_TTL_MS};
 pub struct StateMachine {
     /// The node's database (shared with the log store and the snapshot path).
     pub(super) db: Arc<DB>,
+    /// How much of the change log is kept, and where it starts.
+    pub(super) history: Arc<History>,
 }
 
 /// A consistent read: what was found and the applied index it reflects.
@@ -71,7 +76,10 @@ pub struct ListPage {
 impl StateMachine {
     /// Wraps the node's database.
     pub fn new(db: Arc<DB>) -> Self {
-        StateMachine { db }
+        StateMachine {
+            db,
+            history: Arc::new(History::new(DEFAULT_HISTORY_ENTRIES, 0)),
+        }
     }
 
     /// The applied index as stored.
@@ -172,7 +180,7 @@ impl StateMachine {
 
     /// Starts a batch of applies.
     pub fn batch(&self) -> ApplyBatch<'_> {
-        ApplyBatch::new(&self.db)
+        ApplyBatch::new(&self.db, &self.history)
     }
 }
 

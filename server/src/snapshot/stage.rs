@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::members::{self, AddressBook};
 use crate::proto::SnapshotChunk;
 use crate::storage::{
-    cf, cf_upper_bound, meta, rocks, StorageError, CF_SNAP_STAGING, SNAPSHOT_CFS,
+    cf, cf_upper_bound, meta, rocks, StorageError, CF_CHANGES, CF_SNAP_STAGING, SNAPSHOT_CFS,
 };
 
 /// Where an incoming snapshot stands.
@@ -207,6 +207,10 @@ impl Stage {
         }
         batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
         meta::put_applied(&self.db, batch, applied, applied_term)?;
+        // The change log is this node's own: what it had describes the data just replaced, and
+        // nothing says what changed up to the snapshot. It starts afresh after it.
+        batch.delete_range_cf(cf(&self.db, CF_CHANGES)?, Vec::new(), cf_upper_bound());
+        meta::put_history_after(&self.db, batch, applied)?;
         let members = st
             .members
             .take()

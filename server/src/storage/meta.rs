@@ -28,6 +28,10 @@ pub(super) const KEY_TRUNCATED: &[u8] = b"truncated";
 pub const KEY_APPLIED: &[u8] = b"applied_index";
 /// Key of the term of the applied index.
 pub const KEY_APPLIED_TERM: &[u8] = b"applied_term";
+/// Key of the change log's start: every change made by an entry above this index is in the
+/// `changes` column family (written with the changes, by the state machine and the snapshot
+/// install).
+pub const KEY_HISTORY_AFTER: &[u8] = b"history_after";
 /// Key of the address book (member id → addresses).
 const KEY_MEMBERS: &[u8] = b"members";
 /// Key of the data directory's incarnation.
@@ -228,4 +232,21 @@ pub fn applied_through(
         read(KEY_APPLIED, "applied index")?,
         read(KEY_APPLIED_TERM, "applied term")?,
     ))
+}
+
+/// Puts the change log's start into `batch` (see [`KEY_HISTORY_AFTER`]).
+pub fn put_history_after(db: &DB, batch: &mut WriteBatch, index: u64) -> Result<(), StorageError> {
+    batch.put_cf(cf(db, CF_META)?, KEY_HISTORY_AFTER, index.to_be_bytes());
+    Ok(())
+}
+
+/// Reads the change log's start through `get` (a lookup in [`CF_META`] of the database or of a
+/// snapshot); None when it was never written (a data directory older than the change log).
+pub fn history_after_through(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<Option<u64>, StorageError> {
+    match get(KEY_HISTORY_AFTER).map_err(rocks("read history start"))? {
+        Some(v) => Ok(Some(decode_u64(&v, "history start")?)),
+        None => Ok(None),
+    }
 }

@@ -7,7 +7,7 @@
 //! column families listed here, and write them in their own batches.
 //!
 //! # Layout
-//! One RocksDB database per node, eight column families:
+//! One RocksDB database per node, nine column families:
 //! - `raft_log`: log entries keyed by their index as a big-endian `u64` (so keys sort by index),
 //!   values are protobuf-encoded `eraftpb::Entry`.
 //! - `meta`: the hard state, the conf state, the member address book, the applied index and its
@@ -18,6 +18,9 @@
 //!   and their outcomes, and the same ordered by age for expiry.
 //! - `leases`, `locks`: the state machine's leases and locks (SPEC §8, [`crate::sm`]'s
 //!   `coord.rs`); in snapshots like `data`.
+//! - `changes`: the change log, every key each applied entry changed, written in the apply batch
+//!   and trimmed to the retained history (`--watch-history`); node-local: a snapshot install
+//!   empties it and the history starts after the installed index (SPEC §9, [`crate::watch`]).
 //! - `snapshot_staging`: an incoming snapshot, received in chunks, before it is installed.
 //!
 //! # Durability
@@ -65,13 +68,16 @@ pub const CF_IDEM_TTL: &str = "idempotency_ttl";
 pub const CF_LEASES: &str = "leases";
 /// Column family of locks: name → [`crate::proto::LockRecord`].
 pub const CF_LOCKS: &str = "locks";
+/// Column family of the change log: BE index ++ BE place → [`crate::proto::ChangeRecord`]
+/// (the history watches resume from; node-local, never in a snapshot).
+pub const CF_CHANGES: &str = "changes";
 /// Column family where an incoming snapshot is staged before it is installed.
 pub const CF_SNAP_STAGING: &str = "snapshot_staging";
 /// The state machine's column families, as a snapshot or a backup carries them (the index is the
 /// `cf` number in [`crate::proto::SnapshotPair`]).
 pub const SNAPSHOT_CFS: [&str; 5] = [CF_DATA, CF_IDEM, CF_IDEM_TTL, CF_LEASES, CF_LOCKS];
 /// Every column family keel creates.
-pub const ALL_CFS: [&str; 8] = [
+pub const ALL_CFS: [&str; 9] = [
     CF_LOG,
     CF_META,
     CF_DATA,
@@ -80,6 +86,7 @@ pub const ALL_CFS: [&str; 8] = [
     CF_SNAP_STAGING,
     CF_LEASES,
     CF_LOCKS,
+    CF_CHANGES,
 ];
 
 /// Failures of the storage layer. Any of these makes the node stop: the disk is not trustworthy.

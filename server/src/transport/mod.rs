@@ -177,8 +177,16 @@ impl Transport {
         t
     }
 
-    /// Starts talking to a peer (or updates its address).
+    /// Starts talking to a peer (or updates its address): the address book names it, so it no
+    /// longer takes one of the places of nodes outside it.
     pub fn add_peer(&self, peer: u64, addr: String) {
+        if let Ok(mut u) = self.inner.unknown.write() {
+            u.remove(&peer);
+        }
+        self.start_peer(peer, addr);
+    }
+
+    fn start_peer(&self, peer: u64, addr: String) {
         if let Ok(mut m) = self.inner.members.write() {
             m.insert(peer, addr.clone());
         }
@@ -212,7 +220,7 @@ impl Transport {
             }
             u.insert(peer);
         }
-        self.add_peer(peer, addr);
+        self.start_peer(peer, addr);
         true
     }
 
@@ -300,4 +308,38 @@ pub async fn bind(addr: &str) -> Result<TcpListener, TransportError> {
             addr: addr.to_string(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nobody;
+    impl PeerEvents for Nobody {
+        fn raft_message(&self, _: Message) -> bool {
+            false
+        }
+        fn unreachable(&self, _: u64) -> bool {
+            false
+        }
+        fn peer_wiped(&self, _: u64) {}
+    }
+
+    /// A node answered from outside the address book, once the book names it, gives its place
+    /// back (found by review: the places were only given back on removal, so eight real joins
+    /// over a process's life, or eight strangers, disabled the rule for good). Failed before.
+    #[tokio::test]
+    async fn a_node_the_address_book_comes_to_name_gives_back_its_unknown_place() {
+        let t = Transport::start(1, String::new(), 1, &HashMap::new(), Arc::new(Nobody), None);
+        // Addresses nobody listens on: the dialers only retry.
+        for id in 100..100 + MAX_UNKNOWN_PEERS as u64 {
+            assert!(t.add_unknown_peer(id, "127.0.0.1:1".into()), "{id}");
+        }
+        assert!(!t.add_unknown_peer(200, "127.0.0.1:1".into()), "all places taken");
+        t.add_peer(100, "127.0.0.1:1".into());
+        assert!(
+            t.add_unknown_peer(200, "127.0.0.1:1".into()),
+            "a member's place is free again"
+        );
+    }
 }

@@ -1,0 +1,101 @@
+//! `GET /v1/watch`: the change feed as Server-Sent Events (SPEC §9). The handler checks the
+//! filter, the start and the caller's rights, answers 410 when the start is older than this
+//! node's history, and hands the stream to a [`Watcher`].
+
+use std::time::Duration;
+
+use hyper::HeaderMap;
+use keel_api::ErrorCode;
+
+use super::auth::{Caller, Role};
+use super::error::ApiError;
+use super::reply::{Answer, Reply};
+use super::request::{validate_key, Query};
+use super::Api;
+use crate::watch::{Filter, Start, Watcher};
+
+/// Progress events of an idle watch, unless `progress_ms` says otherwise.
+pub const DEFAULT_PROGRESS: Duration = Duration::from_secs(5);
+/// The most often (and least often) a watch may ask for progress events, in milliseconds.
+const PROGRESS_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=5_000;
+
+impl Api {
+    /// `GET /v1/watch?prefix=P|key=K[&from_index=N][&progress_ms=M]`, resumed with
+    /// `Last-Event-ID`.
+    pub(super) fn watch(&self, headers: &HeaderMap, q: Query, caller: &Caller) -> Answer {
+        let filter = match (q.key, q.prefix) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    "a watch follows a key or a prefix, not both",
+                ))
+            }
+            (Some(key), None) => {
+                validate_key(&key)?;
+                caller.need_key(Role::Read, &key)?;
+                Filter::Key(key)
+            }
+            (None, prefix) => {
+                let prefix = prefix.unwrap_or_default();
+                caller.need_prefix(Role::Read, &prefix)?;
+                Filter::Prefix(prefix)
+            }
+        };
+        let progress = match q.progress_ms {
+            None => DEFAULT_PROGRESS,
+            Some(ms) if PROGRESS_RANGE_MS.contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "progress_ms must be between {} and {}, not {ms}",
+                        PROGRESS_RANGE_MS.start(),
+                        PROGRESS_RANGE_MS.end()
+                    ),
+                ))
+            }
+        };
+        // A reconnecting client's Last-Event-ID wins over the from_index of the URL it reuses.
+        let start = match headers.get("last-event-id") {
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(Start::from_event_id)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidHeader,
+                        "Last-Event-ID must be an event id of a watch: N or N.P",
+                    )
+                })?,
+            None => Start {
+                after: match q.from_index {
+                    Some(n) => n.saturating_sub(1),
+                    None => self.feed.head(),
+                },
+                skip: None,
+            },
+        };
+        // Exact: read from the database, not the published copy (which may lag a trim).
+        let oldest = self.sm.history_start()?;
+        if start.after < self.feed.covers_after() && start.after < oldest {
+            let mut err = ApiError::new(
+                ErrorCode::Compacted,
+                format!(
+                    "this node keeps the changes of index {} on; the watch starts after {}",
+                    oldest.saturating_add(1),
+                    start.after
+                ),
+            );
+            err.body.oldest_index = Some(oldest.saturating_add(1));
+            return Err(err);
+        }
+        let watcher = Watcher::new(
+            self.sm.clone(),
+            self.feed.clone(),
+            filter,
+            start,
+            progress,
+        );
+        Ok(Reply::events(watcher, start.after))
+    }
+}

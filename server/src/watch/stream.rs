@@ -1,0 +1,294 @@
+//! One watcher: its filter and position, and the Server-Sent Events it produces, one chunk at
+//! a time, only when its connection asks for more (so a watcher that does not read holds no
+//! more than its socket's buffers).
+//!
+//! A watcher's position is an applied index: every change at or below it has been delivered or
+//! did not match (a resume point may also name a place inside an entry, see [`Start`]). It reads
+//! the change log while it is below the feed, then the feed. Once it has read from the feed,
+//! falling below it again means its connection did not keep up: it is cut off with an event
+//! saying where to resume.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_api::kv::JsonValue;
+use keel_api::watch::{ChangeEvent, CutoffEvent, ProgressEvent};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::feed::{Feed, FeedRead, Group};
+use crate::proto::ChangeKind;
+use crate::sm::{Change, StateMachine};
+use crate::storage::StorageError;
+
+/// Entries read from the feed, or changes from the change log, per chunk.
+const PAGE: usize = 256;
+
+/// Which keys a watcher follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Exactly this key.
+    Key(String),
+    /// Every key starting with this ("" for all).
+    Prefix(String),
+}
+
+impl Filter {
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            Filter::Key(k) => k == key,
+            Filter::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Where a watch starts: after entry `after`, and, if `skip` names a place in the next entry,
+/// after that place too (a watcher cut off inside an entry's changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// Every change of entries at or below this has been seen.
+    pub after: u64,
+    /// `(index, place)`: the changes of entry `index` up to `place` have been seen too.
+    pub skip: Option<(u64, u32)>,
+}
+
+impl Start {
+    /// Parses a `Last-Event-ID`: `N` (every change through entry N seen) or `N.P` (through
+    /// place P of entry N).
+    pub fn from_event_id(id: &str) -> Option<Start> {
+        match id.split_once('.') {
+            None => Some(Start {
+                after: id.trim().parse().ok()?,
+                skip: None,
+            }),
+            Some((i, p)) => {
+                let index: u64 = i.trim().parse().ok()?;
+                let place: u32 = p.trim().parse().ok()?;
+                Some(Start {
+                    after: index.checked_sub(1)?,
+                    skip: Some((index, place)),
+                })
+            }
+        }
+    }
+}
+
+/// One watcher's state.
+pub struct Watcher {
+    sm: StateMachine,
+    feed: Arc<Feed>,
+    filter: Filter,
+    position: u64,
+    skip: Option<(u64, u32)>,
+    /// Has read from the feed: falling behind it now means cut off.
+    live: bool,
+    heads: watch::Receiver<u64>,
+    closed: watch::Receiver<bool>,
+    progress_every: Duration,
+    last_sent: Instant,
+    /// The first chunk (a progress event saying where the watch starts) is not sent yet.
+    greeted: bool,
+    done: bool,
+}
+
+impl Watcher {
+    /// A watcher of `filter` from `start`, sending a progress event when nothing else was sent
+    /// for `progress_every`.
+    pub fn new(
+        sm: StateMachine,
+        feed: Arc<Feed>,
+        filter: Filter,
+        start: Start,
+        progress_every: Duration,
+    ) -> Self {
+        Watcher {
+            heads: feed.subscribe(),
+            closed: feed.closed(),
+            sm,
+            feed,
+            filter,
+            position: start.after,
+            skip: start.skip,
+            live: false,
+            progress_every,
+            last_sent: Instant::now(),
+            greeted: false,
+            done: false,
+        }
+    }
+
+    /// The next chunk of the stream; None when it ends.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        match self.next().await {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                tracing::warn!(error = %e, "a watch stopped on a storage error");
+                self.done = true;
+                None
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, StorageError> {
+        if !self.greeted {
+            self.greeted = true;
+            return Ok(Some(self.progress()));
+        }
+        // Bounded: each turn delivers, waits, or moves the position forward.
+        for _ in 0..1_000_000 {
+            if self.done || *self.closed.borrow() {
+                return Ok(None);
+            }
+            // Marked seen before reading, so that a batch published after the read wakes us.
+            self.heads.borrow_and_update();
+            let mut out = String::new();
+            match self.feed.read_after(self.position, PAGE) {
+                FeedRead::Behind { .. } if self.live => {
+                    self.done = true;
+                    return Ok(Some(self.cutoff("slow")));
+                }
+                FeedRead::Behind { .. } => {
+                    let page = self.sm.read_history(self.position, PAGE)?;
+                    if page.history_after > self.position {
+                        self.done = true;
+                        return Ok(Some(self.cutoff("compacted")));
+                    }
+                    let changes: Vec<&Change> = page.changes.iter().collect();
+                    self.format_run(&changes, &mut out);
+                    self.position = self.position.max(page.through);
+                }
+                FeedRead::Groups { groups, through } => {
+                    self.live = true;
+                    for g in &groups {
+                        self.format_group(g, &mut out);
+                    }
+                    self.position = self.position.max(through);
+                    if out.is_empty() && groups.is_empty() {
+                        if !self.wait().await {
+                            return Ok(None);
+                        }
+                        if self.last_sent.elapsed() >= self.progress_every {
+                            return Ok(Some(self.progress()));
+                        }
+                        continue;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                self.last_sent = Instant::now();
+                return Ok(Some(Bytes::from(out)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits for a new batch, the progress deadline or the end; false at the end.
+    async fn wait(&mut self) -> bool {
+        let deadline = self.last_sent + self.progress_every;
+        tokio::select! {
+            r = self.heads.changed() => r.is_ok(),
+            _ = tokio::time::sleep_until(deadline) => true,
+            _ = self.closed.wait_for(|c| *c) => false,
+        }
+    }
+
+    fn format_group(&mut self, g: &Group, out: &mut String) {
+        let changes: Vec<&Change> = g.changes.iter().collect();
+        self.format_run(&changes, out);
+    }
+
+    /// Formats the matching changes of whole entries, in order. Each event's id is its index,
+    /// except inside an entry whose later changes also match: `index.place`, so that a
+    /// connection cut between them resumes at the next one.
+    fn format_run(&mut self, changes: &[&Change], out: &mut String) {
+        let matching: Vec<&Change> = changes
+            .iter()
+            .copied()
+            .filter(|c| c.index > self.position)
+            .filter(|c| match self.skip {
+                Some((index, place)) if c.index == index => c.place > place,
+                _ => true,
+            })
+            .filter(|c| self.filter.matches(&c.key))
+            .collect();
+        if let Some(last) = changes.last() {
+            if self.skip.is_some_and(|(index, _)| last.index >= index) {
+                self.skip = None;
+            }
+        }
+        for (i, c) in matching.iter().enumerate() {
+            let last_of_entry = matching.get(i + 1).is_none_or(|n| n.index != c.index);
+            let id = if last_of_entry {
+                c.index.to_string()
+            } else {
+                format!("{}.{}", c.index, c.place)
+            };
+            let (event, value, version) = match c.kind {
+                ChangeKind::Put => ("put", JsonValue::from_bytes(&c.value), c.index),
+                ChangeKind::Delete => ("delete", JsonValue::none(), 0),
+                ChangeKind::Expire => ("expire", JsonValue::none(), 0),
+            };
+            let data = ChangeEvent {
+                key: c.key.clone(),
+                value,
+                version,
+                index: c.index,
+                lease: (c.lease != 0).then_some(c.lease),
+            };
+            sse(out, &id, event, &data);
+        }
+    }
+
+    fn progress(&mut self) -> Bytes {
+        self.last_sent = Instant::now();
+        let mut out = String::new();
+        let index = self.position;
+        sse(&mut out, &index.to_string(), "progress", &ProgressEvent { index });
+        Bytes::from(out)
+    }
+
+    fn cutoff(&mut self, reason: &str) -> Bytes {
+        let mut out = String::new();
+        let index = self.position;
+        let data = CutoffEvent {
+            index,
+            reason: reason.to_string(),
+        };
+        sse(&mut out, &index.to_string(), "cutoff", &data);
+        Bytes::from(out)
+    }
+}
+
+/// Appends one event.
+fn sse<T: serde::Serialize>(out: &mut String, id: &str, event: &str, data: &T) {
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());
+    let _ = write!(out, "id: {id}\nevent: {event}\ndata: {json}\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_parse_as_resume_points() {
+        assert_eq!(
+            Start::from_event_id("12"),
+            Some(Start {
+                after: 12,
+                skip: None
+            })
+        );
+        assert_eq!(
+            Start::from_event_id("12.3"),
+            Some(Start {
+                after: 11,
+                skip: Some((12, 3))
+            })
+        );
+        for bad in ["", "x", "-1", "12.", ".3", "0.1", "1.2.3", "99999999999999999999"] {
+            assert_eq!(Start::from_event_id(bad), None, "{bad:?}");
+        }
+    }
+}
