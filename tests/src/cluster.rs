@@ -422,6 +422,11 @@ impl Cluster {
         );
     }
 
+    /// Node `id`'s client address, as [`Cluster::request`] uses it.
+    pub fn http_addr(&self, id: u64) -> String {
+        self.nodes[id as usize - 1].http.clone()
+    }
+
     /// Sends one HTTP request to node `id`. Err only for transport failures (node down).
     pub fn request(
         &self,

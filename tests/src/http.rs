@@ -15,7 +15,7 @@ use crate::Resp;
 
 /// The runtime that drives every request of the harness (its I/O and timers run on its two
 /// worker threads; the calling thread only waits).
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         match tokio::runtime::Builder::new_multi_thread()
@@ -100,6 +100,11 @@ impl Http {
             headers,
             body: resp.body.to_vec(),
         })
+    }
+
+    /// The HTTP stack underneath (for streams: call it inside [`runtime`]).
+    pub fn raw(&self) -> &HttpClient {
+        &self.client
     }
 
     /// `GET path` on `addr` as JSON, when it answers 200 with JSON.

@@ -32,6 +32,7 @@ pub mod powerfs;
 pub mod proxy;
 pub mod secure;
 pub mod suite;
+pub mod watch;
 pub mod workload;
 
 pub use cluster::{Cluster, Node, Spec};
