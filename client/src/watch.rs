@@ -128,6 +128,8 @@ pub struct Watch {
     failures: u32,
     /// Members that answered 410 in a row.
     compacted: Vec<String>,
+    /// Streams that ended and were resumed.
+    reconnects: u64,
 }
 
 impl std::fmt::Debug for Watch {
@@ -161,6 +163,7 @@ impl Client {
             idle: progress * 3 + Duration::from_secs(1),
             failures: 0,
             compacted: Vec::new(),
+            reconnects: 0,
         })
     }
 }
@@ -205,7 +208,13 @@ impl Watch {
         self.resume.as_deref()
     }
 
+    /// How many times a stream ended (a node failed, or cut the watch off) and was resumed.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
     fn drop_connection(&mut self) {
+        self.reconnects += 1;
         self.conn = None;
         // A partial event is dropped: the resume id is that of the last whole one.
         self.parser = SseParser::default();

@@ -16,6 +16,8 @@
 //! - `skip-fence`: `If-Fence` is not checked (a paused holder's late write goes through);
 //! - `keepalive-no-read-index`: the leader answers a keepalive from its local state, without a
 //!   read-index round (a deposed leader goes on extending leases the new leader expires).
+//! - `watch-resume-skip`: a watch resumed with `Last-Event-ID` starts one entry late (the
+//!   changes of the entry right after the id are never delivered to it).
 //!
 //! Without the feature, [`active`] is a constant `false` and the optimiser removes every hook.
 
@@ -40,6 +42,8 @@ pub enum Bug {
     SkipFence,
     /// Keepalives answered without confirming leadership.
     KeepaliveNoReadIndex,
+    /// Resumed watches skip an entry.
+    WatchResumeSkip,
 }
 
 /// Whether `bug` is planted in this process.
@@ -58,6 +62,7 @@ pub fn active(bug: Bug) -> bool {
             "trust-hello" => Bug::TrustHello,
             "skip-fence" => Bug::SkipFence,
             "keepalive-no-read-index" => Bug::KeepaliveNoReadIndex,
+            "watch-resume-skip" => Bug::WatchResumeSkip,
             _ => return None,
         };
         tracing::warn!(bug = ?b, "PLANTED BUG ACTIVE: this node is deliberately wrong");

@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod secure;
 pub mod suite;
 pub mod watch;
+pub mod watchers;
 pub mod workload;
 
 pub use cluster::{Cluster, Node, Spec};

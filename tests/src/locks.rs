@@ -355,8 +355,9 @@ fn worker(
     }
 }
 
-/// The nemesis: a fault, its heal, a calm; faults drawn from the seed.
-fn nemesis(c: &mut Cluster, seed: u64, until: Instant, log: &mut Vec<String>) {
+/// The nemesis of the lock and watch workloads: a fault, its heal, a calm; faults drawn from
+/// the seed (kill, pause or isolate the leader, or isolate a follower).
+pub fn nemesis(c: &mut Cluster, seed: u64, until: Instant, log: &mut Vec<String>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for _ in 0..1000 {
         if Instant::now() + Duration::from_secs(6) > until {

@@ -416,7 +416,7 @@ impl<O: Outbox> Driver<O> {
                 "installed a snapshot"
             );
             self.applied = applied;
-            self.sm.history().restart_after(applied);
+            self.sm.history().restart_after(installed.history_after);
             self.feed.reset(applied);
             self.shared.set_applied(applied);
         }

@@ -7,9 +7,9 @@
 //! data they describe, keyed by index and place (big-endian: the column family sorts in log
 //! order). The log keeps the changes of the last `--watch-history` entries: once the applied
 //! index runs that far (and a little more) past the log's start, the start moves up in the same
-//! batch that deletes what falls below it. Nothing here is replicated: the change log of a node
-//! is rebuilt from what it applies, and a snapshot install starts it afresh after the installed
-//! index (`snapshot::stage`).
+//! batch that deletes what falls below it. Nothing here is replicated through the log: each node
+//! writes its change log as it applies, and a snapshot carries the sender's, so that a node that
+//! installs one can still resume watches from before it (`snapshot::stage`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -105,9 +105,10 @@ impl History {
         self.after.load(Ordering::Acquire)
     }
 
-    /// After a snapshot install: the log starts afresh after `applied`.
-    pub fn restart_after(&self, applied: u64) {
-        self.after.store(applied, Ordering::Release);
+    /// After a snapshot install: the log now starts after `after` (the history that came with
+    /// the snapshot).
+    pub fn restart_after(&self, after: u64) {
+        self.after.store(after, Ordering::Release);
     }
 
     /// Where the log's start moves to when the applied index reaches `applied` (None: it stays):

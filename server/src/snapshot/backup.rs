@@ -5,7 +5,9 @@ use std::path::Path;
 
 use rocksdb::{IteratorMode, WriteBatch, DB};
 
-use crate::storage::{cf, meta, open_read_only, rocks, StorageError, CF_DATA, SNAPSHOT_CFS};
+use crate::storage::{
+    cf, meta, open_read_only, rocks, StorageError, CF_CHANGES, CF_DATA, SNAPSHOT_CFS,
+};
 
 /// Writes a consistent checkpoint of the whole database to `dir` (which must not exist) and
 /// returns the applied index and term it holds.
@@ -23,7 +25,8 @@ pub fn restore_from(db: &DB, backup_dir: &Path) -> Result<(u64, u64, u64), Stora
     let backup = open_read_only(backup_dir)?;
     let (applied, term) = meta::read_applied(&backup)?;
     let mut keys = 0u64;
-    for name in SNAPSHOT_CFS {
+    // The change log describes the old cluster's log: the restored one starts after it.
+    for name in SNAPSHOT_CFS.into_iter().filter(|n| *n != CF_CHANGES) {
         let (from, to) = (cf(&backup, name)?, cf(db, name)?);
         let mut batch = WriteBatch::default();
         for item in backup.iterator_cf(from, IteratorMode::Start) {

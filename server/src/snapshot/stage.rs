@@ -47,6 +47,9 @@ pub struct Installed {
     /// The address book after the snapshot (this node's, updated with the one that came with
     /// the snapshot: [`members::merge_snapshot`]), written in the same batch.
     pub members: Option<AddressBook>,
+    /// Where the installed change log starts: every change of the entries above it came with
+    /// the snapshot.
+    pub history_after: u64,
 }
 
 /// The staging area of incoming snapshots; cheap to clone (the transport's inbound side and the
@@ -192,11 +195,25 @@ impl Stage {
         for t in &targets {
             batch.delete_range_cf(*t, Vec::new(), cf_upper_bound());
         }
+        let changes_cf = SNAPSHOT_CFS
+            .iter()
+            .position(|n| *n == CF_CHANGES)
+            .unwrap_or(usize::MAX);
+        // The first change that came with the snapshot: the sender kept every change of the
+        // entries from there on (its history may start earlier with entries that changed
+        // nothing, which does not matter). None came: the history starts after the snapshot.
+        let mut first_change: Option<u64> = None;
         for item in self.db.iterator_cf(staging, IteratorMode::Start) {
             let (k, v) = item.map_err(rocks("read staged snapshot"))?;
             let Some((&n, key)) = k.split_first() else {
                 continue;
             };
+            if n as usize == changes_cf && first_change.is_none() {
+                first_change = key
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+            }
             let Some(t) = targets.get(n as usize) else {
                 return Err(StorageError::Corrupt {
                     what: "snapshot",
@@ -207,10 +224,10 @@ impl Stage {
         }
         batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
         meta::put_applied(&self.db, batch, applied, applied_term)?;
-        // The change log is this node's own: what it had describes the data just replaced, and
-        // nothing says what changed up to the snapshot. It starts afresh after it.
-        batch.delete_range_cf(cf(&self.db, CF_CHANGES)?, Vec::new(), cf_upper_bound());
-        meta::put_history_after(&self.db, batch, applied)?;
+        let history_after = first_change
+            .map_or(applied, |i| i.saturating_sub(1))
+            .min(applied);
+        meta::put_history_after(&self.db, batch, history_after)?;
         let members = st
             .members
             .take()
@@ -226,6 +243,7 @@ impl Stage {
             applied,
             applied_term,
             members,
+            history_after,
         })
     }
 }

@@ -19,8 +19,9 @@
 //! - `leases`, `locks`: the state machine's leases and locks (SPEC §8, [`crate::sm`]'s
 //!   `coord.rs`); in snapshots like `data`.
 //! - `changes`: the change log, every key each applied entry changed, written in the apply batch
-//!   and trimmed to the retained history (`--watch-history`); node-local: a snapshot install
-//!   empties it and the history starts after the installed index (SPEC §9, [`crate::watch`]).
+//!   and trimmed to the retained history (`--watch-history`); it travels with snapshots (a node
+//!   that installs one keeps the sender's history, so watches resume on it), not with backups
+//!   (SPEC §9, [`crate::watch`]).
 //! - `snapshot_staging`: an incoming snapshot, received in chunks, before it is installed.
 //!
 //! # Durability
@@ -69,13 +70,20 @@ pub const CF_LEASES: &str = "leases";
 /// Column family of locks: name → [`crate::proto::LockRecord`].
 pub const CF_LOCKS: &str = "locks";
 /// Column family of the change log: BE index ++ BE place → [`crate::proto::ChangeRecord`]
-/// (the history watches resume from; node-local, never in a snapshot).
+/// (the history watches resume from; it travels with snapshots, not with backups).
 pub const CF_CHANGES: &str = "changes";
 /// Column family where an incoming snapshot is staged before it is installed.
 pub const CF_SNAP_STAGING: &str = "snapshot_staging";
 /// The state machine's column families, as a snapshot or a backup carries them (the index is the
 /// `cf` number in [`crate::proto::SnapshotPair`]).
-pub const SNAPSHOT_CFS: [&str; 5] = [CF_DATA, CF_IDEM, CF_IDEM_TTL, CF_LEASES, CF_LOCKS];
+pub const SNAPSHOT_CFS: [&str; 6] = [
+    CF_DATA,
+    CF_IDEM,
+    CF_IDEM_TTL,
+    CF_LEASES,
+    CF_LOCKS,
+    CF_CHANGES,
+];
 /// Every column family keel creates.
 pub const ALL_CFS: [&str; 9] = [
     CF_LOG,
