@@ -75,9 +75,9 @@ pub use keel_api::txn::{
 };
 pub use kv::PutOptions;
 pub use tls::{TlsError, TlsOptions};
-pub use watch::{Watch, WatchEvent, WatchKind, WatchOptions};
 pub use txn::TxnBuilder;
 pub use types::{
     Acked, AddResult, Consistency, DeleteResult, KeyValue, ListPage, Member, MemberRole, Mode,
     Progress, PutResult, ReadFrom, RetryPolicy, Role, Status,
 };
+pub use watch::{Watch, WatchEvent, WatchKind, WatchOptions};

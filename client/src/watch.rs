@@ -223,7 +223,10 @@ impl Watch {
     fn take(&mut self, ev: SseEvent) -> Result<(), Error> {
         let id = ev.id.clone().unwrap_or_default();
         let bad = |e: serde_json::Error| {
-            Error::Unexpected(format!("a watch event that does not parse ({e}): {}", ev.data))
+            Error::Unexpected(format!(
+                "a watch event that does not parse ({e}): {}",
+                ev.data
+            ))
         };
         let kind = match ev.event.as_str() {
             "put" => WatchKind::Put,
@@ -282,7 +285,13 @@ impl Watch {
             (None, Some(n)) => path.push_str(&format!("&{}={n}", params::FROM_INDEX)),
             (None, None) => {}
         }
-        let resp = match self.client.inner.http.stream(&target, &path, &headers).await {
+        let resp = match self
+            .client
+            .inner
+            .http
+            .stream(&target, &path, &headers)
+            .await
+        {
             Ok(r) => r,
             Err(_) => {
                 self.failures += 1;

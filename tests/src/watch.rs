@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use keel_client::keel_api::watch::{ChangeEvent, SseEvent, SseParser};
 use keel_client::http::StreamingResponse;
+use keel_client::keel_api::watch::{ChangeEvent, SseEvent, SseParser};
 
 use crate::{Cluster, Resp};
 

@@ -59,7 +59,7 @@ pub fn check(
         let mut keys = HashSet::new();
         for w in seq.windows(2) {
             let (a, b) = (w[0], w[1]);
-            if (a.index, &a.key) >= (b.index, &b.key) && (a.index, &a.key) != (b.index, &b.key) {
+            if (a.index, &a.key) > (b.index, &b.key) {
                 v.push((
                     "out_of_order".into(),
                     format!("{name}: {}@{} before {}@{}", a.key, a.index, b.key, b.index),
@@ -89,19 +89,30 @@ pub fn check(
             ));
         }
     }
-    for w in acked.iter().filter(|w| w.index > after && w.index <= through) {
+    for w in acked
+        .iter()
+        .filter(|w| w.index > after && w.index <= through)
+    {
         for (name, seq) in &seqs {
-            let at = seq
-                .iter()
-                .find(|s| s.kind == "put" && s.key == w.key && s.value.as_deref() == Some(&w.value));
+            let at = seq.iter().find(|s| {
+                s.kind == "put" && s.key == w.key && s.value.as_deref() == Some(&w.value)
+            });
             match at {
                 None => v.push((
                     "lost".into(),
-                    format!("{name} never saw {}={:?}@{}", w.key, String::from_utf8_lossy(&w.value), w.index),
+                    format!(
+                        "{name} never saw {}={:?}@{}",
+                        w.key,
+                        String::from_utf8_lossy(&w.value),
+                        w.index
+                    ),
                 )),
                 Some(s) if s.index != w.index => v.push((
                     "wrong_index".into(),
-                    format!("{name} saw {} at {}, acknowledged at {}", w.key, s.index, w.index),
+                    format!(
+                        "{name} saw {} at {}, acknowledged at {}",
+                        w.key, s.index, w.index
+                    ),
                 )),
                 Some(_) => {}
             }
@@ -198,7 +209,10 @@ fn watcher(
     stop_at: Arc<AtomicU64>,
     give_up: Instant,
 ) -> (Vec<Seen>, u64, Vec<String>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => panic!("a watcher's runtime: {e}"),
     };
@@ -323,11 +337,17 @@ pub fn run(opts: WatchRun) -> WatchReport {
     for (n, ep) in endpoints.iter().enumerate() {
         let (eps, stop_at) = (vec![ep.clone()], stop_at.clone());
         let name = format!("pinned-{}", ids[n]);
-        watchers.push((name, std::thread::spawn(move || watcher(eps, true, from, stop_at, give_up))));
+        watchers.push((
+            name,
+            std::thread::spawn(move || watcher(eps, true, from, stop_at, give_up)),
+        ));
     }
     {
         let (eps, stop_at) = (endpoints.clone(), stop_at.clone());
-        watchers.push(("roaming".into(), std::thread::spawn(move || watcher(eps, false, from, stop_at, give_up))));
+        watchers.push((
+            "roaming".into(),
+            std::thread::spawn(move || watcher(eps, false, from, stop_at, give_up)),
+        ));
     }
     let writers: Vec<_> = (0..2)
         .map(|i| {
@@ -337,7 +357,12 @@ pub fn run(opts: WatchRun) -> WatchReport {
         })
         .collect();
     let mut faults = Vec::new();
-    crate::locks::nemesis(&mut c, opts.seed, Instant::now() + opts.duration, &mut faults);
+    crate::locks::nemesis(
+        &mut c,
+        opts.seed,
+        Instant::now() + opts.duration,
+        &mut faults,
+    );
     c.heal();
     stop.store(true, Ordering::Release);
     for t in writers {
@@ -348,7 +373,9 @@ pub fn run(opts: WatchRun) -> WatchReport {
         .unwrap_or(leader);
     let through = crate::wait_until(crate::DEADLINE, "the final write", || {
         let r = c.put(leader, "wl/zz-end?mode=sync", b"end").ok()?;
-        (r.status == 200).then(|| r.json()["index"].as_u64()).flatten()
+        (r.status == 200)
+            .then(|| r.json()["index"].as_u64())
+            .flatten()
     });
     stop_at.store(through, Ordering::Release);
     let mut seen_by = Vec::new();
@@ -367,9 +394,19 @@ pub fn run(opts: WatchRun) -> WatchReport {
         violations,
         seen: seen_by
             .iter()
-            .map(|(n, s)| (n.clone(), s.iter().filter(|s| s.index >= from && s.index <= through).count()))
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    s.iter()
+                        .filter(|s| s.index >= from && s.index <= through)
+                        .count(),
+                )
+            })
             .collect(),
-        acked: acked.iter().filter(|a| a.index >= from && a.index <= through).count(),
+        acked: acked
+            .iter()
+            .filter(|a| a.index >= from && a.index <= through)
+            .count(),
         resumes,
         faults,
         seed: opts.seed,
@@ -403,7 +440,12 @@ mod tests {
 
     #[test]
     fn a_clean_history_passes_and_each_violation_is_named() {
-        let good = vec![put(5, "a", "1"), put(6, "a", "2"), put(6, "b", "2"), put(9, "c", "3")];
+        let good = vec![
+            put(5, "a", "1"),
+            put(6, "a", "2"),
+            put(6, "b", "2"),
+            put(9, "c", "3"),
+        ];
         let acked = vec![ack(5, "a", "1"), ack(6, "a", "2"), ack(6, "b", "2")];
         let two = |x: Vec<Seen>| vec![("w1".to_string(), good.clone()), ("w2".to_string(), x)];
         assert!(check(&two(good.clone()), &acked, 4, 9).is_empty());
@@ -430,7 +472,12 @@ mod tests {
         more.insert(3, put(7, "x", "?"));
         assert_eq!(kinds(&check(&two(more), &acked, 4, 9)), vec!["diverged"]);
 
-        let moved = vec![put(5, "a", "1"), put(6, "b", "2"), put(8, "a", "2"), put(9, "c", "3")];
+        let moved = vec![
+            put(5, "a", "1"),
+            put(6, "b", "2"),
+            put(8, "a", "2"),
+            put(9, "c", "3"),
+        ];
         let found = check(&[("w1".to_string(), moved)], &acked, 4, 9);
         assert_eq!(kinds(&found), vec!["wrong_index"]);
     }

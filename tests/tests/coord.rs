@@ -773,7 +773,12 @@ fn a_lagging_follower_never_grants_a_lock_from_its_stale_state() {
         if again.status == 200 {
             double_grants.push((round, old_fence, again.text()));
         } else {
-            assert_eq!(again.error_code().as_deref(), Some("lock_held"), "{}", again.text());
+            assert_eq!(
+                again.error_code().as_deref(),
+                Some("lock_held"),
+                "{}",
+                again.text()
+            );
         }
     }
     assert!(

@@ -42,7 +42,12 @@ fn changes(events: &[SseEvent]) -> Vec<(String, String, u64, String)> {
         .filter(|e| !matches!(e.event.as_str(), "progress" | "cutoff"))
         .map(|e| {
             let c = change(e);
-            (e.event.clone(), c.key, c.index, e.id.clone().unwrap_or_default())
+            (
+                e.event.clone(),
+                c.key,
+                c.index,
+                e.id.clone().unwrap_or_default(),
+            )
         })
         .collect()
 }
@@ -128,7 +133,10 @@ fn a_follower_streams_the_log_in_order_a_transaction_under_one_index_and_true_bo
     let next = s.until(DEADLINE, "w/e", |e| e.event == "put");
     let (_, key, index, _) = changes(&next).pop().expect("a change");
     assert_eq!((key.as_str(), index), ("w/e", i9));
-    assert!(index > mark, "a change at or below a bookmark came after it");
+    assert!(
+        index > mark,
+        "a change at or below a bookmark came after it"
+    );
 
     // Resume on another node from inside the transaction: the rest of it, then what followed.
     let mut r = open(
@@ -187,14 +195,23 @@ fn history_is_trimmed_to_the_flag_and_bad_watches_are_refused_and_leases_end_in_
         ("prefix=a&from_index=x", vec![], "invalid_parameter"),
         ("prefix=a&typo=1", vec![], "invalid_parameter"),
         ("key=", vec![], "invalid_key"),
-        ("prefix=a", vec![("last-event-id", "not-an-id")], "invalid_header"),
+        (
+            "prefix=a",
+            vec![("last-event-id", "not-an-id")],
+            "invalid_header",
+        ),
         ("prefix=a", vec![("last-event-id", "0.3")], "invalid_header"),
     ] {
         match c.watch(follower, query, &headers) {
             Ok(_) => panic!("{query} {headers:?} was accepted"),
             Err(r) => {
                 assert_eq!(r.status, 400, "{query}: {}", r.text());
-                assert_eq!(r.error_code().as_deref(), Some(code), "{query}: {}", r.text());
+                assert_eq!(
+                    r.error_code().as_deref(),
+                    Some(code),
+                    "{query}: {}",
+                    r.text()
+                );
             }
         }
     }
@@ -225,7 +242,9 @@ fn history_is_trimmed_to_the_flag_and_bad_watches_are_refused_and_leases_end_in_
         };
         assert_eq!(refused.status, 410, "{}", refused.text());
         assert_eq!(refused.error_code().as_deref(), Some("compacted"));
-        let oldest = refused.json()["oldest_index"].as_u64().expect("oldest_index");
+        let oldest = refused.json()["oldest_index"]
+            .as_u64()
+            .expect("oldest_index");
         assert!(
             oldest > first && oldest + 20 <= last + 1,
             "node {id}: oldest {oldest}, first {first}, last {last}"
@@ -240,6 +259,51 @@ fn history_is_trimmed_to_the_flag_and_bad_watches_are_refused_and_leases_end_in_
         assert_eq!(indexes.first().copied(), Some(oldest), "node {id}");
         assert!(indexes.windows(2).all(|w| w[0] < w[1]), "node {id}");
     }
+
+    // The CLI (on the client library): a start older than every member's history is reported
+    // (exit 3, `compacted`); from the oldest index it prints the changes as JSON lines.
+    let keel = |args: &[&str]| {
+        std::process::Command::new(keel_tests::keel_bin())
+            .args(["--endpoints", &c.endpoints().join(",")])
+            .args(args)
+            .output()
+            .expect("run keel")
+    };
+    let out = keel(&["watch", "h/", "--from-index", &first.to_string()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("compacted"),
+        "{out:?}"
+    );
+    // Each node trims its own history: start where every node has it.
+    let oldest = c
+        .ids()
+        .iter()
+        .map(
+            |&id| match c.watch(id, &format!("prefix=h/&from_index={first}"), &[]) {
+                Err(r) => r.json()["oldest_index"].as_u64().expect("oldest_index"),
+                Ok(_) => panic!("accepted"),
+            },
+        )
+        .max()
+        .expect("nodes");
+    let out = keel(&[
+        "watch",
+        "h/",
+        "--from-index",
+        &oldest.to_string(),
+        "--changes",
+        "3",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["event"], "put");
+    let at = lines[0]["index"].as_u64().expect("index");
+    assert!(at >= oldest && at <= last, "{lines:?}");
 
     // A lease's end deletes its keys: `expire` when it ran out, `delete` when revoked.
     let mut s = open(&c, follower, "prefix=l/", &[]);
@@ -258,7 +322,9 @@ fn history_is_trimmed_to_the_flag_and_bad_watches_are_refused_and_leases_end_in_
         .request(leader, "DELETE", &format!("/v1/lease/{kept}"), &[], None)
         .expect("answers");
     assert_eq!(r.status, 200, "{}", r.text());
-    let ends = s.until(DEADLINE, "the short lease's expiry", |e| e.event == "expire");
+    let ends = s.until(DEADLINE, "the short lease's expiry", |e| {
+        e.event == "expire"
+    });
     let got: Vec<(String, String, Option<u64>)> = ends
         .iter()
         .filter(|e| e.event != "progress")
@@ -332,7 +398,10 @@ fn a_watcher_that_stops_reading_is_cut_off_while_writes_and_a_reading_watcher_go
 
     // The slow one: what its socket held, then a cutoff saying where to resume.
     let held = slow.until(DEADLINE, "the cutoff", |e| e.event == "cutoff");
-    assert!(slow.next(Duration::from_secs(5)).is_none() && slow.ended, "ends after the cutoff");
+    assert!(
+        slow.next(Duration::from_secs(5)).is_none() && slow.ended,
+        "ends after the cutoff"
+    );
     let cut = held.last().expect("cutoff");
     let data: serde_json::Value = serde_json::from_str(&cut.data).expect("json");
     assert_eq!(data["reason"], "slow", "{data}");
@@ -353,5 +422,8 @@ fn a_watcher_that_stops_reading_is_cut_off_while_writes_and_a_reading_watcher_go
         .into_iter()
         .chain(changes(&after).iter().map(|c| c.2))
         .collect();
-    assert_eq!(all, fast_got, "cut off and resumed: every write once, in order");
+    assert_eq!(
+        all, fast_got,
+        "cut off and resumed: every write once, in order"
+    );
 }

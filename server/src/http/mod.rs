@@ -48,8 +48,8 @@ mod txn;
 mod watch;
 
 pub use error::ApiError;
-pub use request::decode_key;
 pub use reply::Body;
+pub use request::decode_key;
 pub use serve::serve;
 pub use txn::parse_txn;
 

@@ -22,7 +22,8 @@ use crate::raft::{Shared, WriteOk};
 use crate::watch::Watcher;
 
 /// A streamed body: the events of a watch.
-pub type EventStream = StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>;
+pub type EventStream =
+    StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>;
 /// The body of every response: whole, or a stream of events.
 pub type Body = Either<Full<Bytes>, EventStream>;
 

@@ -95,13 +95,7 @@ impl Api {
             err.body.oldest_index = Some(oldest.saturating_add(1));
             return Err(err);
         }
-        let watcher = Watcher::new(
-            self.sm.clone(),
-            self.feed.clone(),
-            filter,
-            start,
-            progress,
-        );
+        let watcher = Watcher::new(self.sm.clone(), self.feed.clone(), filter, start, progress);
         Ok(Reply::events(watcher, start.after))
     }
 }

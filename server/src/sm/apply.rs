@@ -17,8 +17,8 @@ use super::decode_record;
 use super::eval::{check_precondition, compute_add, new_record, reject, run_txn};
 use super::idempotency::{fingerprint, Memory, Stamp};
 use crate::proto::{
-    command::Op, AddOp, ApplyResult, ChangeKind, Command, DeleteOp, FenceCheck, IdempotencyRecord, LeaseRecord,
-    LockRecord, PutOp, TxnOp, ValueRecord,
+    command::Op, AddOp, ApplyResult, ChangeKind, Command, DeleteOp, FenceCheck, IdempotencyRecord,
+    LeaseRecord, LockRecord, PutOp, TxnOp, ValueRecord,
 };
 use crate::storage::{cf, meta, rocks, StorageError, CF_DATA};
 

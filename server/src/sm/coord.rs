@@ -17,8 +17,8 @@ use super::apply::ApplyBatch;
 use super::eval::reject;
 use super::StateMachine;
 use crate::proto::{
-    ApplyResult, ChangeKind, CoordResult, FenceCheck, LeaseGrantOp, LeaseRecord, LeaseRevokeOp, LockAcquireOp,
-    LockHolder, LockRecord, LockReleaseOp, LockWaiter,
+    ApplyResult, ChangeKind, CoordResult, FenceCheck, LeaseGrantOp, LeaseRecord, LeaseRevokeOp,
+    LockAcquireOp, LockHolder, LockRecord, LockReleaseOp, LockWaiter,
 };
 use crate::storage::{cf, rocks, StorageError, CF_LEASES, CF_LOCKS};
 

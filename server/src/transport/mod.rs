@@ -335,7 +335,10 @@ mod tests {
         for id in 100..100 + MAX_UNKNOWN_PEERS as u64 {
             assert!(t.add_unknown_peer(id, "127.0.0.1:1".into()), "{id}");
         }
-        assert!(!t.add_unknown_peer(200, "127.0.0.1:1".into()), "all places taken");
+        assert!(
+            !t.add_unknown_peer(200, "127.0.0.1:1".into()),
+            "all places taken"
+        );
         t.add_peer(100, "127.0.0.1:1".into());
         assert!(
             t.add_unknown_peer(200, "127.0.0.1:1".into()),

@@ -245,7 +245,12 @@ impl Watcher {
         self.last_sent = Instant::now();
         let mut out = String::new();
         let index = self.position;
-        sse(&mut out, &index.to_string(), "progress", &ProgressEvent { index });
+        sse(
+            &mut out,
+            &index.to_string(),
+            "progress",
+            &ProgressEvent { index },
+        );
         Bytes::from(out)
     }
 
@@ -287,7 +292,16 @@ mod tests {
                 skip: Some((12, 3))
             })
         );
-        for bad in ["", "x", "-1", "12.", ".3", "0.1", "1.2.3", "99999999999999999999"] {
+        for bad in [
+            "",
+            "x",
+            "-1",
+            "12.",
+            ".3",
+            "0.1",
+            "1.2.3",
+            "99999999999999999999",
+        ] {
             assert_eq!(Start::from_event_id(bad), None, "{bad:?}");
         }
     }
