@@ -14,6 +14,7 @@
 mod etcd;
 mod load;
 mod plot;
+mod watch;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -44,6 +45,8 @@ enum Cmd {
     Compare(Common),
     /// Both, with plots and a summary.
     All(Common),
+    /// Watchers: memory of idle ones, delay from a write to its event on a follower.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -442,6 +445,13 @@ fn machine() -> String {
 async fn main() {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Watch(a) => match tokio::task::spawn_blocking(move || watch::run(&a)).await {
+            Ok(md) => println!("{md}"),
+            Err(e) => {
+                eprintln!("keel-bench: the watch benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        },
         Cmd::Run(a) => {
             let system = if a.etcd {
                 System::Etcd(a.endpoints.clone())

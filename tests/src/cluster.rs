@@ -44,7 +44,7 @@ impl Node {
         }
     }
     /// The process id, while it runs.
-    pub(crate) fn pid(&self) -> Option<i32> {
+    pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
     }
 }
