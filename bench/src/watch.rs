@@ -82,13 +82,18 @@ fn latency_run(c: &Cluster, leader: u64, follower: u64, rate: u64, duration: Dur
         .ok()
         .and_then(|r| r.json()["index"].as_u64())
         .unwrap_or(1);
-    let mut stream = match c.watch(follower, &format!("prefix=lat/&from_index={start_index}"), &[]) {
+    let mut stream = match c.watch(
+        follower,
+        &format!("prefix=lat/&from_index={start_index}"),
+        &[],
+    ) {
         Ok(s) => s,
         Err(r) => return format!("watch refused: {} {}", r.status, r.text()),
     };
     let base = Instant::now();
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
-    let sent: Arc<Mutex<Vec<(f64, f64)>>> = Arc::new(Mutex::new(vec![(f64::NAN, f64::NAN); total as usize]));
+    let sent: Arc<Mutex<Vec<(f64, f64)>>> =
+        Arc::new(Mutex::new(vec![(f64::NAN, f64::NAN); total as usize]));
     let leader_addr = c.http_addr(leader);
     let pid = c.nodes[follower as usize - 1].pid().unwrap_or(0);
     let cpu_before = cpu_secs(pid).unwrap_or(0.0);
@@ -133,7 +138,10 @@ fn latency_run(c: &Cluster, leader: u64, follower: u64, rate: u64, duration: Dur
             continue;
         }
         let key = change(&e).key;
-        if let Some(i) = key.strip_prefix("lat/").and_then(|n| n.parse::<usize>().ok()) {
+        if let Some(i) = key
+            .strip_prefix("lat/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             if i < received.len() && received[i].is_nan() {
                 received[i] = base.elapsed().as_secs_f64();
                 count += 1;

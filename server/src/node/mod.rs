@@ -188,6 +188,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         snapshots: snapshot::Sender::new(db.clone()),
         node_tx: tx.clone(),
     };
+    let dispatcher = tokio::spawn(feed.registry().clone().dispatch(feed.clone()));
     let (node, raft_thread) = raft::start(
         LoopParts {
             cfg: RaftConfig {
@@ -288,6 +289,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
     // Watch streams end (a graceful stop tells their clients by closing, and they resume on
     // another node).
     feed.close();
+    dispatcher.abort();
     http_task.abort();
     peer_task.abort();
     watcher.abort();

@@ -287,8 +287,8 @@ mod tests {
         stage
             .stage_chunk(chunk(0, false, vec![pair(0, b"a")]))
             .expect("stage");
-        // Column family 5 does not exist (256 would even wrap to 0 as a byte).
-        for bad in [pair(5, b"b"), pair(256, b"b"), pair(0, &[b'k'; 9000])] {
+        // Column family 6 does not exist (256 would even wrap to 0 as a byte).
+        for bad in [pair(6, b"b"), pair(256, b"b"), pair(0, &[b'k'; 9000])] {
             let (_d, stage) = self::stage();
             stage
                 .stage_chunk(chunk(0, false, vec![pair(0, b"a")]))
@@ -305,6 +305,36 @@ mod tests {
         damaged.members = b"{not json".to_vec();
         stage.stage_chunk(damaged).expect("refused, not an error");
         assert!(!stage.lock_staged(10, 2));
+    }
+
+    /// The change log comes with the snapshot: the installed history starts before its first
+    /// change; without changes, after the installed index.
+    #[test]
+    fn the_installed_history_starts_where_the_senders_changes_do() {
+        let changes = SNAPSHOT_CFS
+            .iter()
+            .position(|n| *n == CF_CHANGES)
+            .expect("the change log is in snapshots") as u32;
+        let mut key = 7u64.to_be_bytes().to_vec();
+        key.extend_from_slice(&0u32.to_be_bytes());
+        for (pairs, want) in [
+            (vec![pair(0, b"a"), pair(changes, &key)], 6),
+            (vec![pair(0, b"a")], 12),
+        ] {
+            let (_d, stage) = stage();
+            stage.stage_chunk(chunk(0, true, pairs)).expect("stage");
+            assert!(stage.lock_staged(10, 2));
+            let mut batch = WriteBatch::default();
+            let installed = stage
+                .install_staged(&mut batch, &AddressBook::new())
+                .expect("install");
+            assert_eq!(installed.history_after, want);
+            stage.db.write(batch).expect("write");
+            let meta_cf = cf(&stage.db, crate::storage::CF_META).expect("meta");
+            let stored =
+                meta::history_after_through(|k| stage.db.get_cf(meta_cf, k)).expect("read");
+            assert_eq!(stored, Some(want));
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use super::registry::Registry;
 use crate::sm::Change;
 
 /// The changes of one entry, in key order.
@@ -77,6 +78,8 @@ pub struct Feed {
     head_tx: watch::Sender<u64>,
     /// Set when the node stops serving: every watcher ends.
     closed: watch::Sender<bool>,
+    /// The watchers, and who to wake for a change.
+    registry: Arc<Registry>,
 }
 
 impl Feed {
@@ -93,7 +96,13 @@ impl Feed {
             limits,
             head_tx: watch::channel(applied).0,
             closed: watch::channel(false).0,
+            registry: Registry::new(applied),
         }
+    }
+
+    /// The watchers of this feed.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     fn ring(&self) -> MutexGuard<'_, Ring> {

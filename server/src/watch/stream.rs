@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::feed::{Feed, FeedRead, Group};
+use super::registry::Registration;
 use crate::proto::ChangeKind;
 use crate::sm::{Change, StateMachine};
 use crate::storage::StorageError;
@@ -84,7 +85,13 @@ pub struct Watcher {
     skip: Option<(u64, u32)>,
     /// Has read from the feed: falling behind it now means cut off.
     live: bool,
-    heads: watch::Receiver<u64>,
+    /// The last read of the feed reached its head (not cut short by the page size).
+    caught_up: bool,
+    /// Its place in the registry: signalled when a change matches it.
+    reg: Registration,
+    /// Changes dispatched before the watcher registered were not signalled to it: it may move
+    /// to the dispatched index without reading only once its own reading has passed this.
+    jump_from: u64,
     closed: watch::Receiver<bool>,
     progress_every: Duration,
     last_sent: Instant,
@@ -103,8 +110,12 @@ impl Watcher {
         start: Start,
         progress_every: Duration,
     ) -> Self {
+        let reg = feed.registry().register(filter.clone());
+        let jump_from = feed.registry().dispatched();
         Watcher {
-            heads: feed.subscribe(),
+            reg,
+            jump_from,
+            caught_up: false,
             closed: feed.closed(),
             sm,
             feed,
@@ -141,8 +152,14 @@ impl Watcher {
             if self.done || *self.closed.borrow() {
                 return Ok(None);
             }
-            // Marked seen before reading, so that a batch published after the read wakes us.
-            self.heads.borrow_and_update();
+            // The flag is cleared before reading, so that a change signalled after the read
+            // raises it again. Not raised: nothing up to the dispatched index concerns this
+            // watcher beyond what it read, and it moves there without reading.
+            let dispatched = self.feed.registry().dispatched();
+            let signalled = self.reg.signal.take();
+            if !signalled && self.caught_up && self.position >= self.jump_from {
+                self.position = self.position.max(dispatched);
+            }
             let mut out = String::new();
             match self.feed.read_after(self.position, PAGE) {
                 FeedRead::Behind { .. } if self.live => {
@@ -150,6 +167,7 @@ impl Watcher {
                     return Ok(Some(self.cutoff("slow")));
                 }
                 FeedRead::Behind { .. } => {
+                    self.caught_up = false;
                     let page = self.sm.read_history(self.position, PAGE)?;
                     if page.history_after > self.position {
                         self.done = true;
@@ -161,6 +179,7 @@ impl Watcher {
                 }
                 FeedRead::Groups { groups, through } => {
                     self.live = true;
+                    self.caught_up = groups.len() < PAGE;
                     for g in &groups {
                         self.format_group(g, &mut out);
                     }
@@ -187,8 +206,9 @@ impl Watcher {
     /// Waits for a new batch, the progress deadline or the end; false at the end.
     async fn wait(&mut self) -> bool {
         let deadline = self.last_sent + self.progress_every;
+        let signal = self.reg.signal.clone();
         tokio::select! {
-            r = self.heads.changed() => r.is_ok(),
+            _ = signal.raised() => true,
             _ = tokio::time::sleep_until(deadline) => true,
             _ = self.closed.wait_for(|c| *c) => false,
         }
