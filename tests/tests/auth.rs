@@ -198,6 +198,26 @@ fn tokens_decide_who_may_do_what_and_refusals_change_nothing() {
         403,
         "forbidden",
     );
+    // Watches: the read role on the prefix or the key watched.
+    let app = bearer(APP);
+    for (query, token, status) in [
+        ("prefix=app/", Some(app.as_str()), 200),
+        ("key=app/x", Some(app.as_str()), 200),
+        ("prefix=ap", Some(app.as_str()), 403),
+        ("key=x", Some(app.as_str()), 403),
+        ("prefix=", Some(app.as_str()), 403),
+        ("prefix=app/", None, 401),
+    ] {
+        let headers: Vec<(&str, &str)> = match token {
+            Some(t) => vec![("authorization", t)],
+            None => vec![("authorization", "Bearer not-a-token")],
+        };
+        let got = match c.watch(leader, query, &headers) {
+            Ok(s) => s.status,
+            Err(r) => r.status,
+        };
+        assert_eq!(got, status, "watch {query} with {token:?}");
+    }
     let mixed = json!({
         "compare": [{"key": "x", "target": "version", "op": ">", "value": 0}],
         "success": [{"op": "put", "key": "app/b", "value": "sneaky"}],

@@ -261,13 +261,23 @@ impl Watcher {
         }
     }
 
+    /// The id that resumes where this watcher is: its position, or, while it has not yet
+    /// passed the entry its start named a place in, that place (so that resuming with it does
+    /// not deliver that entry's first changes again).
+    fn resume_id(&self) -> String {
+        match self.skip {
+            Some((index, place)) if self.position < index => format!("{index}.{place}"),
+            _ => self.position.to_string(),
+        }
+    }
+
     fn progress(&mut self) -> Bytes {
         self.last_sent = Instant::now();
         let mut out = String::new();
         let index = self.position;
         sse(
             &mut out,
-            &index.to_string(),
+            &self.resume_id(),
             "progress",
             &ProgressEvent { index },
         );
@@ -281,7 +291,7 @@ impl Watcher {
             index,
             reason: reason.to_string(),
         };
-        sse(&mut out, &index.to_string(), "cutoff", &data);
+        sse(&mut out, &self.resume_id(), "cutoff", &data);
         Bytes::from(out)
     }
 }
