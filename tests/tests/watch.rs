@@ -149,7 +149,11 @@ fn a_follower_streams_the_log_in_order_a_transaction_under_one_index_and_true_bo
     // with it must not repeat w/b).
     let opening = r.next(DEADLINE).expect("an opening event");
     assert_eq!(
-        (opening.event.as_str(), opening.id.as_deref(), index_of(&opening)),
+        (
+            opening.event.as_str(),
+            opening.id.as_deref(),
+            index_of(&opening)
+        ),
         ("progress", Some(format!("{ti}.1").as_str()), ti - 1)
     );
     let resumed = r.until(DEADLINE, "w/e on the other node", |e| {

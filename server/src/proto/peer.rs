@@ -148,4 +148,8 @@ pub struct SnapshotChunk {
     /// members added while it was away. Empty when the sender has none.
     #[prost(bytes = "vec", tag = "8")]
     pub members: Vec<u8>,
+    /// On the last chunk: where the sender's change log starts (every change of the entries
+    /// above it is in the data). None from a sender that does not say.
+    #[prost(uint64, optional, tag = "9")]
+    pub history_after: Option<u64>,
 }

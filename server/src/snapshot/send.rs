@@ -82,6 +82,7 @@ impl Sender {
         let meta_cf = cf(&self.db, CF_META)?;
         let (applied, applied_term) = meta::applied_through(|key| snap.get_cf(meta_cf, key))?;
         let members = meta::members_through(|key| snap.get_cf(meta_cf, key))?.unwrap_or_default();
+        let history_after = meta::history_after_through(|key| snap.get_cf(meta_cf, key))?;
         let mut chunk = SnapshotChunk {
             snap_index,
             snap_term,
@@ -115,6 +116,7 @@ impl Sender {
         }
         chunk.done = true;
         chunk.members = members;
+        chunk.history_after = history_after;
         Ok(emit(chunk))
     }
 }

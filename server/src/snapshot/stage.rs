@@ -29,6 +29,8 @@ struct Staging {
     complete: Option<(u64, u64)>,
     /// The address book that came with the last chunk (None: the sender had none).
     members: Option<AddressBook>,
+    /// Where the sender's change log starts, from the last chunk (None: it did not say).
+    history_after: Option<u64>,
     /// Being installed: new streams wait.
     locked: bool,
 }
@@ -151,6 +153,7 @@ impl Stage {
         if chunk.done {
             st.complete = Some((chunk.applied, chunk.applied_term));
             st.members = book;
+            st.history_after = chunk.history_after;
             drop(st);
             crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_STAGED);
         }
@@ -199,9 +202,10 @@ impl Stage {
             .iter()
             .position(|n| *n == CF_CHANGES)
             .unwrap_or(usize::MAX);
-        // The first change that came with the snapshot: the sender kept every change of the
-        // entries from there on (its history may start earlier with entries that changed
-        // nothing, which does not matter). None came: the history starts after the snapshot.
+        // Where the sender's change log starts, as it says; from a sender that does not say,
+        // before the first change that came (its history may start earlier, with entries that
+        // changed no key: a watch from there is refused, never shown a gap), or after the
+        // snapshot when none came.
         let mut first_change: Option<u64> = None;
         for item in self.db.iterator_cf(staging, IteratorMode::Start) {
             let (k, v) = item.map_err(rocks("read staged snapshot"))?;
@@ -224,9 +228,11 @@ impl Stage {
         }
         batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
         meta::put_applied(&self.db, batch, applied, applied_term)?;
-        let history_after = first_change
-            .map_or(applied, |i| i.saturating_sub(1))
-            .min(applied);
+        let history_after = match st.history_after {
+            Some(h) => h,
+            None => first_change.map_or(applied, |i| i.saturating_sub(1)),
+        }
+        .min(applied);
         meta::put_history_after(&self.db, batch, history_after)?;
         let members = st
             .members
@@ -264,6 +270,7 @@ mod tests {
             applied_term: 2,
             pairs,
             members: Vec::new(),
+            history_after: None,
         }
     }
 
@@ -307,8 +314,10 @@ mod tests {
         assert!(!stage.lock_staged(10, 2));
     }
 
-    /// The change log comes with the snapshot: the installed history starts before its first
-    /// change; without changes, after the installed index.
+    /// The change log comes with the snapshot: the installed history starts where the sender's
+    /// did (found by review: taken from the first change alone, it refused resumes whose
+    /// entries had changed no key), or, from a sender that does not say, before the first
+    /// change; without either, after the installed index.
     #[test]
     fn the_installed_history_starts_where_the_senders_changes_do() {
         let changes = SNAPSHOT_CFS
@@ -317,12 +326,18 @@ mod tests {
             .expect("the change log is in snapshots") as u32;
         let mut key = 7u64.to_be_bytes().to_vec();
         key.extend_from_slice(&0u32.to_be_bytes());
-        for (pairs, want) in [
-            (vec![pair(0, b"a"), pair(changes, &key)], 6),
-            (vec![pair(0, b"a")], 12),
+        // (pairs, the sender's start if it says, the installed start)
+        for (pairs, said, want) in [
+            (vec![pair(0, b"a"), pair(changes, &key)], None, 6),
+            (vec![pair(0, b"a")], None, 12),
+            // Its last entries changed no key: its word, not the first change, decides.
+            (vec![pair(0, b"a"), pair(changes, &key)], Some(3), 3),
+            (vec![pair(0, b"a")], Some(99), 12),
         ] {
             let (_d, stage) = stage();
-            stage.stage_chunk(chunk(0, true, pairs)).expect("stage");
+            let mut last = chunk(0, true, pairs);
+            last.history_after = said;
+            stage.stage_chunk(last).expect("stage");
             assert!(stage.lock_staged(10, 2));
             let mut batch = WriteBatch::default();
             let installed = stage

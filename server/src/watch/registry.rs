@@ -8,7 +8,7 @@
 //! watcher that finds its flag clear after loading `dispatched` has read every change up to it
 //! that matches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -49,6 +49,10 @@ struct Index {
     next_id: u64,
     keys: HashMap<String, Vec<(u64, Arc<Signal>)>>,
     prefixes: HashMap<String, Vec<(u64, Arc<Signal>)>>,
+    /// The lengths of the watched prefixes (length → how many prefixes have it): a change looks
+    /// up only these prefixes of its key, not all of them (hashing every prefix of a 4 KiB key
+    /// is 8 MB of work).
+    lengths: BTreeMap<usize, usize>,
 }
 
 impl Index {
@@ -72,11 +76,11 @@ impl Index {
         if let Some(list) = self.keys.get(key) {
             list.iter().for_each(|(_, s)| s.raise());
         }
-        if self.prefixes.is_empty() {
-            return;
-        }
-        for (end, _) in key.char_indices().chain(std::iter::once((key.len(), ' '))) {
-            if let Some(list) = key.get(..end).and_then(|p| self.prefixes.get(p)) {
+        for &len in self.lengths.keys() {
+            if len > key.len() {
+                break;
+            }
+            if let Some(list) = key.get(..len).and_then(|p| self.prefixes.get(p)) {
                 list.iter().for_each(|(_, s)| s.raise());
             }
         }
@@ -106,9 +110,19 @@ impl Drop for Registration {
         bucket.retain(|(id, _)| *id != self.id);
         if bucket.is_empty() {
             match &self.filter {
-                Filter::Key(k) => index.keys.remove(k),
-                Filter::Prefix(p) => index.prefixes.remove(p),
-            };
+                Filter::Key(k) => {
+                    index.keys.remove(k);
+                }
+                Filter::Prefix(p) => {
+                    index.prefixes.remove(p);
+                    if let Some(n) = index.lengths.get_mut(&p.len()) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            index.lengths.remove(&p.len());
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -137,6 +151,11 @@ impl Registry {
         let mut index = self.lock();
         index.next_id += 1;
         let id = index.next_id;
+        if let Filter::Prefix(p) = &filter {
+            if !index.prefixes.contains_key(p) {
+                *index.lengths.entry(p.len()).or_default() += 1;
+            }
+        }
         index.bucket(&filter).push((id, signal.clone()));
         Registration {
             registry: self.clone(),
@@ -186,12 +205,12 @@ impl Registry {
                         position = covers_after;
                     }
                     FeedRead::Groups { groups, through } => {
-                        {
+                        // The lock is taken per entry: registering and leaving never wait
+                        // for a whole page.
+                        for g in &groups {
                             let index = self.lock();
-                            for g in &groups {
-                                for c in &g.changes {
-                                    index.signal(&c.key);
-                                }
+                            for c in &g.changes {
+                                index.signal(&c.key);
                             }
                         }
                         let done = through == position || groups.len() < DISPATCH_PAGE;
@@ -236,5 +255,19 @@ mod tests {
         assert_eq!(r.len(), 4);
         r.lock().signal("jobs/2");
         assert!(all.signal.take() && !one.signal.take());
+        // Only the watched prefix lengths are looked up, and they follow who watches.
+        assert_eq!(
+            r.lock().lengths.keys().copied().collect::<Vec<_>>(),
+            vec![0, 2, 4]
+        );
+        let twin = r.register(Filter::Prefix("cfg/".into()));
+        drop(other);
+        r.lock().signal("cfg/x");
+        assert!(twin.signal.take(), "a prefix still watched by another");
+        drop(twin);
+        assert_eq!(
+            r.lock().lengths.keys().copied().collect::<Vec<_>>(),
+            vec![0, 2]
+        );
     }
 }

@@ -168,7 +168,14 @@ impl Watcher {
                 }
                 FeedRead::Behind { .. } => {
                     self.caught_up = false;
-                    let page = self.sm.read_history(self.position, PAGE)?;
+                    // RocksDB reads block: off the async workers, one page at a time.
+                    let (sm, position) = (self.sm.clone(), self.position);
+                    let page = tokio::task::spawn_blocking(move || sm.read_history(position, PAGE))
+                        .await
+                        .map_err(|e| StorageError::Corrupt {
+                            what: "change log read",
+                            detail: e.to_string(),
+                        })??;
                     if page.history_after > self.position {
                         self.done = true;
                         return Ok(Some(self.cutoff("compacted")));
@@ -176,6 +183,11 @@ impl Watcher {
                     let changes: Vec<&Change> = page.changes.iter().collect();
                     self.format_run(&changes, &mut out);
                     self.position = self.position.max(page.through);
+                    // A long scan of changes this watcher does not want still says how far it
+                    // got, so that its client neither takes it for dead nor starts over.
+                    if out.is_empty() && self.last_sent.elapsed() >= self.progress_every {
+                        return Ok(Some(self.progress()));
+                    }
                 }
                 FeedRead::Groups { groups, through } => {
                     self.live = true;
