@@ -3,7 +3,9 @@
 # already there: protoc (raft-rs's build), libclang (bindgen for rust-rocksdb), Debian's
 # librocksdb-dev (linked instead of compiling the bundled RocksDB, which takes ~25 minutes on two
 # cores; .cargo/config.toml points ROCKSDB_LIB_DIR at it), iproute2/iptables for the
-# fault-injection tests, and fuse3 (fusermount3) when not root, for the power-loss tests.
+# fault-injection tests, fuse3 (fusermount3) when not root, for the power-loss tests, promtool
+# (Debian's prometheus) to check the metrics and the scrape config, and chromium for the
+# dashboard's browser test.
 # Set KEEL_WITH_ETCD=1 to also install etcd for the side-by-side benchmark.
 set -euo pipefail
 
@@ -15,6 +17,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # The power-loss tests mount FUSE file systems: directly as root, through fusermount3 otherwise.
 [ "$(id -u)" = 0 ] || command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${KEEL_WITH_ETCD:-0}" = 1 ]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)

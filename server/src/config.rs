@@ -81,6 +81,9 @@ pub struct ServerArgs {
     /// followers; one further behind gets a snapshot); 0 never compacts.
     #[arg(long, env = "KEEL_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Keep the changes of this many most recent entries for watches to resume from (a watch
     /// starting before them is answered 410 `compacted`).
     #[arg(long, env = "KEEL_WATCH_HISTORY", default_value_t = crate::sm::DEFAULT_HISTORY_ENTRIES)]
@@ -228,4 +231,13 @@ mod tests {
             assert!(parse_cluster(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, the request span's id).
+    Json,
 }

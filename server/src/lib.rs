@@ -26,7 +26,8 @@
 //!
 //! Shared by the stages: [`proto`] (the formats on disk and on the wire), [`members`] (the
 //! address book), [`error`] (why a write or a read failed), [`config`] (flags), [`planted`]
-//! (deliberate bugs for the fault suite), [`failpoints`] (crash points of the test build). [`node`] wires one node together and stops it.
+//! (deliberate bugs for the fault suite), [`failpoints`] (crash points of the test build), [`metrics`]
+//! (what a node counts and times, for `/metrics`). [`node`] wires one node together and stops it.
 
 #![warn(missing_docs)]
 
@@ -36,6 +37,7 @@ pub mod failpoints;
 pub mod forward;
 pub mod http;
 pub mod members;
+pub mod metrics;
 pub mod node;
 pub mod planted;
 pub mod proto;

@@ -5,7 +5,9 @@
 //! (`router.rs`); on the leader, forwarded writes are proposed and answered (`serve.rs`). It may
 //! touch the Ready loop's handle and the transport; it never looks inside a command.
 //!
-//! A forwarded write carries its mode, so the leader answers at the point the client asked for.
+//! A forwarded write carries its mode, so the leader answers at the point the client asked for,
+//! and the client request's id ([`REQUEST_ID`]), so that the leader's log lines about it say
+//! which request it was.
 //! Only errors that prove the write was not applied ([`WriteError::certainly_not_applied`]: no
 //! leader, not the leader, dropped) are retried here, a bounded number of times within the
 //! request deadline; a timeout without an answer is `outcome_unknown`, never retried.
@@ -14,3 +16,14 @@ mod router;
 mod serve;
 
 pub use router::Router;
+
+tokio::task_local! {
+    /// The id of the client request being served (set by the HTTP handler), carried with a
+    /// forwarded write to the leader's log lines.
+    pub static REQUEST_ID: String;
+}
+
+/// The id of the request this task serves, if any.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}

@@ -130,6 +130,7 @@ impl Router {
             command: Some(command),
             mode: mode.as_u32(),
             timeout_ms: timeout.saturating_sub(REPLY_MARGIN).as_millis() as u64,
+            request_id: super::current_request_id(),
         };
         if !self.transport.send(leader, Body::Forward(req)) {
             self.lock_waiting().remove(&id);

@@ -18,7 +18,8 @@ impl Router {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    this.serve_forwarded(from, req).await;
+                    let span = tracing::info_span!("forwarded", request_id = %req.request_id, from);
+                    tracing::Instrument::instrument(this.serve_forwarded(from, req), span).await;
                 });
             }
             Err(_) => {
@@ -67,6 +68,11 @@ impl Router {
                 }
             }
         }
+        tracing::debug!(
+            index = reply.result.as_ref().map_or(reply.index, |r| r.index),
+            error = %reply.error_code,
+            "served a forwarded write"
+        );
         // If the reply cannot be queued the follower times out with outcome_unknown.
         self.transport.send(from, Body::ForwardReply(reply));
     }

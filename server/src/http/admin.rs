@@ -50,27 +50,28 @@ impl Api {
     /// `GET /metrics`: Prometheus text.
     pub(super) fn metrics(&self) -> Reply {
         let s = self.node.shared();
-        let text = format!(
-            "# HELP keel_applied_index Highest log index applied to the state machine.\n\
-             # TYPE keel_applied_index gauge\nkeel_applied_index {}\n\
-             # HELP keel_commit_index Highest log index known committed.\n\
-             # TYPE keel_commit_index gauge\nkeel_commit_index {}\n\
-             # HELP keel_term Current Raft term.\n\
-             # TYPE keel_term gauge\nkeel_term {}\n\
-             # HELP keel_is_leader 1 if this node leads.\n\
-             # TYPE keel_is_leader gauge\nkeel_is_leader {}\n\
-             # HELP keel_leader_known 1 if a leader is known.\n\
-             # TYPE keel_leader_known gauge\nkeel_leader_known {}\n\
-             # HELP keel_overloaded_total Requests refused with 503 overloaded.\n\
-             # TYPE keel_overloaded_total counter\nkeel_overloaded_total {}\n",
-            s.applied(),
-            s.commit(),
-            s.term(),
-            u8::from(s.role() == Role::Leader),
-            u8::from(s.leader().is_some()),
-            s.overloaded_total(),
-        );
-        Reply::bytes(Bytes::from(text), "text/plain; version=0.0.4", None)
+        let m = crate::metrics::metrics();
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.applied_index.set(gauge(s.applied()));
+        m.commit_index.set(gauge(s.commit()));
+        m.term.set(gauge(s.term()));
+        m.is_leader.set(i64::from(s.role() == Role::Leader));
+        m.has_leader.set(i64::from(s.leader().is_some()));
+        m.queue_depth.set(gauge(s.queued() as u64));
+        let refused = s.overloaded_total();
+        if refused > m.overloaded.get() {
+            m.overloaded.inc_by(refused - m.overloaded.get());
+        }
+        if let Ok((leases, held)) = self.sm.coord_counts() {
+            m.leases.set(gauge(leases as u64));
+            m.locks_held.set(gauge(held as u64));
+        }
+        m.watchers.set(gauge(self.feed.registry().len() as u64));
+        Reply::bytes(
+            Bytes::from(m.encode()),
+            "text/plain; version=0.0.4; charset=utf-8",
+            None,
+        )
     }
 
     /// `PUT /v1/admin/failpoints/{name}` (the body: fail-rs actions) and `DELETE` (disarm):

@@ -38,6 +38,7 @@ mod cluster;
 mod coord;
 mod error;
 mod kv;
+mod observe;
 #[cfg(test)]
 mod proptests;
 mod reply;
@@ -149,9 +150,31 @@ impl Api {
 
     /// Handles one request; never fails (errors become JSON answers).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<reply::Body> {
+        let started = std::time::Instant::now();
         let head = req.method() == Method::HEAD;
-        let answer = self.route(req).await;
-        reply::finish(answer, self.node.shared(), head)
+        let labels = observe::Labels::of(req.method(), req.uri().path(), req.uri().query());
+        let id = observe::request_id(req.headers());
+        let cors = matches!(req.uri().path(), "/v1/status" | "/metrics");
+        let span = tracing::info_span!("request", request_id = %id);
+        let answer = crate::forward::REQUEST_ID
+            .scope(
+                id.clone(),
+                tracing::Instrument::instrument(self.route(req), span),
+            )
+            .await;
+        let mut resp = reply::finish(answer, self.node.shared(), head);
+        observe::set_request_id(resp.headers_mut(), &id);
+        if cors {
+            // The dashboard of another node reads the leader's status and every member's
+            // metrics (read-only; with tokens, a browser sends none across origins and is
+            // refused).
+            resp.headers_mut().insert(
+                hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                hyper::header::HeaderValue::from_static("*"),
+            );
+        }
+        labels.record(resp.status(), started.elapsed());
+        resp
     }
 
     /// Finds the endpoint, checks the method and the query, and calls the handler.
@@ -165,7 +188,7 @@ impl Api {
             ));
         };
         let caller = match (&self.tokens, m.route) {
-            (None, _) | (_, Route::Health | Route::Ready) => Caller::default(),
+            (None, _) | (_, Route::Health | Route::Ready | Route::Ui) => Caller::default(),
             (Some(t), _) => Caller(Some(t.authenticate(&parts.headers)?)),
         };
         let allowed = routes::methods(m.route, m.param);
@@ -196,7 +219,8 @@ impl Api {
             | Route::List
             | Route::Key
             | Route::Lock
-            | Route::Watch => {}
+            | Route::Watch
+            | Route::Ui => {}
             Route::Leases | Route::Keepalive => caller.need(Role::Write)?,
             Route::Lease if method == Method::GET => caller.need(Role::Read)?,
             Route::Lease => caller.need(Role::Write)?,
@@ -213,6 +237,11 @@ impl Api {
             (Route::Health, _) => self.health(),
             (Route::Ready, _) => self.ready(),
             (Route::Metrics, _) => Ok(self.metrics()),
+            (Route::Ui, _) => Ok(reply::Reply::bytes(
+                bytes::Bytes::from_static(include_bytes!("ui/index.html")),
+                "text/html; charset=utf-8",
+                None,
+            )),
             (Route::Status, _) => self.status().await,
             (Route::Members, Method::GET) => self.list_members().await,
             (Route::Members, _) => self.add_member(&parts.headers, body).await,

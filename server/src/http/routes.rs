@@ -48,6 +48,8 @@ pub enum Route {
     Lock,
     /// `/v1/watch`: the change feed (Server-Sent Events).
     Watch,
+    /// `/ui`: the dashboard page.
+    Ui,
 }
 
 /// The table, built once.
@@ -74,6 +76,8 @@ fn table() -> &'static matchit::Router<Route> {
             ("/v1/lease/{id}/keepalive", Route::Keepalive),
             ("/v1/lock/{*name}", Route::Lock),
             ("/v1/watch", Route::Watch),
+            ("/ui", Route::Ui),
+            ("/ui/", Route::Ui),
         ] {
             // The table is a constant: a conflict is a programming error caught by the tests.
             if let Err(e) = t.insert(path, route) {
@@ -120,7 +124,7 @@ pub fn add_target(raw_key: &str) -> Option<&str> {
 /// The methods `route` allows (HEAD with GET); `param` decides whether a key path takes POST.
 pub fn methods(route: Route, param: Option<&str>) -> &'static [&'static str] {
     match route {
-        Route::Health | Route::Ready | Route::Metrics | Route::Status | Route::List => {
+        Route::Health | Route::Ready | Route::Metrics | Route::Status | Route::List | Route::Ui => {
             &["GET", "HEAD"]
         }
         Route::Members => &["GET", "HEAD", "POST"],
@@ -156,7 +160,12 @@ pub fn params(route: Route, method: &Method) -> &'static [&'static str] {
 
 /// How messages name an endpoint: `PUT /v1/kv/{key}`.
 pub fn describe(route: Route, method: &Method) -> String {
-    let path = match route {
+    format!("{method} {}", template(route, method))
+}
+
+/// The path template of `route` (with `method`: `POST` on a key path is `/add`).
+pub fn template(route: Route, method: &Method) -> &'static str {
+    match route {
         Route::Health => "/health",
         Route::Ready => "/ready",
         Route::Metrics => "/metrics",
@@ -176,8 +185,8 @@ pub fn describe(route: Route, method: &Method) -> String {
         Route::Keepalive => "/v1/lease/{id}/keepalive",
         Route::Lock => "/v1/lock/{name}",
         Route::Watch => "/v1/watch",
-    };
-    format!("{method} {path}")
+        Route::Ui => "/ui",
+    }
 }
 
 #[cfg(test)]
@@ -202,6 +211,7 @@ mod tests {
             ("/v1/lease/12/keepalive", Route::Keepalive, Some("12")),
             ("/v1/lock/jobs/9am", Route::Lock, Some("jobs/9am")),
             ("/v1/watch", Route::Watch, None),
+            ("/ui", Route::Ui, None),
         ];
         for (path, route, param) in cases {
             assert_eq!(find(path), Some(Matched { route, param }), "{path}");

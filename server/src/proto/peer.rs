@@ -68,6 +68,9 @@ pub struct ForwardRequest {
     /// How long the leader may take, in milliseconds.
     #[prost(uint64, tag = "4")]
     pub timeout_ms: u64,
+    /// The client request's id (`X-Request-Id`), for the leader's log lines.
+    #[prost(string, tag = "5")]
+    pub request_id: String,
 }
 
 /// The leader's answer to a [`ForwardRequest`].

@@ -25,6 +25,9 @@ impl<O: Outbox> Driver<O> {
             return Ok(());
         }
         failpoints::crash_point(failpoints::BEFORE_APPLY);
+        let applying = Instant::now();
+        let count = entries.len() as u64;
+        crate::metrics::metrics().proposals_committed.inc_by(count);
         let sm = self.sm.clone();
         let mut batch = sm.batch();
         let mut outcomes = Vec::new();
@@ -85,11 +88,14 @@ impl<O: Outbox> Driver<O> {
         }
         let events = batch.take_events();
         let changes = batch.take_changes();
+        let m = crate::metrics::metrics();
         if let Some((applied, applied_term)) = batch.commit()? {
             self.applied = applied;
             self.raw.mut_store().set_applied(applied, applied_term);
             self.feed.publish(changes, applied);
             self.shared.set_applied(applied);
+            m.proposals_applied.inc_by(count);
+            crate::metrics::observe(&m.apply, applying.elapsed());
             let leader = self.raw.raft.leader_id;
             if leader != 0 && leader != self.cfg.id {
                 self.outbox.send_applied(leader, applied);

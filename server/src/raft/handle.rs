@@ -146,7 +146,14 @@ impl NodeHandle {
             return Err(WriteError::ShuttingDown);
         }
         // The loop always answers, unless it stops, in which case the outcome is not known.
-        rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
+        let m = crate::metrics::metrics();
+        m.proposals_pending.inc();
+        let out = rx.await.unwrap_or(Err(WriteError::OutcomeUnknown));
+        m.proposals_pending.dec();
+        if out.is_err() {
+            m.proposals_failed.inc();
+        }
+        out
     }
 
     /// Proposes a membership change on this node (which must be the leader) and waits until it
@@ -170,10 +177,15 @@ impl NodeHandle {
         }
         let ticket = Ticket(self.shared.clone());
         let (reply, rx) = oneshot::channel();
+        let started = std::time::Instant::now();
         if !self.send(Event::ReadIndex { reply, ticket }) {
             return Err(ReadError::ShuttingDown);
         }
-        rx.await.unwrap_or(Err(ReadError::ShuttingDown))
+        let out = rx.await.unwrap_or(Err(ReadError::ShuttingDown));
+        if out.is_ok() {
+            crate::metrics::observe(&crate::metrics::metrics().read_index, started.elapsed());
+        }
+        out
     }
 
     /// Waits until this node has applied `index`, up to `timeout`.

@@ -30,6 +30,7 @@ pub mod guard;
 mod handle;
 mod leases;
 mod membership;
+mod observe;
 mod peers;
 mod reads;
 mod ready;

@@ -94,6 +94,8 @@ pub(super) struct Driver<O: Outbox> {
     pub(super) leases: Leases,
     /// Where applied changes are published for watchers.
     pub(super) feed: Arc<Feed>,
+    /// Heartbeats waiting for their response (round trips, for the metrics).
+    pub(super) heartbeats: super::observe::Heartbeats,
 }
 
 /// The result of the loop's thread: an error if storage failed (the node must then stop: its
@@ -167,6 +169,7 @@ pub fn start<O: Outbox>(
         members,
         leases: Leases::default(),
         feed,
+        heartbeats: Default::default(),
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -291,13 +294,20 @@ impl<O: Outbox> Driver<O> {
                     self.outbox.send_raft(vec![resp]);
                     return true;
                 }
+                self.heartbeats.answered(&msg, Instant::now());
                 if let Err(e) = self.raw.step(*msg) {
                     debug!(from, error = %e, "raft message rejected");
                 } else {
                     self.peers.heard_from(from, Instant::now());
                 }
             }
-            Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::Unreachable(peer) => {
+                crate::metrics::metrics()
+                    .peer_unreachable
+                    .get_or_create(&crate::metrics::PeerLabels { peer })
+                    .inc();
+                self.raw.report_unreachable(peer)
+            }
             Event::PeerWiped(peer) => {
                 // What it reported applying is gone: `sync` writes must wait for it again.
                 self.peers.wiped(peer);
@@ -382,6 +392,7 @@ impl<O: Outbox> Driver<O> {
                 self.writes.fail_all(WriteError::OutcomeUnknown);
             }
             if leader_changed && ss.leader_id != 0 {
+                crate::metrics::metrics().leader_changes.inc();
                 // Not here: a follower's read_index emits a message, and raft-rs forbids new
                 // messages between ready() and advance() on a follower. The loop re-issues after
                 // this cycle.
@@ -391,11 +402,14 @@ impl<O: Outbox> Driver<O> {
 
         // 3. Messages that need not wait for persistence (leader → followers) go out at once.
         if !ready.messages().is_empty() {
-            self.outbox.send_raft(ready.take_messages());
+            let msgs = ready.take_messages();
+            self.heartbeats.sending(&msgs, Instant::now());
+            self.outbox.send_raft(msgs);
         }
 
         // 4. A snapshot from the leader: install its staged data and the log's new start.
         if !ready.snapshot().is_empty() {
+            let installing = Instant::now();
             let meta = ready.snapshot().get_metadata().clone();
             let mut batch = WriteBatch::default();
             let installed = self.stage.install_staged(&mut batch, &self.members)?;
@@ -416,6 +430,10 @@ impl<O: Outbox> Driver<O> {
                 "installed a snapshot"
             );
             self.applied = applied;
+            crate::metrics::observe(
+                &crate::metrics::metrics().snapshot_install,
+                installing.elapsed(),
+            );
             self.sm.history().restart_after(installed.history_after);
             self.feed.reset(applied);
             self.shared.set_applied(applied);
@@ -438,9 +456,13 @@ impl<O: Outbox> Driver<O> {
         let hs = ready.hs().cloned();
         let entries = ready.take_entries();
         let must_sync = ready.must_sync();
+        let appending = Instant::now();
         self.raw
             .mut_store()
             .append(&entries, hs.as_ref(), must_sync)?;
+        if !entries.is_empty() || hs.is_some() {
+            crate::metrics::observe(&crate::metrics::metrics().raft_append, appending.elapsed());
+        }
 
         // 8. Async writes are answered once their entry is durable in the leader's log.
         if let Some(last) = entries.last() {
@@ -458,7 +480,9 @@ impl<O: Outbox> Driver<O> {
             self.raw.mut_store().set_commit(commit)?;
         }
         if !light.messages().is_empty() {
-            self.outbox.send_raft(light.take_messages());
+            let msgs = light.take_messages();
+            self.heartbeats.sending(&msgs, Instant::now());
+            self.outbox.send_raft(msgs);
         }
         let committed = light.take_committed_entries();
         self.apply_entries(committed)?;
@@ -520,5 +544,8 @@ impl<O: Outbox> Driver<O> {
         }
         self.release_sync_writes(now);
         self.expire_leases(now);
+        if self.ticks.is_multiple_of(super::observe::LAG_EXPORT_TICKS) {
+            self.export_lags();
+        }
     }
 }

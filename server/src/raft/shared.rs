@@ -123,6 +123,11 @@ impl Shared {
     }
 
     /// Requests refused as overloaded since the start.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Requests refused as overloaded since the start.
     pub fn overloaded_total(&self) -> u64 {
         self.overloaded.load(Ordering::Relaxed)
     }

@@ -87,6 +87,21 @@ impl StateMachine {
         Ok(out)
     }
 
+    /// How many leases live, and how many locks have a holder, as applied on this node.
+    pub fn coord_counts(&self) -> Result<(usize, usize), StorageError> {
+        let leases = self.leases()?.len();
+        let mut held = 0;
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOCKS)?, rocksdb::IteratorMode::Start)
+        {
+            let (_, v) = item.map_err(rocks("scan locks"))?;
+            let rec: LockRecord = decode(&v, "lock record")?;
+            held += usize::from(rec.holder.is_some());
+        }
+        Ok((leases, held))
+    }
+
     /// A lock as applied on this node (None: free, nobody waiting).
     pub fn lock(&self, name: &str) -> Result<Option<LockRecord>, StorageError> {
         match self

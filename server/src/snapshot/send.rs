@@ -53,6 +53,7 @@ impl Sender {
         info!(peer = to, index, "streaming a snapshot");
         self.runtime.spawn_blocking(move || {
             crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_SEND);
+            let started = std::time::Instant::now();
             let sent = this.chunks(index, term, SNAPSHOT_CHUNK_BYTES, |chunk| {
                 queue.blocking_send(Body::SnapshotChunk(chunk))
             });
@@ -64,6 +65,12 @@ impl Sender {
                     false
                 }
             };
+            if ok {
+                crate::metrics::observe(
+                    &crate::metrics::metrics().snapshot_send,
+                    started.elapsed(),
+                );
+            }
             done(ok);
         });
     }

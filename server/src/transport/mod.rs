@@ -268,7 +268,16 @@ impl Transport {
     /// Queues a frame for `to`. False if `to` is unknown or its queue is full (dropped).
     pub fn send(&self, to: u64, body: Body) -> bool {
         match self.queue(to) {
-            Some(q) => q.try_send(body).is_ok(),
+            Some(q) => match q.try_send(body) {
+                Ok(()) => true,
+                Err(_) => {
+                    crate::metrics::metrics()
+                        .peer_dropped
+                        .get_or_create(&crate::metrics::PeerLabels { peer: to })
+                        .inc();
+                    false
+                }
+            },
             None => false,
         }
     }
