@@ -155,7 +155,10 @@ impl Api {
         let labels = observe::Labels::of(req.method(), req.uri().path(), req.uri().query());
         let id = observe::request_id(req.headers());
         let cors = matches!(req.uri().path(), "/v1/status" | "/metrics");
-        let span = tracing::info_span!("request", request_id = %id);
+        // At debug level: a span per request costs the subscriber an allocation and a
+        // formatting of the id on every request (5% of the read rate at info, measured); the
+        // id travels with forwarded writes whatever the level (`forward::REQUEST_ID`).
+        let span = tracing::debug_span!("request", request_id = %id);
         let answer = crate::forward::REQUEST_ID
             .scope(
                 id.clone(),
