@@ -18,7 +18,8 @@ impl Router {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let span = tracing::debug_span!("forwarded", request_id = %req.request_id, from);
+                    let span =
+                        tracing::debug_span!("forwarded", request_id = %req.request_id, from);
                     tracing::Instrument::instrument(this.serve_forwarded(from, req), span).await;
                 });
             }
