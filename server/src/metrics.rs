@@ -113,7 +113,7 @@ pub struct Metrics {
     pub has_leader: Gauge,
     /// Set at scrape time: client requests queued for the Raft thread.
     pub queue_depth: Gauge,
-    /// Set at scrape time: requests refused as overloaded since the start.
+    /// Requests refused as overloaded since the start.
     pub overloaded: Counter,
     /// Set at scrape time: live leases.
     pub leases: Gauge,

@@ -67,7 +67,14 @@ fn promtool(text: &str) -> Option<String> {
 fn metrics_move_with_writes_reads_a_leader_kill_and_a_snapshot_and_promtool_accepts_them() {
     let mut c = Cluster::launch_with(
         3,
-        &["--snapshot-entries", "40", "--log-format", "json"],
+        &[
+            "--snapshot-entries",
+            "40",
+            "--log-format",
+            "json",
+            "--request-timeout",
+            "1s",
+        ],
         false,
         keel_tests::keel_bin(),
         &[("KEEL_LOG", "info,keel_server::forward=debug")],
@@ -193,6 +200,56 @@ fn metrics_move_with_writes_reads_a_leader_kill_and_a_snapshot_and_promtool_acce
             &[&format!("peer=\"{follower}\"")]
         ) > 0.0
     );
+
+    // Writes the leader cannot commit (both followers paused) time out: counted as failed, and
+    // not left pending (found by review: a timed-out write stayed in the pending gauge; this
+    // failed before the fix).
+    let failed_before = metric(&scrape(&c, leader), "keel_proposals_failed_total", &[]);
+    let others = c.others(&[leader]);
+    for &id in &others {
+        c.pause(id);
+    }
+    // The first times out (504); once check-quorum has deposed the leader, 503.
+    let mut timed_out = 0.0;
+    for i in 0..3 {
+        let r = c
+            .put(leader, &format!("obs/stuck/{i}"), b"v")
+            .expect("answers");
+        assert!(matches!(r.status, 503 | 504), "{}", r.text());
+        if r.status == 504 {
+            timed_out += 1.0;
+        }
+    }
+    assert!(timed_out >= 1.0, "no write timed out");
+    for &id in &others {
+        c.resume(id);
+    }
+    wait_until(DEADLINE, "no proposal left pending", || {
+        let text = scrape(&c, leader);
+        (metric(&text, "keel_proposals_pending", &[]) == 0.0).then_some(text)
+    });
+    let failed = metric(&scrape(&c, leader), "keel_proposals_failed_total", &[]);
+    assert!(
+        failed >= failed_before + timed_out,
+        "{failed_before} -> {failed}"
+    );
+
+    // Cross-origin reads of status and metrics: for the members' own origins only.
+    let member = format!("http://{}", c.http_addr(follower));
+    for (origin, allowed) in [(member.as_str(), true), ("https://evil.example", false)] {
+        for path in ["/v1/status", "/metrics"] {
+            let r = c
+                .request(leader, "GET", path, &[("origin", origin)], None)
+                .expect("answers");
+            assert_eq!(
+                r.headers
+                    .get("access-control-allow-origin")
+                    .map(String::as_str),
+                allowed.then_some(origin),
+                "{path} from {origin}"
+            );
+        }
+    }
 
     // A leader kill: the survivors count a leader change.
     c.kill(leader);

@@ -177,6 +177,11 @@ fn the_dashboard_of_a_follower_shows_the_members_and_follows_a_new_leader() {
             .any(|(id, role)| *id == want_leader && role == "leader"),
         "{rows:?}"
     );
+    // What nodes send is text, never markup (found by review: addresses went into innerHTML).
+    assert_eq!(
+        b.eval("esc('<img id=pwn src=x>')").as_str(),
+        Some("&lt;img id=pwn src=x&gt;")
+    );
     if let Ok(path) = std::env::var("KEEL_UI_SCREENSHOT") {
         // Traffic through every node for a few refreshes, then the picture.
         let mut refreshes = 0;

@@ -15,6 +15,9 @@ use super::request::{self, Query};
 use super::Api;
 use crate::snapshot::backup;
 
+/// How often a scrape recounts leases and locks.
+const COORD_COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Api {
     /// `GET /health`: 200 while the process serves.
     pub(super) fn health(&self) -> Answer {
@@ -48,7 +51,7 @@ impl Api {
     }
 
     /// `GET /metrics`: Prometheus text.
-    pub(super) fn metrics(&self) -> Reply {
+    pub(super) async fn metrics(&self) -> Reply {
         let s = self.node.shared();
         let m = crate::metrics::metrics();
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -58,13 +61,27 @@ impl Api {
         m.is_leader.set(i64::from(s.role() == Role::Leader));
         m.has_leader.set(i64::from(s.leader().is_some()));
         m.queue_depth.set(gauge(s.queued() as u64));
-        let refused = s.overloaded_total();
-        if refused > m.overloaded.get() {
-            m.overloaded.inc_by(refused - m.overloaded.get());
-        }
-        if let Ok((leases, held)) = self.sm.coord_counts() {
-            m.leases.set(gauge(leases as u64));
-            m.locks_held.set(gauge(held as u64));
+        // Counting leases and locks scans two column families: off the async workers, and at
+        // most once per COORD_COUNT_EVERY whatever the number of scrapers.
+        let due = self
+            .coord_counted
+            .lock()
+            .map(|mut last| {
+                let due = last.is_none_or(|t| t.elapsed() >= COORD_COUNT_EVERY);
+                if due {
+                    *last = Some(std::time::Instant::now());
+                }
+                due
+            })
+            .unwrap_or(false);
+        if due {
+            let sm = self.sm.clone();
+            if let Ok(Ok((leases, held))) =
+                tokio::task::spawn_blocking(move || sm.coord_counts()).await
+            {
+                m.leases.set(gauge(leases as u64));
+                m.locks_held.set(gauge(held as u64));
+            }
         }
         m.watchers.set(gauge(self.feed.registry().len() as u64));
         Reply::bytes(

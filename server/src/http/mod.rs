@@ -130,6 +130,8 @@ pub struct Api {
     transport: Transport,
     /// Who may do what (None: everyone everything).
     tokens: Option<Arc<Tokens>>,
+    /// When `/metrics` last counted leases and locks.
+    coord_counted: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Api {
@@ -145,6 +147,7 @@ impl Api {
             http_addr: parts.http_addr,
             transport: parts.transport,
             tokens: parts.tokens,
+            coord_counted: std::sync::Mutex::new(None),
         })
     }
 
@@ -154,7 +157,9 @@ impl Api {
         let head = req.method() == Method::HEAD;
         let labels = observe::Labels::of(req.method(), req.uri().path(), req.uri().query());
         let id = observe::request_id(req.headers());
-        let cors = matches!(req.uri().path(), "/v1/status" | "/metrics");
+        let cors = matches!(req.uri().path(), "/v1/status" | "/metrics")
+            .then(|| self.member_origin(req.headers()))
+            .flatten();
         // At debug level: a span per request costs the subscriber an allocation and a
         // formatting of the id on every request (5% of the read rate at info, measured); the
         // id travels with forwarded writes whatever the level (`forward::REQUEST_ID`).
@@ -167,17 +172,35 @@ impl Api {
             .await;
         let mut resp = reply::finish(answer, self.node.shared(), head);
         observe::set_request_id(resp.headers_mut(), &id);
-        if cors {
-            // The dashboard of another node reads the leader's status and every member's
-            // metrics (read-only; with tokens, a browser sends none across origins and is
-            // refused).
+        if let Some(origin) = cors {
+            // The dashboard of another member reads this node's status and metrics: allowed to
+            // the members' own origins only (not to any page an operator has open).
+            resp.headers_mut()
+                .insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             resp.headers_mut().insert(
-                hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                hyper::header::HeaderValue::from_static("*"),
+                hyper::header::VARY,
+                hyper::header::HeaderValue::from_static("Origin"),
             );
         }
         labels.record(resp.status(), started.elapsed());
         resp
+    }
+
+    /// The request's `Origin` when it is a member's client address (this node's or one a peer
+    /// announced), over http or https.
+    fn member_origin(&self, headers: &hyper::HeaderMap) -> Option<hyper::header::HeaderValue> {
+        let origin = headers.get(hyper::header::ORIGIN)?;
+        let text = origin.to_str().ok()?;
+        let host = text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))?;
+        let known = host == self.http_addr
+            || self
+                .transport
+                .peer_http_addrs()
+                .values()
+                .any(|a| a.as_str() == host);
+        known.then(|| origin.clone())
     }
 
     /// Finds the endpoint, checks the method and the query, and calls the handler.
@@ -239,7 +262,7 @@ impl Api {
         match (m.route, method) {
             (Route::Health, _) => self.health(),
             (Route::Ready, _) => self.ready(),
-            (Route::Metrics, _) => Ok(self.metrics()),
+            (Route::Metrics, _) => Ok(self.metrics().await),
             (Route::Ui, _) => Ok(reply::Reply::bytes(
                 bytes::Bytes::from_static(include_bytes!("ui/index.html")),
                 "text/html; charset=utf-8",

@@ -15,6 +15,28 @@ use crate::error::{ReadError, WriteError};
 use crate::members::MemberAddr;
 use crate::proto::{ApplyResult, Command};
 
+/// A proposal counted as pending while it lives; as failed when it ends without an answer (an
+/// error, or its caller gave up).
+struct Pending {
+    done: bool,
+}
+
+impl Pending {
+    fn start() {
+        crate::metrics::metrics().proposals_pending.inc();
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let m = crate::metrics::metrics();
+        m.proposals_pending.dec();
+        if !self.done {
+            m.proposals_failed.inc();
+        }
+    }
+}
+
 /// A client request's place in the loop's queue ([`Shared::admit`]): the loop takes events in
 /// order, so the place is given back when it drops the event, whatever it did with it.
 pub struct Ticket(Arc<Shared>);
@@ -132,7 +154,9 @@ impl NodeHandle {
 
     /// Proposes a write on this node (which must be the leader) and waits for its answer.
     pub async fn propose(&self, command: Command, mode: WriteMode) -> Result<WriteOk, WriteError> {
+        let m = crate::metrics::metrics();
         if !self.shared.admit() {
+            m.proposals_failed.inc();
             return Err(WriteError::Overloaded);
         }
         let ticket = Ticket(self.shared.clone());
@@ -143,16 +167,15 @@ impl NodeHandle {
             reply,
             ticket,
         }) {
+            m.proposals_failed.inc();
             return Err(WriteError::ShuttingDown);
         }
-        // The loop always answers, unless it stops, in which case the outcome is not known.
-        let m = crate::metrics::metrics();
-        m.proposals_pending.inc();
+        // The loop always answers, unless it stops, in which case the outcome is not known. A
+        // caller that gives up (a timeout drops this future) is counted as failed too.
+        Pending::start();
+        let mut pending = Pending { done: false };
         let out = rx.await.unwrap_or(Err(WriteError::OutcomeUnknown));
-        m.proposals_pending.dec();
-        if out.is_err() {
-            m.proposals_failed.inc();
-        }
+        pending.done = out.is_ok();
         out
     }
 

@@ -22,13 +22,20 @@ pub(super) struct Heartbeats {
 }
 
 impl Heartbeats {
-    /// Notes the heartbeats among `msgs` (the first unanswered one to a peer counts).
+    /// Notes the heartbeats among `msgs`. The latest one sent to a peer is the one timed (a
+    /// response does not say which heartbeat it answers; timing the first unanswered one would
+    /// count a whole outage as one round trip).
     pub(super) fn sending(&mut self, msgs: &[Message], now: Instant) {
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgHeartbeat {
-                self.sent.entry(m.to).or_insert(now);
+                self.sent.insert(m.to, now);
             }
         }
+    }
+
+    /// Forgets what was sent (this node no longer leads).
+    pub(super) fn clear(&mut self) {
+        self.sent.clear();
     }
 
     /// A heartbeat response from `from`: its round trip.
@@ -50,11 +57,13 @@ impl Heartbeats {
 impl<O: Outbox> Driver<O> {
     /// On the leader: each follower's match and applied lag, in entries; elsewhere the families
     /// are emptied (only the leader knows them).
-    pub(super) fn export_lags(&self) {
+    pub(super) fn export_lags(&mut self) {
         let m = metrics();
+        // Rebuilt each time: a member removed (or a leadership lost) leaves no stale series.
+        m.peer_match_lag.clear();
+        m.peer_applied_lag.clear();
         if self.raw.raft.state != StateRole::Leader {
-            m.peer_match_lag.clear();
-            m.peer_applied_lag.clear();
+            self.heartbeats.clear();
             return;
         }
         let last = self.raw.raft.raft_log.last_index();

@@ -239,8 +239,13 @@ impl<O: Outbox> Driver<O> {
                 self.reads.reissue(&mut self.raw);
             }
             self.maybe_compact()?;
-            self.shared
-                .set_term_commit(self.raw.raft.term, self.raw.raft.raft_log.committed);
+            let (before, commit) = (self.shared.commit(), self.raw.raft.raft_log.committed);
+            if commit > before {
+                crate::metrics::metrics()
+                    .proposals_committed
+                    .inc_by(commit - before);
+            }
+            self.shared.set_term_commit(self.raw.raft.term, commit);
         }
     }
 

@@ -120,6 +120,7 @@ impl Shared {
     /// Counts a request refused as overloaded.
     pub fn count_overloaded(&self) {
         self.overloaded.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().overloaded.inc();
     }
 
     /// Requests refused as overloaded since the start.

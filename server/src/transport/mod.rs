@@ -292,10 +292,28 @@ impl Transport {
     }
 
     fn record_peer_http(&self, id: u64, addr: String) {
+        if !plausible_addr(&addr) {
+            tracing::warn!(
+                peer = id,
+                "a peer announced an HTTP address that is not host:port; ignored"
+            );
+            return;
+        }
         if let Ok(mut m) = self.inner.peer_http.write() {
             m.insert(id, addr);
         }
     }
+}
+
+/// Whether `addr` looks like `host:port` (letters, digits, `.-_:[]`, at most 255 bytes): what
+/// a peer announces is shown to clients and rendered by the dashboard.
+pub fn plausible_addr(addr: &str) -> bool {
+    !addr.is_empty()
+        && addr.len() <= 255
+        && addr.contains(':')
+        && addr
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
 }
 
 /// One peer's ordered outbound queue, for senders that must not drop frames.
@@ -332,6 +350,23 @@ mod tests {
             false
         }
         fn peer_wiped(&self, _: u64) {}
+    }
+
+    #[test]
+    fn only_host_port_addresses_are_plausible() {
+        for ok in ["127.0.0.1:7001", "keel-1.example:443", "[::1]:7001"] {
+            assert!(plausible_addr(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "no-port",
+            "<img src=x onerror=alert(1)>:1",
+            "a b:1",
+            "x\":1",
+            &format!("{}:1", "a".repeat(300)),
+        ] {
+            assert!(!plausible_addr(bad), "{bad}");
+        }
     }
 
     /// A node answered from outside the address book, once the book names it, gives its place
