@@ -105,6 +105,11 @@ impl History {
         self.after.load(Ordering::Acquire)
     }
 
+    /// Publishes a start written by [`ApplyBatch::trim_history`] (once the batch is written).
+    pub(super) fn trimmed_to(&self, to: u64) {
+        self.after.fetch_max(to, Ordering::AcqRel);
+    }
+
     /// After a snapshot install: the log now starts after `after` (the history that came with
     /// the snapshot).
     pub fn restart_after(&self, after: u64) {
@@ -166,9 +171,15 @@ impl StateMachine {
         &self.history
     }
 
-    /// Reads up to about `max` changes made after index `after` (whole entries: an entry's
-    /// changes are never split across pages), from one snapshot.
-    pub fn read_history(&self, after: u64, max: usize) -> Result<HistoryPage, StorageError> {
+    /// Reads the changes made after index `after`, from one snapshot, until about `max` changes
+    /// or `max_bytes` of keys and values are read (whole entries: an entry's changes are never
+    /// split across pages).
+    pub fn read_history(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, StorageError> {
         let snap = self.db.snapshot();
         let meta_cf = cf(&self.db, CF_META)?;
         let applied = meta::applied_through(|k| snap.get_cf(meta_cf, k))?.0;
@@ -183,6 +194,7 @@ impl StateMachine {
             return Ok(page);
         }
         let start = index_key(after.saturating_add(1));
+        let mut bytes = 0usize;
         let iter = snap.iterator_cf(
             cf(&self.db, CF_CHANGES)?,
             IteratorMode::From(&start, Direction::Forward),
@@ -190,12 +202,13 @@ impl StateMachine {
         for item in iter {
             let (k, v) = item.map_err(rocks("read the change log"))?;
             let change = Change::decode(&k, &v)?;
-            if page.changes.len() >= max
+            if (page.changes.len() >= max || bytes >= max_bytes)
                 && page.changes.last().is_some_and(|l| l.index != change.index)
             {
                 page.through = page.changes.last().map_or(after, |l| l.index);
                 break;
             }
+            bytes += change.size();
             page.changes.push(change);
         }
         Ok(page)
@@ -267,10 +280,5 @@ impl ApplyBatch<'_> {
             .delete_range_cf(log, index_key(0), index_key(to.saturating_add(1)));
         meta::put_history_after(self.db, &mut self.batch, to)?;
         Ok(Some(to))
-    }
-
-    /// Publishes a start written by [`ApplyBatch::trim_history`].
-    pub(super) fn history_trimmed(history: &History, to: u64) {
-        history.after.fetch_max(to, Ordering::AcqRel);
     }
 }

@@ -389,3 +389,29 @@ fn list_by_prefix_in_order_with_paging() {
     assert!(!page.more);
     assert_eq!(sm.list("", None, 100).unwrap().value.items.len(), 5);
 }
+
+/// The change log is read in pages of whole entries, cut by count or by bytes (a watcher far
+/// behind over large values reads a page of about the budget, not 256 large values).
+#[test]
+fn history_pages_are_whole_entries_cut_by_count_or_bytes() {
+    let (_d, sm) = open();
+    let mut b = sm.batch();
+    let big = Bytes::from(vec![b'v'; 10_000]);
+    for i in 1..=20u64 {
+        let op = Op::Put(PutOp {
+            key: format!("k{i:02}"),
+            value: big.clone(),
+            ..Default::default()
+        });
+        b.apply(i, 1, &cmd(op)).unwrap();
+    }
+    b.commit().unwrap();
+    let all = sm.read_history(0, 256, usize::MAX).unwrap();
+    assert_eq!((all.changes.len(), all.through), (20, 20));
+    let few = sm.read_history(0, 5, usize::MAX).unwrap();
+    assert_eq!((few.changes.len(), few.through), (5, 5));
+    let small = sm.read_history(0, 256, 25_000).unwrap();
+    assert_eq!((small.changes.len(), small.through), (3, 3));
+    let next = sm.read_history(small.through, 256, 25_000).unwrap();
+    assert_eq!(next.changes.first().map(|c| c.index), Some(4));
+}

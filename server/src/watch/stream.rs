@@ -18,7 +18,7 @@ use keel_api::watch::{ChangeEvent, CutoffEvent, ProgressEvent};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::feed::{Feed, FeedRead, Group};
+use super::feed::{Feed, FeedRead};
 use super::registry::Registration;
 use crate::proto::ChangeKind;
 use crate::sm::{Change, StateMachine};
@@ -26,6 +26,10 @@ use crate::storage::StorageError;
 
 /// Entries read from the feed, or changes from the change log, per chunk.
 const PAGE: usize = 256;
+/// Bytes of changes (read from the change log) or of events (formatted) per chunk, about: a
+/// chunk ends at the first entry boundary past it, so that a watcher far behind over large
+/// values holds a chunk of this order, not a page of them.
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Which keys a watcher follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,18 +174,19 @@ impl Watcher {
                     self.caught_up = false;
                     // RocksDB reads block: off the async workers, one page at a time.
                     let (sm, position) = (self.sm.clone(), self.position);
-                    let page = tokio::task::spawn_blocking(move || sm.read_history(position, PAGE))
-                        .await
-                        .map_err(|e| StorageError::Corrupt {
-                            what: "change log read",
-                            detail: e.to_string(),
-                        })??;
+                    let page = tokio::task::spawn_blocking(move || {
+                        sm.read_history(position, PAGE, CHUNK_BYTES)
+                    })
+                    .await
+                    .map_err(|e| StorageError::Corrupt {
+                        what: "change log read",
+                        detail: e.to_string(),
+                    })??;
                     if page.history_after > self.position {
                         self.done = true;
                         return Ok(Some(self.cutoff("compacted")));
                     }
-                    let changes: Vec<&Change> = page.changes.iter().collect();
-                    self.format_run(&changes, &mut out);
+                    self.format_run(&page.changes, &mut out);
                     self.position = self.position.max(page.through);
                     // A long scan of changes this watcher does not want still says how far it
                     // got, so that its client neither takes it for dead nor starts over.
@@ -192,10 +197,17 @@ impl Watcher {
                 FeedRead::Groups { groups, through } => {
                     self.live = true;
                     self.caught_up = groups.len() < PAGE;
-                    for g in &groups {
-                        self.format_group(g, &mut out);
+                    let mut reached = through;
+                    for (i, g) in groups.iter().enumerate() {
+                        self.format_run(&g.changes, &mut out);
+                        if out.len() >= CHUNK_BYTES && i + 1 < groups.len() {
+                            // Full: the rest on the next call.
+                            reached = g.index;
+                            self.caught_up = false;
+                            break;
+                        }
                     }
-                    self.position = self.position.max(through);
+                    self.position = self.position.max(reached);
                     if out.is_empty() && groups.is_empty() {
                         if !self.wait().await {
                             return Ok(None);
@@ -226,18 +238,12 @@ impl Watcher {
         }
     }
 
-    fn format_group(&mut self, g: &Group, out: &mut String) {
-        let changes: Vec<&Change> = g.changes.iter().collect();
-        self.format_run(&changes, out);
-    }
-
     /// Formats the matching changes of whole entries, in order. Each event's id is its index,
     /// except inside an entry whose later changes also match: `index.place`, so that a
     /// connection cut between them resumes at the next one.
-    fn format_run(&mut self, changes: &[&Change], out: &mut String) {
+    fn format_run(&mut self, changes: &[Change], out: &mut String) {
         let matching: Vec<&Change> = changes
             .iter()
-            .copied()
             .filter(|c| c.index > self.position)
             .filter(|c| match self.skip {
                 Some((index, place)) if c.index == index => c.place > place,
