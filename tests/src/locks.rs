@@ -400,22 +400,21 @@ pub fn nemesis(c: &mut Cluster, seed: u64, until: Instant, log: &mut Vec<String>
     }
 }
 
-/// Runs the lock workload under the nemesis and checks it.
-pub fn run(opts: LockRun) -> LockReport {
-    let bin = match opts.planted {
+/// The cluster the lock and watch workloads run on: 3 nodes with proxied peer links (in
+/// network namespaces when available), the planted-bug build when `planted` names a bug.
+pub fn workload_cluster(planted: Option<&str>) -> Cluster {
+    let bin = match planted {
         Some(_) => crate::suite::planted_bin(),
         None => crate::keel_bin(),
     };
-    let env: Vec<(&str, &str)> = opts
-        .planted
+    let env: Vec<(&str, &str)> = planted
         .map(|b| vec![("KEEL_PLANTED_BUG", b)])
         .unwrap_or_default();
-    let netns = crate::netns::NetnsNet::available();
-    let mut c = match Cluster::launch_spec(Spec {
+    match Cluster::launch_spec(Spec {
         nodes: 3,
         extra: &["--read-timeout", "2s"],
         proxied: true,
-        netns,
+        netns: crate::netns::NetnsNet::available(),
         bin,
         env: &env,
         power_disks: false,
@@ -424,7 +423,12 @@ pub fn run(opts: LockRun) -> LockReport {
     }) {
         Ok(c) => c,
         Err(e) => panic!("cannot start the cluster: {e}"),
-    };
+    }
+}
+
+/// Runs the lock workload under the nemesis and checks it.
+pub fn run(opts: LockRun) -> LockReport {
+    let mut c = workload_cluster(opts.planted);
     let leader = c.wait_for_leader();
     // The granted TTL: the cluster's minimum (twice the election timeout).
     let r = c

@@ -15,7 +15,6 @@ use keel_client::{Client, Error, WatchKind, WatchOptions};
 use serde_json::{json, Value};
 
 use crate::http::Http;
-use crate::{Cluster, Spec};
 
 /// A change as a watcher saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,28 +300,7 @@ fn watcher(
 
 /// Runs the watch workload under the nemesis and checks it.
 pub fn run(opts: WatchRun) -> WatchReport {
-    let bin = match opts.planted {
-        Some(_) => crate::suite::planted_bin(),
-        None => crate::keel_bin(),
-    };
-    let env: Vec<(&str, &str)> = opts
-        .planted
-        .map(|b| vec![("KEEL_PLANTED_BUG", b)])
-        .unwrap_or_default();
-    let mut c = match Cluster::launch_spec(Spec {
-        nodes: 3,
-        extra: &["--read-timeout", "2s"],
-        proxied: true,
-        netns: crate::netns::NetnsNet::available(),
-        bin,
-        env: &env,
-        power_disks: false,
-        client_cuts: false,
-        secure: false,
-    }) {
-        Ok(c) => c,
-        Err(e) => panic!("cannot start the cluster: {e}"),
-    };
+    let mut c = crate::locks::workload_cluster(opts.planted);
     let leader = c.wait_for_leader();
     let r = c.put(leader, "wl/start", b"0").expect("the first write");
     let from = r.json()["index"].as_u64().expect("index");

@@ -224,7 +224,7 @@ impl<'a> ApplyBatch<'a> {
             .write_opt(self.batch, &opts)
             .map_err(rocks("apply batch"))?;
         if let Some(to) = trimmed {
-            ApplyBatch::history_trimmed(self.history, to);
+            self.history.trimmed_to(to);
         }
         Ok(Some((applied, applied_term)))
     }
