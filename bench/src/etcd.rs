@@ -91,6 +91,13 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<i32> {
+        self.children.iter().map(|c| c.id() as i32).collect()
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -88,6 +88,11 @@ pub struct Spec {
     pub keys: u64,
     /// Value size.
     pub value_size: usize,
+    /// Operations per second offered in all (spread over the clients), or None: as fast as
+    /// the answers come (closed loop).
+    pub rate: Option<f64>,
+    /// The processes of the system under load, whose CPU time is counted.
+    pub pids: Vec<i32>,
 }
 
 /// Figures of one run.
@@ -121,6 +126,9 @@ pub struct RunResult {
     pub errors: u64,
     /// Successful operations.
     pub ops: u64,
+    /// CPU time (user + system) of the system's processes per 1,000 successful operations, in
+    /// milliseconds, over the measured time (None: no processes given, or unreadable).
+    pub cpu_ms_per_1k: Option<f64>,
 }
 
 fn b64(s: &[u8]) -> String {
@@ -270,7 +278,19 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut errors = 0u64;
             let mut rng = rand::rngs::StdRng::from_entropy();
+            // At a fixed rate each client sends every `clients / rate` seconds (not faster than
+            // its answers come); a client behind its schedule does not burst to catch up.
+            let interval = spec
+                .rate
+                .filter(|r| *r > 0.0)
+                .map(|r| Duration::from_secs_f64(spec.clients as f64 / r));
+            let mut next = tokio::time::Instant::now()
+                + interval.map_or(Duration::ZERO, |i| i.mul_f64(rng.gen_range(0.0..1.0)));
             while !stop.load(Ordering::Relaxed) {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next).await;
+                    next = (next + i).max(tokio::time::Instant::now());
+                }
                 let (m, addr, path, body) = request(&spec, &mut rng, &value);
                 let t = Instant::now();
                 let ok = matches!(send(&http, m, &addr, &path, body).await, Ok(s) if s < 300 || s == 404);
@@ -289,6 +309,7 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
     tokio::time::sleep(spec.warmup).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_before = crate::procfs::total_cpu_secs(&spec.pids);
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(spec.duration.as_millis() as u64);
         b.set_style(
@@ -311,6 +332,7 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
     }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = crate::procfs::total_cpu_secs(&spec.pids);
     stop.store(true, Ordering::Relaxed);
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -342,13 +364,19 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
         max_ms: hist.max() as f64 / 1000.0,
         errors,
         ops: hist.len(),
+        cpu_ms_per_1k: match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if !spec.pids.is_empty() && !hist.is_empty() => {
+                Some((a - b) * 1000.0 * 1000.0 / hist.len() as f64)
+            }
+            _ => None,
+        },
     }
 }
 
 /// A table row.
 pub fn row(r: &RunResult) -> String {
     format!(
-        "| {} | {} | {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+        "| {} | {} | {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
         r.label,
         r.system,
         r.workload,
@@ -360,9 +388,11 @@ pub fn row(r: &RunResult) -> String {
         r.p90_ms,
         r.p99_ms,
         r.max_ms,
-        r.errors
+        r.errors,
+        r.cpu_ms_per_1k
+            .map_or("-".to_string(), |c| format!("{c:.0}"))
     )
 }
 
 /// The table header matching [`row`].
-pub const HEADER: &str = "| run | system | workload | mode | reads | clients | ops/s | p50 ms | p90 ms | p99 ms | max ms | errors |\n| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+pub const HEADER: &str = "| run | system | workload | mode | reads | clients | ops/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU ms / 1,000 ops |\n| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";

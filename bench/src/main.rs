@@ -14,6 +14,7 @@
 mod etcd;
 mod load;
 mod plot;
+mod procfs;
 mod watch;
 
 use std::io::{Read, Write};
@@ -113,6 +114,14 @@ struct RunArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Offer this many operations per second in all (spread over the clients) instead of as
+    /// many as the answers allow.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Process ids of the nodes (comma-separated), whose CPU time per 1,000 operations is
+    /// reported.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<i32>,
 }
 
 fn spec(
@@ -135,6 +144,8 @@ fn spec(
         warmup: c.warmup,
         keys: c.keys,
         value_size: c.value_size,
+        rate: None,
+        pids: Vec::new(),
     }
 }
 
@@ -220,6 +231,12 @@ async fn compare(c: &Common) -> Result<Compared, String> {
     keel.wait_for_leader();
     let ks = System::Keel(keel.endpoints());
     let es = System::Etcd(etcd.endpoints.clone());
+    let keel_pids: Vec<i32> = keel.nodes.iter().filter_map(|n| n.pid()).collect();
+    let etcd_pids = etcd.pids();
+    let pids = |s: &System| match s {
+        System::Keel(_) => keel_pids.clone(),
+        System::Etcd(_) => etcd_pids.clone(),
+    };
     let http = load::http(c.clients);
     load::preload(&http, &ks, c.keys, c.value_size).await?;
     load::preload(&http, &es, c.keys, c.value_size).await?;
@@ -243,14 +260,20 @@ async fn compare(c: &Common) -> Result<Compared, String> {
     for (name, w, stale, clients) in cases {
         let k = load::run(
             &http,
-            &spec(c, &format!("keel: {name}"), &ks, w, "semi", stale, clients),
+            &Spec {
+                pids: pids(&ks),
+                ..spec(c, &format!("keel: {name}"), &ks, w, "semi", stale, clients)
+            },
             true,
         )
         .await;
         eprintln!("{}", load::row(&k));
         let e = load::run(
             &http,
-            &spec(c, &format!("etcd: {name}"), &es, w, "semi", stale, clients),
+            &Spec {
+                pids: pids(&es),
+                ..spec(c, &format!("etcd: {name}"), &es, w, "semi", stale, clients)
+            },
             true,
         )
         .await;
@@ -264,7 +287,10 @@ async fn compare(c: &Common) -> Result<Compared, String> {
             let label = format!("{} writes, {clients} clients", system.name());
             let r = load::run(
                 &http,
-                &spec(c, &label, system, Workload::Write, "semi", false, clients),
+                &Spec {
+                    pids: pids(system),
+                    ..spec(c, &label, system, Workload::Write, "semi", false, clients)
+                },
                 true,
             )
             .await;
@@ -345,10 +371,14 @@ fn write_modes(out: &Path, results: &ModesResults) -> String {
 
 fn write_compare(out: &Path, c: &Compared) -> String {
     let mut md = String::from("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member.\n\n");
-    md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel | keel CPU ms / 1,000 ops | etcd CPU ms / 1,000 ops | CPU keel/etcd |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let cpu = |r: &RunResult| {
+        r.cpu_ms_per_1k
+            .map_or("-".to_string(), |c| format!("{c:.0}"))
+    };
     for (name, k, e) in &c.pairs {
         md.push_str(&format!(
-            "| {name} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
+            "| {name} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             k.clients,
             k.throughput,
             e.throughput,
@@ -357,7 +387,13 @@ fn write_compare(out: &Path, c: &Compared) -> String {
             e.p50_ms,
             k.p99_ms,
             e.p99_ms,
-            ratio(e.p99_ms, k.p99_ms)
+            ratio(e.p99_ms, k.p99_ms),
+            cpu(k),
+            cpu(e),
+            ratio(
+                k.cpu_ms_per_1k.unwrap_or(0.0),
+                e.cpu_ms_per_1k.unwrap_or(0.0)
+            )
         ));
     }
     let names: Vec<String> = c
@@ -479,6 +515,8 @@ async fn main() {
                     warmup: a.warmup,
                     keys: a.keys,
                     value_size: a.value_size,
+                    rate: a.rate,
+                    pids: a.pids.clone(),
                 };
                 let r = load::run(&http, &s, true).await;
                 println!("{}", load::row(&r));

@@ -6,14 +6,15 @@
 //! its event on a watcher of that follower, with and without the idle watchers attached, and the
 //! follower's CPU time per 1,000 writes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_client::http::{HttpClient, HttpOptions, StreamingResponse};
 use keel_tests::http::Http;
 use keel_tests::watch::change;
 use keel_tests::Cluster;
+
+use crate::procfs::{cpu_secs, rss_kib};
 
 /// Settings of the watch benchmark.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,38 +30,21 @@ pub struct WatchArgs {
     pub duration: Duration,
 }
 
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// User + system CPU time of a process, in seconds.
-fn cpu_secs(pid: i32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-/// Opens one idle watcher (plain HTTP) and waits for its opening event.
-fn idle_watcher(addr: &str) -> Option<TcpStream> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let req = format!("GET /v1/watch?prefix=idle/ HTTP/1.1\r\nhost: {addr}\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
+/// Opens one idle watcher through keel's HTTP stack and waits for its opening event.
+async fn idle_watcher(http: &HttpClient, addr: &str) -> Option<StreamingResponse> {
+    let mut s = http
+        .stream(addr, "/v1/watch?prefix=idle/", &[])
+        .await
+        .ok()?;
+    if s.status != 200 {
+        return None;
+    }
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    // Bounded: at most 16 reads for the headers and the first event.
+    // Bounded: at most 16 pieces before the first event.
     for _ in 0..16 {
-        let n = s.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        got.extend_from_slice(&buf[..n]);
-        if got.windows(14).any(|w| w == b"event: progres") {
+        let piece = s.chunk(Duration::from_secs(10)).await.ok()??;
+        got.extend_from_slice(&piece);
+        if got.windows(15).any(|w| w == b"event: progress") {
             return Some(s);
         }
     }
@@ -197,7 +181,17 @@ pub fn run(a: &WatchArgs) -> String {
     let before = rss_kib(pid).unwrap_or(0);
     let opened_at = Instant::now();
     let addr = c.http_addr(follower);
-    let idle: Vec<TcpStream> = (0..a.idle).filter_map(|_| idle_watcher(&addr)).collect();
+    let streams = HttpClient::new(HttpOptions::default());
+    // In keel-bench's blocking task: the streams' connections run on the runtime.
+    let idle: Vec<StreamingResponse> = tokio::runtime::Handle::current().block_on(async {
+        let mut open = Vec::with_capacity(a.idle);
+        for _ in 0..a.idle {
+            if let Some(s) = idle_watcher(&streams, &addr).await {
+                open.push(s);
+            }
+        }
+        open
+    });
     let after = rss_kib(pid).unwrap_or(0);
     md.push_str(&format!(
         "\n### {} idle watchers on the follower\n\nOpened in {:.1} s; the follower's resident memory {} KiB → {} KiB: {:.1} KiB per idle watcher (connection included).\n\n{header}\n",

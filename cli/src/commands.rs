@@ -11,7 +11,7 @@ use keel_client::http::{HttpClient, HttpOptions};
 use keel_client::{Client, Consistency, Error, Mode, PutOptions};
 use serde_json::json;
 
-use crate::args::Endpoints;
+use crate::opts::Endpoints;
 
 /// How long `keel health` waits for an answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);

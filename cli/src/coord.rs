@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use keel_client::{Client, Election, Error, LeaseLoss};
 use serde_json::json;
 
-use crate::args::Endpoints;
+use crate::opts::Endpoints;
 
 /// `keel lease ...`
 #[derive(Args, Debug)]

@@ -2,7 +2,8 @@
 //! `keel get`, `put`, ... and `keel demo` talk to one through `keel-client`.
 //!
 //! # Layout
-//! - `args.rs`: the command line;
+//! - `args.rs`: the command line; `opts.rs`: the options the subcommands share (endpoints,
+//!   token, TLS; the local cluster's flags);
 //! - `commands.rs`: the client commands; `coord.rs`: `keel lease`, `keel lock`, `keel elect`;
 //! - `demo/`: the correctness demonstrations;
 //! - `launcher.rs`: the local cluster of child processes (`keel cluster`, `keel demo --local`);
@@ -18,6 +19,7 @@ mod coord;
 mod demo;
 mod join;
 mod launcher;
+mod opts;
 mod watch;
 
 use clap::Parser;

@@ -7,7 +7,7 @@ use clap::Args;
 use keel_client::{Error, WatchKind, WatchOptions};
 use serde_json::json;
 
-use crate::args::Endpoints;
+use crate::opts::Endpoints;
 
 /// `keel watch PREFIX`
 #[derive(Args, Debug)]

@@ -113,14 +113,19 @@ pub struct WatchEvent {
 
 /// A watch in progress: call [`Watch::next`] for each event.
 pub struct Watch {
+    /// Where the members are, and the HTTP stack to reach them.
     client: Client,
     /// The query without its start (`prefix=...` or `key=...`, and `progress_ms`).
     query: String,
+    /// Where the first connection starts (None: now).
     from_index: Option<u64>,
     /// The id of the last event handed out (or of the cutoff that ended a stream).
     resume: Option<String>,
+    /// The open stream, if any.
     conn: Option<StreamingResponse>,
+    /// Splits the stream into events (keeps a partial event across reads).
     parser: SseParser,
+    /// Events parsed but not yet handed out.
     ready: VecDeque<WatchEvent>,
     /// Longest silence before the connection is taken for dead (three progress periods).
     idle: Duration,

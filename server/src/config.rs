@@ -107,6 +107,10 @@ pub struct ServerArgs {
     /// are answered 503 `overloaded` with `Retry-After` (and counted in /metrics).
     #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
+    /// Writes forwarded by other nodes that this node (as leader) serves at once; more are
+    /// refused at once as 503 `overloaded` (counted), without a task each.
+    #[arg(long, env = "KEEL_MAX_FORWARDED", default_value_t = crate::forward::MAX_FORWARDED_WRITES)]
+    pub max_forwarded: usize,
     /// The token this node presents when it asks a member to add it (`--join`; admin role).
     #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub peer_unreachable: Family<PeerLabels, Counter>,
     /// Frames to a peer dropped because its queue was full.
     pub peer_dropped: Family<PeerLabels, Counter>,
+    /// Raft messages from peers dropped because the Ready loop's inbox of them was full.
+    pub raft_inbox_dropped: Counter,
     /// Set at scrape time: the applied index.
     pub applied_index: Gauge,
     /// Set at scrape time: the commit index.
@@ -159,6 +161,7 @@ impl Metrics {
             peer_applied_lag: Family::default(),
             peer_unreachable: Family::default(),
             peer_dropped: Family::default(),
+            raft_inbox_dropped: Counter::default(),
             applied_index: Gauge::default(),
             commit_index: Gauge::default(),
             term: Gauge::default(),
@@ -256,6 +259,11 @@ impl Metrics {
             "peer_dropped_frames",
             "Frames to a peer dropped because its queue was full",
             m.peer_dropped.clone(),
+        );
+        r.register(
+            "raft_inbox_dropped",
+            "Raft messages from peers dropped because the Ready loop's inbox of them was full",
+            m.raft_inbox_dropped.clone(),
         );
         r.register(
             "applied_index",
@@ -402,6 +410,7 @@ mod tests {
             "keel_peer_applied_lag_entries",
             "keel_peer_unreachable_total",
             "keel_peer_dropped_frames_total",
+            "keel_raft_inbox_dropped_total",
             "keel_raft_queue_depth",
             "keel_leases",
             "keel_locks_held",

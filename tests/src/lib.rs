@@ -20,6 +20,7 @@ use serde_json::Value;
 
 pub mod checker;
 mod cluster;
+pub mod coord;
 mod faults;
 pub mod history;
 pub mod http;

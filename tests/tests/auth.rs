@@ -263,7 +263,9 @@ fn tokens_decide_who_may_do_what_and_refusals_change_nothing() {
     // Administrative endpoints need the admin role.
     let add = json!({"id": 9, "peer_addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2"}).to_string();
     let remove = format!("/v1/cluster/members/{follower}");
+    let promote = format!("/v1/cluster/members/{follower}/promote");
     let admin_calls = [
+        ("POST", promote.as_str(), None),
         ("POST", "/v1/cluster/members", Some(add.as_str())),
         ("POST", "/v1/cluster/transfer-leader", Some("")),
         ("DELETE", remove.as_str(), None),

@@ -196,3 +196,75 @@ fn overload_is_answered_503_overloaded_with_retry_after_and_loses_nothing() {
         "refusals counted in /metrics: {counted}"
     );
 }
+
+#[test]
+fn forwarded_writes_past_the_leaders_bound_are_refused_at_once_and_lose_nothing() {
+    // The leader serves at most 2 forwarded writes at once. `sync` writes wait for every
+    // replica, and one follower is paused, so the first two forwarded ones hold their places
+    // until they time out; the others must be refused at once, not queued as tasks.
+    let mut c = Cluster::start_with(3, &["--max-forwarded", "2"]);
+    let leader = c.wait_for_leader();
+    let others = c.others(&[leader]);
+    let (via, paused) = (others[0], others[1]);
+    c.pause(paused);
+    let addr = c.http_addr(via);
+    let results: Vec<(String, u16, Option<String>, bool, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    let http = keel_tests::http::Http::new(
+                        Duration::from_secs(2),
+                        Duration::from_secs(30),
+                    );
+                    let key = format!("f{t}");
+                    let path = format!("/v1/kv/{key}?mode=sync");
+                    let started = Instant::now();
+                    let r = http
+                        .send(&addr, "PUT", &path, &[], Some(b"v"))
+                        .expect("the follower answers");
+                    let retry = r.headers.contains_key("retry-after");
+                    (key, r.status, r.error_code(), retry, started.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer thread"))
+            .collect()
+    });
+    c.resume(paused);
+    for r in &results {
+        eprintln!("{} → {} {:?} after {:?}", r.0, r.1, r.2, r.4);
+    }
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|r| r.2.as_deref() == Some("overloaded"))
+        .collect();
+    let served = results.len() - refused.len();
+    assert!(
+        served <= 2,
+        "the leader served {served} forwarded writes at once: {results:?}"
+    );
+    assert!(
+        refused.len() >= 6,
+        "8 writes against a bound of 2: {results:?}"
+    );
+    for r in &refused {
+        assert_eq!(r.1, 503);
+        assert!(r.3, "503 overloaded without Retry-After");
+    }
+    // Nothing refused was applied; what was served is there.
+    let leader = c.wait_for_leader();
+    for (key, status, code, _, _) in &results {
+        let got = wait_until(Duration::from_secs(30), "a read", || {
+            let r = c.get(leader, key).ok()?;
+            (r.status != 503).then_some(r.status)
+        });
+        match (status, code.as_deref()) {
+            (503, Some("overloaded")) => assert_eq!(got, 404, "refused {key} was applied"),
+            (200, _) => assert_eq!(got, 200, "acknowledged {key} lost"),
+            _ => {}
+        }
+    }
+}

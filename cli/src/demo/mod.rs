@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use keel_client::{Client, Error, Mode};
 
-use crate::args::{ClusterArgs, Endpoints};
 use crate::launcher::LocalCluster;
+use crate::opts::{ClusterArgs, Endpoints};
 
 mod bank;
 pub mod cron;

@@ -10,7 +10,7 @@ use keel_api::cluster::Status;
 use keel_client::http::{HttpClient, HttpOptions};
 use tokio::process::{Child, Command};
 
-use crate::args::ClusterArgs;
+use crate::opts::ClusterArgs;
 
 mod secure;
 

@@ -15,7 +15,7 @@
 mod router;
 mod serve;
 
-pub use router::Router;
+pub use router::{Router, MAX_FORWARDED_WRITES};
 
 tokio::task_local! {
     /// The id of the client request being served (set by the HTTP handler), carried with a

@@ -40,8 +40,9 @@ pub struct Router {
 pub const MAX_FORWARDED_WRITES: usize = 4096;
 
 impl Router {
-    /// Creates a router over this node and its transport.
-    pub fn new(node: NodeHandle, transport: Transport) -> Arc<Self> {
+    /// Creates a router over this node and its transport, serving at most `max_forwarded`
+    /// forwarded writes at once.
+    pub fn new(node: NodeHandle, transport: Transport, max_forwarded: usize) -> Arc<Self> {
         Arc::new(Router {
             node,
             transport,
@@ -49,7 +50,7 @@ impl Router {
             // Random, like read-index contexts: a reply the leader queued for this node's previous
             // process, delivered after a restart, must not match a new request's id.
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
-            serving: Arc::new(Semaphore::new(MAX_FORWARDED_WRITES)),
+            serving: Arc::new(Semaphore::new(max_forwarded)),
         })
     }
 

@@ -11,7 +11,8 @@ use crate::proto::{frame::Body, ForwardReply, ForwardRequest};
 
 impl Router {
     /// Serves a write another node forwarded, in a task of its own, or refuses it at once as
-    /// overloaded when [`super::router::MAX_FORWARDED_WRITES`] are being served.
+    /// overloaded when `--max-forwarded` (default [`super::router::MAX_FORWARDED_WRITES`]) are
+    /// being served.
     pub fn accept_forwarded(self: &Arc<Self>, from: u64, req: ForwardRequest) {
         match self.serving.clone().try_acquire_owned() {
             Ok(permit) => {

@@ -180,7 +180,13 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         advertise_http.clone(),
         incarnation,
         &peers,
-        Arc::new(wiring::RaftEvents(tx.clone())),
+        Arc::new(wiring::RaftEvents {
+            tx: tx.clone(),
+            inbox: crate::raft::inbox::Inbox::new(
+                crate::raft::inbox::MAX_MESSAGES,
+                crate::raft::inbox::MAX_BYTES,
+            ),
+        }),
         tls.clone(),
     );
     let outbox = wiring::PeerOutbox {
@@ -212,7 +218,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         &raft_logger(),
     )?;
     node.shared().set_max_queued(args.max_pending.max(1));
-    let router = Router::new(node.clone(), transport.clone());
+    let router = Router::new(node.clone(), transport.clone(), args.max_forwarded.max(1));
     let inbound = Arc::new(wiring::PeerFrames {
         node: node.clone(),
         router: router.clone(),

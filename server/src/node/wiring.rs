@@ -78,19 +78,29 @@ impl Outbox for PeerOutbox {
 }
 
 /// The transport's reports, as events of the Ready loop.
-pub(super) struct RaftEvents(pub(super) std::sync::mpsc::Sender<Event>);
+pub(super) struct RaftEvents {
+    /// The Ready loop's channel.
+    pub(super) tx: std::sync::mpsc::Sender<Event>,
+    /// The bound on peer messages waiting in it.
+    pub(super) inbox: Arc<crate::raft::inbox::Inbox>,
+}
 
 impl PeerEvents for RaftEvents {
     fn raft_message(&self, msg: Message) -> bool {
-        self.0.send(Event::Raft(Box::new(msg))).is_ok()
+        let Some(slot) = self.inbox.admit(&msg) else {
+            // Full: dropped (and counted); Raft sends it again. The connection stays.
+            tracing::debug!(from = msg.from, "raft inbox full; message dropped");
+            return true;
+        };
+        self.tx.send(Event::Raft(Box::new(msg), slot)).is_ok()
     }
 
     fn unreachable(&self, peer: u64) -> bool {
-        self.0.send(Event::Unreachable(peer)).is_ok()
+        self.tx.send(Event::Unreachable(peer)).is_ok()
     }
 
     fn peer_wiped(&self, peer: u64) {
-        let _ = self.0.send(Event::PeerWiped(peer));
+        let _ = self.tx.send(Event::PeerWiped(peer));
     }
 }
 

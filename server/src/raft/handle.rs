@@ -78,8 +78,8 @@ pub enum Event {
         /// Its place in the loop's queue.
         ticket: Ticket,
     },
-    /// A Raft message from a peer.
-    Raft(Box<Message>),
+    /// A Raft message from a peer, and its place in the bounded inbox of peer messages.
+    Raft(Box<Message>, super::inbox::Slot),
     /// The transport could not deliver to this peer.
     Unreachable(u64),
     /// A peer restarted with a new, empty data directory: its progress must start over.

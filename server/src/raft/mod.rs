@@ -28,6 +28,7 @@ use std::time::Duration;
 mod apply;
 pub mod guard;
 mod handle;
+pub mod inbox;
 mod leases;
 mod membership;
 mod observe;

@@ -275,7 +275,7 @@ impl<O: Outbox> Driver<O> {
                 }
             }
             Event::ReadIndex { reply, .. } => self.reads.push(reply),
-            Event::Raft(mut msg) => {
+            Event::Raft(mut msg, _slot) => {
                 let from = msg.from;
                 if let Err(why) = super::guard::admit_to(&mut msg, &self.raw.raft.raft_log) {
                     warn!(from, kind = ?msg.get_msg_type(), %why, "raft message refused");
@@ -528,13 +528,15 @@ impl<O: Outbox> Driver<O> {
     /// it: raft-rs still reads the entries it has not handed out), not to the state machine's
     /// index, which can be ahead after a snapshot install.
     fn maybe_compact(&mut self) -> Result<(), StorageError> {
-        let every = self.cfg.snapshot_entries;
         let (truncated, _) = self.raw.store().truncated();
-        let applied = self.raw.raft.raft_log.applied.min(self.applied);
-        if every == 0 || applied <= truncated + every {
+        let Some(to) = compaction_point(
+            self.cfg.snapshot_entries,
+            truncated,
+            self.raw.raft.raft_log.applied,
+            self.applied,
+        ) else {
             return Ok(());
-        }
-        let to = applied - every / 2;
+        };
         self.raw.mut_store().compact(to)?;
         debug!(to, "compacted the log");
         Ok(())
@@ -552,5 +554,34 @@ impl<O: Outbox> Driver<O> {
         if self.ticks.is_multiple_of(super::observe::LAG_EXPORT_TICKS) {
             self.export_lags();
         }
+    }
+}
+
+/// Where to compact the log to, if anywhere: half of `every` entries behind the applied index,
+/// once `every` entries are applied past the last compaction (`truncated`; `every` 0: never).
+/// The applied index is the lower of raft-rs's and this loop's: raft-rs may still hand out
+/// entries above its own applied index as committed (after a restart whose data is ahead of the
+/// log, the loop's index is the higher), and an entry compacted away there would stop it.
+fn compaction_point(every: u64, truncated: u64, raft_applied: u64, applied: u64) -> Option<u64> {
+    let applied = raft_applied.min(applied);
+    (every != 0 && applied > truncated + every).then(|| applied - every / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_point;
+
+    #[test]
+    fn the_log_is_compacted_only_below_what_raft_rs_has_applied() {
+        // Nothing before `every` entries are applied past the last compaction, nor with 0.
+        assert_eq!(compaction_point(100, 0, 100, 100), None);
+        assert_eq!(compaction_point(0, 0, 10_000, 10_000), None);
+        assert_eq!(compaction_point(100, 0, 101, 101), Some(51));
+        // The loop ahead of raft-rs (a restart with the data ahead of the log): raft-rs's index
+        // rules, and nothing it has yet to hand out is compacted away.
+        assert_eq!(compaction_point(100, 0, 150, 900), Some(100));
+        assert_eq!(compaction_point(100, 400, 450, 900), None);
+        // raft-rs ahead of the loop: the loop's.
+        assert_eq!(compaction_point(100, 0, 900, 150), Some(100));
     }
 }

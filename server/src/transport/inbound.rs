@@ -246,3 +246,50 @@ pub fn decode_after_hello(bytes: &[u8], from: u64, me: u64) -> Result<Decoded, S
         Some(body) => Ok(Decoded::Other(body)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raft_frame(kind: MessageType, from: u64, to: u64) -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = from;
+        m.to = to;
+        let raw = m.write_to_bytes().expect("encode a raft message");
+        Frame {
+            body: Some(Body::Raft(raw.into())),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_raft_message_must_name_the_connections_peer_and_this_node() {
+        // On the connection from member 2, to member 1.
+        let ok = raft_frame(MessageType::MsgAppend, 2, 1);
+        assert!(matches!(
+            decode_after_hello(&ok, 2, 1),
+            Ok(Decoded::Raft(m)) if m.from == 2
+        ));
+        // Claiming another sender (a member speaking for a third), or another receiver.
+        for (kind, from, to) in [
+            (MessageType::MsgAppend, 3, 1),
+            (MessageType::MsgRequestVote, 3, 1),
+            (MessageType::MsgHeartbeatResponse, 2, 3),
+            (MessageType::MsgAppend, 2, 0),
+        ] {
+            let err = decode_after_hello(&raft_frame(kind, from, to), 2, 1)
+                .err()
+                .unwrap_or_else(|| panic!("{kind:?} {from}→{to} let in"));
+            assert!(err.contains("on the connection from 2"), "{err}");
+        }
+        // raft-rs passes proposals and read indexes on with their first sender's id.
+        for kind in [MessageType::MsgPropose, MessageType::MsgReadIndex] {
+            assert!(decode_after_hello(&raft_frame(kind, 3, 1), 2, 1).is_ok());
+            assert!(decode_after_hello(&raft_frame(kind, 3, 4), 2, 1).is_err());
+        }
+        // A second Hello, or nothing.
+        let hello = Frame { body: None }.encode_to_vec();
+        assert!(decode_after_hello(&hello, 2, 1).is_err());
+    }
+}

@@ -41,13 +41,17 @@ impl Default for FeedLimits {
     }
 }
 
+/// The changes held, oldest first, and what they cover.
 struct Ring {
+    /// One group per applied entry that changed something, in index order.
     groups: VecDeque<Arc<Group>>,
     /// Every entry above this index (up to `head`) has its changes here.
     covers_after: u64,
     /// The applied index last published.
     head: u64,
+    /// Changes held (bounded by [`FeedLimits::max_changes`]).
     changes: usize,
+    /// Bytes of keys and values held (bounded by [`FeedLimits::max_bytes`]).
     bytes: usize,
 }
 
@@ -71,7 +75,9 @@ pub enum FeedRead {
 
 /// The in-memory feed of recent changes.
 pub struct Feed {
+    /// The changes; locked briefly by the publisher (the Ready loop) and by readers.
     ring: Mutex<Ring>,
+    /// How much the ring may hold before its oldest groups are dropped.
     limits: FeedLimits,
     /// The published applied index; watchers wait on it. Closed (sender gone) never: watchers
     /// end on `closed`.

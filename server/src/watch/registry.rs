@@ -23,7 +23,10 @@ const DISPATCH_PAGE: usize = 1024;
 /// A watcher's wake-up: a flag (a matching change may be in the feed) and a notification.
 #[derive(Default)]
 pub struct Signal {
+    /// Raised by the dispatcher, cleared by the watcher before it reads: a raise between the
+    /// read and the wait is not lost.
     flag: AtomicBool,
+    /// Wakes the watcher's task.
     notify: Notify,
 }
 
@@ -45,9 +48,13 @@ impl Signal {
 }
 
 #[derive(Default)]
+/// The watchers by what they watch.
 struct Index {
+    /// The id of the next registration (to find it again when it leaves).
     next_id: u64,
+    /// Watchers of one key, by that key.
     keys: HashMap<String, Vec<(u64, Arc<Signal>)>>,
+    /// Watchers of a prefix, by that prefix.
     prefixes: HashMap<String, Vec<(u64, Arc<Signal>)>>,
     /// The lengths of the watched prefixes (length → how many prefixes have it): a change looks
     /// up only these prefixes of its key, not all of them (hashing every prefix of a 4 KiB key
@@ -89,6 +96,7 @@ impl Index {
 
 /// The watchers of a node and the index up to which they have been signalled.
 pub struct Registry {
+    /// The watchers; locked by registrations, departures and the dispatcher.
     index: Mutex<Index>,
     /// Every change up to this index has been signalled to the watchers it matches.
     dispatched: AtomicU64,
@@ -96,8 +104,11 @@ pub struct Registry {
 
 /// A watcher's place in the registry; leaves it when dropped.
 pub struct Registration {
+    /// Where to leave from.
     registry: Arc<Registry>,
+    /// Its id in the registry.
     id: u64,
+    /// Its bucket in the registry.
     filter: Filter,
     /// The watcher's wake-up.
     pub signal: Arc<Signal>,

@@ -82,10 +82,15 @@ impl Start {
 
 /// One watcher's state.
 pub struct Watcher {
+    /// The change log, read when the watcher is behind the feed.
     sm: StateMachine,
+    /// Recent changes, read when the watcher is within them.
     feed: Arc<Feed>,
+    /// The key or prefix watched.
     filter: Filter,
+    /// Every change up to this index has been sent (or did not match).
     position: u64,
+    /// Resuming inside an entry: the changes of entry `.0` up to place `.1` were sent before.
     skip: Option<(u64, u32)>,
     /// Has read from the feed: falling behind it now means cut off.
     live: bool,
@@ -96,11 +101,15 @@ pub struct Watcher {
     /// Changes dispatched before the watcher registered were not signalled to it: it may move
     /// to the dispatched index without reading only once its own reading has passed this.
     jump_from: u64,
+    /// Becomes true when the node stops serving: the stream ends.
     closed: watch::Receiver<bool>,
+    /// The longest silence before a progress event is sent.
     progress_every: Duration,
+    /// When the last chunk was sent.
     last_sent: Instant,
     /// The first chunk (a progress event saying where the watch starts) is not sent yet.
     greeted: bool,
+    /// The stream has ended (cut off or closed): nothing more is sent.
     done: bool,
 }
 

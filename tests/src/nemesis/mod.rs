@@ -271,12 +271,22 @@ impl Schedule {
     }
 }
 
-/// The seed of a run: `KEEL_FAULT_SEED` if set (a replay), else fresh.
+/// The seed of a run: `KEEL_FAULT_SEED` if set (a replay), else fresh. A value that is not a
+/// number stops the test: a replay that silently ran another schedule would prove nothing.
 pub fn seed_from_env() -> u64 {
-    std::env::var("KEEL_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+    parse_seed(std::env::var("KEEL_FAULT_SEED").ok().as_deref())
+        .unwrap_or_else(|bad| panic!("{bad}"))
         .unwrap_or_else(rand::random)
+}
+
+/// The seed given (None: none given), or why it cannot be one.
+pub fn parse_seed(given: Option<&str>) -> Result<Option<u64>, String> {
+    match given.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|e| {
+            format!("KEEL_FAULT_SEED={s:?} is not a seed (an unsigned 64-bit number): {e}")
+        }),
+    }
 }
 
 /// Picks one of `items` with `pick` (None when empty).
@@ -298,6 +308,16 @@ pub fn shuffled<T: Clone>(items: &[T], pick: u64) -> Vec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seed_that_is_not_a_number_is_refused_not_replaced() {
+        assert_eq!(parse_seed(None), Ok(None));
+        assert_eq!(parse_seed(Some(" ")), Ok(None));
+        assert_eq!(parse_seed(Some(" 42\n")), Ok(Some(42)));
+        let err = parse_seed(Some("0x2a")).expect_err("not a decimal seed");
+        assert!(err.contains("KEEL_FAULT_SEED"), "{err}");
+        assert!(parse_seed(Some("-1")).is_err());
+    }
 
     fn spec() -> ScheduleSpec {
         ScheduleSpec {

@@ -1,0 +1,299 @@
+//! Leases and locks under faults on real 3-node clusters: a holder paused past its TTL whose
+//! late write its fence refuses, a lease kept alive across a leader change and one that expires
+//! with its leader killed, a lagging follower that must not grant a lock from stale state; and
+//! the CLI's lease, lock and election commands.
+
+use std::time::{Duration, Instant};
+
+use keel_tests::coord::{acquire, fenced_put, grant, keepalive};
+use keel_tests::{wait_until, Cluster, DEADLINE};
+use serde_json::Value;
+
+/// The lease seed: a holder freezes (a GC pause) past its TTL; its lease expires on the leader,
+/// the lock goes to the next in line; the old holder wakes up and writes with its fence: the
+/// store refuses it. The new holder's writes go through.
+#[test]
+fn a_holder_paused_past_its_ttl_has_its_late_write_refused_by_its_fence() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let f = c.others(&[leader]);
+    let (paused, v) = grant(&c, f[0], 2000);
+    let ttl = v["ttl_ms"].as_u64().unwrap_or(2000);
+    let (next, _) = grant(&c, f[1], 60_000);
+    let r = acquire(&c, f[0], "leader-of-jobs", paused, "scheduler-1", 0);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let old_fence = r.json()["fence"].as_u64().expect("fence");
+    let r = fenced_put(
+        &c,
+        f[0],
+        "jobs/last-run",
+        "by 1",
+        &format!("leader-of-jobs={old_fence}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The holder "pauses": no keepalive from now on. The other scheduler waits for the lock.
+    let paused_at = Instant::now();
+    let r = acquire(&c, f[1], "leader-of-jobs", next, "scheduler-2", 30_000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let waited = paused_at.elapsed();
+    let new_fence = r.json()["fence"].as_u64().expect("fence");
+    assert!(new_fence > old_fence);
+    // Never early: the lease ended no sooner than its TTL after its last keepalive (the grant).
+    assert!(
+        waited >= Duration::from_millis(ttl),
+        "the lock changed hands {waited:?} into a {ttl} ms lease"
+    );
+    // Its keepalive now says it is gone...
+    let r = keepalive(&c, f[0], paused);
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (404, Some("lease_not_found"))
+    );
+    // ...and its late write, fenced, is refused; the new holder's is not.
+    let r = fenced_put(
+        &c,
+        f[0],
+        "jobs/last-run",
+        "late, by 1",
+        &format!("leader-of-jobs={old_fence}"),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (412, Some("fence_rejected")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["holder"]["value"], "scheduler-2");
+    let r = fenced_put(
+        &c,
+        f[1],
+        "jobs/last-run",
+        "by 2",
+        &format!("leader-of-jobs={new_fence}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        c.get(leader, "jobs/last-run").expect("answers").text(),
+        "by 2"
+    );
+}
+
+/// A lease kept alive survives the kill of the leader (the new leader restarts its countdown);
+/// a lease nobody keeps alive expires under the new leader, a full TTL after it took office at
+/// the earliest, and takes its keys with it.
+#[test]
+fn leases_across_a_leader_kill_kept_alive_survive_and_abandoned_expire() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let f = c.others(&[leader]);
+    let (kept, v) = grant(&c, f[0], 3000);
+    let ttl = Duration::from_millis(v["ttl_ms"].as_u64().unwrap_or(3000));
+    let (abandoned, _) = grant(&c, f[0], 3000);
+    assert_eq!(
+        c.put(f[0], &format!("kept/key?lease={kept}"), b"1")
+            .expect("answers")
+            .status,
+        200
+    );
+    assert_eq!(
+        c.put(f[0], &format!("abandoned/key?lease={abandoned}"), b"1")
+            .expect("answers")
+            .status,
+        200
+    );
+
+    c.kill(leader);
+    let killed_at = Instant::now();
+    // Keep `kept` alive through the election (through the followers; errors while there is no
+    // leader are retried), until well past two TTLs after the kill.
+    let mut last_ok = Instant::now();
+    let until = killed_at + ttl * 3;
+    while Instant::now() < until {
+        for &via in &f {
+            let t = Instant::now();
+            let r = keepalive(&c, via, kept);
+            eprintln!(
+                "{:?} via {via}: {} {} (took {:?})",
+                killed_at.elapsed(),
+                r.status,
+                r.text(),
+                t.elapsed()
+            );
+            if r.status == 200 {
+                last_ok = Instant::now();
+                break;
+            }
+        }
+        assert!(
+            last_ok.elapsed() < ttl,
+            "no keepalive succeeded for a whole TTL after the leader was killed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = c.get(f[1], "kept/key").expect("answers");
+    assert_eq!(r.status, 200, "the kept lease's key is still there");
+    // The abandoned one is gone with its key: the new leader expired it.
+    wait_until(DEADLINE, "the abandoned lease to expire", || {
+        (keepalive(&c, f[1], abandoned).status == 404).then_some(())
+    });
+    assert_eq!(c.get(f[1], "abandoned/key").expect("answers").status, 404);
+    assert!(
+        killed_at.elapsed() >= ttl,
+        "expired before a full TTL had passed"
+    );
+    c.restart(leader);
+    wait_until(DEADLINE, "the restarted node to see the expiry", || {
+        (c.get(leader, "abandoned/key?consistency=stale")
+            .ok()?
+            .status
+            == 404)
+            .then_some(())
+    });
+}
+
+fn keel(c: &Cluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(keel_tests::keel_bin())
+        .args(["--endpoints", &c.endpoints().join(",")])
+        .args(args)
+        .output()
+        .expect("run keel")
+}
+
+/// `keel lease`, `keel lock NAME -- COMMAND` (the command sees its fence, the lock is released
+/// when it ends) and `keel elect --observe` seeing a candidate take the lead.
+#[test]
+fn the_cli_grants_leases_holds_a_lock_around_a_command_and_observes_an_election() {
+    let mut c = Cluster::start(3);
+    c.wait_for_leader();
+    let out = keel(&c, &["lease", "grant", "--ttl-ms", "5000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let id = v["id"].as_str().expect("id").to_string();
+    let out = keel(&c, &["lease", "show", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ttl_ms"], 5000);
+    assert!(keel(&c, &["lease", "revoke", &id]).status.success());
+    let out = keel(&c, &["lease", "keepalive", &id]);
+    assert_eq!(out.status.code(), Some(2), "a revoked lease: exit 2");
+
+    // An observer first (it prints the current state, then each change).
+    let mut observer = std::process::Command::new(keel_tests::keel_bin())
+        .args(["--endpoints", &c.endpoints().join(",")])
+        .args(["elect", "cli/election", "--observe", "--changes", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("observer");
+    let stdout = observer.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("\"leader\":null"), "{first}");
+
+    // Hold the election's lock around a command: it sees its fence; afterwards it is free.
+    let out = keel(
+        &c,
+        &[
+            "lock",
+            "cli/election",
+            "--value",
+            "candidate-1",
+            "--",
+            "sh",
+            "-c",
+            "echo fence=$KEEL_FENCE",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let fence: u64 = printed
+        .trim()
+        .strip_prefix("fence=")
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("the command saw no fence: {printed:?}"));
+    assert!(fence > 0);
+    let next = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        next.contains("candidate-1") && next.contains(&format!("\"fence\":{fence}")),
+        "the observer saw {next:?}"
+    );
+    assert!(observer.wait().expect("observer exits").success());
+    let leader = c.wait_for_leader();
+    wait_until(DEADLINE, "the lock released after the command", || {
+        let r = c
+            .request(leader, "GET", "/v1/lock/cli/election", &[], None)
+            .ok()?;
+        (r.status == 404).then_some(())
+    });
+}
+
+/// A follower whose state machine lags (the test build's `before-apply` failpoint sleeps before
+/// each apply) is asked for a lock its lease held and released a moment ago, while another
+/// lease holds it now. The acquire is queued at the leader; the follower must not answer it
+/// from its stale state, where the first grant is still in force ("granted" with the old fence
+/// while the other lease holds the lock: two holders). Found by review; this test failed before
+/// the fix (the follower answered 200 with the released fence).
+#[test]
+fn a_lagging_follower_never_grants_a_lock_from_its_stale_state() {
+    let mut c = Cluster::launch_with(3, &[], false, keel_tests::suite::planted_bin(), &[]);
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+    let (l, _) = grant(&c, leader, 60_000);
+    let (m, _) = grant(&c, leader, 60_000);
+    let r = c
+        .request(
+            follower,
+            "PUT",
+            "/v1/admin/failpoints/before-apply",
+            &[],
+            Some(b"sleep(400)"),
+        )
+        .expect("answers");
+    assert_eq!(r.status, 200, "arming: {}", r.text());
+    let mut double_grants = Vec::new();
+    for round in 0..3 {
+        let name = format!("lag/{round}");
+        let first = acquire(&c, follower, &name, l, "l", 0);
+        assert_eq!(first.status, 200, "{}", first.text());
+        let old_fence = first.json()["fence"].clone();
+        let rel = c
+            .request(
+                leader,
+                "DELETE",
+                &format!("/v1/lock/{name}?lease={l}"),
+                &[],
+                None,
+            )
+            .expect("answers");
+        assert_eq!(rel.status, 200, "release: {}", rel.text());
+        let by_m = acquire(&c, leader, &name, m, "m", 0);
+        assert_eq!(by_m.status, 200, "{}", by_m.text());
+        let again = acquire(&c, follower, &name, l, "l", 1500);
+        if again.status == 200 {
+            double_grants.push((round, old_fence, again.text()));
+        } else {
+            assert_eq!(
+                again.error_code().as_deref(),
+                Some("lock_held"),
+                "{}",
+                again.text()
+            );
+        }
+    }
+    assert!(
+        double_grants.is_empty(),
+        "the lagging follower granted locks another lease held: {double_grants:?}"
+    );
+}
