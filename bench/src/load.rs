@@ -63,6 +63,8 @@ pub enum Workload {
     Mixed,
     /// Atomic add on one contended counter (keel only).
     Counter,
+    /// `GET /health`: the ceiling of the HTTP stack (no store, no Raft).
+    Health,
 }
 
 /// One measured run.
@@ -144,11 +146,12 @@ fn request(spec: &Spec, rng: &mut impl Rng, value: &Bytes) -> Req {
     let ep = &eps[rng.gen_range(0..eps.len())];
     let key = format!("bench-{}", rng.gen_range(0..spec.keys));
     let read = match spec.workload {
-        Workload::Read => true,
+        Workload::Read | Workload::Health => true,
         Workload::Write | Workload::Counter => false,
         Workload::Mixed => rng.gen_bool(0.5),
     };
     match (&spec.system, spec.workload, read) {
+        (_, Workload::Health, _) => ("GET", ep.to_string(), "/health".to_string(), Bytes::new()),
         (System::Keel(_), Workload::Counter, _) => (
             "POST",
             ep.to_string(),
@@ -283,7 +286,8 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
             let interval = spec
                 .rate
                 .filter(|r| *r > 0.0)
-                .map(|r| Duration::from_secs_f64(spec.clients as f64 / r));
+                .and_then(|r| Duration::try_from_secs_f64(spec.clients as f64 / r).ok())
+                .map(|i| i.min(Duration::from_secs(3600)));
             let mut next = tokio::time::Instant::now()
                 + interval.map_or(Duration::ZERO, |i| i.mul_f64(rng.gen_range(0.0..1.0)));
             while !stop.load(Ordering::Relaxed) {
@@ -346,6 +350,15 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
         }
     }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    if let Some(rate) = spec.rate {
+        let got = hist.len() as f64 / elapsed;
+        if got < 0.95 * rate {
+            eprintln!(
+                "keel-bench: {}: offered {rate:.0} ops/s but completed {got:.0}/s: the system (or this generator) is saturated, so CPU per operation is not at the offered load",
+                spec.label
+            );
+        }
+    }
     RunResult {
         label: spec.label.clone(),
         system: spec.system.name().to_string(),

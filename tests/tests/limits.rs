@@ -253,6 +253,13 @@ fn forwarded_writes_past_the_leaders_bound_are_refused_at_once_and_lose_nothing(
     for r in &refused {
         assert_eq!(r.1, 503);
         assert!(r.3, "503 overloaded without Retry-After");
+        // At once: not after waiting for a place (the served ones hold theirs for 2 s).
+        assert!(
+            r.4 < Duration::from_secs(1),
+            "{} refused only after {:?}",
+            r.0,
+            r.4
+        );
     }
     // Nothing refused was applied; what was served is there.
     let leader = c.wait_for_leader();

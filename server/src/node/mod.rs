@@ -218,7 +218,12 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         &raft_logger(),
     )?;
     node.shared().set_max_queued(args.max_pending.max(1));
-    let router = Router::new(node.clone(), transport.clone(), args.max_forwarded.max(1));
+    let router = Router::new(
+        node.clone(),
+        transport.clone(),
+        args.max_forwarded
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    );
     let inbound = Arc::new(wiring::PeerFrames {
         node: node.clone(),
         router: router.clone(),

@@ -49,12 +49,14 @@ impl Inbox {
     }
 
     /// A place for `msg`, or None (counted) when the inbox is full. A message larger than the
-    /// whole byte bound is let in when nothing else waits, so that no entry is refused for ever.
+    /// whole byte bound is let in when nothing else waits, so that no entry is refused for ever;
+    /// a message without payload (a heartbeat, a vote) needs only a place by count.
     pub fn admit(self: &Arc<Self>, msg: &Message) -> Option<Slot> {
-        let bytes: usize = msg.get_entries().iter().map(|e| e.data.len()).sum();
+        let bytes = weight(msg);
         let before = self.messages.fetch_add(1, Ordering::AcqRel);
         let held = self.bytes.fetch_add(bytes, Ordering::AcqRel);
-        let fits = before < self.max_messages && (held == 0 || held + bytes <= self.max_bytes);
+        let fits = before < self.max_messages
+            && (held == 0 || bytes == 0 || held + bytes <= self.max_bytes);
         if !fits {
             self.messages.fetch_sub(1, Ordering::AcqRel);
             self.bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -71,6 +73,17 @@ impl Inbox {
     pub fn waiting(&self) -> usize {
         self.messages.load(Ordering::Acquire)
     }
+}
+
+/// The bytes a message holds beyond its fixed fields: every variable-length part a peer
+/// controls (entries' data and context, the message's context, a snapshot's data).
+fn weight(msg: &Message) -> usize {
+    let entries: usize = msg
+        .get_entries()
+        .iter()
+        .map(|e| e.data.len() + e.context.len())
+        .sum();
+    entries + msg.context.len() + msg.get_snapshot().data.len()
 }
 
 impl Drop for Slot {
@@ -124,7 +137,22 @@ mod tests {
             inbox.admit(&append(1)).is_none(),
             "behind a message over the bound"
         );
-        drop(big);
+        let heartbeat = inbox.admit(&Message::default()).expect("no payload");
+        drop((big, heartbeat));
+        // Contexts weigh too: a peer cannot slip bytes past the bound there.
+        let m = Message {
+            context: vec![0u8; 900].into(),
+            ..Default::default()
+        };
+        let e = Entry {
+            context: vec![0u8; 900].into(),
+            ..Default::default()
+        };
+        let mut n = Message::default();
+        n.set_entries(vec![e].into());
+        let first = inbox.admit(&m).expect("room");
+        assert!(inbox.admit(&n).is_none(), "1,800 bytes of contexts > 1,000");
+        drop(first);
         assert_eq!(inbox.bytes.load(Ordering::Acquire), 0);
     }
 }

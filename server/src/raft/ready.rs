@@ -564,7 +564,7 @@ impl<O: Outbox> Driver<O> {
 /// log, the loop's index is the higher), and an entry compacted away there would stop it.
 fn compaction_point(every: u64, truncated: u64, raft_applied: u64, applied: u64) -> Option<u64> {
     let applied = raft_applied.min(applied);
-    (every != 0 && applied > truncated + every).then(|| applied - every / 2)
+    (every != 0 && applied > truncated.saturating_add(every)).then(|| applied - every / 2)
 }
 
 #[cfg(test)]
@@ -583,5 +583,7 @@ mod tests {
         assert_eq!(compaction_point(100, 400, 450, 900), None);
         // raft-rs ahead of the loop: the loop's.
         assert_eq!(compaction_point(100, 0, 900, 150), Some(100));
+        // A huge period never wraps into a compaction.
+        assert_eq!(compaction_point(u64::MAX, 5, 10, 10), None);
     }
 }

@@ -1,0 +1,184 @@
+//! The Markdown summaries and SVG plots of `modes` and `compare`.
+
+use std::path::Path;
+
+use crate::load::{self, RunResult, Workload};
+use crate::{plot, Compared, ModesResults};
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+pub fn write_modes(out: &Path, results: &ModesResults) -> String {
+    let mut md = String::from("## Replication modes under peer-link delay\n\nWrites of 100-byte values to the leader of a 3-node cluster whose every peer link goes through a delaying proxy.\n\n");
+    md.push_str("| delay (measured one-way) | mode | clients | ops/s | p50 ms | p99 ms |\n| --- | --- | ---: | ---: | ---: | ---: |\n");
+    for (d, measured, rs) in results {
+        for r in rs {
+            md.push_str(&format!(
+                "| {d} ms ({measured:.2} ms) | {} | {} | {:.0} | {:.2} | {:.2} |\n",
+                r.mode, r.clients, r.throughput, r.p50_ms, r.p99_ms
+            ));
+        }
+    }
+    let labels: Vec<String> = results.iter().map(|(d, _, _)| format!("{d} ms")).collect();
+    let series = |clients_one: bool, f: fn(&RunResult) -> f64| -> Vec<plot::Series> {
+        ["async", "semi", "sync"]
+            .iter()
+            .map(|m| plot::Series {
+                name: m.to_string(),
+                points: results
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, _, rs))| {
+                        rs.iter()
+                            .find(|r| r.mode == *m && (r.clients == 1) == clients_one)
+                            .map(|r| (i as f64, f(r)))
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let plots = [
+        (
+            "modes-latency.svg",
+            "p50 write latency, 1 client",
+            "ms",
+            series(true, |r| r.p50_ms),
+        ),
+        (
+            "modes-throughput.svg",
+            "write throughput, concurrent clients",
+            "ops/s",
+            series(false, |r| r.throughput),
+        ),
+    ];
+    for (file, title, y, s) in plots {
+        if let Err(e) = plot::lines(
+            &out.join(file),
+            title,
+            "peer-link delay",
+            y,
+            &s,
+            Some(&labels),
+        ) {
+            eprintln!("plot {file}: {e}");
+        }
+        md.push_str(&format!("\n![{title}]({file})\n"));
+    }
+    md
+}
+
+pub fn write_compare(out: &Path, c: &Compared) -> String {
+    let mut md = String::from("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member.\n\n");
+    md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel | keel CPU ms / 1,000 ops | etcd CPU ms / 1,000 ops | CPU keel/etcd |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let cpu = |r: &RunResult| {
+        r.cpu_ms_per_1k
+            .map_or("-".to_string(), |c| format!("{c:.0}"))
+    };
+    for (name, k, e) in &c.pairs {
+        md.push_str(&format!(
+            "| {name} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            k.clients,
+            k.throughput,
+            e.throughput,
+            ratio(k.throughput, e.throughput),
+            k.p50_ms,
+            e.p50_ms,
+            k.p99_ms,
+            e.p99_ms,
+            ratio(e.p99_ms, k.p99_ms),
+            cpu(k),
+            cpu(e),
+            ratio(
+                k.cpu_ms_per_1k.unwrap_or(0.0),
+                e.cpu_ms_per_1k.unwrap_or(0.0)
+            )
+        ));
+    }
+    let keel = |w: Workload, stale: bool| {
+        c.pairs
+            .iter()
+            .find(|(_, k, _)| {
+                k.workload == w && k.clients > 1 && (k.consistency == "stale") == stale
+            })
+            .map(|(_, k, _)| k.throughput)
+    };
+    if let (Some(health), Some(stale), Some(lin)) = (
+        keel(Workload::Health, true),
+        keel(Workload::Read, true),
+        keel(Workload::Read, false),
+    ) {
+        md.push_str(&format!(
+            "\nkeel's stale reads are {:.0}% of its own trivial endpoint's rate (the HTTP ceiling in this run), its linearizable reads {:.0}% of its stale reads.\n",
+            100.0 * stale / health.max(1.0),
+            100.0 * lin / stale.max(1.0)
+        ));
+    }
+    let names: Vec<String> = c
+        .pairs
+        .iter()
+        .map(|(n, _, _)| n.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    let thr = vec![
+        plot::Series {
+            name: "keel".into(),
+            points: c
+                .pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k, _))| (i as f64, k.throughput))
+                .collect(),
+        },
+        plot::Series {
+            name: "etcd".into(),
+            points: c
+                .pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, e))| (i as f64, e.throughput))
+                .collect(),
+        },
+    ];
+    if let Err(e) = plot::lines(
+        &out.join("compare-throughput.svg"),
+        "throughput by workload",
+        "workload",
+        "ops/s",
+        &thr,
+        Some(&names),
+    ) {
+        eprintln!("plot: {e}");
+    }
+    let sweep = |sys: &str| plot::Series {
+        name: sys.to_string(),
+        points: c
+            .sweep
+            .iter()
+            .filter(|r| r.system == sys)
+            .map(|r| (r.throughput, r.p99_ms))
+            .collect(),
+    };
+    if let Err(e) = plot::lines(
+        &out.join("latency-vs-load.svg"),
+        "write p99 latency against throughput (1, 4, 16, 64 clients)",
+        "ops/s",
+        "p99 ms",
+        &[sweep("keel"), sweep("etcd")],
+        None,
+    ) {
+        eprintln!("plot: {e}");
+    }
+    md.push_str("\n![throughput by workload](compare-throughput.svg)\n\n![latency against load](latency-vs-load.svg)\n\n");
+    md.push_str("### Latency against offered load (writes)\n\n");
+    md.push_str(load::HEADER);
+    md.push('\n');
+    for r in &c.sweep {
+        md.push_str(&load::row(r));
+        md.push('\n');
+    }
+    md
+}
