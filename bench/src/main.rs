@@ -8,9 +8,15 @@
 //! - `keel-bench compare`: keel and a 3-member etcd (3.4, through its HTTP gateway) started on
 //!   loopback, the same workloads against both in one run, reported as keel/etcd ratios.
 //! - `keel-bench all`: `modes` and `compare`, writing JSON, a Markdown summary and SVG plots.
+//! - `keel-bench breakdown`: where one write's time goes, from the nodes' own histograms.
+//! - `keel-bench watch`: what watchers cost and how fast changes reach them.
+//!
+//! Runs given the nodes' process ids (`run --pids`; `compare` knows them) report the CPU time of
+//! those processes per 1,000 operations, from `/proc`.
 //!
 //! Criterion micro-benchmarks of the hot paths are in `benches/hot_paths.rs` (`cargo bench`).
 
+mod breakdown;
 mod etcd;
 mod load;
 mod plot;
@@ -49,6 +55,8 @@ enum Cmd {
     All(Common),
     /// Watchers: memory of idle ones, delay from a write to its event on a follower.
     Watch(watch::WatchArgs),
+    /// Where one write's time goes (HTTP, forward, append+fsync, replication, apply).
+    Breakdown(breakdown::BreakdownArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -338,6 +346,7 @@ async fn main() {
                 std::process::exit(1);
             }
         },
+        Cmd::Breakdown(a) => println!("{}", breakdown::run(&a).await),
         Cmd::Run(a) => {
             let system = if a.etcd {
                 System::Etcd(a.endpoints.clone())

@@ -410,6 +410,17 @@ impl Client {
                 )
                 .await
             {
+                Err(e @ HttpError::TlsRefused { .. }) => {
+                    // A setting of this client, not a state of the cluster: say so at once. An
+                    // earlier attempt that broke off may still have reached a node.
+                    return Err(if maybe_applied {
+                        Error::OutcomeUnknown {
+                            message: format!("an earlier attempt broke off, then {e}"),
+                        }
+                    } else {
+                        Error::TlsRefused(e.to_string())
+                    });
+                }
                 Err(e) => {
                     debug!(%target, error = %e, "request failed; refreshing topology");
                     if matches!(e, HttpError::Connect { .. }) {

@@ -118,6 +118,10 @@ pub enum Error {
     /// The token cannot be sent in an HTTP header (it must be visible ASCII).
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    /// A node refused this client's TLS session (its certificate: missing, or from another
+    /// CA); the request was not read. Not retried: the client's settings must change.
+    #[error("{0}")]
+    TlsRefused(String),
     /// Anything else: an unexpected status or an unreadable answer.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
@@ -141,6 +145,7 @@ impl Error {
                 | Error::BadRequest { .. }
                 | Error::InvalidEndpoint(_)
                 | Error::InvalidToken(_)
+                | Error::TlsRefused(_)
         )
     }
 }

@@ -74,6 +74,15 @@ pub enum HttpError {
         /// Why.
         message: String,
     },
+    /// The node refused the TLS session (its check of this client's certificate): it never read
+    /// the request. Retrying will not help until the client's TLS settings change.
+    #[error("{addr} refused the TLS session ({alert}): does it need a client certificate from its CA (--cert, --key)?")]
+    TlsRefused {
+        /// The address.
+        addr: String,
+        /// The alert it sent.
+        alert: String,
+    },
     /// The connection failed after the request may have been sent.
     #[error("request to {addr} failed: {message}")]
     Transport {
@@ -97,7 +106,7 @@ impl HttpError {
     pub fn certainly_not_sent(&self) -> bool {
         matches!(
             self,
-            HttpError::InvalidRequest(_) | HttpError::Connect { .. }
+            HttpError::InvalidRequest(_) | HttpError::Connect { .. } | HttpError::TlsRefused { .. }
         )
     }
 }
@@ -243,6 +252,15 @@ impl HttpClient {
         };
         sent.await.map_err(|e| {
             let message = error_chain(&e);
+            if let Some(alert) = handshake_refusal(&e) {
+                // With TLS 1.3 the client sends its request before the server has checked its
+                // certificate; a server that refuses the certificate answers with an alert and
+                // never reads the request.
+                return HttpError::TlsRefused {
+                    addr: addr.to_string(),
+                    alert: format!("{alert:?}"),
+                };
+            }
             if e.is_connect() {
                 HttpError::Connect {
                     addr: addr.to_string(),
@@ -356,6 +374,45 @@ impl StreamingResponse {
 }
 
 /// An error with its sources, on one line.
+/// The TLS alert with which a server refused the handshake (its certificate checks), if that is
+/// what ended the request: the server then never read it.
+fn handshake_refusal(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: error chains are a few links long.
+    for _ in 0..16 {
+        let err = source?;
+        if let Some(rustls::Error::AlertReceived(alert)) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                alert,
+                A::CertificateRequired
+                    | A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::AccessDenied
+                    | A::HandshakeFailure
+                    | A::DecryptError
+            )
+            .then_some(*alert);
+        }
+        // rustls's error travels inside an io::Error, whose payload `source()` skips.
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(rustls::Error::AlertReceived(_)) = inner.downcast_ref::<rustls::Error>()
+                {
+                    source = Some(inner);
+                    continue;
+                }
+            }
+        }
+        source = err.source();
+    }
+    None
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
