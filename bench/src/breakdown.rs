@@ -48,6 +48,17 @@ pub fn histogram(text: &str, name: &str, labels: &[&str]) -> (f64, u64) {
     (sum, count)
 }
 
+/// The mean (ms) of a histogram between two scrapes, or None if nothing was observed (or a
+/// scrape failed).
+fn mean_of(
+    before: &Option<String>,
+    after: &Option<String>,
+    name: &str,
+    labels: &[&str],
+) -> Option<f64> {
+    mean_ms(before.as_deref()?, after.as_deref()?, name, labels)
+}
+
 /// The mean (ms) of a histogram between two scrapes, or None if nothing was observed.
 fn mean_ms(before: &str, after: &str, name: &str, labels: &[&str]) -> Option<f64> {
     let (s0, c0) = histogram(before, name, labels);
@@ -55,13 +66,14 @@ fn mean_ms(before: &str, after: &str, name: &str, labels: &[&str]) -> Option<f64
     (c1 > c0).then(|| (s1 - s0) * 1000.0 / (c1 - c0) as f64)
 }
 
-async fn scrape(http: &load::Http, addr: &str) -> String {
+/// A node's `/metrics`, or None (its stages then show "-", not a lifetime's mean).
+async fn scrape(http: &load::Http, addr: &str) -> Option<String> {
     match http
         .request(addr, "GET", "/metrics", &[], Bytes::new())
         .await
     {
-        Ok(r) if r.status == 200 => String::from_utf8_lossy(&r.body).into_owned(),
-        _ => String::new(),
+        Ok(r) if r.status == 200 => Some(String::from_utf8_lossy(&r.body).into_owned()),
+        _ => None,
     }
 }
 
@@ -111,14 +123,14 @@ pub async fn run(a: &BreakdownArgs) -> String {
         for id in 1..=3u64 {
             after.push(scrape(&http, &addr(id)).await);
         }
-        let at = |id: u64| {
-            (
-                before[id as usize - 1].as_str(),
-                after[id as usize - 1].as_str(),
-            )
-        };
+        if c.wait_for_leader() != leader {
+            md.push_str(&format!(
+                "\n(the leader moved during the run through {name}: its leader columns are not the leader's)\n"
+            ));
+        }
+        let at = |id: u64| (&before[id as usize - 1], &after[id as usize - 1]);
         let (vb, va) = at(via);
-        let handler = mean_ms(
+        let handler = mean_of(
             vb,
             va,
             "keel_http_request_duration_seconds",
@@ -126,21 +138,21 @@ pub async fn run(a: &BreakdownArgs) -> String {
         );
         let (lb, la) = at(leader);
         let (fb, fa) = at(c.others(&[leader])[1]);
-        let client_mean = 1000.0 / r.throughput.max(0.001);
+        let client_mean = r.mean_ms;
         md.push_str(&format!(
             "| {name} (node {via}) | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
             r.p50_ms,
             client_mean,
             cell(handler),
-            cell(mean_ms(lb, la, "keel_raft_append_duration_seconds", &[])),
-            cell(mean_ms(fb, fa, "keel_raft_append_duration_seconds", &[])),
-            cell(mean_ms(lb, la, "keel_peer_round_trip_seconds", &[])),
-            cell(mean_ms(lb, la, "keel_apply_duration_seconds", &[])),
+            cell(mean_of(lb, la, "keel_raft_append_duration_seconds", &[])),
+            cell(mean_of(fb, fa, "keel_raft_append_duration_seconds", &[])),
+            cell(mean_of(lb, la, "keel_peer_round_trip_seconds", &[])),
+            cell(mean_of(lb, la, "keel_apply_duration_seconds", &[])),
             cell(handler.map(|h| client_mean - h)),
         ));
         eprintln!("{}", load::row(&r));
     }
-    md.push_str("\nThe client mean is 1 / throughput of the one client (it has one request in flight). The stages overlap (the leader sends an entry to its followers before its own append), so they do not add up to the handler's time; the handler's time beyond the longer of the two appends and the apply is the round trip to the follower, the Ready loop's wake-ups and the answer's path back.\n");
+    md.push_str("\nThe client mean is the mean latency of the successful writes as the client timed them. The stages overlap (the leader sends an entry to its followers before its own append), so they do not add up to the handler's time; the handler's time beyond the longer of the two appends and the apply is the round trip to the follower, the Ready loop's wake-ups and the answer's path back.\n");
     md
 }
 

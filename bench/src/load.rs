@@ -114,6 +114,8 @@ pub struct RunResult {
     pub clients: usize,
     /// Successful operations per second.
     pub throughput: f64,
+    /// Mean latency of the successful operations, in milliseconds.
+    pub mean_ms: f64,
     /// Latency percentiles in milliseconds.
     pub p50_ms: f64,
     /// 90th percentile.
@@ -370,6 +372,7 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
         consistency: if spec.stale { "stale" } else { "linearizable" }.into(),
         clients: spec.clients,
         throughput: hist.len() as f64 / elapsed,
+        mean_ms: hist.mean() / 1000.0,
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),

@@ -411,15 +411,13 @@ impl Client {
                 .await
             {
                 Err(e @ HttpError::TlsRefused { .. }) => {
-                    // A setting of this client, not a state of the cluster: say so at once. An
-                    // earlier attempt that broke off may still have reached a node.
-                    return Err(if maybe_applied {
-                        Error::OutcomeUnknown {
-                            message: format!("an earlier attempt broke off, then {e}"),
-                        }
-                    } else {
-                        Error::TlsRefused(e.to_string())
-                    });
+                    // This node refused this client's certificate and never read the request.
+                    // Another may not (a CA being rotated node by node): go on, and say so
+                    // plainly if none takes it.
+                    debug!(%target, error = %e, "TLS session refused");
+                    last = Error::TlsRefused(e.to_string());
+                    self.inner.leader.store(0, Ordering::Release);
+                    self.refresh().await;
                 }
                 Err(e) => {
                     debug!(%target, error = %e, "request failed; refreshing topology");
@@ -454,7 +452,9 @@ impl Client {
                             maybe_applied = true;
                             self.refresh().await;
                         }
-                        Error::Timeout { .. } => {}
+                        // A 504 without keel's error code (a proxy's gateway timeout): the
+                        // write may have been applied.
+                        Error::Timeout { .. } => maybe_applied |= call.write,
                         _ => return Err(err),
                     }
                     last = err;

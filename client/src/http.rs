@@ -373,7 +373,6 @@ impl StreamingResponse {
     }
 }
 
-/// An error with its sources, on one line.
 /// The TLS alert with which a server refused the handshake (its certificate checks), if that is
 /// what ended the request: the server then never read it.
 fn handshake_refusal(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
@@ -398,21 +397,21 @@ fn handshake_refusal(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Al
             )
             .then_some(*alert);
         }
-        // rustls's error travels inside an io::Error, whose payload `source()` skips.
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(rustls::Error::AlertReceived(_)) = inner.downcast_ref::<rustls::Error>()
-                {
-                    source = Some(inner);
-                    continue;
-                }
-            }
+        // rustls's error travels inside an io::Error (inside another one, while the connector
+        // sets the connection up), whose payload `source()` skips.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            source = Some(inner as &(dyn std::error::Error + 'static));
+            continue;
         }
         source = err.source();
     }
     None
 }
 
+/// An error with its sources, on one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
