@@ -122,6 +122,9 @@ fn head_works_wherever_get_does_and_conditional_gets_answer_304() {
             "/v1/status",
             "/v1/kv?prefix=c",
             "/v1/cluster/members",
+            "/ui",
+            "/v1/lease/1",
+            "/v1/lock/no-such-lock",
         ] {
             let get = c.request(id, "GET", path, &[], None).expect("answers");
             let head = c.request(id, "HEAD", path, &[], None).expect("answers");
