@@ -275,3 +275,35 @@ fn forwarded_writes_past_the_leaders_bound_are_refused_at_once_and_lose_nothing(
         }
     }
 }
+
+#[test]
+fn a_hello_dribbled_a_byte_at_a_time_is_cut_off_at_the_hello_deadline() {
+    // Bytes keep arriving, so no read timeout fires: the deadline is on the whole Hello.
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+    let peer = c.node(follower).peer.clone();
+    let mut socks = open_many(&peer, 3, &200u32.to_be_bytes());
+    let start = Instant::now();
+    let mut cut_off = vec![None; socks.len()];
+    // Bounded: one byte per socket every 200 ms for at most 45 s (the Hello deadline is 5 s).
+    for _ in 0..225 {
+        for (i, s) in socks.iter_mut().enumerate() {
+            if cut_off[i].is_none() && (s.write_all(b"x").is_err() || closed_by_server(s)) {
+                cut_off[i] = Some(start.elapsed());
+            }
+        }
+        if cut_off.iter().all(Option::is_some) || start.elapsed() > CLOSE_DEADLINE {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("dribbled Hellos cut off after {cut_off:?}");
+    for t in &cut_off {
+        let t = t.expect("a dribbled Hello held its connection for 45 s");
+        // Well past the 5 s deadline would mean each byte restarted a timer.
+        assert!(t < Duration::from_secs(15), "cut off only after {t:?}");
+    }
+    // The node still serves its peers: a write reaches it.
+    c.put_until_ok(leader, "after-dribble?mode=sync", b"1", Duration::from_secs(30));
+}
