@@ -305,5 +305,10 @@ fn a_hello_dribbled_a_byte_at_a_time_is_cut_off_at_the_hello_deadline() {
         assert!(t < Duration::from_secs(15), "cut off only after {t:?}");
     }
     // The node still serves its peers: a write reaches it.
-    c.put_until_ok(leader, "after-dribble?mode=sync", b"1", Duration::from_secs(30));
+    c.put_until_ok(
+        leader,
+        "after-dribble?mode=sync",
+        b"1",
+        Duration::from_secs(30),
+    );
 }
