@@ -38,10 +38,12 @@ wait_for() {
   done
 }
 k() { local port=$1; shift; "$keel" --direct --endpoints "127.0.0.1:$port" "$@"; }
-leader_of() { k "$1" status 2>/dev/null | head -1 | sed -n 's/.*leader Some(\([0-9]*\)).*/\1/p'; }
+# sed reads the whole status (no `head`): a reader that stops early would make keel's writes fail
+# with a broken pipe, and with pipefail that failed this script once (exit 101).
+leader_of() { k "$1" status 2>/dev/null | sed -n '1s/.*leader Some(\([0-9]*\)).*/\1/p'; }
 has_leader() { [ -n "$(leader_of "$1")" ]; }
 container() { docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=keel$1"; }
-network() { docker network ls -q --filter "label=com.docker.compose.project=$project" | head -1; }
+network() { docker network ls -q --filter "label=com.docker.compose.project=$project" | sed -n 1p; }
 get_is() { [ "$(k "$1" get "$2" 2>/dev/null)" = "$3" ]; }
 
 scripts/docker-image.sh keel:local
@@ -100,7 +102,7 @@ export KEEL_SECURE_DIR="$secure_dir"
 dcs() { dc -f docker-compose.yml -f docker-compose.secure.yml "$@"; }
 dcs up -d
 ks() { local port=$1; shift; KEEL_TOKEN="$token" "$keel" --ca "$secure_dir/ca.pem" --direct --endpoints "127.0.0.1:$port" "$@"; }
-secure_leader() { ks "$1" status 2>/dev/null | head -1 | grep -q 'leader Some('; }
+secure_leader() { ks "$1" status 2>/dev/null | sed -n 1p | grep -q 'leader Some('; }
 secure_get_is() { [ "$(ks "$1" get "$2" 2>/dev/null)" = "$3" ]; }
 for p in "${ports[@]}"; do wait_for "secure node on port $p to have a leader" 90 secure_leader "$p"; done
 for p in "${ports[@]}"; do wait_for "a secure write through port $p" 30 ks "$p" put "tls-$p" "v-$p"; done
