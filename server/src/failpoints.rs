@@ -14,6 +14,10 @@ pub const SNAPSHOT_STAGED: &str = "snapshot-staged";
 /// A snapshot is installed (the state machine replaced, the log truncated) and the entries
 /// after it are not yet appended.
 pub const SNAPSHOT_INSTALLED: &str = "snapshot-installed";
+/// A batch of a snapshot's staged data is copied into place, and the install is not finished
+/// (the state machine holds part of the snapshot; the node must finish the install when it
+/// starts).
+pub const SNAPSHOT_COPYING: &str = "snapshot-copying";
 /// A leader is about to read the state machine it streams as a snapshot (a `sleep` here lets
 /// the data run ahead of the snapshot's metadata).
 pub const SNAPSHOT_SEND: &str = "snapshot-send";
@@ -29,9 +33,10 @@ pub const CONF_CHANGE_APPLIED: &str = "conf-change-applied";
 pub const BEFORE_APPLY: &str = "before-apply";
 
 /// Every point, for the admin endpoint's checks.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     BEFORE_APPLY,
     SNAPSHOT_STAGED,
+    SNAPSHOT_COPYING,
     SNAPSHOT_INSTALLED,
     SNAPSHOT_SEND,
     APPLIED_BEFORE_APPEND,

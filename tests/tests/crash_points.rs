@@ -202,6 +202,54 @@ fn a_node_killed_with_a_snapshot_staged_but_not_installed_catches_up() {
     assert_counter(&c, "crash/staged", n);
 }
 
+/// The install empties the state machine in one synced write and copies the staged data into
+/// place in bounded batches: a node killed after the first batch holds part of the snapshot, and
+/// must finish the install when it starts, before it serves anything.
+#[test]
+fn a_node_killed_while_copying_a_snapshot_into_place_finishes_the_install_when_it_starts() {
+    let mut c = planted(3, &["--snapshot-entries", "60"]);
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+    // 6.4 MB of values: more than one copy batch (4 MiB), so that the kill leaves part of the
+    // snapshot in place.
+    let keys = 200;
+    let value = |i: usize| format!("v{i}-{}", "x".repeat(32 * 1024));
+    for i in 0..keys {
+        c.put_until_ok(
+            leader,
+            &format!("copy/{i:03}"),
+            value(i).as_bytes(),
+            DEADLINE,
+        );
+    }
+    c.kill(follower);
+    let counter = Counter::start(c.endpoints(), "crash/copy");
+    counter.wait_for(300);
+    crash_at_start(&mut c, follower, "snapshot-copying");
+    // Read from the follower's own state machine: every key of the snapshot is there.
+    for i in 0..keys {
+        let key = format!("copy/{i:03}");
+        let got = wait_until(DEADLINE, &format!("node {follower} to serve {key}"), || {
+            let r = c.get(follower, &format!("{key}?consistency=stale")).ok()?;
+            (r.status == 200).then(|| r.text())
+        });
+        assert!(
+            got == value(i),
+            "{key} on node {follower}: {} bytes",
+            got.len()
+        );
+    }
+    let log = std::fs::read_to_string(&c.node(follower).log).expect("log");
+    assert!(
+        log.contains("finished a snapshot install that a crash interrupted"),
+        "the node did not finish an interrupted install: the test missed the crash it is about"
+    );
+    let at_restart = counter.acked();
+    counter.wait_for(at_restart + 30);
+    let n = counter.stop();
+    assert_counter(&c, "crash/copy", n);
+}
+
 #[test]
 fn a_node_killed_in_the_middle_of_a_membership_change_rejoins_with_it() {
     let mut c = planted(3, &[]);

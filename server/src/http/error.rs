@@ -95,7 +95,11 @@ impl From<ReadError> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        ApiError::new(ErrorCode::Storage, e.to_string())
+        let code = match e {
+            StorageError::Installing => ErrorCode::NotReady,
+            _ => ErrorCode::Storage,
+        };
+        ApiError::new(code, e.to_string())
     }
 }
 

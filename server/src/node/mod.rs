@@ -141,6 +141,14 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
 
     // Storage and membership.
     let db = storage::open_db(&args.data_dir)?;
+    // A snapshot install that a crash interrupted is finished before anything reads the state
+    // machine or the log.
+    if let Some(p) = snapshot::stage::finish_install(&db, snapshot::stage::INSTALL_BATCH_BYTES)? {
+        info!(
+            applied = p.applied,
+            "finished a snapshot install that a crash interrupted"
+        );
+    }
     let peer_listener = transport::bind(&peer_listen).await?;
     let http_listener =
         TcpListener::bind(&args.http)

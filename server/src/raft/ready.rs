@@ -416,12 +416,17 @@ impl<O: Outbox> Driver<O> {
         if !ready.snapshot().is_empty() {
             let installing = Instant::now();
             let meta = ready.snapshot().get_metadata().clone();
+            // Reads are refused from the write that empties the state machine until the staged
+            // data is all in place (a failed install leaves them refused).
+            let gate = self.sm.gate().close();
             let mut batch = WriteBatch::default();
             let installed = self.stage.install_staged(&mut batch, &self.members)?;
             let (applied, applied_term) = (installed.applied, installed.applied_term);
             self.raw
                 .mut_store()
                 .install_snapshot(batch, &meta, applied, applied_term)?;
+            self.stage.finish_install()?;
+            gate.open();
             if let Some(book) = installed.members {
                 self.adopt_members(book);
             }

@@ -180,6 +180,16 @@ impl StateMachine {
         max: usize,
         max_bytes: usize,
     ) -> Result<HistoryPage, StorageError> {
+        self.gate
+            .read(|| self.read_history_ungated(after, max, max_bytes))
+    }
+
+    fn read_history_ungated(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, StorageError> {
         let snap = self.db.snapshot();
         let meta_cf = cf(&self.db, CF_META)?;
         let applied = meta::applied_through(|k| snap.get_cf(meta_cf, k))?.0;

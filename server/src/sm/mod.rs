@@ -11,6 +11,7 @@
 //! - [`idempotency`]: the memory of idempotent requests and its expiry;
 //! - [`coord`]: leases and locks, and the `If-Fence` check (SPEC §8);
 //! - [`changes`]: the change log watches resume from (SPEC §9), written in the apply batch;
+//! - [`gate`]: reads refused while a snapshot is copied into place;
 //! - this file: reads (one key, a prefix page, a read-only transaction on one snapshot).
 //!
 //! # Invariants
@@ -37,12 +38,14 @@ pub mod apply;
 pub mod changes;
 pub mod coord;
 pub mod eval;
+pub mod gate;
 pub mod idempotency;
 
 pub use apply::ApplyBatch;
 pub use changes::{Change, History, HistoryPage, DEFAULT_HISTORY_ENTRIES};
 pub use coord::CoordEvent;
 pub use eval::parse_int;
+pub use gate::InstallGate;
 pub use idempotency::{IDEMPOTENCY_CROSS_TERM_ENTRIES, IDEMPOTENCY_TTL_MS};
 
 /// Read access to the state machine, shared by the HTTP handlers (RocksDB is thread-safe), and
@@ -53,6 +56,8 @@ pub struct StateMachine {
     pub(super) db: Arc<DB>,
     /// How much of the change log is kept, and where it starts.
     pub(super) history: Arc<History>,
+    /// Closed while a snapshot is copied into place; every read goes through it.
+    pub(super) gate: Arc<InstallGate>,
 }
 
 /// A consistent read: what was found and the applied index it reflects.
@@ -79,7 +84,13 @@ impl StateMachine {
         StateMachine {
             db,
             history: Arc::new(History::new(DEFAULT_HISTORY_ENTRIES, 0)),
+            gate: Arc::new(InstallGate::default()),
         }
+    }
+
+    /// The install gate (the Ready loop closes it while it installs a snapshot).
+    pub fn gate(&self) -> &InstallGate {
+        &self.gate
     }
 
     /// The applied index as stored.
@@ -95,14 +106,16 @@ impl StateMachine {
     /// Reads one key's current record, without a snapshot: the caller reads the applied index
     /// first, so that the answer reflects at least that index (one RocksDB lookup per read).
     pub fn get_value(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
-        match self
-            .db
-            .get_pinned_cf(cf(&self.db, CF_DATA)?, key.as_bytes())
-            .map_err(rocks("read key"))?
-        {
-            Some(v) => Ok(Some(decode_record(&v)?)),
-            None => Ok(None),
-        }
+        self.gate.read(|| {
+            match self
+                .db
+                .get_pinned_cf(cf(&self.db, CF_DATA)?, key.as_bytes())
+                .map_err(rocks("read key"))?
+            {
+                Some(v) => Ok(Some(decode_record(&v)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Reads one key's record on a snapshot, with the snapshot's exact applied index (dearer
@@ -111,15 +124,21 @@ impl StateMachine {
         &self,
         key: &str,
     ) -> Result<ReadResult<Option<ValueRecord>>, StorageError> {
-        let snap = self.db.snapshot();
-        let index = self.snapshot_applied(&snap)?;
-        let data = cf(&self.db, CF_DATA)?;
-        let value = read_record(&snap.get_cf(data, key.as_bytes()))?;
-        Ok(ReadResult { value, index })
+        self.gate.read(|| {
+            let snap = self.db.snapshot();
+            let index = self.snapshot_applied(&snap)?;
+            let data = cf(&self.db, CF_DATA)?;
+            let value = read_record(&snap.get_cf(data, key.as_bytes()))?;
+            Ok(ReadResult { value, index })
+        })
     }
 
     /// Evaluates a transaction of compares and gets only, on one consistent snapshot.
     pub fn read_txn(&self, t: &TxnOp) -> Result<ReadResult<ApplyResult>, StorageError> {
+        self.gate.read(|| self.read_txn_ungated(t))
+    }
+
+    fn read_txn_ungated(&self, t: &TxnOp) -> Result<ReadResult<ApplyResult>, StorageError> {
         let snap = self.db.snapshot();
         let index = self.snapshot_applied(&snap)?;
         let data = cf(&self.db, CF_DATA)?;
@@ -133,6 +152,15 @@ impl StateMachine {
 
     /// Lists keys starting with `prefix`, strictly after `after` if given, at most `limit`.
     pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ReadResult<ListPage>, StorageError> {
+        self.gate.read(|| self.list_ungated(prefix, after, limit))
+    }
+
+    fn list_ungated(
         &self,
         prefix: &str,
         after: Option<&str>,

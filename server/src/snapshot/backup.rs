@@ -16,6 +16,14 @@ pub fn checkpoint(db: &DB, dir: &Path) -> Result<(u64, u64), StorageError> {
         .and_then(|c| c.create_checkpoint(dir))
         .map_err(rocks("create a checkpoint"))?;
     let backup = open_read_only(dir)?;
+    // Taken while a snapshot was copied into place: the data is half old, half new.
+    if meta::read_pending_install(&backup)?.is_some() {
+        drop(backup);
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a refused checkpoint");
+        }
+        return Err(StorageError::Installing);
+    }
     meta::read_applied(&backup)
 }
 
@@ -23,6 +31,12 @@ pub fn checkpoint(db: &DB, dir: &Path) -> Result<(u64, u64), StorageError> {
 /// backup's applied index and term and the number of keys.
 pub fn restore_from(db: &DB, backup_dir: &Path) -> Result<(u64, u64, u64), StorageError> {
     let backup = open_read_only(backup_dir)?;
+    if meta::read_pending_install(&backup)?.is_some() {
+        return Err(StorageError::Corrupt {
+            what: "backup",
+            detail: "taken while a snapshot was being installed; take another".into(),
+        });
+    }
     let (applied, term) = meta::read_applied(&backup)?;
     let mut keys = 0u64;
     // The change log describes the old cluster's log: the restored one starts after it.

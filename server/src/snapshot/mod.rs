@@ -17,10 +17,17 @@
 //! 3. The follower's transport passes each chunk to [`stage::Stage::stage_chunk`]; the last
 //!    chunk completes the stream.
 //! 4. The follower's Ready loop steps `MsgSnapshot` only if its data is staged whole (otherwise
-//!    the leader retries), and in the Ready that carries the snapshot installs it: the staged
-//!    data replaces the state machine, the log is emptied and truncated at the snapshot, in one
-//!    synced write batch. Entries after the snapshot that the staged data already covers are
-//!    skipped when they are applied.
+//!    the leader retries), and in the Ready that carries the snapshot installs it, in two
+//!    halves so that memory does not grow with the data: one synced write empties the state
+//!    machine and the log (truncated at the snapshot) and records a pending install; then the
+//!    staged data is copied into place in batches of a few MiB and a last synced write records
+//!    the applied index and drops the pending install ([`stage::finish_install`]). Reads are
+//!    refused in between ([`crate::sm::InstallGate`]); a node that crashed in between finishes
+//!    the install when it starts. Entries after the snapshot that the staged data already
+//!    covers are skipped when they are applied.
+//!
+//! The leader keeps at most a few chunks queued to the follower at a time, so its memory does
+//! not grow with the snapshot either.
 
 pub mod backup;
 pub mod send;

@@ -19,6 +19,13 @@ use crate::transport::PeerQueue;
 /// Largest chunk of a streamed snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// At most this many frames in a peer's queue before the next chunk is queued.
+const CHUNKS_QUEUED: usize = 32;
+
+/// A stream whose peer takes no frame for this long is abandoned (raft-rs is told, and the
+/// leader sends a snapshot again later).
+const SNAPSHOT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads snapshots out of the state machine and streams them to peers.
 #[derive(Clone)]
 pub struct Sender {
@@ -54,8 +61,11 @@ impl Sender {
         self.runtime.spawn_blocking(move || {
             crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_SEND);
             let started = std::time::Instant::now();
+            // A few chunks in the peer's queue at a time: the leader's memory does not grow
+            // with the snapshot when the follower takes it slower than RocksDB reads it.
             let sent = this.chunks(index, term, SNAPSHOT_CHUNK_BYTES, |chunk| {
-                queue.blocking_send(Body::SnapshotChunk(chunk))
+                queue.blocking_drain_to(CHUNKS_QUEUED, SNAPSHOT_STALL)
+                    && queue.blocking_send(Body::SnapshotChunk(chunk))
             });
             let ok = match sent {
                 Ok(true) => queue.blocking_send(Body::Raft(raw)),

@@ -4,8 +4,10 @@
 //! Chunks are written to the `snapshot_staging` column family, keyed by their column family
 //! number and key, as they arrive from the transport (on a network task). Raft may only take a
 //! snapshot whose data has arrived whole: the Ready loop locks the staged data before it steps a
-//! `MsgSnapshot` ([`Stage::lock_staged`]), adds its replacement of the state machine to the
-//! install batch ([`Stage::install_staged`]), and unlocks after the cycle.
+//! `MsgSnapshot` ([`Stage::lock_staged`]), empties the state machine in the install batch
+//! ([`Stage::install_staged`]), copies the staged data into place in bounded batches
+//! ([`finish_install`]), and unlocks after the cycle. Reads are refused in between
+//! ([`crate::sm::InstallGate`]); a crash in between is finished when the node starts.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,6 +16,7 @@ use tracing::warn;
 
 use crate::members::{self, AddressBook};
 use crate::proto::SnapshotChunk;
+use crate::storage::meta::PendingInstall;
 use crate::storage::{
     cf, cf_upper_bound, meta, rocks, StorageError, CF_CHANGES, CF_SNAP_STAGING, SNAPSHOT_CFS,
 };
@@ -175,9 +178,12 @@ impl Stage {
         self.lock_staging().locked = false;
     }
 
-    /// Adds to `batch` the replacement of the state machine (and of the address book, when the
-    /// snapshot carried one) by the staged snapshot, and returns what it installs. The caller
-    /// writes the batch.
+    /// Adds to `batch` the first half of an install: the state machine emptied, and the
+    /// [`PendingInstall`] that says what the staged data installs (its applied index, where its
+    /// change log starts, the address book after it). The caller writes the batch synced (with
+    /// the log's side of the install), then calls [`finish_install`], which copies the staged
+    /// data into place in bounded batches: memory does not grow with the snapshot. Returns what
+    /// the install puts in place.
     pub fn install_staged(
         &self,
         batch: &mut WriteBatch,
@@ -190,57 +196,34 @@ impl Stage {
                 detail: "installing a snapshot that was not completely received".into(),
             });
         };
-        let staging = cf(&self.db, CF_SNAP_STAGING)?;
-        let targets: Vec<&rocksdb::ColumnFamily> = SNAPSHOT_CFS
-            .iter()
-            .map(|n| cf(&self.db, n))
-            .collect::<Result<_, _>>()?;
-        for t in &targets {
-            batch.delete_range_cf(*t, Vec::new(), cf_upper_bound());
+        for name in SNAPSHOT_CFS {
+            batch.delete_range_cf(cf(&self.db, name)?, Vec::new(), cf_upper_bound());
         }
-        let changes_cf = SNAPSHOT_CFS
-            .iter()
-            .position(|n| *n == CF_CHANGES)
-            .unwrap_or(usize::MAX);
         // Where the sender's change log starts, as it says; from a sender that does not say,
         // before the first change that came (its history may start earlier, with entries that
         // changed no key: a watch from there is refused, never shown a gap), or after the
         // snapshot when none came.
-        let mut first_change: Option<u64> = None;
-        for item in self.db.iterator_cf(staging, IteratorMode::Start) {
-            let (k, v) = item.map_err(rocks("read staged snapshot"))?;
-            let Some((&n, key)) = k.split_first() else {
-                continue;
-            };
-            if n as usize == changes_cf && first_change.is_none() {
-                first_change = key
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes);
-            }
-            let Some(t) = targets.get(n as usize) else {
-                return Err(StorageError::Corrupt {
-                    what: "snapshot",
-                    detail: format!("unknown column family number {n}"),
-                });
-            };
-            batch.put_cf(*t, key, v);
-        }
-        batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
-        meta::put_applied(&self.db, batch, applied, applied_term)?;
         let history_after = match st.history_after {
             Some(h) => h,
-            None => first_change.map_or(applied, |i| i.saturating_sub(1)),
+            None => self
+                .first_staged_change()?
+                .map_or(applied, |i| i.saturating_sub(1)),
         }
         .min(applied);
-        meta::put_history_after(&self.db, batch, history_after)?;
         let members = st
             .members
             .take()
             .map(|book| members::merge_snapshot(current, &book));
-        if let Some(book) = &members {
-            meta::put_members(&self.db, batch, book)?;
-        }
+        meta::put_pending_install(
+            &self.db,
+            batch,
+            &PendingInstall {
+                applied,
+                applied_term,
+                history_after,
+                members: members.as_ref().map(members::encode),
+            },
+        )?;
         *st = Staging {
             locked: true,
             ..Staging::default()
@@ -252,6 +235,100 @@ impl Stage {
             history_after,
         })
     }
+
+    /// The install's second half, after the first is written: [`finish_install`] on this
+    /// node's database.
+    pub fn finish_install(&self) -> Result<Option<PendingInstall>, StorageError> {
+        finish_install(&self.db, INSTALL_BATCH_BYTES)
+    }
+
+    /// The index of the first staged change-log entry, if any came.
+    fn first_staged_change(&self) -> Result<Option<u64>, StorageError> {
+        let Some(n) = SNAPSHOT_CFS.iter().position(|n| *n == CF_CHANGES) else {
+            return Ok(None);
+        };
+        let staging = cf(&self.db, CF_SNAP_STAGING)?;
+        let start = [n as u8];
+        let mut iter = self.db.iterator_cf(
+            staging,
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let Some(item) = iter.next() else {
+            return Ok(None);
+        };
+        let (k, _) = item.map_err(rocks("read staged snapshot"))?;
+        Ok(match k.split_first() {
+            Some((&c, key)) if c as usize == n => key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            _ => None,
+        })
+    }
+}
+
+/// Largest batch of staged data copied into place at once.
+pub const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Finishes a snapshot install whose first half is written ([`Stage::install_staged`]): copies
+/// the staged data into the state machine in batches of about `max_batch_bytes`, then, in one
+/// synced write, records the installed applied index, change-log start and address book, and
+/// drops the staged data and the [`PendingInstall`]. Does nothing when no install is pending.
+///
+/// A crash anywhere in between leaves the pending install and the staged data on disk; the node
+/// calls this again when it starts, before it reads its state machine or its log, and the copy
+/// runs again from the start (copying a key twice writes the same value).
+pub fn finish_install(
+    db: &DB,
+    max_batch_bytes: usize,
+) -> Result<Option<PendingInstall>, StorageError> {
+    let Some(pending) = meta::read_pending_install(db)? else {
+        return Ok(None);
+    };
+    let staging = cf(db, CF_SNAP_STAGING)?;
+    let targets: Vec<&rocksdb::ColumnFamily> = SNAPSHOT_CFS
+        .iter()
+        .map(|n| cf(db, n))
+        .collect::<Result<_, _>>()?;
+    let mut batch = WriteBatch::default();
+    let mut size = 0usize;
+    for item in db.iterator_cf(staging, IteratorMode::Start) {
+        let (k, v) = item.map_err(rocks("read staged snapshot"))?;
+        let Some((&n, key)) = k.split_first() else {
+            continue;
+        };
+        let Some(t) = targets.get(n as usize) else {
+            return Err(StorageError::Corrupt {
+                what: "snapshot",
+                detail: format!("unknown column family number {n}"),
+            });
+        };
+        size += key.len() + v.len();
+        batch.put_cf(*t, key, v);
+        if size >= max_batch_bytes {
+            db.write(std::mem::take(&mut batch))
+                .map_err(rocks("copy snapshot into place"))?;
+            size = 0;
+            crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_COPYING);
+        }
+    }
+    db.write(std::mem::take(&mut batch))
+        .map_err(rocks("copy snapshot into place"))?;
+    crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_COPYING);
+    meta::put_applied(db, &mut batch, pending.applied, pending.applied_term)?;
+    meta::put_history_after(db, &mut batch, pending.history_after)?;
+    if let Some(book) = &pending.members {
+        meta::put_members_raw(db, &mut batch, book)?;
+    }
+    batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
+    meta::delete_pending_install(db, &mut batch)?;
+    // Synced, and after every copy batch in the write-ahead log: once the pending install is
+    // gone, the whole copy is durable.
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)
+        .map_err(rocks("finish snapshot install"))?;
+    Ok(Some(pending))
 }
 
 #[cfg(test)]
@@ -345,6 +422,7 @@ mod tests {
                 .expect("install");
             assert_eq!(installed.history_after, want);
             stage.db.write(batch).expect("write");
+            finish_install(&stage.db, INSTALL_BATCH_BYTES).expect("finish");
             let meta_cf = cf(&stage.db, crate::storage::CF_META).expect("meta");
             let stored =
                 meta::history_after_through(|k| stage.db.get_cf(meta_cf, k)).expect("read");
@@ -377,9 +455,68 @@ mod tests {
         assert_eq!((installed.applied, installed.applied_term), (12, 2));
         assert_eq!(installed.members, Some(book.clone()));
         stage.db.write(batch).expect("write");
+        finish_install(&stage.db, INSTALL_BATCH_BYTES).expect("finish");
         let stored = meta::read_members(&stage.db)
             .expect("read")
             .expect("present");
         assert_eq!(stored.expect("parses"), book);
+    }
+
+    fn data_keys(db: &DB) -> Vec<Vec<u8>> {
+        let data = cf(db, crate::storage::CF_DATA).expect("data");
+        db.iterator_cf(data, IteratorMode::Start)
+            .map(|item| item.expect("read").0.into_vec())
+            .collect()
+    }
+
+    /// The install copies the staged data into place in bounded batches after the synced write
+    /// that empties the state machine; a crash in the middle leaves the pending install, and
+    /// finishing it again (as the node does when it starts) gives the whole snapshot.
+    #[test]
+    fn an_install_interrupted_in_the_middle_of_its_copy_is_finished_whole() {
+        let (_d, stage) = stage();
+        let data = cf(&stage.db, crate::storage::CF_DATA).expect("data");
+        // What the node held before: replaced, not merged.
+        stage.db.put_cf(data, b"old", b"x").expect("put");
+        let keys: Vec<Vec<u8>> = (0..2000).map(|i| format!("k{i:05}").into_bytes()).collect();
+        for (seq, part) in keys.chunks(500).enumerate() {
+            let pairs = part.iter().map(|k| pair(0, k)).collect();
+            let last = seq == 3;
+            stage
+                .stage_chunk(chunk(seq as u64, last, pairs))
+                .expect("stage");
+        }
+        assert!(stage.lock_staged(10, 2));
+        let mut batch = WriteBatch::default();
+        stage
+            .install_staged(&mut batch, &AddressBook::new())
+            .expect("install");
+        stage.db.write(batch).expect("write");
+        // The first half: emptied, pending, nothing copied, the applied index not moved.
+        assert!(data_keys(&stage.db).is_empty());
+        let pending = meta::read_pending_install(&stage.db)
+            .expect("read")
+            .expect("pending");
+        assert_eq!((pending.applied, pending.applied_term), (12, 2));
+        assert_eq!(meta::read_applied(&stage.db).expect("read").0, 0);
+        // A crash after part of the copy: some keys in place.
+        for k in &keys[..700] {
+            stage.db.put_cf(data, k, b"v").expect("put");
+        }
+        // Finished (in batches of about 1 KiB: many batches), it is the snapshot exactly.
+        let done = finish_install(&stage.db, 1024).expect("finish");
+        assert_eq!(done, Some(pending));
+        assert_eq!(data_keys(&stage.db), keys);
+        assert_eq!(meta::read_applied(&stage.db).expect("read"), (12, 2));
+        assert_eq!(meta::read_pending_install(&stage.db).expect("read"), None);
+        let staging = cf(&stage.db, CF_SNAP_STAGING).expect("staging");
+        assert!(stage
+            .db
+            .iterator_cf(staging, IteratorMode::Start)
+            .next()
+            .is_none());
+        // Nothing pending: a second call (the next start) does nothing.
+        assert_eq!(finish_install(&stage.db, 1024).expect("again"), None);
+        assert_eq!(data_keys(&stage.db), keys);
     }
 }

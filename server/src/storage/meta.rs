@@ -8,6 +8,7 @@
 //! | `applied_index`, `applied_term` | big-endian `u64` | the state machine, in each apply batch |
 //! | `truncated` | index ++ term of the last compacted entry | compaction; snapshot install; bootstrap |
 //! | `incarnation` | a random `u64` made with the database | first start |
+//! | `installing` | a snapshot install under way ([`PendingInstall`]) | snapshot install |
 //!
 //! Every function here reads or writes one record and nothing else, so that each writer decides
 //! which batch (and which fsync) its record goes with.
@@ -36,6 +37,91 @@ pub const KEY_HISTORY_AFTER: &[u8] = b"history_after";
 const KEY_MEMBERS: &[u8] = b"members";
 /// Key of the data directory's incarnation.
 const KEY_INCARNATION: &[u8] = b"incarnation";
+/// Key of a snapshot install under way: present from the synced write that empties the state
+/// machine and the log until the synced write that finishes the install.
+const KEY_INSTALLING: &[u8] = b"installing";
+
+/// A snapshot install that has emptied the state machine and the log, and whose staged data is
+/// being copied into place: what the install's last write records once the copy is done. A node
+/// that finds one when it starts finishes the install before anything else
+/// ([`crate::snapshot::stage::finish_install`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInstall {
+    /// The applied index of the installed data.
+    pub applied: u64,
+    /// Its term.
+    pub applied_term: u64,
+    /// Where the installed change log starts.
+    pub history_after: u64,
+    /// The address book to write with it, encoded (None: keep the node's).
+    pub members: Option<Vec<u8>>,
+}
+
+impl PendingInstall {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(25 + self.members.as_ref().map_or(0, Vec::len));
+        v.extend_from_slice(&self.applied.to_be_bytes());
+        v.extend_from_slice(&self.applied_term.to_be_bytes());
+        v.extend_from_slice(&self.history_after.to_be_bytes());
+        match &self.members {
+            Some(m) => {
+                v.push(1);
+                v.extend_from_slice(m);
+            }
+            None => v.push(0),
+        }
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, StorageError> {
+        let corrupt = || StorageError::Corrupt {
+            what: "pending snapshot install",
+            detail: format!("{} bytes, expected at least 25", v.len()),
+        };
+        let (fixed, rest) = v.split_at_checked(24).ok_or_else(corrupt)?;
+        let (&flag, members) = rest.split_first().ok_or_else(corrupt)?;
+        Ok(PendingInstall {
+            applied: decode_u64(&fixed[..8], "pending install index")?,
+            applied_term: decode_u64(&fixed[8..16], "pending install term")?,
+            history_after: decode_u64(&fixed[16..], "pending install history")?,
+            members: (flag == 1).then(|| members.to_vec()),
+        })
+    }
+}
+
+/// Puts a pending install into `batch` (the install's first write).
+pub fn put_pending_install(
+    db: &DB,
+    batch: &mut WriteBatch,
+    pending: &PendingInstall,
+) -> Result<(), StorageError> {
+    batch.put_cf(cf(db, CF_META)?, KEY_INSTALLING, pending.encode());
+    Ok(())
+}
+
+/// Deletes the pending install in `batch` (the install's last write).
+pub fn delete_pending_install(db: &DB, batch: &mut WriteBatch) -> Result<(), StorageError> {
+    batch.delete_cf(cf(db, CF_META)?, KEY_INSTALLING);
+    Ok(())
+}
+
+/// Reads the pending install, if one is under way.
+pub fn read_pending_install(db: &DB) -> Result<Option<PendingInstall>, StorageError> {
+    db.get_cf(cf(db, CF_META)?, KEY_INSTALLING)
+        .map_err(rocks("read pending install"))?
+        .map(|v| PendingInstall::decode(&v))
+        .transpose()
+}
+
+/// Puts an encoded address book into `batch`.
+pub fn put_members_raw(
+    db: &DB,
+    batch: &mut WriteBatch,
+    encoded: &[u8],
+) -> Result<(), StorageError> {
+    batch.put_cf(cf(db, CF_META)?, KEY_MEMBERS, encoded);
+    Ok(())
+}
 
 /// The stored form of a truncation point.
 pub(super) fn truncation_value(index: u64, term: u64) -> Vec<u8> {

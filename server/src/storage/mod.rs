@@ -120,6 +120,12 @@ pub enum StorageError {
     /// A column family is missing (the database was not created by keel).
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
+    /// A snapshot is being copied into place: the state machine is neither the old one nor the
+    /// new one and is not read ([`crate::sm::InstallGate`]).
+    #[error(
+        "a snapshot is being installed on this node; read from another member or retry shortly"
+    )]
+    Installing,
 }
 
 /// Wraps a RocksDB error with what was being done: `.map_err(rocks("read key"))`.

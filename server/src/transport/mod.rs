@@ -325,6 +325,29 @@ impl PeerQueue {
     pub fn blocking_send(&self, body: Body) -> bool {
         self.0.blocking_send(body).is_ok()
     }
+
+    /// Waits (blocking the thread) until at most `frames` frames are queued, so that a sender
+    /// of large frames keeps only a few in memory. False if the peer's writer is gone, or
+    /// nothing left the queue for `stall`.
+    pub fn blocking_drain_to(&self, frames: usize, stall: std::time::Duration) -> bool {
+        let queued = || self.0.max_capacity() - self.0.capacity();
+        let mut last = (queued(), std::time::Instant::now());
+        loop {
+            if self.0.is_closed() {
+                return false;
+            }
+            let now = queued();
+            if now <= frames {
+                return true;
+            }
+            if now < last.0 {
+                last = (now, std::time::Instant::now());
+            } else if last.1.elapsed() > stall {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
 }
 
 /// Binds the peer listener.
