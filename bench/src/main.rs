@@ -10,6 +10,8 @@
 //! - `keel-bench all`: `modes` and `compare`, writing JSON, a Markdown summary and SVG plots.
 //! - `keel-bench breakdown`: where one write's time goes, from the nodes' own histograms.
 //! - `keel-bench watch`: what watchers cost and how fast changes reach them.
+//! - `keel-bench scale`: millions of keys: load rate, latency as the data grows, restart time,
+//!   a learner catching up from a snapshot and its peak memory.
 //!
 //! Runs given the nodes' process ids (`run --pids`; `compare` knows them) report the CPU time of
 //! those processes per 1,000 operations, from `/proc`.
@@ -22,6 +24,7 @@ mod load;
 mod plot;
 mod procfs;
 mod report;
+mod scale;
 mod watch;
 
 use std::io::{Read, Write};
@@ -57,6 +60,8 @@ enum Cmd {
     Watch(watch::WatchArgs),
     /// Where one write's time goes (HTTP, forward, append+fsync, replication, apply).
     Breakdown(breakdown::BreakdownArgs),
+    /// Millions of keys: load, latency as the data grows, restart, a learner's catch-up.
+    Scale(scale::ScaleArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -347,6 +352,13 @@ async fn main() {
             }
         },
         Cmd::Breakdown(a) => println!("{}", breakdown::run(&a).await),
+        Cmd::Scale(a) => match scale::run(&a).await {
+            Ok(md) => println!("{md}"),
+            Err(e) => {
+                eprintln!("keel-bench: the scale benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        },
         Cmd::Run(a) => {
             let system = if a.etcd {
                 System::Etcd(a.endpoints.clone())
