@@ -4,28 +4,36 @@
 # real HTTP). One build profile (release) serves the tests, the cluster and the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step says how long the one before took (CI must stay well under 30 minutes).
+started=$SECONDS
+last=$SECONDS
+step() {
+  echo "== ($((SECONDS - last)) s) $1"
+  last=$SECONDS
+}
+step "setup"
 scripts/setup.sh
 
 if cargo fmt --version >/dev/null 2>&1; then
-  echo "== cargo fmt --check"
+  step "cargo fmt --check"
   cargo fmt --all -- --check
 else
   echo "== SKIPPED cargo fmt: rustfmt is not installed" >&2
 fi
 if cargo clippy --version >/dev/null 2>&1; then
-  echo "== cargo clippy"
+  step "cargo clippy"
   cargo clippy --release --workspace --all-targets -- -D warnings
 else
   echo "== SKIPPED cargo clippy: clippy is not installed" >&2
 fi
-echo "== crate roles"
+step "crate roles"
 # The server never depends on the client, nor the client on the server (tests/tests/layout.rs
 # checks the manifests; this is the same with cargo's own resolution).
 if cargo tree -p keel-client | grep -q keel-server || cargo tree -p keel-server | grep -q keel-client; then
   echo "keel-client and keel-server depend on each other" >&2
   exit 1
 fi
-echo "== build"
+step "build"
 cargo build --release --workspace --all-targets
 # The fault suite's planted-bug build, never the default one: the same binary with the
 # planted-bugs feature, kept as keel-planted; then the default keel again. Cargo recompiles
@@ -34,7 +42,7 @@ cargo build --release --workspace --all-targets
 cargo build --release -p keel --features planted-bugs
 cp target/release/keel target/release/keel-planted
 cargo build --release -p keel
-echo "== tests"
+step "tests"
 # The cluster tests and the client's doc examples start real `keel server` processes.
 export KEEL_BIN="$PWD/target/release/keel"
 # The fault suite's seed: fixed in CI, so that a run is the schedule the planted bugs were seen
@@ -42,15 +50,15 @@ export KEEL_BIN="$PWD/target/release/keel"
 export KEEL_FAULT_SEED="${KEEL_FAULT_SEED:-8987458752572237270}"
 # Two test threads: each cluster test runs three nodes; more at once starves two cores.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release --workspace
-echo "== the cluster tests again, with TLS on both ports and tokens"
+step "the cluster tests again, with TLS on both ports and tokens"
 # The same tests on secure clusters (tests/src/secure.rs): certificates from `keel certs`,
 # every request over https with a client certificate and the admin token.
 KEEL_TEST_SECURE=1 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release -p keel-tests \
   --test cluster_basic --test modes --test atomic --test client
-echo "== fuzz: the peer frame decoder and the Raft message guard (AFL++, briefly)"
+step "fuzz: the peer frame decoder and the Raft message guard (AFL++, briefly)"
 scripts/fuzz.sh "${KEEL_FUZZ_SECONDS:-30}"
-echo "== docker compose test"
+step "docker compose test"
 # Builds the image from this machine's files (no registry), runs the 3-node compose cluster
 # through a disconnect and a restart; says SKIPPED when there is no Docker engine.
 scripts/compose-test.sh
-echo "== all tests passed"
+step "all tests passed in $((SECONDS - started)) s"

@@ -208,7 +208,8 @@ async fn load_keys(a: &ScaleArgs, http: &Http, leader: &str, loaded: Arc<AtomicU
 
 /// Probes until `stop`: a linearizable read of a loaded key from `follower`, a single-key
 /// write to `leader`, `per_sec` times a second, kept per tenth of the load.
-async fn probe(
+/// What the probe needs.
+struct Probe {
     http: Http,
     leader: String,
     follower: String,
@@ -217,7 +218,19 @@ async fn probe(
     loaded: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     out: Arc<Mutex<Probes>>,
-) {
+}
+
+async fn probe(p: Probe) {
+    let Probe {
+        http,
+        leader,
+        follower,
+        keys,
+        per_sec,
+        loaded,
+        stop,
+        out,
+    } = p;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(per_sec.max(1))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
@@ -272,71 +285,24 @@ async fn probe(
     }
 }
 
-/// Runs the scenario and returns its Markdown report (also written under `out`).
-pub async fn run(a: &ScaleArgs) -> Result<String, String> {
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let mut c = Cluster::start(3);
-    let leader = c.wait_for_leader();
-    let follower = c.others(&[leader])[0];
-    let http = load::http(a.clients + 2);
-    let leader_addr = c.node(leader).http.clone();
-    let follower_addr = c.node(follower).http.clone();
-    let leader_pid = c.node(leader).pid().ok_or("the leader has no pid")?;
-    let new_hist =
-        || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string());
-    let probes: Probes = (0..10)
-        .map(|_| Ok((new_hist()?, new_hist()?, 0)))
-        .collect::<Result<_, String>>()?;
-    let probes = Arc::new(Mutex::new(probes));
-    let (loaded, stop) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let prober = tokio::spawn(probe(
-        http.clone(),
-        leader_addr.clone(),
-        follower_addr,
-        a.keys,
-        a.probes,
-        loaded.clone(),
-        stop.clone(),
-        probes.clone(),
-    ));
-    // Progress every two seconds, and the time each tenth was reached.
-    let started = Instant::now();
-    let sampler = {
-        let (loaded, stop, keys) = (loaded.clone(), stop.clone(), a.keys);
-        tokio::spawn(async move {
-            let mut progress = vec![(0.0, 0u64)];
-            let mut tenth_at = vec![0.0f64; 11];
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let (t, n) = (
-                    started.elapsed().as_secs_f64(),
-                    loaded.load(Ordering::Relaxed),
-                );
-                for (i, at) in tenth_at.iter_mut().enumerate().skip(1) {
-                    if *at == 0.0 && n * 10 >= keys * i as u64 {
-                        *at = t;
-                    }
-                }
-                if t - progress.last().map_or(0.0, |p| p.0) >= 2.0 {
-                    eprintln!("scale: {n} keys in {t:.0} s");
-                    progress.push((t, n));
-                }
-            }
-            (progress, tenth_at)
-        })
-    };
-    load_keys(a, &http, &leader_addr, loaded.clone()).await;
-    let load_secs = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = prober.await;
-    let (mut progress, tenth_at) = sampler.await.map_err(|e| e.to_string())?;
-    progress.push((load_secs, a.keys));
-    eprintln!("scale: {} keys loaded in {load_secs:.0} s", a.keys);
+/// What happens after the load: the figures of the settled cluster, a restart and a learner.
+struct After {
+    disk_mib: Vec<f64>,
+    leader_rss_mib: f64,
+    restart_secs: f64,
+    learner_catch_up_secs: f64,
+    installed: bool,
+    learner_peak: u64,
+    leader_peak: u64,
+}
 
+/// Waits for every node to hold the load, restarts `follower`, adds a learner.
+fn after_load(
+    mut c: Cluster,
+    leader: u64,
+    follower: u64,
+    leader_pid: i32,
+) -> Result<After, String> {
     // Every node holds everything.
     let target = applied(&c, leader).ok_or("the leader does not answer")?;
     for id in c.ids() {
@@ -384,6 +350,96 @@ pub async fn run(a: &ScaleArgs) -> Result<String, String> {
     let installed = learner_log.contains("installed a snapshot");
     eprintln!("scale: the learner caught up in {learner_catch_up_secs:.1} s");
 
+    Ok(After {
+        disk_mib,
+        leader_rss_mib,
+        restart_secs,
+        learner_catch_up_secs,
+        installed,
+        learner_peak,
+        leader_peak,
+    })
+}
+
+/// Runs the scenario and returns its Markdown report (also written under `out`).
+pub async fn run(a: &ScaleArgs) -> Result<String, String> {
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let (c, leader, follower) = tokio::task::spawn_blocking(|| {
+        let mut c = Cluster::start(3);
+        let leader = c.wait_for_leader();
+        let follower = c.others(&[leader])[0];
+        (c, leader, follower)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let http = load::http(a.clients + 2);
+    let (leader_addr, follower_addr) = (c.http_addr(leader), c.http_addr(follower));
+    let leader_pid = c
+        .nodes
+        .get(leader as usize - 1)
+        .and_then(|n| n.pid())
+        .ok_or("the leader has no pid")?;
+    let new_hist =
+        || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string());
+    let probes: Probes = (0..10)
+        .map(|_| Ok((new_hist()?, new_hist()?, 0)))
+        .collect::<Result<_, String>>()?;
+    let probes = Arc::new(Mutex::new(probes));
+    let (loaded, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let prober = tokio::spawn(probe(Probe {
+        http: http.clone(),
+        leader: leader_addr.clone(),
+        follower: follower_addr,
+        keys: a.keys,
+        per_sec: a.probes,
+        loaded: loaded.clone(),
+        stop: stop.clone(),
+        out: probes.clone(),
+    }));
+    // Progress every two seconds, and the time each tenth was reached.
+    let started = Instant::now();
+    let sampler = {
+        let (loaded, stop, keys) = (loaded.clone(), stop.clone(), a.keys);
+        tokio::spawn(async move {
+            let mut progress = vec![(0.0, 0u64)];
+            let mut tenth_at = vec![0.0f64; 11];
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (t, n) = (
+                    started.elapsed().as_secs_f64(),
+                    loaded.load(Ordering::Relaxed),
+                );
+                for (i, at) in tenth_at.iter_mut().enumerate().skip(1) {
+                    if *at == 0.0 && n * 10 >= keys * i as u64 {
+                        *at = t;
+                    }
+                }
+                if t - progress.last().map_or(0.0, |p| p.0) >= 2.0 {
+                    eprintln!("scale: {n} keys in {t:.0} s");
+                    progress.push((t, n));
+                }
+            }
+            (progress, tenth_at)
+        })
+    };
+    load_keys(a, &http, &leader_addr, loaded.clone()).await;
+    let load_secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = prober.await;
+    let (mut progress, tenth_at) = sampler.await.map_err(|e| e.to_string())?;
+    progress.push((load_secs, a.keys));
+    eprintln!("scale: {} keys loaded in {load_secs:.0} s", a.keys);
+
+    // The cluster's blocking calls off the runtime's thread (under the runtime, tokio's
+    // cooperative budget starves the harness's blocking client once it runs out: a spin).
+    let after = tokio::task::spawn_blocking(move || after_load(c, leader, follower, leader_pid))
+        .await
+        .map_err(|e| e.to_string())??;
+
     let probes = probes.lock().unwrap_or_else(|p| p.into_inner());
     let tenths: Vec<Tenth> = probes
         .iter()
@@ -407,13 +463,13 @@ pub async fn run(a: &ScaleArgs) -> Result<String, String> {
         batch: a.batch,
         load_secs,
         tenths,
-        disk_mib,
-        leader_rss_mib,
-        restart_secs,
-        learner_catch_up_secs,
-        learner_installed_snapshot: installed,
-        learner_peak_rss_mib: learner_peak as f64 / 1024.0,
-        leader_peak_rss_during_catch_up_mib: leader_peak as f64 / 1024.0,
+        disk_mib: after.disk_mib,
+        leader_rss_mib: after.leader_rss_mib,
+        restart_secs: after.restart_secs,
+        learner_catch_up_secs: after.learner_catch_up_secs,
+        learner_installed_snapshot: after.installed,
+        learner_peak_rss_mib: after.learner_peak as f64 / 1024.0,
+        leader_peak_rss_during_catch_up_mib: after.leader_peak as f64 / 1024.0,
         progress,
     };
     write_outputs(a, &result)

@@ -210,7 +210,7 @@ pub async fn run(endpoints: &Endpoints, cmd: ClientCommand) -> i32 {
     match execute(&client, cmd).await {
         Ok(out) => {
             if !out.is_empty() {
-                println!("{out}");
+                outln!("{out}");
             }
             0
         }

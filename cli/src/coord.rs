@@ -200,7 +200,7 @@ pub async fn elect(endpoints: &Endpoints, args: ElectArgs) -> i32 {
             .await
         {
             Ok(g) => {
-                println!(
+                outln!(
                     "{}",
                     json!({"elected": args.name, "value": value, "fence": g.fence, "lease": g.lease})
                 );
@@ -250,11 +250,11 @@ async fn observe(election: &Election, changes: u64) -> i32 {
 
 fn print_leader(l: Option<&keel_client::LockHolderInfo>) {
     match l {
-        Some(l) => println!(
+        Some(l) => outln!(
             "{}",
             json!({"leader": l.value.value, "fence": l.fence, "lease": l.lease, "index": l.index})
         ),
-        None => println!("{}", json!({"leader": null})),
+        None => outln!("{}", json!({"leader": null})),
     }
 }
 
@@ -283,7 +283,7 @@ fn report(e: Error) -> i32 {
 fn finish(out: Result<serde_json::Value, Error>) -> i32 {
     match out {
         Ok(v) => {
-            println!("{v}");
+            outln!("{v}");
             0
         }
         Err(e) => report(e),

@@ -12,6 +12,10 @@
 
 #![warn(missing_docs)]
 
+// Standard output that may be closed early (`keel status | head -1`): the command ends quietly
+// with success instead of panicking on the broken pipe.
+#[macro_use]
+mod out;
 mod args;
 mod certs;
 mod commands;
@@ -67,14 +71,14 @@ fn main() -> std::process::ExitCode {
                 .map_err(|e| e.to_string()),
             Command::Restore(args) => keel_server::node::restore(args)
                 .map(|msg| {
-                    println!("{msg}");
+                    outln!("{msg}");
                     0
                 })
                 .map_err(|e| e.to_string()),
             Command::Certs(args) => certs::run(&args)
                 .map(|written| {
                     for w in written {
-                        println!("wrote {w}");
+                        outln!("wrote {w}");
                     }
                     0
                 })

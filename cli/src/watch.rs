@@ -94,7 +94,7 @@ pub async fn run(endpoints: &Endpoints, args: WatchArgs) -> i32 {
                 })
             }
         };
-        println!("{line}");
+        outln!("{line}");
     }
     0
 }

@@ -113,3 +113,26 @@ fn health_fails_against_a_node_that_is_not_there() {
         .expect("run keel");
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `keel get KEY | head -c 10`: the reader goes before the value is written. The command ends
+/// quietly with success (found by the compose test: `println!` panicked, exit code 101, which
+/// `pipefail` turned into a failed script).
+#[test]
+fn a_command_whose_output_is_closed_early_ends_quietly() {
+    let mut c = Cluster::start(1);
+    let leader = c.wait_for_leader();
+    // Larger than a pipe's buffer: the write meets the closed pipe whenever the reader goes.
+    let value = vec![b'v'; 256 * 1024];
+    c.put_until_ok(leader, "cli/big", &value, keel_tests::DEADLINE);
+    let mut child = Command::new(keel_bin())
+        .args(["--endpoints", &c.endpoints().join(","), "get", "cli/big"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run keel");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("keel ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "keel panicked: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+}

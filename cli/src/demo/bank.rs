@@ -41,8 +41,8 @@ pub(super) async fn bank(dc: &mut DemoCtx<'_>) -> Result<serde_json::Value, Demo
                 .await
                 .map_err(failed("opening accounts"))?;
         }
-        println!();
-        println!(
+        outln!();
+        outln!(
             "== bank, {label}: {} transfers between {ACCOUNTS} accounts of {OPENING} (total {total}), {} clients, readers summing all balances ==",
             dc.ops, dc.clients
         );
@@ -145,11 +145,11 @@ pub(super) async fn bank(dc: &mut DemoCtx<'_>) -> Result<serde_json::Value, Demo
         let sum: i64 = finals.iter().sum();
         let get = |i: usize| counts[i].load(Ordering::Relaxed);
         let ok = sum == total && finals.iter().all(|b| *b >= 0) && get(4) == 0;
-        println!(
+        outln!(
             "{} transfers done, {} declined for lack of funds, {} unknown; {} reads of all balances, {} did not sum to {total} {}",
             get(0), get(1), get(2), get(3), get(4), check(get(4) == 0)
         );
-        println!(
+        outln!(
             "final balances {finals:?} sum to {sum} {}",
             check(sum == total && finals.iter().all(|b| *b >= 0))
         );

@@ -74,7 +74,7 @@ pub async fn worker(endpoints: &[String], a: WorkerArgs) -> Result<(), DemoError
                 .add(&runs(tick), 1)
                 .await
                 .map_err(failed("running the job"))?;
-            println!("    {}: tick {tick}: ran the job", a.name);
+            outln!("    {}: tick {tick}: ran the job", a.name);
         }
         return Ok(());
     }
@@ -93,7 +93,7 @@ pub async fn worker(endpoints: &[String], a: WorkerArgs) -> Result<(), DemoError
             Err(Error::LockHeld { .. }) => continue,
             Err(e) => return Err(failed("campaigning")(e)),
         };
-        println!("    {}: leads now (fence {})", a.name, guard.fence);
+        outln!("    {}: leads now (fence {})", a.name, guard.fence);
         // Runs the job every tick while it believes it leads. It does not look at its lease
         // first: a process can be frozen between any check and its write; the fence is the
         // check that cannot be outrun.
@@ -108,15 +108,16 @@ pub async fn worker(endpoints: &[String], a: WorkerArgs) -> Result<(), DemoError
             let opts = PutOptions::new().fence(&guard);
             let run = format!("{}/{}", runs(tick), a.name);
             match client.put_with(&run, "ran", opts).await {
-                Ok(_) => println!("    {}: tick {tick}: ran the job", a.name),
+                Ok(_) => outln!("    {}: tick {tick}: ran the job", a.name),
                 Err(Error::FenceRejected { holder, .. }) => {
                     let who = holder
                         .and_then(|h| h.value.value)
                         .unwrap_or_else(|| "nobody".into());
-                    println!(
+                    outln!(
                         "    {}: tick {tick}: woke up and tried to run the job with fence {}: \
                          REFUSED by the store ({who} leads now); standing down",
-                        a.name, guard.fence
+                        a.name,
+                        guard.fence
                     );
                     client
                         .add(&format!("{}/locked/refused", a.prefix), 1)
@@ -207,23 +208,23 @@ fn signal(child: &std::process::Child, sig: i32) {
 /// The demo.
 pub(super) async fn cron(dc: &mut DemoCtx<'_>) -> Result<serde_json::Value, DemoError> {
     let client = pinned(&dc.endpoints, dc.mode).await?;
-    println!();
-    println!("Three schedulers each want to run the same job (the 9:00 report) once per tick.");
-    println!();
-    println!("1. Naive: every scheduler runs the job when its clock says so.");
+    outln!();
+    outln!("Three schedulers each want to run the same job (the 9:00 report) once per tick.");
+    outln!();
+    outln!("1. Naive: every scheduler runs the job when its clock says so.");
     let naive_ticks = 4;
     let start = now_ms() + 1500;
     let workers = spawn_workers(dc, "naive", start, naive_ticks)?;
     wait_all(workers)?;
     let naive = runs_per_tick(&client, &dc.prefix, "naive", naive_ticks).await?;
     for (t, n) in naive.iter().enumerate() {
-        println!("   tick {t}: the job ran {n} times");
+        outln!("   tick {t}: the job ran {n} times");
     }
     let naive_dups: i64 = naive.iter().map(|n| (n - 1).max(0)).sum();
-    println!("   {naive_dups} duplicate runs in {naive_ticks} ticks.");
+    outln!("   {naive_dups} duplicate runs in {naive_ticks} ticks.");
 
-    println!();
-    println!("2. With a keel lock: only the holder runs the job, each run fenced by its fence.");
+    outln!();
+    outln!("2. With a keel lock: only the holder runs the job, each run fenced by its fence.");
     let ticks = 14;
     let start = now_ms() + 1500;
     let mut workers = spawn_workers(dc, "locked", start, ticks)?;
@@ -239,8 +240,8 @@ pub(super) async fn cron(dc: &mut DemoCtx<'_>) -> Result<serde_json::Value, Demo
     let Some(frozen) = workers.iter().position(|(n, _)| *n == name) else {
         return Err(DemoError::Other(format!("unknown holder {name:?}")));
     };
-    println!();
-    println!(
+    outln!();
+    outln!(
         "3. {name} (fence {}) freezes (SIGSTOP), as in a GC pause, for longer than its lease.",
         holder.fence
     );
@@ -266,23 +267,23 @@ pub(super) async fn cron(dc: &mut DemoCtx<'_>) -> Result<serde_json::Value, Demo
         .and_then(|n| n.value.value.clone())
         .unwrap_or_default();
     match &next {
-        Some(n) => println!(
+        Some(n) => outln!(
             "   its lease expired on the leader; {taken_by} took over with fence {}.",
             n.fence
         ),
-        None => println!("   nobody took over (unexpected)."),
+        None => outln!("   nobody took over (unexpected)."),
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    println!("4. {name} wakes up (SIGCONT), still believing it leads.");
+    outln!("4. {name} wakes up (SIGCONT), still believing it leads.");
     signal(&workers[frozen].1, libc::SIGCONT);
     let done = std::mem::take(&mut workers);
     tokio::task::spawn_blocking(move || wait_all(done))
         .await
         .map_err(|e| DemoError::Other(e.to_string()))??;
     let locked = runs_per_tick(&client, &dc.prefix, "locked", ticks).await?;
-    println!();
+    outln!();
     for (t, n) in locked.iter().enumerate().skip(1) {
-        println!("   tick {t}: the job ran {n} times");
+        outln!("   tick {t}: the job ran {n} times");
     }
     let locked_dups: i64 = locked.iter().map(|n| (n - 1).max(0)).sum();
     let refused = match client.get(&format!("{}/locked/refused", dc.prefix)).await {
@@ -291,12 +292,12 @@ pub(super) async fn cron(dc: &mut DemoCtx<'_>) -> Result<serde_json::Value, Demo
         Err(e) => return Err(failed("reading the refusals")(e)),
     };
     let ok = naive_dups > 0 && locked_dups == 0 && refused >= 1 && next.is_some();
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{} naive: {naive_dups} duplicate runs (expected: some)",
         check(naive_dups > 0)
     );
-    println!(
+    outln!(
         "{} with the lock: {locked_dups} duplicate runs, the frozen holder's late run refused \
          {refused} time(s) by its fence",
         check(locked_dups == 0 && refused >= 1)

@@ -54,19 +54,19 @@ pub(super) async fn bounded_decrement(
     let node_of = |i: usize| eps[i % eps.len()].clone();
 
     // 1. The seed's small case with atomic bounded adds.
-    println!();
-    println!("== {}: the seed case, atomic ==", s.name);
+    outln!();
+    outln!("== {}: the seed case, atomic ==", s.name);
     let key = format!("{}/{}/atomic", dc.prefix, s.name);
     admin
         .put_with(&key, s.start.to_string(), PutOptions::new())
         .await
         .map_err(failed("setting up"))?;
-    println!("{} {key} starts at {}", s.thing, s.start);
-    println!(
+    outln!("{} {key} starts at {}", s.thing, s.start);
+    outln!(
         "three requests at the same time, each through a different node, each to {} only if enough is left",
         s.take_verb
     );
-    println!("(answers in the order they came back):");
+    outln!("(answers in the order they came back):");
     let barrier = Arc::new(Barrier::new(3));
     let mut tasks = Vec::new();
     for (i, amount) in s.takes.iter().copied().enumerate() {
@@ -90,16 +90,19 @@ pub(super) async fn bounded_decrement(
         match r {
             Ok(a) => {
                 approved += amount;
-                println!(
+                outln!(
                     "  via {node}: {} {amount} → approved, {} now {}",
-                    s.take_verb, s.left, a.value
+                    s.take_verb,
+                    s.left,
+                    a.value
                 );
                 small_ok &= a.value >= 0;
             }
             Err(Error::BoundViolated { current, .. }) => {
-                println!(
+                outln!(
                     "  via {node}: {} {amount} → declined: {} was {current}, too little",
-                    s.take_verb, s.left
+                    s.take_verb,
+                    s.left
                 );
                 small_ok &= current < amount;
             }
@@ -109,7 +112,7 @@ pub(super) async fn bounded_decrement(
     let fin = admin.get(&key).await.map_err(failed("reading back"))?;
     let fin = fin.value_i64().unwrap_or(i64::MIN);
     small_ok &= fin == s.start - approved && fin >= 0;
-    println!(
+    outln!(
         "final {} {fin} = {} - {approved} {}; never below 0 {}",
         s.left,
         s.start,
@@ -118,14 +121,14 @@ pub(super) async fn bounded_decrement(
     );
 
     // 2. The same with a naive client: GET, decide, PUT.
-    println!();
-    println!("== the same with a naive client (GET, decide, then PUT) ==");
+    outln!();
+    outln!("== the same with a naive client (GET, decide, then PUT) ==");
     let nkey = format!("{}/{}/naive", dc.prefix, s.name);
     admin
         .put(&nkey, s.start.to_string())
         .await
         .map_err(failed("setting up"))?;
-    println!(
+    outln!(
         "{} {nkey} starts at {}; all three read before any writes back, as overlapping requests do:",
         s.thing, s.start
     );
@@ -157,13 +160,13 @@ pub(super) async fn bounded_decrement(
         if ok {
             naive_approved += amount;
             naive_count += 1;
-            println!(
+            outln!(
                 "  via {node}: read {read}, {} {amount} → writes {} → \"approved\"",
                 s.take_verb,
                 read - amount
             );
         } else {
-            println!(
+            outln!(
                 "  via {node}: read {read}, {} {amount} → declined",
                 s.take_verb
             );
@@ -176,7 +179,7 @@ pub(super) async fn bounded_decrement(
         .value_i64()
         .unwrap_or(i64::MIN);
     let lost_small = naive_approved - (s.start - nfin);
-    println!(
+    outln!(
         "naive final {} {nfin}: {naive_approved} {} in {naive_count} \"approved\" requests, but only {} came off the {}: {lost_small} unaccounted for (lost updates){} {}",
         s.left,
         s.taken,
@@ -193,8 +196,8 @@ pub(super) async fn bounded_decrement(
     // 3. At scale.
     let n = dc.ops;
     let start = (n / 2) as i64;
-    println!();
-    println!(
+    outln!();
+    outln!(
         "== at scale: {n} requests to {} 1 from {} clients through every node, {} starting at {start} ==",
         s.take_verb, dc.clients, s.left
     );
@@ -215,7 +218,7 @@ pub(super) async fn bounded_decrement(
         && afin <= start - atomic.approved as i64
         && afin >= start - atomic.approved as i64 - atomic.unknown as i64;
     let atomic_ok = bounded && (exact || atomic.unknown > 0) && atomic.declined_wrongly == 0;
-    println!(
+    outln!(
         "atomic: {} approved, {} declined (each saw 0 left: {}), {} unknown; final {afin} = {start} - {} {} ({:.0} ops/s)",
         atomic.approved,
         atomic.declined,
@@ -238,7 +241,7 @@ pub(super) async fn bounded_decrement(
         .value_i64()
         .unwrap_or(i64::MIN);
     let lost = naive.approved as i64 - (start - nfin2);
-    println!(
+    outln!(
         "naive:  {} \"approved\", final {nfin2}: {lost} lost updates ({} {} more than the {} ever went down) ✘",
         naive.approved, lost, s.taken, s.left
     );

@@ -116,7 +116,7 @@ pub async fn run(endpoints: &Endpoints, args: DemoArgs) -> Result<bool, DemoErro
             default_mode: args.mode,
             secure: false,
         })?;
-        println!(
+        outln!(
             "started a local 3-node cluster for the demo in {}",
             dir.display()
         );
@@ -154,7 +154,7 @@ pub async fn run(endpoints: &Endpoints, args: DemoArgs) -> Result<bool, DemoErro
             .then_some(())
             .and(local.as_mut().map(|(lc, _)| lc)),
     };
-    println!(
+    outln!(
         "mode {}, {} nodes: {}",
         args.mode,
         dc.endpoints.len(),
@@ -176,8 +176,8 @@ pub async fn run(endpoints: &Endpoints, args: DemoArgs) -> Result<bool, DemoErro
         lc.stop().await;
         let _ = std::fs::remove_dir_all(dir);
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{}",
         if ok {
             "every invariant held with atomic writes."
@@ -222,14 +222,14 @@ async fn kill_leader(lc: &mut LocalCluster, client: &Client) -> Result<u64, Demo
         .leader
         .ok_or_else(|| DemoError::Other("no leader to kill".into()))?;
     lc.kill(leader).await;
-    println!("  -- killed the leader, node {leader}, with SIGKILL --");
+    outln!("  -- killed the leader, node {leader}, with SIGKILL --");
     let t = Instant::now();
     // The survivors elect a new leader; then the old node comes back as a follower.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(l) = lc.wait_for_leader(Duration::from_secs(1)).await {
             if l != leader {
-                println!(
+                outln!(
                     "  -- node {l} leads after {:.1} s; restarting node {leader} --",
                     t.elapsed().as_secs_f64()
                 );

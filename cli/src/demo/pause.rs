@@ -27,9 +27,11 @@ async fn round(client: &Client, prefix: &str, fenced: bool) -> Result<(bool, Str
         .lock_for(&lock, a.id.0, "client-A", Duration::ZERO)
         .await
         .map_err(failed("A acquiring the lock"))?;
-    println!(
+    outln!(
         "   A holds the lock with fence {} (lease {}, TTL {} ms)",
-        ga.fence, a.id, a.ttl_ms
+        ga.fence,
+        a.id,
+        a.ttl_ms
     );
     let write = |who: &'static str, fence: Option<u64>| {
         let mut opts = PutOptions::new();
@@ -46,9 +48,9 @@ async fn round(client: &Client, prefix: &str, fenced: bool) -> Result<(bool, Str
     write("A", fenced.then_some(ga.fence))
         .await
         .map_err(failed("A's first write"))?;
-    println!("   A writes the file.");
+    outln!("   A writes the file.");
     let paused = Instant::now();
-    println!("   A pauses (GC): no keepalive, no request, for longer than its TTL...");
+    outln!("   A pauses (GC): no keepalive, no request, for longer than its TTL...");
     // Client B waits in line for the lock, with a lease it keeps alive.
     let b = client
         .lease(Duration::from_secs(10))
@@ -58,7 +60,7 @@ async fn round(client: &Client, prefix: &str, fenced: bool) -> Result<(bool, Str
         .lock(&lock, &b, "client-B", ttl * 5)
         .await
         .map_err(failed("B acquiring the lock"))?;
-    println!(
+    outln!(
         "   after {:.1} s A's lease expired on the leader; B holds the lock with fence {}",
         paused.elapsed().as_secs_f64(),
         gb.fence
@@ -66,15 +68,15 @@ async fn round(client: &Client, prefix: &str, fenced: bool) -> Result<(bool, Str
     write("B", fenced.then_some(gb.fence))
         .await
         .map_err(failed("B's write"))?;
-    println!("   B writes the file.");
-    println!("   A wakes up, still believing it owns the file, and writes:");
+    outln!("   B writes the file.");
+    outln!("   A wakes up, still believing it owns the file, and writes:");
     let late = match write("A (late)", fenced.then_some(ga.fence)).await {
         Ok(_) => {
-            println!("     accepted: A's stale write overwrote B's work");
+            outln!("     accepted: A's stale write overwrote B's work");
             true
         }
         Err(Error::FenceRejected { .. }) => {
-            println!(
+            outln!(
                 "     refused: fence {} is no longer the lock's (412 fence_rejected)",
                 ga.fence
             );
@@ -89,7 +91,7 @@ async fn round(client: &Client, prefix: &str, fenced: bool) -> Result<(bool, Str
         .value_str()
         .unwrap_or_default()
         .to_string();
-    println!("   the file now says: {final_value:?}");
+    outln!("   the file now says: {final_value:?}");
     let _ = b.revoke().await;
     Ok((late, final_value))
 }
@@ -97,20 +99,20 @@ async fn round(client: &Client, prefix: &str, fenced: bool) -> Result<(bool, Str
 /// The demo.
 pub async fn pause(dc: &mut DemoCtx<'_>) -> Result<serde_json::Value, DemoError> {
     let client = pinned(&dc.endpoints, dc.mode).await?;
-    println!();
-    println!("1. Without the fence check (plain writes):");
+    outln!();
+    outln!("1. Without the fence check (plain writes):");
     let (unfenced_late, unfenced_final) =
         round(&client, &format!("{}/off", dc.prefix), false).await?;
-    println!();
-    println!("2. With the fence check (every write carries If-Fence):");
+    outln!();
+    outln!("2. With the fence check (every write carries If-Fence):");
     let (fenced_late, fenced_final) = round(&client, &format!("{}/on", dc.prefix), true).await?;
     let ok = unfenced_late && !fenced_late && fenced_final == "written by B";
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{} without fences the paused client's late write went through (expected: it does)",
         check(unfenced_late)
     );
-    println!(
+    outln!(
         "{} with fences it was refused and B's write stands",
         check(!fenced_late && fenced_final == "written by B")
     );

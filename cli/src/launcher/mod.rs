@@ -255,7 +255,7 @@ impl LocalCluster {
                 if let Some(c) = n.child.as_mut() {
                     match c.try_wait() {
                         Ok(Some(status)) => {
-                            println!("node {} exited: {status}", n.id);
+                            outln!("node {} exited: {status}", n.id);
                             n.child = None;
                         }
                         _ => running += 1,
@@ -273,29 +273,29 @@ impl LocalCluster {
 pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
     let mut lc = LocalCluster::start(&args)?;
     for line in lc.describe() {
-        println!("{line}");
+        outln!("{line}");
     }
     let addrs = lc.http_addrs();
     match lc.wait_for_leader(LEADER_WAIT).await {
-        Some(leader) => println!(
+        Some(leader) => outln!(
             "leader: node {leader} ({}://{})",
             lc.scheme(),
             addrs.get(leader as usize - 1).cloned().unwrap_or_default()
         ),
-        None => println!(
+        None => outln!(
             "no leader after {} s; see the node logs",
             LEADER_WAIT.as_secs()
         ),
     }
     match &lc.secure {
-        None => println!(
+        None => outln!(
             "try: curl -X PUT --data-binary hello http://{}/v1/kv/greeting && curl http://{}/v1/kv/greeting",
             addrs[0],
             addrs[addrs.len() - 1]
         ),
         Some(s) => {
             let ca = s.ca();
-            println!(
+            outln!(
                 "TLS on both ports and tokens are on; in another shell:\n  \
                  export KEEL_CA={} KEEL_TOKEN=$(grep -o '\"token\":\"[^\"]*' {} | cut -d'\"' -f4)\n  \
                  keel put greeting hello && keel get greeting\n  \
@@ -306,16 +306,16 @@ pub async fn run(args: ClusterArgs) -> Result<(), ClusterError> {
             );
         }
     }
-    println!("press Ctrl-C to stop the cluster");
+    outln!("press Ctrl-C to stop the cluster");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ClusterError::Io {
             context: "cannot install the SIGTERM handler".into(),
             source,
         })?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => println!("stopping the cluster"),
-        _ = term.recv() => println!("stopping the cluster"),
-        _ = lc.watch() => println!("every node has exited"),
+        _ = tokio::signal::ctrl_c() => outln!("stopping the cluster"),
+        _ = term.recv() => outln!("stopping the cluster"),
+        _ = lc.watch() => outln!("every node has exited"),
     }
     lc.stop().await;
     Ok(())

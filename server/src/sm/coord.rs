@@ -60,18 +60,24 @@ fn decode<T: prost::Message + Default>(
 impl StateMachine {
     /// A lease as applied on this node.
     pub fn lease(&self, id: u64) -> Result<Option<LeaseRecord>, StorageError> {
-        match self
-            .db
-            .get_pinned_cf(cf(&self.db, CF_LEASES)?, lease_key(id))
-            .map_err(rocks("read lease"))?
-        {
-            Some(v) => Ok(Some(decode(&v, "lease record")?)),
-            None => Ok(None),
-        }
+        self.gate.read(|| {
+            match self
+                .db
+                .get_pinned_cf(cf(&self.db, CF_LEASES)?, lease_key(id))
+                .map_err(rocks("read lease"))?
+            {
+                Some(v) => Ok(Some(decode(&v, "lease record")?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Every lease as applied on this node (the leader restarts their countdowns).
     pub fn leases(&self) -> Result<Vec<(u64, LeaseRecord)>, StorageError> {
+        self.gate.read(|| self.leases_ungated())
+    }
+
+    fn leases_ungated(&self) -> Result<Vec<(u64, LeaseRecord)>, StorageError> {
         let mut out = Vec::new();
         for item in self
             .db
@@ -89,7 +95,11 @@ impl StateMachine {
 
     /// How many leases live, and how many locks have a holder, as applied on this node.
     pub fn coord_counts(&self) -> Result<(usize, usize), StorageError> {
-        let leases = self.leases()?.len();
+        self.gate.read(|| self.coord_counts_ungated())
+    }
+
+    fn coord_counts_ungated(&self) -> Result<(usize, usize), StorageError> {
+        let leases = self.leases_ungated()?.len();
         let mut held = 0;
         for item in self
             .db
@@ -104,14 +114,16 @@ impl StateMachine {
 
     /// A lock as applied on this node (None: free, nobody waiting).
     pub fn lock(&self, name: &str) -> Result<Option<LockRecord>, StorageError> {
-        match self
-            .db
-            .get_pinned_cf(cf(&self.db, CF_LOCKS)?, name.as_bytes())
-            .map_err(rocks("read lock"))?
-        {
-            Some(v) => Ok(Some(decode(&v, "lock record")?)),
-            None => Ok(None),
-        }
+        self.gate.read(|| {
+            match self
+                .db
+                .get_pinned_cf(cf(&self.db, CF_LOCKS)?, name.as_bytes())
+                .map_err(rocks("read lock"))?
+            {
+                Some(v) => Ok(Some(decode(&v, "lock record")?)),
+                None => Ok(None),
+            }
+        })
     }
 }
 

@@ -97,6 +97,11 @@ impl Sender {
     ) -> Result<bool, StorageError> {
         let snap = self.db.snapshot();
         let meta_cf = cf(&self.db, CF_META)?;
+        // A node copying a snapshot into place holds neither the old state nor the new one (a
+        // leader that stepped down and installed one while this stream waited to start).
+        if meta::pending_install_through(|key| snap.get_cf(meta_cf, key))? {
+            return Err(StorageError::Installing);
+        }
         let (applied, applied_term) = meta::applied_through(|key| snap.get_cf(meta_cf, key))?;
         let members = meta::members_through(|key| snap.get_cf(meta_cf, key))?.unwrap_or_default();
         let history_after = meta::history_after_through(|key| snap.get_cf(meta_cf, key))?;
@@ -135,5 +140,42 @@ impl Sender {
         chunk.members = members;
         chunk.history_after = history_after;
         Ok(emit(chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: a stream that started late, on a node that meanwhile took a snapshot
+    /// itself and is copying it into place, would have sent half of it.
+    #[test]
+    fn a_node_copying_a_snapshot_into_place_does_not_stream_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = crate::storage::open_db(dir.path()).expect("open RocksDB");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let sender = Sender {
+            db: db.clone(),
+            runtime: runtime.handle().clone(),
+        };
+        let mut chunks = 0;
+        let sent = sender.chunks(1, 1, SNAPSHOT_CHUNK_BYTES, |_| {
+            chunks += 1;
+            true
+        });
+        assert!(matches!(sent, Ok(true)) && chunks == 1);
+        let mut batch = rocksdb::WriteBatch::default();
+        let pending = meta::PendingInstall {
+            applied: 5,
+            applied_term: 1,
+            history_after: 5,
+            members: None,
+        };
+        meta::put_pending_install(&db, &mut batch, &pending).expect("batch");
+        db.write(batch).expect("write");
+        let sent = sender.chunks(1, 1, SNAPSHOT_CHUNK_BYTES, |_| true);
+        assert!(matches!(sent, Err(StorageError::Installing)), "{sent:?}");
     }
 }

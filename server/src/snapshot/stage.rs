@@ -322,10 +322,10 @@ pub fn finish_install(
     }
     batch.delete_range_cf(staging, Vec::new(), cf_upper_bound());
     meta::delete_pending_install(db, &mut batch)?;
-    // Synced, and after every copy batch in the write-ahead log: once the pending install is
-    // gone, the whole copy is durable.
+    // Synced (like the log: not with the planted `skip-fsync`), and after every copy batch in
+    // the write-ahead log: once the pending install is gone, the whole copy is durable.
     let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
+    opts.set_sync(crate::storage::log_sync());
     db.write_opt(batch, &opts)
         .map_err(rocks("finish snapshot install"))?;
     Ok(Some(pending))

@@ -23,7 +23,7 @@ fn note_term(terms: &mut Vec<(u64, u64)>, index: u64, term: u64) {
 
 /// Whether writes of the Raft log are fsynced: always, unless the planted bug `skip-fsync`
 /// (test build only) is active, for the power-loss profile to show it would be caught.
-fn log_sync() -> bool {
+pub(crate) fn log_sync() -> bool {
     !crate::planted::active(crate::planted::Bug::SkipFsync)
 }
 

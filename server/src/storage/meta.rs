@@ -113,6 +113,16 @@ pub fn read_pending_install(db: &DB) -> Result<Option<PendingInstall>, StorageEr
         .transpose()
 }
 
+/// Whether an install is pending, through `get` (a lookup in [`CF_META`] of the database or of
+/// one of its snapshots).
+pub fn pending_install_through(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<bool, StorageError> {
+    Ok(get(KEY_INSTALLING)
+        .map_err(rocks("read pending install"))?
+        .is_some())
+}
+
 /// Puts an encoded address book into `batch`.
 pub fn put_members_raw(
     db: &DB,

@@ -51,6 +51,7 @@ use protobuf::Message as PbMessage;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 mod log_store;
+pub(crate) use log_store::log_sync;
 pub mod meta;
 
 pub use log_store::{RaftLogStore, SNAPSHOT_MARKER};
