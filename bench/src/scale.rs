@@ -77,6 +77,10 @@ struct ScaleResult {
     tenths: Vec<Tenth>,
     /// Data directory of each node after the load, MiB.
     disk_mib: Vec<f64>,
+    /// Of which RocksDB's write-ahead log files, MiB.
+    wal_mib: Vec<f64>,
+    /// And its tables, MiB.
+    sst_mib: Vec<f64>,
     /// Leader's resident memory after the load, MiB.
     leader_rss_mib: f64,
     restart_secs: f64,
@@ -124,19 +128,31 @@ fn txn_body(first: u64, n: u64, value_size: usize) -> Bytes {
     Bytes::from(s)
 }
 
-/// Sum of the sizes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
+/// Sizes of the files under `dir`: (all, RocksDB's write-ahead log files `*.log`, its tables
+/// `*.sst`).
+fn dir_bytes(dir: &Path) -> (u64, u64, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return (0, 0, 0);
     };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+    entries.flatten().fold((0, 0, 0), |(all, wal, sst), e| {
+        let path = e.path();
+        match e.metadata() {
+            Ok(m) if m.is_dir() => {
+                let (a, w, s) = dir_bytes(&path);
+                (all + a, wal + w, sst + s)
+            }
+            Ok(m) => {
+                let ext = path.extension().and_then(|x| x.to_str());
+                let (w, s) = match ext {
+                    Some("log") => (m.len(), 0),
+                    Some("sst") => (0, m.len()),
+                    _ => (0, 0),
+                };
+                (all + m.len(), wal + w, sst + s)
+            }
+            Err(_) => (all, wal, sst),
+        }
+    })
 }
 
 /// `VmHWM` (peak resident memory) of a process, in KiB.
@@ -288,6 +304,8 @@ async fn probe(p: Probe) {
 /// What happens after the load: the figures of the settled cluster, a restart and a learner.
 struct After {
     disk_mib: Vec<f64>,
+    wal_mib: Vec<f64>,
+    sst_mib: Vec<f64>,
     leader_rss_mib: f64,
     restart_secs: f64,
     learner_catch_up_secs: f64,
@@ -310,11 +328,15 @@ fn after_load(
             (applied(&c, id)? >= target).then_some(())
         });
     }
-    let disk_mib: Vec<f64> = c
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let sizes: Vec<(u64, u64, u64)> = c
         .ids()
         .into_iter()
-        .map(|id| dir_bytes(&c.node(id).data_dir) as f64 / 1048576.0)
+        .map(|id| dir_bytes(&c.node(id).data_dir))
         .collect();
+    let disk_mib: Vec<f64> = sizes.iter().map(|s| mib(s.0)).collect();
+    let wal_mib: Vec<f64> = sizes.iter().map(|s| mib(s.1)).collect();
+    let sst_mib: Vec<f64> = sizes.iter().map(|s| mib(s.2)).collect();
     let leader_rss_mib = procfs::rss_kib(leader_pid).unwrap_or(0) as f64 / 1024.0;
 
     // A follower restarted: until it serves a linearizable read again.
@@ -352,6 +374,8 @@ fn after_load(
 
     Ok(After {
         disk_mib,
+        wal_mib,
+        sst_mib,
         leader_rss_mib,
         restart_secs,
         learner_catch_up_secs,
@@ -464,6 +488,8 @@ pub async fn run(a: &ScaleArgs) -> Result<String, String> {
         load_secs,
         tenths,
         disk_mib: after.disk_mib,
+        wal_mib: after.wal_mib,
+        sst_mib: after.sst_mib,
         leader_rss_mib: after.leader_rss_mib,
         restart_secs: after.restart_secs,
         learner_catch_up_secs: after.learner_catch_up_secs,
@@ -531,10 +557,17 @@ fn write_outputs(a: &ScaleArgs, r: &ScaleResult) -> Result<String, String> {
             t.keys, t.rate, t.read_p50, t.read_p99, t.write_p50, t.write_p99, t.probe_errors
         ));
     }
-    let disks: Vec<String> = r.disk_mib.iter().map(|d| format!("{d:.0}")).collect();
+    let list = |v: &[f64]| -> String {
+        v.iter()
+            .map(|d| format!("{d:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     md.push_str(&format!(
-        "\n| after the load | |\n| --- | ---: |\n| data directories (MiB) | {} |\n| leader resident memory (MiB) | {:.0} |\n| a follower restarted: until it serves a linearizable read (s) | {:.1} |\n| a new learner: until it has applied everything (s) | {:.1} |\n| the learner installed a snapshot | {} |\n| the learner's peak resident memory (VmHWM, MiB) | {:.0} |\n| the leader's resident memory while it sent (peak sampled, MiB) | {:.0} |\n\nProbes: latencies in ms, one linearizable `GET` of a loaded key from a follower and one single-key `semi` `PUT` to the leader, {} times a second, while the keys load. Plots: `{name}-load.svg`, `{name}-latency.svg`.\n",
-        disks.join(" / "),
+        "\n| after the load | |\n| --- | ---: |\n| data directories (MiB) | {} |\n| of which write-ahead log (MiB) | {} |\n| of which tables (MiB) | {} |\n| leader resident memory (MiB) | {:.0} |\n| a follower restarted: until it serves a linearizable read (s) | {:.1} |\n| a new learner: until it has applied everything (s) | {:.1} |\n| the learner installed a snapshot | {} |\n| the learner's peak resident memory (VmHWM, MiB) | {:.0} |\n| the leader's resident memory while it sent (peak sampled, MiB) | {:.0} |\n\nProbes: latencies in ms, one linearizable `GET` of a loaded key from a follower and one single-key `semi` `PUT` to the leader, {} times a second, while the keys load. Plots: `{name}-load.svg`, `{name}-latency.svg`.\n",
+        list(&r.disk_mib),
+        list(&r.wal_mib),
+        list(&r.sst_mib),
         r.leader_rss_mib,
         r.restart_secs,
         r.learner_catch_up_secs,

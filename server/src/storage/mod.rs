@@ -134,12 +134,21 @@ pub fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StorageErr
     move |source| StorageError::Rocks { context, source }
 }
 
+/// Most write-ahead log kept before the column families holding its oldest file are flushed.
+pub const MAX_TOTAL_WAL_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Opens (creating if needed) the node's database at `path`.
 pub fn open_db(path: &Path) -> Result<Arc<DB>, StorageError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
+    // Nine column families share one write-ahead log, and a log file is kept until every family
+    // with data in it has flushed. `meta` takes a few bytes with every apply and would flush
+    // only when its 64 MiB memtable fills: RocksDB's default bound (four times all memtables,
+    // about 4.6 GB here) let the log grow to gigabytes under load, and every restart replayed
+    // it. Past this much log, the families holding the oldest file are flushed.
+    opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
     let cfs = ALL_CFS
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
