@@ -3,6 +3,8 @@
 # Ready loop's guard, and a real raft-rs node stepping what the guard admits. Builds the target
 # with cargo-afl (installed if missing; it builds its own AFL++), runs AFL++ for SECONDS
 # (default 60) from fuzz/seeds, and fails if a crash was saved, printing each crash's panic.
+# The target depends on keel-server without its `node` feature (the frames, the decoder and the
+# guard only): instrumenting the whole node took 5 min 49 s on a fresh machine, this 1 min 51 s.
 # Usage: scripts/fuzz.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -31,20 +31,53 @@
 
 #![warn(missing_docs)]
 
+// Without the `node` feature (the fuzz target's build) only the peer wire is compiled: the
+// frames, their decoder and the Raft message guard, which depend on nothing else here.
+#[cfg(feature = "node")]
 pub mod config;
+#[cfg(feature = "node")]
 pub mod error;
+#[cfg(feature = "node")]
 pub mod failpoints;
+#[cfg(feature = "node")]
 pub mod forward;
+#[cfg(feature = "node")]
 pub mod http;
+#[cfg(feature = "node")]
 pub mod members;
+#[cfg(feature = "node")]
 pub mod metrics;
+#[cfg(feature = "node")]
 pub mod node;
+#[cfg(feature = "node")]
 pub mod planted;
 pub mod proto;
+#[cfg(feature = "node")]
 pub mod raft;
+#[cfg(feature = "node")]
 pub mod sm;
+#[cfg(feature = "node")]
 pub mod snapshot;
+#[cfg(feature = "node")]
 pub mod storage;
+#[cfg(feature = "node")]
 pub mod tls;
+#[cfg(feature = "node")]
 pub mod transport;
+#[cfg(feature = "node")]
 pub mod watch;
+
+/// The Raft message guard alone (the build without the `node` feature).
+#[cfg(not(feature = "node"))]
+pub mod raft {
+    #[path = "guard.rs"]
+    pub mod guard;
+}
+
+/// The peer frame decoder alone (the build without the `node` feature).
+#[cfg(not(feature = "node"))]
+pub mod transport {
+    #[path = "decode.rs"]
+    mod decode;
+    pub use decode::{decode_after_hello, Decoded};
+}

@@ -26,7 +26,9 @@
 //! within [`HELLO_DEADLINE`] of the connection (so that a stranger can neither make the node
 //! buffer a large frame nor hold a connection slot by saying nothing); any undecodable or
 //! oversized frame closes the connection. Garbage on the peer port can therefore never reach
-//! Raft.
+//! Raft. Every frame after the Hello is decoded by `decode.rs` (pure: bytes in, a Raft message
+//! naming this connection's peer and this node, another frame, or a refusal), which the fuzz
+//! target builds without the rest of the node.
 //!
 //! # TLS
 //! With a [`Tls`] identity every connection is mutual TLS: the dialer checks that the server's
@@ -47,10 +49,11 @@ use crate::tls::Tls;
 use raft::eraftpb::Message;
 
 mod admission;
+mod decode;
 mod inbound;
 mod outbound;
 
-pub use inbound::{decode_after_hello, Decoded};
+pub use decode::{decode_after_hello, Decoded};
 #[cfg(test)]
 mod proptests;
 
