@@ -163,6 +163,20 @@ fn spec(
     }
 }
 
+/// A fixed rate must be a positive number at which every client sends at least once in the
+/// measured time (each client sends every `clients / rate` seconds: a smaller rate would leave
+/// clients asleep past the end of the run).
+fn check_rate(rate: Option<f64>, clients: usize, duration: Duration) -> Result<(), String> {
+    let Some(rate) = rate else { return Ok(()) };
+    let least = clients.max(1) as f64 / duration.as_secs_f64().max(1e-3);
+    if !rate.is_finite() || rate < least {
+        return Err(format!(
+            "--rate {rate}: with {clients} clients over {duration:?} it must be at least {least:.2} ops/s (every client sends at least once)"
+        ));
+    }
+    Ok(())
+}
+
 /// Median one-way delay measured through a proxy in `mode`: pings through it to an echo server.
 fn measure_link_delay(mode: LinkMode) -> f64 {
     let echo = TcpListener::bind("127.0.0.1:0").expect("echo listener");
@@ -360,6 +374,10 @@ async fn main() {
             }
         },
         Cmd::Run(a) => {
+            if let Err(e) = check_rate(a.rate, a.clients, a.duration) {
+                eprintln!("keel-bench: {e}");
+                std::process::exit(2);
+            }
             let system = if a.etcd {
                 System::Etcd(a.endpoints.clone())
             } else {
@@ -453,6 +471,22 @@ async fn main() {
             );
             let _ = std::fs::write(c.out.join("summary.md"), &md);
             println!("{md}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_too_small_for_every_client_to_send_is_refused() {
+        let d = Duration::from_secs(10);
+        assert!(check_rate(None, 64, d).is_ok());
+        assert!(check_rate(Some(3000.0), 32, d).is_ok());
+        assert!(check_rate(Some(6.4), 64, d).is_ok());
+        for bad in [0.0, -1.0, 0.001, 6.3, f64::NAN, f64::INFINITY] {
+            assert!(check_rate(Some(bad), 64, d).is_err(), "{bad}");
         }
     }
 }
