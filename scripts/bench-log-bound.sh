@@ -26,8 +26,10 @@ for round in $(seq 1 "$ROUNDS"); do
     cpid=$!
     ready=no
     for _ in $(seq 1 120); do
-      if curl -sf http://127.0.0.1:7601/ready >/dev/null && curl -sf http://127.0.0.1:7602/ready >/dev/null \
-        && curl -sf http://127.0.0.1:7603/ready >/dev/null; then ready=yes; break; fi
+      # Our cluster, not whatever else may listen on these ports.
+      kill -0 "$cpid" 2>/dev/null || break
+      if curl -sf -m 2 http://127.0.0.1:7601/ready >/dev/null && curl -sf -m 2 http://127.0.0.1:7602/ready >/dev/null \
+        && curl -sf -m 2 http://127.0.0.1:7603/ready >/dev/null; then ready=yes; break; fi
       sleep 0.5
     done
     if [ "$ready" = yes ]; then
@@ -38,7 +40,12 @@ for round in $(seq 1 "$ROUNDS"); do
         ops=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$8); print $8}')
         p50=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$9); print $9}')
         echo "round $round $which clients=$clients ops/s=$ops p50_ms=$p50"
-        echo "$which $clients $ops $p50" >> "$out"
+        # A failed run prints no result row: kept out of the medians.
+        if [[ "$ops" =~ ^[0-9]+(\.[0-9]+)?$ && "$p50" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+          echo "$which $clients $ops $p50" >> "$out"
+        else
+          echo "round $round $which clients=$clients: no result, left out"
+        fi
       done
     else
       echo "round $round $which: the cluster did not start (see $data/cluster.log)"

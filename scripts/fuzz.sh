@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 if ! command -v cargo-afl >/dev/null 2>&1; then
   echo "== installing cargo-afl (once per machine)"
-  cargo install --locked cargo-afl
+  # A debug build of the wrapper: it only runs cargo and AFL++ (about 10 s less to compile).
+  cargo install --locked --debug cargo-afl
 fi
 (cd fuzz && cargo afl build --release)
 out=$(mktemp -d)

@@ -193,10 +193,18 @@ fn expect_caught(bug: &str, by: &[&str], r: &Report) {
 
 /// The control run: the correct binary on the combined profile and this process's seed, run
 /// once and shared by every planted run (whichever test comes first runs it).
+/// Length of the combined profile's runs in `.ci/run` (the control and each planted bug, on the
+/// same seed and schedule). Its eight scenes take about 75 s whatever this says (every scene
+/// plays once): a shorter setting saves nothing and changes the schedule.
+const CI_COMBINED_SECS: u64 = 60;
+/// Length of the power-loss profile's runs in `.ci/run` (its four scenes take about 24 s):
+/// `skip-fsync` was seen caught at this length (docs/testing.md).
+const CI_POWER_SECS: u64 = 30;
+
 fn control() -> Report {
     static CONTROL: OnceLock<Report> = OnceLock::new();
     CONTROL
-        .get_or_init(|| run(opts(combined(60), None)))
+        .get_or_init(|| run(opts(combined(CI_COMBINED_SECS), None)))
         .clone()
 }
 
@@ -206,7 +214,7 @@ fn planted_pair(bug: &'static str, by: &[&str]) {
     let _serial = serial();
     let c = control();
     expect_pass(&c);
-    let r = run(opts(combined(60), Some(bug)));
+    let r = run(opts(combined(CI_COMBINED_SECS), Some(bug)));
     // The same seed replays the same schedule.
     assert_eq!(r.seed, c.seed);
     assert_eq!(
@@ -274,7 +282,9 @@ fn planted_read_index_before_the_term_commits_is_caught_on_the_combined_profile(
 /// The control run of the power-loss profile, shared like [`control`].
 fn power_control() -> Report {
     static CONTROL: OnceLock<Report> = OnceLock::new();
-    CONTROL.get_or_init(|| run(opts(power(40), None))).clone()
+    CONTROL
+        .get_or_init(|| run(opts(power(CI_POWER_SECS), None)))
+        .clone()
 }
 
 #[test]
@@ -288,7 +298,7 @@ fn planted_skipped_fsync_is_caught_on_the_power_loss_profile() {
     let _serial = serial();
     let c = power_control();
     expect_pass(&c);
-    let r = run(opts(power(40), Some("skip-fsync")));
+    let r = run(opts(power(CI_POWER_SECS), Some("skip-fsync")));
     assert_eq!(
         r.schedule, c.schedule,
         "the same seed gave another schedule"

@@ -151,7 +151,10 @@ fn the_planted_skip_fsync_bug_loses_acknowledged_writes_to_a_power_loss() {
 /// A follower catches up by a snapshot of 6.4 MB (more than one 4 MiB copy batch, which are
 /// written without fsync), then loses power, and is restarted alone (the others stopped: nothing
 /// can send it the data again). Returns how many of the snapshot's keys it no longer serves
-/// from its own state machine.
+/// from its own state machine. What this shows is the whole install surviving: whatever of the
+/// copy is lost, the install's first synced write (the pending install, after the staged chunks
+/// in the write-ahead log) lets the node redo it when it starts; it does not single out the
+/// last write's fsync (docs/testing.md).
 fn snapshot_keys_lost_to_a_power_loss(c: &mut Cluster) -> usize {
     let leader = c.wait_for_leader();
     let follower = c.others(&[leader])[0];
