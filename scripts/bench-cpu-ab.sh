@@ -14,6 +14,7 @@ READ_RATE=${READ_RATE:-8000}
 WRITE_RATE=${WRITE_RATE:-3000}
 DURATION=${DURATION:-10s}
 cd "$(dirname "$0")/.."
+. scripts/bench-common.sh
 out=$(mktemp)
 for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
@@ -23,11 +24,7 @@ for round in $(seq 1 "$ROUNDS"); do
     "$bin" cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
     cpid=$!
     ready=no
-    for _ in $(seq 1 120); do
-      if curl -sf http://127.0.0.1:7601/ready >/dev/null && curl -sf http://127.0.0.1:7602/ready >/dev/null \
-        && curl -sf http://127.0.0.1:7603/ready >/dev/null; then ready=yes; break; fi
-      sleep 0.5
-    done
+    wait_ready "$cpid" && ready=yes
     pids=$(pgrep -P "$cpid" | paste -sd, -)
     if [ "$ready" = yes ] && [ -n "$pids" ]; then
       for wl in read write; do
@@ -51,8 +48,8 @@ done
 echo
 echo "medians of CPU ms per 1,000 operations (A: $A, B: $B)"
 for wl in read write; do
-  a=$(awk -v w="$wl" '$1=="A" && $2==w {print $3}' "$out" | sort -n | awk '{v[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}')
-  b=$(awk -v w="$wl" '$1=="B" && $2==w {print $3}' "$out" | sort -n | awk '{v[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}')
-  echo "$wl: A $a  B $b  B/A $(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a; else print "-" }')"
+  a=$(awk -v w="$wl" '$1=="A" && $2==w {print $3}' "$out" | median)
+  b=$(awk -v w="$wl" '$1=="B" && $2==w {print $3}' "$out" | median)
+  echo "$wl: A $a  B $b  B/A $(ratio "$a" "$b")"
 done
 rm -f "$out"

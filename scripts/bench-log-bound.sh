@@ -12,6 +12,7 @@ set -u
 ROUNDS=${1:-3}
 DURATION=${DURATION:-10s}
 cd "$(dirname "$0")/.."
+. scripts/bench-common.sh
 out=$(mktemp)
 for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
@@ -25,13 +26,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     cpid=$!
     ready=no
-    for _ in $(seq 1 120); do
-      # Our cluster, not whatever else may listen on these ports.
-      kill -0 "$cpid" 2>/dev/null || break
-      if curl -sf -m 2 http://127.0.0.1:7601/ready >/dev/null && curl -sf -m 2 http://127.0.0.1:7602/ready >/dev/null \
-        && curl -sf -m 2 http://127.0.0.1:7603/ready >/dev/null; then ready=yes; break; fi
-      sleep 0.5
-    done
+    wait_ready "$cpid" && ready=yes
     if [ "$ready" = yes ]; then
       for clients in 64 1; do
         row=$(target/release/keel-bench run --endpoints 127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603 \
@@ -54,7 +49,6 @@ for round in $(seq 1 "$ROUNDS"); do
     rm -rf "$data"
   done
 done
-median() { sort -n | awk '{v[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 echo
 echo "medians over $ROUNDS rounds (A: keel; B: the log without fsync)"
 for clients in 64 1; do
@@ -62,7 +56,7 @@ for clients in 64 1; do
     a=$(awk -v c="$clients" -v k="$col" '$1=="A" && $2==c {print $k}' "$out" | median)
     b=$(awk -v c="$clients" -v k="$col" '$1=="B" && $2==c {print $k}' "$out" | median)
     name=$([ "$col" = 3 ] && echo "ops/s" || echo "p50 ms")
-    echo "$clients clients, $name: A $a  B $b  B/A $(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a; else print "-" }')"
+    echo "$clients clients, $name: A $a  B $b  B/A $(ratio "$a" "$b")"
   done
 done
 rm -f "$out"

@@ -75,19 +75,9 @@ struct ScaleResult {
     batch: usize,
     load_secs: f64,
     tenths: Vec<Tenth>,
-    /// Data directory of each node after the load, MiB.
-    disk_mib: Vec<f64>,
-    /// Of which RocksDB's write-ahead log files, MiB.
-    wal_mib: Vec<f64>,
-    /// And its tables, MiB.
-    sst_mib: Vec<f64>,
-    /// Leader's resident memory after the load, MiB.
-    leader_rss_mib: f64,
-    restart_secs: f64,
-    learner_catch_up_secs: f64,
-    learner_installed_snapshot: bool,
-    learner_peak_rss_mib: f64,
-    leader_peak_rss_during_catch_up_mib: f64,
+    /// The settled cluster, a restart and a learner.
+    #[serde(flatten)]
+    after: After,
     /// (seconds since the start, keys loaded) every two seconds.
     progress: Vec<(f64, u64)>,
 }
@@ -302,16 +292,21 @@ async fn probe(p: Probe) {
 }
 
 /// What happens after the load: the figures of the settled cluster, a restart and a learner.
+#[derive(Debug, Serialize)]
 struct After {
+    /// Data directory of each node after the load, MiB.
     disk_mib: Vec<f64>,
+    /// Of which RocksDB's write-ahead log files, MiB.
     wal_mib: Vec<f64>,
+    /// And its tables, MiB.
     sst_mib: Vec<f64>,
+    /// Leader's resident memory after the load, MiB.
     leader_rss_mib: f64,
     restart_secs: f64,
     learner_catch_up_secs: f64,
-    installed: bool,
-    learner_peak: u64,
-    leader_peak: u64,
+    learner_installed_snapshot: bool,
+    learner_peak_rss_mib: f64,
+    leader_peak_rss_during_catch_up_mib: f64,
 }
 
 /// Waits for every node to hold the load, restarts `follower`, adds a learner.
@@ -379,9 +374,9 @@ fn after_load(
         leader_rss_mib,
         restart_secs,
         learner_catch_up_secs,
-        installed,
-        learner_peak,
-        leader_peak,
+        learner_installed_snapshot: installed,
+        learner_peak_rss_mib: learner_peak as f64 / 1024.0,
+        leader_peak_rss_during_catch_up_mib: leader_peak as f64 / 1024.0,
     })
 }
 
@@ -487,15 +482,7 @@ pub async fn run(a: &ScaleArgs) -> Result<String, String> {
         batch: a.batch,
         load_secs,
         tenths,
-        disk_mib: after.disk_mib,
-        wal_mib: after.wal_mib,
-        sst_mib: after.sst_mib,
-        leader_rss_mib: after.leader_rss_mib,
-        restart_secs: after.restart_secs,
-        learner_catch_up_secs: after.learner_catch_up_secs,
-        learner_installed_snapshot: after.installed,
-        learner_peak_rss_mib: after.learner_peak as f64 / 1024.0,
-        leader_peak_rss_during_catch_up_mib: after.leader_peak as f64 / 1024.0,
+        after,
         progress,
     };
     write_outputs(a, &result)
@@ -565,15 +552,15 @@ fn write_outputs(a: &ScaleArgs, r: &ScaleResult) -> Result<String, String> {
     };
     md.push_str(&format!(
         "\n| after the load | |\n| --- | ---: |\n| data directories (MiB) | {} |\n| of which write-ahead log (MiB) | {} |\n| of which tables (MiB) | {} |\n| leader resident memory (MiB) | {:.0} |\n| a follower restarted: until it serves a linearizable read (s) | {:.1} |\n| a new learner: until it has applied everything (s) | {:.1} |\n| the learner installed a snapshot | {} |\n| the learner's peak resident memory (VmHWM, MiB) | {:.0} |\n| the leader's resident memory while it sent (peak sampled, MiB) | {:.0} |\n\nProbes: latencies in ms, one linearizable `GET` of a loaded key from a follower and one single-key `semi` `PUT` to the leader, {} times a second, while the keys load. Plots: `{name}-load.svg`, `{name}-latency.svg`.\n",
-        list(&r.disk_mib),
-        list(&r.wal_mib),
-        list(&r.sst_mib),
-        r.leader_rss_mib,
-        r.restart_secs,
-        r.learner_catch_up_secs,
-        if r.learner_installed_snapshot { "yes" } else { "no" },
-        r.learner_peak_rss_mib,
-        r.leader_peak_rss_during_catch_up_mib,
+        list(&r.after.disk_mib),
+        list(&r.after.wal_mib),
+        list(&r.after.sst_mib),
+        r.after.leader_rss_mib,
+        r.after.restart_secs,
+        r.after.learner_catch_up_secs,
+        if r.after.learner_installed_snapshot { "yes" } else { "no" },
+        r.after.learner_peak_rss_mib,
+        r.after.leader_peak_rss_during_catch_up_mib,
         a.probes,
     ));
     std::fs::write(a.out.join(format!("{name}.md")), &md).map_err(|e| e.to_string())?;

@@ -99,7 +99,7 @@ impl Sender {
         let meta_cf = cf(&self.db, CF_META)?;
         // A node copying a snapshot into place holds neither the old state nor the new one (a
         // leader that stepped down and installed one while this stream waited to start).
-        if meta::pending_install_through(|key| snap.get_cf(meta_cf, key))? {
+        if meta::pending_install_through(|key| snap.get_cf(meta_cf, key))?.is_some() {
             return Err(StorageError::Installing);
         }
         let (applied, applied_term) = meta::applied_through(|key| snap.get_cf(meta_cf, key))?;

@@ -107,20 +107,19 @@ pub fn delete_pending_install(db: &DB, batch: &mut WriteBatch) -> Result<(), Sto
 
 /// Reads the pending install, if one is under way.
 pub fn read_pending_install(db: &DB) -> Result<Option<PendingInstall>, StorageError> {
-    db.get_cf(cf(db, CF_META)?, KEY_INSTALLING)
+    let meta = cf(db, CF_META)?;
+    pending_install_through(|key| db.get_cf(meta, key))
+}
+
+/// Reads the pending install through `get` (a lookup in [`CF_META`] of the database or of one
+/// of its snapshots).
+pub fn pending_install_through(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<Option<PendingInstall>, StorageError> {
+    get(KEY_INSTALLING)
         .map_err(rocks("read pending install"))?
         .map(|v| PendingInstall::decode(&v))
         .transpose()
-}
-
-/// Whether an install is pending, through `get` (a lookup in [`CF_META`] of the database or of
-/// one of its snapshots).
-pub fn pending_install_through(
-    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
-) -> Result<bool, StorageError> {
-    Ok(get(KEY_INSTALLING)
-        .map_err(rocks("read pending install"))?
-        .is_some())
 }
 
 /// Puts an encoded address book into `batch`.

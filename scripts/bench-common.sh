@@ -1,0 +1,26 @@
+# Shared by the A/B benchmark scripts (sourced, not run): a local 3-node cluster on ports
+# 7601-7603 and the median of a column of numbers.
+
+# Waits until the cluster started as process $1 (`keel cluster --base-port 7601`) answers
+# /ready on all three nodes; fails after 60 s or as soon as that process is gone (so that
+# another program on these ports is never benchmarked instead).
+wait_ready() {
+  local cpid=$1
+  for _ in $(seq 1 120); do
+    kill -0 "$cpid" 2>/dev/null || return 1
+    if curl -sf -m 2 http://127.0.0.1:7601/ready >/dev/null && curl -sf -m 2 http://127.0.0.1:7602/ready >/dev/null \
+      && curl -sf -m 2 http://127.0.0.1:7603/ready >/dev/null; then return 0; fi
+    sleep 0.5
+  done
+  return 1
+}
+
+# The median of the numbers on standard input, one per line ("-" when there are none).
+median() {
+  sort -n | awk '{v[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+
+# b / a to three places ("-" when a is not positive).
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.3f", b / a; else print "-" }'
+}
