@@ -1,23 +1,61 @@
 #!/usr/bin/env bash
-# A/B of two keel binaries on this machine: for each, a fresh local 3-node cluster, then
-# keel-bench's write and read runs (64 clients, 8 s); two rounds, alternating.
-# Usage: scripts/bench-ab.sh BEFORE_BIN AFTER_BIN   (after `cargo build --release --workspace`)
+# Throughput and latency of two keel binaries, side by side on this machine: for each round and
+# each binary (the order alternating from round to round), a fresh local 3-node cluster, then
+# closed-loop keel-bench runs of the compare workloads (64 clients: semi writes, linearizable
+# reads, stale reads, GET /health; 1 client: semi writes), and the medians over the rounds.
+# Usage: scripts/bench-ab.sh A_BIN B_BIN [ROUNDS] (after `cargo build --release --workspace`)
+# Environment: DURATION (8s).
 set -u
-BEFORE=${1:?usage: scripts/bench-ab.sh BEFORE_BIN AFTER_BIN}
-AFTER=${2:?usage: scripts/bench-ab.sh BEFORE_BIN AFTER_BIN}
+A=${1:?usage: scripts/bench-ab.sh A_BIN B_BIN [ROUNDS]}
+B=${2:?usage: scripts/bench-ab.sh A_BIN B_BIN [ROUNDS]}
+ROUNDS=${3:-3}
+DURATION=${DURATION:-8s}
 cd "$(dirname "$0")/.."
-for round in 1 2; do
-  for bin in "$BEFORE" "$AFTER"; do
+. scripts/bench-common.sh
+out=$(mktemp)
+eps=127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603
+# name | keel-bench run arguments
+workloads=(
+  "write64|--workload write --clients 64"
+  "write1|--workload write --clients 1"
+  "lin64|--workload read --clients 64"
+  "stale64|--workload read --stale --clients 64"
+  "health64|--workload health --clients 64"
+)
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
+  for which in $order; do
+    if [ "$which" = A ]; then bin=$A; else bin=$B; fi
     data=$(mktemp -d)
-    $bin cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
+    "$bin" cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
     cpid=$!
-    for i in $(seq 1 60); do curl -sf http://127.0.0.1:7601/ready >/dev/null && curl -sf http://127.0.0.1:7602/ready >/dev/null && curl -sf http://127.0.0.1:7603/ready >/dev/null && break; sleep 0.5; done
-    for wl in write read; do
-      out=$(target/release/keel-bench run --endpoints 127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603 --workload $wl --clients 64 --duration 8s --warmup 2s 2>/dev/null | tail -1)
-      echo "round $round $bin $wl: $out"
-    done
-    kill $cpid; wait $cpid 2>/dev/null
+    if wait_ready "$cpid"; then
+      for w in "${workloads[@]}"; do
+        name=${w%%|*}
+        # shellcheck disable=SC2086
+        row=$(target/release/keel-bench run --endpoints "$eps" ${w#*|} --duration "$DURATION" \
+          --warmup 2s 2>/dev/null | tail -1)
+        # | run | system | workload | mode | reads | clients | ops/s | p50 | ...
+        ops=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$8); print $8}')
+        p50=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$9); print $9}')
+        echo "round $round $which $name ops/s=$ops p50_ms=$p50"
+        echo "$which $name $ops $p50" >> "$out"
+      done
+    else
+      echo "round $round $which: the cluster did not start (see $data/cluster.log)"
+    fi
+    kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
     rm -rf "$data"
-    sleep 1
   done
 done
+echo
+echo "medians (A: $A, B: $B)"
+for w in "${workloads[@]}"; do
+  name=${w%%|*}
+  a=$(awk -v w="$name" '$1=="A" && $2==w {print $3}' "$out" | median)
+  b=$(awk -v w="$name" '$1=="B" && $2==w {print $3}' "$out" | median)
+  ap=$(awk -v w="$name" '$1=="A" && $2==w {print $4}' "$out" | median)
+  bp=$(awk -v w="$name" '$1=="B" && $2==w {print $4}' "$out" | median)
+  echo "$name: ops/s A $a  B $b  B/A $(ratio "$a" "$b")   p50 ms A $ap  B $bp  B/A $(ratio "$ap" "$bp")"
+done
+rm -f "$out"

@@ -436,3 +436,61 @@ fn locks_are_fifo_fenced_released_only_by_their_holder_and_read_blocking() {
         (412, Some("fence_rejected"))
     );
 }
+
+/// A waiting acquire whose client goes away takes its lease out of the queue, so a later release
+/// does not grant the lock to a lease nobody waits for. Failed before the fix: the lease stayed
+/// queued (the handler's future was dropped before its cancel), and the release granted it.
+#[test]
+fn a_waiter_whose_client_goes_away_leaves_the_queue() {
+    use std::io::Write as _;
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let f = c.others(&[leader]);
+    let (a, _) = grant(&c, leader, 60_000);
+    let (b, _) = grant(&c, leader, 60_000);
+    let r = acquire(&c, leader, "cron/nightly", a, "a", 0);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // b waits through a follower, on a connection the test then closes without reading.
+    let body = format!("{{\"lease\": \"{b}\", \"value\": \"b\", \"wait_ms\": 120000}}");
+    let head = format!(
+        "POST /v1/lock/cron/nightly HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = std::net::TcpStream::connect(c.http_addr(f[0])).expect("connect");
+    conn.write_all(head.as_bytes()).expect("send head");
+    conn.write_all(body.as_bytes()).expect("send body");
+    wait_until(DEADLINE, "b waiting in the queue", || {
+        lease_locks(&c, leader, b)
+            .contains(&"cron/nightly".to_string())
+            .then_some(())
+    });
+    drop(conn);
+    wait_until(
+        DEADLINE,
+        "b out of the queue once its client is gone",
+        || lease_locks(&c, leader, b).is_empty().then_some(()),
+    );
+
+    // Released by its holder, the lock goes to nobody.
+    let r = c
+        .request(
+            leader,
+            "DELETE",
+            &format!("/v1/lock/cron/nightly?lease={a}"),
+            &[],
+            None,
+        )
+        .expect("answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c
+        .request(leader, "GET", "/v1/lock/cron/nightly", &[], None)
+        .expect("answers");
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (404, Some("lock_not_found")),
+        "{}",
+        r.text()
+    );
+}

@@ -72,6 +72,51 @@ fn wait_of(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_WAIT)
 }
 
+/// Takes a lease out of a lock's queue when dropped armed: a waiting acquire that ends without
+/// its answer (see [`Api::lock_acquire`]). The cancel runs on its own task, since the request's
+/// future may be the thing being dropped.
+struct LeaveQueue {
+    /// None once disarmed.
+    router: Option<std::sync::Arc<crate::forward::Router>>,
+    /// The lock.
+    name: String,
+    /// The waiting lease.
+    lease: u64,
+    /// How long the cancel may take.
+    timeout: Duration,
+}
+
+impl LeaveQueue {
+    /// The request answers for itself from here on.
+    fn disarm(&mut self) {
+        self.router = None;
+    }
+}
+
+impl Drop for LeaveQueue {
+    fn drop(&mut self) {
+        let Some(router) = self.router.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let command = crate::proto::Command {
+            op: Some(Op::LockCancel(LockReleaseOp {
+                name: std::mem::take(&mut self.name),
+                lease: self.lease,
+            })),
+            ..Default::default()
+        };
+        let (lease, timeout) = (self.lease, self.timeout);
+        rt.spawn(async move {
+            if let Err(e) = router.write(command, WriteMode::Semi, timeout).await {
+                tracing::warn!(lease, error = %e, "could not take an abandoned lock wait out of its queue");
+            }
+        });
+    }
+}
+
 impl Api {
     /// `POST /v1/lease`.
     pub(super) async fn lease_grant(&self, headers: &HeaderMap, body: Incoming) -> Answer {
@@ -193,7 +238,16 @@ impl Api {
                 return Reply::write(&holder_info(&name, h, r.index), &ok);
             }
         }
-        // Queued: wait for the grant to be applied here, until the wait ends. This node's state
+        // Queued. Whatever ends the wait without an answer from here on (a failed read, a
+        // timeout, the client gone and this future dropped) must take the lease out of the
+        // queue, or a later grant goes to a waiter nobody waits for.
+        let mut queued = LeaveQueue {
+            router: Some(self.router.clone()),
+            name: name.clone(),
+            lease,
+            timeout: self.cfg.request_timeout,
+        };
+        // Wait for the grant to be applied here, until the wait ends. This node's state
         // machine must first reach the acquire's own entry: before it, a follower that lags may
         // still show this lease holding the lock from an earlier grant it has since released
         // (and another lease holding it now).
@@ -206,6 +260,7 @@ impl Api {
             changes.borrow_and_update();
             if let Some(lock) = self.sm.lock(&name)? {
                 if let Some(h) = lock.holder.filter(|h| h.lease == lease) {
+                    queued.disarm();
                     let index = self.node.shared().applied();
                     return Reply::json(&holder_info(&name, &h, index), Some(index));
                 }
@@ -216,6 +271,7 @@ impl Api {
             }
         }
         // The wait is over: leave the queue, unless the lock was granted meanwhile.
+        queued.disarm();
         let ok = self
             .write_cmd(
                 Op::LockCancel(LockReleaseOp {

@@ -1,8 +1,12 @@
 //! Read-index batching.
 //!
-//! Read requests that arrive in one turn of the loop share one raft-rs `read_index` call. The
-//! loop answers with the read index; the caller then waits for the applied index (published on
-//! a watch channel) to reach it and reads RocksDB itself.
+//! Read requests share raft-rs `read_index` calls: at most [`ROUNDS_IN_FLIGHT`] are out at a
+//! time, and every read that arrives meanwhile waits for the next one, which they then share.
+//! Under load a round therefore serves every read that came during the one before (one
+//! heartbeat round on the leader for many reads, as etcd does); alone, a read waits for one
+//! round as before. A read never joins a round already asked: its index must be taken after the
+//! read arrived. The loop answers with the read index; the caller then waits for the applied
+//! index (published on a watch channel) to reach it and reads RocksDB itself.
 //!
 //! raft-rs drops read-index requests silently (no leader, or a leader that has not committed in
 //! its term), so pending requests are re-issued periodically and fail after the read timeout.
@@ -49,6 +53,9 @@ pub(super) fn planted_early_answer(
     Some(resp)
 }
 
+/// Read-index rounds asked of raft-rs and not yet answered, at most.
+const ROUNDS_IN_FLIGHT: usize = 1;
+
 /// Where a read index goes.
 pub(super) type Reply = oneshot::Sender<Result<u64, ReadError>>;
 
@@ -92,18 +99,19 @@ impl Reads {
         self.new.push(reply);
     }
 
-    /// Turns the requests queued since the last call into one read-index request. Fails them at
-    /// once when no leader is known.
-    pub(super) fn issue(&mut self, raw: &mut RawNode<RaftLogStore>) {
-        if self.new.is_empty() {
-            return;
+    /// Turns the requests queued since the last call into one read-index request, unless
+    /// [`ROUNDS_IN_FLIGHT`] are out already (they then wait for the next call after an answer).
+    /// Fails them at once when no leader is known. True if it asked raft-rs for a read index.
+    pub(super) fn issue(&mut self, raw: &mut RawNode<RaftLogStore>) -> bool {
+        if self.new.is_empty() || self.groups.len() >= ROUNDS_IN_FLIGHT {
+            return false;
         }
         let waiters = std::mem::take(&mut self.new);
         if raw.raft.leader_id == 0 {
             for w in waiters {
                 let _ = w.send(Err(ReadError::NoLeader));
             }
-            return;
+            return false;
         }
         if crate::planted::active(crate::planted::Bug::EarlyReadIndex)
             && raw.raft.state == raft::StateRole::Leader
@@ -118,7 +126,7 @@ impl Reads {
             for w in waiters {
                 let _ = w.send(Ok(committed));
             }
-            return;
+            return false;
         }
         let ctx = self.next_ctx;
         self.next_ctx += 1;
@@ -130,6 +138,7 @@ impl Reads {
             },
         );
         raw.read_index(self.wire_ctx(ctx));
+        true
     }
 
     /// Asks again for every read index not yet answered (raft-rs drops requests it cannot serve

@@ -229,6 +229,10 @@ impl<O: Outbox> Driver<O> {
             }
             self.reads.issue(&mut self.raw);
             self.on_ready()?;
+            // A round answered in that cycle lets the reads that came meanwhile ask at once.
+            if self.reads.issue(&mut self.raw) {
+                self.on_ready()?;
+            }
             self.coord_cycle()?;
             if self.staging_locked {
                 self.stage.unlock_staged();
