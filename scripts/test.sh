@@ -36,20 +36,54 @@ fi
 step "build"
 cargo build --release --workspace --all-targets
 # The fault suite's planted-bug build, never the default one: the same binary with the
-# planted-bugs feature, kept as keel-planted; then the default keel again. Cargo recompiles
-# keel-server and keel each way (about a minute each on two cores): the feature is the only
-# difference.
+# planted-bugs feature, kept as keel-planted (cargo recompiles keel-server and keel for it, about
+# a minute and a half on two cores). The workspace's default keel is put back by copying it: a
+# `cargo build -p keel` would compile them a third time (its dependencies' features differ from
+# the workspace's).
+cp target/release/keel target/release/keel-default
 cargo build --release -p keel --features planted-bugs
 cp target/release/keel target/release/keel-planted
-cargo build --release -p keel
+# Unlinked first: target/release/keel is a hard link to cargo's own copy of the planted build,
+# which a copy over it would overwrite.
+rm -f target/release/keel
+cp target/release/keel-default target/release/keel
 step "tests"
 # The cluster tests and the client's doc examples start real `keel server` processes.
 export KEEL_BIN="$PWD/target/release/keel"
 # The fault suite's seed: fixed in CI, so that a run is the schedule the planted bugs were seen
 # caught on (set KEEL_FAULT_SEED to try another; scripts/faults.sh draws a fresh one).
 export KEEL_FAULT_SEED="${KEEL_FAULT_SEED:-8987458752572237270}"
-# Two test threads: each cluster test runs three nodes; more at once starves two cores.
-RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --release --workspace
+# Everything built first, so that the two runs below never compile at once.
+cargo test --release --workspace --no-run
+# The fault suite (tests/tests/faults.rs: about nine minutes, one fault run at a time) runs beside
+# every other test, which then take one thread: at most two clusters share the two cores at any
+# time, as with two test threads, and the suite's time no longer adds to theirs.
+faults_out=$(mktemp)
+(
+  rc=0
+  RUST_TEST_THREADS=2 cargo test --release -p keel-tests --test faults >"$faults_out" 2>&1 || rc=$?
+  echo "$rc" >"$faults_out.rc"
+) &
+faults_pid=$!
+others=()
+for f in tests/tests/*.rs; do
+  name=$(basename "$f" .rs)
+  [ "$name" = faults ] || others+=(--test "$name")
+done
+rest=0
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}" cargo test --release --workspace --exclude keel-tests || rest=$?
+if [ "$rest" -eq 0 ]; then
+  RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}" cargo test --release -p keel-tests --lib "${others[@]}" || rest=$?
+fi
+wait "$faults_pid" || true
+echo "== the fault suite (ran beside the tests above):"
+cat "$faults_out"
+faults_rc=$(cat "$faults_out.rc" 2>/dev/null || echo 1)
+rm -f "$faults_out" "$faults_out.rc"
+if [ "$rest" -ne 0 ] || [ "$faults_rc" -ne 0 ]; then
+  echo "tests failed (others: exit $rest, fault suite: exit $faults_rc)" >&2
+  exit 1
+fi
 step "the cluster tests again, with TLS on both ports and tokens"
 # The same tests on secure clusters (tests/src/secure.rs): certificates from `keel certs`,
 # every request over https with a client certificate and the admin token.
