@@ -200,10 +200,17 @@ pub async fn elect(endpoints: &Endpoints, args: ElectArgs) -> i32 {
             .await
         {
             Ok(g) => {
-                outln!(
-                    "{}",
+                let said = crate::out::try_write(format_args!(
+                    "{}\n",
                     json!({"elected": args.name, "value": value, "fence": g.fence, "lease": g.lease})
-                );
+                ));
+                if let Err(e) = said {
+                    // Nobody reads who leads: step down now rather than lead unseen until the
+                    // lease runs out.
+                    let _ = election.resign(&g).await;
+                    let _ = lease.revoke().await;
+                    return crate::out::failed(&e);
+                }
                 let code = tokio::select! {
                     _ = tokio::signal::ctrl_c() => 0,
                     why = lease.lost() => return lost(&why),

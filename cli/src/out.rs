@@ -9,16 +9,26 @@ use std::io::Write;
 
 /// Writes formatted text to standard output; see the module's doc for a closed pipe.
 pub fn write(args: std::fmt::Arguments<'_>) {
-    let mut stdout = std::io::stdout().lock();
-    let done = stdout.write_fmt(args).and_then(|()| stdout.flush());
-    match done {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => {
-            eprintln!("keel: cannot write to standard output: {e}");
-            std::process::exit(1);
-        }
+    if let Err(e) = try_write(args) {
+        std::process::exit(failed(&e));
     }
+}
+
+/// Writes formatted text to standard output, for a command that must clean up before it ends
+/// when nobody reads it (a held lock is given back first).
+pub fn try_write(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args).and_then(|()| stdout.flush())
+}
+
+/// The exit code after a write to standard output failed: 0 when its reader has gone (see the
+/// module's doc), else 1, with the error reported on standard error.
+pub fn failed(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return 0;
+    }
+    eprintln!("keel: cannot write to standard output: {e}");
+    1
 }
 
 /// `println!` that ends the process quietly when standard output is closed.

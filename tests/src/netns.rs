@@ -3,16 +3,47 @@
 //! than closed connections.
 //!
 //! Layout, for a cluster numbered `k` in process `pid`:
-//! - bridge `kb<pid>x<k>` in the root namespace, address `10.<200+k>.<pid & 255>.254/24`;
+//! - bridge `kb<pid>x<k>` in the root namespace, address `10.<200 + s / 256>.<s % 256>.254/24`,
+//!   where `s` is a subnet slot no other live cluster holds (test binaries run at the same time:
+//!   the fault suite beside the others);
 //! - namespace `kt<pid>x<k>n<i>` per node, a veth pair into the bridge, address `.<i>`.
 //!
 //! Everything is created by [`NetnsNet::create`] and removed on drop; leftovers of dead test
 //! processes are removed first. Requires root (CAP_NET_ADMIN), `ip` and `iptables`.
 
+use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Where subnet slots are claimed, one file per slot.
+const SLOTS_DIR: &str = "/run/keel-tests-subnets";
+/// Subnet slots: 10.200.0.0 to 10.249.255.0.
+const SLOTS: u32 = 50 * 256;
+
+/// Claims a subnet slot for as long as the returned file stays open: an exclusive `flock` on
+/// the slot's file, which conflicts across processes and across clusters of one process, and
+/// which the kernel releases when its holder dies (no leftovers to clean).
+fn claim_slot() -> Result<(u32, std::fs::File), String> {
+    std::fs::create_dir_all(SLOTS_DIR).map_err(|e| format!("{SLOTS_DIR}: {e}"))?;
+    let start = std::process::id() % SLOTS;
+    for i in 0..SLOTS {
+        let slot = (start + i) % SLOTS;
+        let path = format!("{SLOTS_DIR}/{slot}");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok((slot, file));
+        }
+    }
+    Err(format!("all {SLOTS} subnet slots are taken"))
+}
 
 /// The namespaces and bridge of one cluster.
 pub struct NetnsNet {
@@ -24,6 +55,8 @@ pub struct NetnsNet {
     k: u32,
     /// The chain in the root namespace's OUTPUT that cuts clients off from nodes.
     client_chain: String,
+    /// The claimed subnet slot (held while this is open).
+    _slot: std::fs::File,
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -98,7 +131,8 @@ impl NetnsNet {
         clean_leftovers();
         let pid = std::process::id();
         let k = NEXT.fetch_add(1, Ordering::Relaxed) % 50;
-        let subnet = format!("10.{}.{}", 200 + k, pid & 255);
+        let (slot, slot_file) = claim_slot()?;
+        let subnet = format!("10.{}.{}", 200 + slot / 256, slot % 256);
         let bridge = format!("kb{pid}x{k}");
         let mut net = NetnsNet {
             bridge: bridge.clone(),
@@ -107,6 +141,7 @@ impl NetnsNet {
             pid,
             k,
             client_chain: format!("KC{pid}x{k}"),
+            _slot: slot_file,
         };
         run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         run(&[

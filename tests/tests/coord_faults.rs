@@ -297,3 +297,35 @@ fn a_lagging_follower_never_grants_a_lock_from_its_stale_state() {
         "the lagging follower granted locks another lease held: {double_grants:?}"
     );
 }
+
+/// `keel elect` whose output nobody reads steps down at once: it resigns and ends its lease
+/// rather than lead unseen until the lease runs out. Failed before the fix: it exited at the
+/// closed pipe still holding the lock, which stayed taken for the lease's 60 s.
+#[test]
+fn an_elected_candidate_whose_output_nobody_reads_steps_down() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_for_leader();
+    let mut child = std::process::Command::new(keel_tests::keel_bin())
+        .args(["--endpoints", &c.endpoints().join(",")])
+        .args(["elect", "cli/unread", "candidate", "--ttl-ms", "60000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run keel elect");
+    drop(child.stdout.take());
+    let status = wait_until(DEADLINE, "keel elect to end", || {
+        child.try_wait().ok().flatten()
+    });
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    // Within DEADLINE (30 s), half the lease's TTL: only a resign frees it this soon.
+    wait_until(DEADLINE, "the lock free again", || {
+        let r = c
+            .request(leader, "GET", "/v1/lock/cli/unread", &[], None)
+            .ok()?;
+        (r.status == 404).then_some(())
+    });
+}

@@ -72,9 +72,15 @@ fn wait_of(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_WAIT)
 }
 
+/// Whether an acquire with this outcome may have left its lease in the queue: not when it was
+/// refused (no lease, say) or granted.
+fn may_have_queued(r: &crate::proto::ApplyResult) -> bool {
+    r.is_ok() && !coord_of(r).granted
+}
+
 /// Takes a lease out of a lock's queue when dropped armed: a waiting acquire that ends without
 /// its answer (see [`Api::lock_acquire`]). The cancel runs on its own task, since the request's
-/// future may be the thing being dropped.
+/// future may be the thing being dropped. A cancel keeps a grant made meanwhile.
 struct LeaveQueue {
     /// None once disarmed.
     router: Option<std::sync::Arc<crate::forward::Router>>,
@@ -230,23 +236,52 @@ impl Api {
             lease,
             value: b.value.into(),
         });
-        let ok = self.write_cmd(op, WriteMode::Semi).await?;
-        let r = rejected(&ok.result)?;
-        let c = coord_of(r);
-        if c.granted {
-            if let Some(h) = &c.holder {
-                return Reply::write(&holder_info(&name, h, r.index), &ok);
-            }
-        }
-        // Queued. Whatever ends the wait without an answer from here on (a failed read, a
-        // timeout, the client gone and this future dropped) must take the lease out of the
-        // queue, or a later grant goes to a waiter nobody waits for.
-        let mut queued = LeaveQueue {
+        // A lease the acquire queues must leave the queue again unless someone waits for it
+        // here, or a later grant goes to a waiter nobody waits for. So the acquire runs on its
+        // own task, which cancels when nobody takes its outcome (the client went away while it
+        // was in flight); once this handler has the outcome, `queued` cancels whatever ends the
+        // wait without an answer (an error, a timeout, the client gone and this future dropped).
+        let guard = || LeaveQueue {
             router: Some(self.router.clone()),
             name: name.clone(),
             lease,
             timeout: self.cfg.request_timeout,
         };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (router, timeout) = (self.router.clone(), self.cfg.request_timeout);
+        let acquire = crate::proto::Command {
+            op: Some(op),
+            ..Default::default()
+        };
+        let mut unseen = guard();
+        tokio::spawn(async move {
+            let outcome = router.write(acquire, WriteMode::Semi, timeout).await;
+            match tx.send(outcome) {
+                Err(Ok(ok)) if !may_have_queued(&ok.result) => unseen.disarm(),
+                Err(_) => {} // dropped armed: the cancel
+                Ok(()) => unseen.disarm(),
+            }
+        });
+        let outcome = rx.await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::Internal,
+                "the lock acquire's task ended unanswered",
+            )
+        })?;
+        // No await since the outcome arrived: from here on `queued` covers every ending.
+        let mut queued = guard();
+        let ok = outcome?;
+        if !may_have_queued(&ok.result) {
+            queued.disarm();
+        }
+        let r = rejected(&ok.result)?;
+        let c = coord_of(r);
+        if c.granted {
+            if let Some(h) = &c.holder {
+                queued.disarm();
+                return Reply::write(&holder_info(&name, h, r.index), &ok);
+            }
+        }
         // Wait for the grant to be applied here, until the wait ends. This node's state
         // machine must first reach the acquire's own entry: before it, a follower that lags may
         // still show this lease holding the lock from an earlier grant it has since released
@@ -270,8 +305,8 @@ impl Api {
                 break;
             }
         }
-        // The wait is over: leave the queue, unless the lock was granted meanwhile.
-        queued.disarm();
+        // The wait is over: leave the queue, unless the lock was granted meanwhile. Until this
+        // cancel is known applied, the guard still sends one (twice is harmless).
         let ok = self
             .write_cmd(
                 Op::LockCancel(LockReleaseOp {
@@ -281,6 +316,7 @@ impl Api {
                 WriteMode::Semi,
             )
             .await?;
+        queued.disarm();
         let r = rejected(&ok.result)?;
         let c = coord_of(r);
         match (&c.holder, c.granted) {

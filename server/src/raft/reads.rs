@@ -75,6 +75,9 @@ pub(super) struct Reads {
     timeout: Duration,
     /// Requests that arrived since the last [`Reads::issue`].
     new: Vec<Reply>,
+    /// When the oldest of them arrived: their deadline counts from it, also while they wait
+    /// behind a round in flight.
+    new_since: Option<Instant>,
     /// Requests handed to raft-rs, by context number.
     groups: HashMap<u64, ReadGroup>,
     /// The next context number.
@@ -89,6 +92,7 @@ impl Reads {
             id,
             timeout,
             new: Vec::new(),
+            new_since: None,
             groups: HashMap::new(),
             next_ctx: rand::random::<u64>() >> 1,
         }
@@ -96,23 +100,34 @@ impl Reads {
 
     /// Queues a request for the next [`Reads::issue`].
     pub(super) fn push(&mut self, reply: Reply) {
+        self.new_since.get_or_insert_with(Instant::now);
         self.new.push(reply);
+    }
+
+    /// Whether reads wait behind a round in flight (which the loop then asks again sooner).
+    pub(super) fn waiting_behind(&self) -> bool {
+        !self.new.is_empty() && !self.groups.is_empty()
     }
 
     /// Turns the requests queued since the last call into one read-index request, unless
     /// [`ROUNDS_IN_FLIGHT`] are out already (they then wait for the next call after an answer).
     /// Fails them at once when no leader is known. True if it asked raft-rs for a read index.
     pub(super) fn issue(&mut self, raw: &mut RawNode<RaftLogStore>) -> bool {
-        if self.new.is_empty() || self.groups.len() >= ROUNDS_IN_FLIGHT {
+        if self.new.is_empty() {
             return false;
         }
-        let waiters = std::mem::take(&mut self.new);
         if raw.raft.leader_id == 0 {
-            for w in waiters {
+            self.new_since = None;
+            for w in std::mem::take(&mut self.new) {
                 let _ = w.send(Err(ReadError::NoLeader));
             }
             return false;
         }
+        if self.groups.len() >= ROUNDS_IN_FLIGHT {
+            return false;
+        }
+        let waiters = std::mem::take(&mut self.new);
+        let since = self.new_since.take().unwrap_or_else(Instant::now);
         if crate::planted::active(crate::planted::Bug::EarlyReadIndex)
             && raw.raft.state == raft::StateRole::Leader
             && !raw.raft.commit_to_current_term()
@@ -133,7 +148,7 @@ impl Reads {
         self.groups.insert(
             ctx,
             ReadGroup {
-                deadline: Instant::now() + self.timeout,
+                deadline: since + self.timeout,
                 waiters,
             },
         );
@@ -192,6 +207,16 @@ impl Reads {
 
     /// Fails the groups whose deadline has passed (`leader` is named in the message).
     pub(super) fn expire(&mut self, now: Instant, leader: Option<u64>) {
+        if self.new_since.is_some_and(|t| t + self.timeout <= now) {
+            self.new_since = None;
+            let msg = format!(
+                "no read index within {} ms (waiting behind another round; leader: {leader:?})",
+                self.timeout.as_millis()
+            );
+            for w in std::mem::take(&mut self.new) {
+                let _ = w.send(Err(ReadError::Timeout(msg.clone())));
+            }
+        }
         let expired: Vec<u64> = self
             .groups
             .iter()
@@ -271,6 +296,21 @@ mod tests {
             request_ctx: wire,
         }]);
         assert!(matches!(rx.try_recv(), Ok(Ok(99))));
+    }
+
+    /// Reads that wait behind the round in flight time out from their own arrival, not from
+    /// the round they end up in (found by review: they could wait twice the read timeout).
+    #[test]
+    fn reads_waiting_behind_a_round_expire_from_their_arrival() {
+        let mut reads = Reads::new(1, Duration::from_millis(10));
+        let (tx, mut rx) = oneshot::channel();
+        reads.push(tx);
+        let arrived = reads.new_since.expect("the arrival is kept");
+        reads.expire(arrived + Duration::from_millis(9), Some(2));
+        assert!(rx.try_recv().is_err(), "not yet");
+        reads.expire(arrived + Duration::from_millis(10), Some(2));
+        assert!(matches!(rx.try_recv(), Ok(Err(ReadError::Timeout(_)))));
+        assert!(reads.new.is_empty() && reads.new_since.is_none());
     }
 
     #[test]
