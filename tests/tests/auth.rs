@@ -417,3 +417,54 @@ fn tokens_rotate_without_a_restart_and_clients_present_theirs() {
     assert_eq!(r.status, 200, "{}", r.text());
     c.wait_for_leader();
 }
+
+/// A watch ends when its token is revoked (the auth file rewritten without it): the token is
+/// checked while the stream runs, not only when it opens. Failed before the fix: the stream
+/// went on sending progress events to the revoked token.
+#[test]
+fn a_watch_ends_when_its_token_is_revoked() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = auth_file(&dir, all_tokens());
+    let mut c = start(&path);
+    let leader = c.wait_for_leader();
+
+    let mut conn = std::net::TcpStream::connect(c.http_addr(leader)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let request = format!(
+        "GET /v1/watch?prefix=&progress_ms=100 HTTP/1.1\r\nHost: keel\r\n\
+         Authorization: Bearer {READER}\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).expect("send");
+    let mut seen = Vec::new();
+    let mut read_until = |what: &str, seen: &mut Vec<u8>| {
+        wait_until(DEADLINE, what, || {
+            let mut buf = [0u8; 4096];
+            match conn.read(&mut buf) {
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading the watch: {e}"),
+            }
+            String::from_utf8_lossy(seen).contains(what).then_some(())
+        })
+    };
+    read_until("event: progress", &mut seen);
+    assert!(
+        String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    // The viewer's token taken out of the file: the open watch is cut off.
+    let mut revoked = all_tokens();
+    if let Some(list) = revoked.as_array_mut() {
+        list.retain(|t| t["token"] != READER);
+    }
+    std::fs::write(&path, json!({ "tokens": revoked }).to_string()).expect("rewritten");
+    read_until("\"reason\":\"unauthorized\"", &mut seen);
+}

@@ -259,6 +259,12 @@ impl Tokens {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .ok_or_else(|| unauthorized("the Authorization header is not \"Bearer <token>\""))?;
+        self.lookup(token)
+            .ok_or_else(|| unauthorized("unknown token"))
+    }
+
+    /// The grant of `token` in the tokens now in force (None: unknown, or revoked since).
+    pub fn lookup(&self, token: &str) -> Option<Arc<Grant>> {
         let grants = self
             .state
             .read()
@@ -272,7 +278,14 @@ impl Tokens {
                 found = Some(g.clone());
             }
         }
-        found.ok_or_else(|| unauthorized("unknown token"))
+        found
+    }
+
+    /// Whether `grant`'s token is still in force with the rights `check` asks for (the file may
+    /// have been rewritten since the grant was looked up).
+    pub fn still_allows(&self, grant: &Grant, check: impl Fn(&Caller) -> bool) -> bool {
+        self.lookup(&grant.token)
+            .is_some_and(|now| check(&Caller(Some(now))))
     }
 }
 

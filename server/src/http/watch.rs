@@ -95,7 +95,24 @@ impl Api {
             err.body.oldest_index = Some(oldest.saturating_add(1));
             return Err(err);
         }
-        let watcher = Watcher::new(self.sm.clone(), self.feed.clone(), filter, start, progress);
+        let mut watcher = Watcher::new(
+            self.sm.clone(),
+            self.feed.clone(),
+            filter.clone(),
+            start,
+            progress,
+        );
+        // The token is checked again while the stream runs: a token revoked (or narrowed) in the
+        // auth file ends the watch at its next turn (at the latest its next progress event).
+        if let (Some(tokens), Some(grant)) = (&self.tokens, &caller.0) {
+            let (tokens, grant) = (tokens.clone(), grant.clone());
+            watcher = watcher.allowed_while(move || {
+                tokens.still_allows(&grant, |now| match &filter {
+                    Filter::Key(k) => now.need_key(Role::Read, k).is_ok(),
+                    Filter::Prefix(p) => now.need_prefix(Role::Read, p).is_ok(),
+                })
+            });
+        }
         Ok(Reply::events(watcher, start.after))
     }
 }

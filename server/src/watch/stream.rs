@@ -111,6 +111,8 @@ pub struct Watcher {
     greeted: bool,
     /// The stream has ended (cut off or closed): nothing more is sent.
     done: bool,
+    /// Whether the watcher may still read (its caller's token is still in force); None: always.
+    allowed: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Watcher {
@@ -140,7 +142,15 @@ impl Watcher {
             last_sent: Instant::now(),
             greeted: false,
             done: false,
+            allowed: None,
         }
+    }
+
+    /// Ends the stream (a `cutoff` event, reason `unauthorized`) at the first turn where
+    /// `allowed` says no: the caller's rights, checked while it runs.
+    pub fn allowed_while(mut self, allowed: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.allowed = Some(Box::new(allowed));
+        self
     }
 
     /// The next chunk of the stream; None when it ends.
@@ -164,6 +174,10 @@ impl Watcher {
         for _ in 0..1_000_000 {
             if self.done || *self.closed.borrow() {
                 return Ok(None);
+            }
+            if self.allowed.as_ref().is_some_and(|allowed| !allowed()) {
+                self.done = true;
+                return Ok(Some(self.cutoff("unauthorized")));
             }
             // The flag is cleared before reading, so that a change signalled after the read
             // raises it again. Not raised: nothing up to the dispatched index concerns this
