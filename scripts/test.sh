@@ -67,14 +67,13 @@ cargo test --release -p keel-tests --test faults --no-run
 # every other test, which then take one thread: at most two clusters share the two cores at any
 # time, as with two test threads, and the suite's time no longer adds to theirs.
 faults_out=$(mktemp)
-(
-  rc=0
-  RUST_TEST_THREADS=2 cargo test --release -p keel-tests --test faults >"$faults_out" 2>&1 || rc=$?
-  echo "$rc" >"$faults_out.rc"
-) &
+# In a session of its own (setsid), so that the trap below stops all of it if this script ends
+# first (interrupted, or failed): cargo, the test binary and the nodes it started.
+setsid -w bash -c 'rc=0
+  RUST_TEST_THREADS=2 cargo test --release -p keel-tests --test faults >"$1" 2>&1 || rc=$?
+  echo "$rc" >"$1.rc"' _ "$faults_out" &
 faults_pid=$!
-# Interrupted or failed before the wait below: the fault suite does not outlive this script.
-trap 'kill "$faults_pid" 2>/dev/null || true' EXIT
+trap 'kill -- -"$faults_pid" 2>/dev/null || true; rm -f "$faults_out" "$faults_out.rc"' EXIT
 rest=0
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}" cargo test --release --workspace --exclude keel-tests || rest=$?
 if [ "$rest" -eq 0 ]; then

@@ -73,9 +73,14 @@ fn wait_of(ms: u64) -> Duration {
 }
 
 /// Whether an acquire with this outcome may have left its lease in the queue: not when it was
-/// refused (no lease, say) or granted.
-fn may_have_queued(r: &crate::proto::ApplyResult) -> bool {
-    r.is_ok() && !coord_of(r).granted
+/// refused (no lease, say), granted, or certainly not applied.
+fn outcome_may_have_queued(
+    outcome: &Result<crate::raft::WriteOk, crate::error::WriteError>,
+) -> bool {
+    match outcome {
+        Ok(ok) => ok.result.is_ok() && !coord_of(&ok.result).granted,
+        Err(e) => !e.certainly_not_applied(),
+    }
 }
 
 /// Takes a lease out of a lock's queue when dropped armed: a waiting acquire that ends without
@@ -238,10 +243,12 @@ impl Api {
         });
         // A lease the acquire queues must leave the queue again unless someone waits for it
         // here, or a later grant goes to a waiter nobody waits for. So the acquire runs on its
-        // own task, which cancels when nobody takes its outcome (the client went away while it
-        // was in flight); once this handler has the outcome, `queued` cancels whatever ends the
-        // wait without an answer (an error, a timeout, the client gone and this future dropped).
-        let guard = || LeaveQueue {
+        // own task and hands its outcome over together with an armed `LeaveQueue`: an outcome
+        // nobody takes (the client went away while it was in flight, or before this handler
+        // read it) drops the guard, which cancels; once this handler holds both, the guard
+        // cancels whatever ends the wait without an answer (an error, a timeout, the client gone
+        // and this future dropped).
+        let mut queued = LeaveQueue {
             router: Some(self.router.clone()),
             name: name.clone(),
             lease,
@@ -253,27 +260,21 @@ impl Api {
             op: Some(op),
             ..Default::default()
         };
-        let mut unseen = guard();
         tokio::spawn(async move {
             let outcome = router.write(acquire, WriteMode::Semi, timeout).await;
-            match tx.send(outcome) {
-                Err(Ok(ok)) if !may_have_queued(&ok.result) => unseen.disarm(),
-                Err(_) => {} // dropped armed: the cancel
-                Ok(()) => unseen.disarm(),
+            if !outcome_may_have_queued(&outcome) {
+                queued.disarm();
             }
+            // Refused (nobody waits): the guard is dropped here, armed or not.
+            let _ = tx.send((outcome, queued));
         });
-        let outcome = rx.await.map_err(|_| {
+        let (outcome, mut queued) = rx.await.map_err(|_| {
             ApiError::new(
                 ErrorCode::Internal,
                 "the lock acquire's task ended unanswered",
             )
         })?;
-        // No await since the outcome arrived: from here on `queued` covers every ending.
-        let mut queued = guard();
         let ok = outcome?;
-        if !may_have_queued(&ok.result) {
-            queued.disarm();
-        }
         let r = rejected(&ok.result)?;
         let c = coord_of(r);
         if c.granted {

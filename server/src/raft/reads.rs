@@ -59,12 +59,16 @@ const ROUNDS_IN_FLIGHT: usize = 1;
 /// Where a read index goes.
 pub(super) type Reply = oneshot::Sender<Result<u64, ReadError>>;
 
+/// A read waiting for its read index: when it fails with a timeout (its arrival plus the
+/// timeout, whichever round it waits in), and where the answer goes.
+type Waiter = (Instant, Reply);
+
 /// Read-index requests that share one context.
 struct ReadGroup {
-    /// When the group fails with a timeout.
-    deadline: Instant,
+    /// When raft-rs was asked (last).
+    asked: Instant,
     /// Every read waiting for this read index.
-    waiters: Vec<Reply>,
+    waiters: Vec<Waiter>,
 }
 
 /// Every read-index request of this node not yet answered.
@@ -74,10 +78,7 @@ pub(super) struct Reads {
     /// How long a request may stay unanswered.
     timeout: Duration,
     /// Requests that arrived since the last [`Reads::issue`].
-    new: Vec<Reply>,
-    /// When the oldest of them arrived: their deadline counts from it, also while they wait
-    /// behind a round in flight.
-    new_since: Option<Instant>,
+    new: Vec<Waiter>,
     /// Requests handed to raft-rs, by context number.
     groups: HashMap<u64, ReadGroup>,
     /// The next context number.
@@ -92,7 +93,6 @@ impl Reads {
             id,
             timeout,
             new: Vec::new(),
-            new_since: None,
             groups: HashMap::new(),
             next_ctx: rand::random::<u64>() >> 1,
         }
@@ -100,13 +100,17 @@ impl Reads {
 
     /// Queues a request for the next [`Reads::issue`].
     pub(super) fn push(&mut self, reply: Reply) {
-        self.new_since.get_or_insert_with(Instant::now);
-        self.new.push(reply);
+        self.new.push((Instant::now() + self.timeout, reply));
     }
 
-    /// Whether reads wait behind a round in flight (which the loop then asks again sooner).
-    pub(super) fn waiting_behind(&self) -> bool {
-        !self.new.is_empty() && !self.groups.is_empty()
+    /// Whether reads wait behind a round asked at least `older_than` ago (which the loop then
+    /// asks again sooner: a lost message would otherwise hold them all).
+    pub(super) fn waiting_behind(&self, now: Instant, older_than: Duration) -> bool {
+        !self.new.is_empty()
+            && self
+                .groups
+                .values()
+                .any(|g| now.saturating_duration_since(g.asked) >= older_than)
     }
 
     /// Turns the requests queued since the last call into one read-index request, unless
@@ -117,8 +121,7 @@ impl Reads {
             return false;
         }
         if raw.raft.leader_id == 0 {
-            self.new_since = None;
-            for w in std::mem::take(&mut self.new) {
+            for (_, w) in std::mem::take(&mut self.new) {
                 let _ = w.send(Err(ReadError::NoLeader));
             }
             return false;
@@ -127,7 +130,6 @@ impl Reads {
             return false;
         }
         let waiters = std::mem::take(&mut self.new);
-        let since = self.new_since.take().unwrap_or_else(Instant::now);
         if crate::planted::active(crate::planted::Bug::EarlyReadIndex)
             && raw.raft.state == raft::StateRole::Leader
             && !raw.raft.commit_to_current_term()
@@ -138,7 +140,7 @@ impl Reads {
                 reads = waiters.len(),
                 "planted early-read-index: answered before the term's first commit"
             );
-            for w in waiters {
+            for (_, w) in waiters {
                 let _ = w.send(Ok(committed));
             }
             return false;
@@ -148,7 +150,7 @@ impl Reads {
         self.groups.insert(
             ctx,
             ReadGroup {
-                deadline: since + self.timeout,
+                asked: Instant::now(),
                 waiters,
             },
         );
@@ -185,8 +187,12 @@ impl Reads {
             self.answer(states);
             return;
         }
+        let now = Instant::now();
         let ctxs: Vec<u64> = self.groups.keys().copied().collect();
         for ctx in ctxs {
+            if let Some(g) = self.groups.get_mut(&ctx) {
+                g.asked = now;
+            }
             raw.read_index(self.wire_ctx(ctx));
         }
     }
@@ -198,42 +204,33 @@ impl Reads {
                 continue;
             };
             if let Some(group) = self.groups.remove(&ctx) {
-                for w in group.waiters {
+                for (_, w) in group.waiters {
                     let _ = w.send(Ok(rs.index));
                 }
             }
         }
     }
 
-    /// Fails the groups whose deadline has passed (`leader` is named in the message).
+    /// Fails every read whose deadline has passed, in a round or waiting for one (`leader` is
+    /// named in the message); a round nobody waits for any more is forgotten (a late answer to
+    /// it is ignored).
     pub(super) fn expire(&mut self, now: Instant, leader: Option<u64>) {
-        if self.new_since.is_some_and(|t| t + self.timeout <= now) {
-            self.new_since = None;
-            let msg = format!(
-                "no read index within {} ms (waiting behind another round; leader: {leader:?})",
-                self.timeout.as_millis()
-            );
-            for w in std::mem::take(&mut self.new) {
-                let _ = w.send(Err(ReadError::Timeout(msg.clone())));
+        let timeout_ms = self.timeout.as_millis();
+        let msg = || format!("no read index within {timeout_ms} ms (leader: {leader:?})");
+        let fail = |waiters: &mut Vec<Waiter>| {
+            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(waiters)
+                .into_iter()
+                .partition(|(d, _)| *d <= now);
+            *waiters = kept;
+            for (_, w) in gone {
+                let _ = w.send(Err(ReadError::Timeout(msg())));
             }
+        };
+        fail(&mut self.new);
+        for group in self.groups.values_mut() {
+            fail(&mut group.waiters);
         }
-        let expired: Vec<u64> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.deadline <= now)
-            .map(|(ctx, _)| *ctx)
-            .collect();
-        for ctx in expired {
-            if let Some(group) = self.groups.remove(&ctx) {
-                let msg = format!(
-                    "no read index within {} ms (leader: {leader:?})",
-                    self.timeout.as_millis()
-                );
-                for w in group.waiters {
-                    let _ = w.send(Err(ReadError::Timeout(msg.clone())));
-                }
-            }
-        }
+        self.groups.retain(|_, g| !g.waiters.is_empty());
     }
 
     /// The context a read-index request carries: this node's id and the request's number.
@@ -279,8 +276,8 @@ mod tests {
         mine.groups.insert(
             42,
             ReadGroup {
-                deadline: Instant::now() + Duration::from_secs(60),
-                waiters: vec![tx],
+                asked: Instant::now(),
+                waiters: vec![(Instant::now() + Duration::from_secs(60), tx)],
             },
         );
         mine.answer(vec![ReadState {
@@ -298,19 +295,43 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Ok(99))));
     }
 
-    /// Reads that wait behind the round in flight time out from their own arrival, not from
-    /// the round they end up in (found by review: they could wait twice the read timeout).
+    /// Every read times out from its own arrival: not from the round it ends up in, nor from
+    /// the oldest read beside it (found by review: reads queued behind a round could wait twice
+    /// the read timeout, or fail at once with the oldest).
     #[test]
-    fn reads_waiting_behind_a_round_expire_from_their_arrival() {
+    fn each_read_times_out_from_its_own_arrival() {
         let mut reads = Reads::new(1, Duration::from_millis(10));
-        let (tx, mut rx) = oneshot::channel();
-        reads.push(tx);
-        let arrived = reads.new_since.expect("the arrival is kept");
-        reads.expire(arrived + Duration::from_millis(9), Some(2));
-        assert!(rx.try_recv().is_err(), "not yet");
-        reads.expire(arrived + Duration::from_millis(10), Some(2));
-        assert!(matches!(rx.try_recv(), Ok(Err(ReadError::Timeout(_)))));
-        assert!(reads.new.is_empty() && reads.new_since.is_none());
+        let (early, mut early_rx) = oneshot::channel();
+        let (late, mut late_rx) = oneshot::channel();
+        reads.push(early);
+        let early_deadline = reads.new[0].0;
+        // The early read is in a round; the late one arrives 5 ms later, behind it.
+        reads.groups.insert(
+            7,
+            ReadGroup {
+                asked: early_deadline - Duration::from_millis(10),
+                waiters: std::mem::take(&mut reads.new),
+            },
+        );
+        reads
+            .new
+            .push((early_deadline + Duration::from_millis(5), late));
+        assert!(reads.waiting_behind(early_deadline, Duration::from_millis(10)));
+        reads.expire(early_deadline - Duration::from_millis(1), Some(2));
+        assert!(early_rx.try_recv().is_err(), "not yet");
+        reads.expire(early_deadline, Some(2));
+        assert!(matches!(
+            early_rx.try_recv(),
+            Ok(Err(ReadError::Timeout(_)))
+        ));
+        assert!(
+            reads.groups.is_empty(),
+            "a round nobody waits for is forgotten"
+        );
+        assert!(late_rx.try_recv().is_err(), "the late read has time left");
+        reads.expire(early_deadline + Duration::from_millis(5), Some(2));
+        assert!(matches!(late_rx.try_recv(), Ok(Err(ReadError::Timeout(_)))));
+        assert!(reads.new.is_empty());
     }
 
     #[test]
@@ -321,8 +342,8 @@ mod tests {
         reads.groups.insert(
             1,
             ReadGroup {
-                deadline: start + Duration::from_millis(10),
-                waiters: vec![tx],
+                asked: start,
+                waiters: vec![(start + Duration::from_millis(10), tx)],
             },
         );
         reads.expire(start, Some(2));

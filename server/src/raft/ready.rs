@@ -557,7 +557,9 @@ impl<O: Outbox> Driver<O> {
         self.reads.expire(now, self.shared.leader());
         // Every few ticks; every tick while reads wait behind the one round in flight (a lost
         // message would otherwise hold them all).
-        if self.ticks.is_multiple_of(READ_REISSUE_TICKS) || self.reads.waiting_behind() {
+        if self.ticks.is_multiple_of(READ_REISSUE_TICKS)
+            || self.reads.waiting_behind(now, self.cfg.tick)
+        {
             self.reissue_reads = true;
         }
         self.release_sync_writes(now);
