@@ -260,14 +260,16 @@ impl Api {
             op: Some(op),
             ..Default::default()
         };
-        tokio::spawn(async move {
+        // The task serves the same request: its id goes with the forwarded write.
+        let id = crate::forward::current_request_id();
+        tokio::spawn(crate::forward::REQUEST_ID.scope(id, async move {
             let outcome = router.write(acquire, WriteMode::Semi, timeout).await;
             if !outcome_may_have_queued(&outcome) {
                 queued.disarm();
             }
             // Refused (nobody waits): the guard is dropped here, armed or not.
             let _ = tx.send((outcome, queued));
-        });
+        }));
         let (outcome, mut queued) = rx.await.map_err(|_| {
             ApiError::new(
                 ErrorCode::Internal,

@@ -555,11 +555,9 @@ impl<O: Outbox> Driver<O> {
         // Expire read-index requests that never came back; re-issue the others (raft-rs drops
         // them silently when it cannot serve them yet).
         self.reads.expire(now, self.shared.leader());
-        // Every few ticks; every tick while reads wait behind the one round in flight (a lost
-        // message would otherwise hold them all).
-        if self.ticks.is_multiple_of(READ_REISSUE_TICKS)
-            || self.reads.waiting_behind(now, self.cfg.tick)
-        {
+        // Every few ticks; every tick while reads wait behind a round a tick old (or lost).
+        let behind = self.reads.waiting_behind(now, self.cfg.tick);
+        if self.ticks.is_multiple_of(READ_REISSUE_TICKS) || behind {
             self.reissue_reads = true;
         }
         self.release_sync_writes(now);
