@@ -26,10 +26,7 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
   for which in $order; do
     if [ "$which" = A ]; then bin=$A; else bin=$B; fi
-    data=$(mktemp -d)
-    "$bin" cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
-    cpid=$!
-    if wait_ready "$cpid"; then
+    if start_cluster "$bin"; then
       for w in "${workloads[@]}"; do
         name=${w%%|*}
         # shellcheck disable=SC2086
@@ -39,13 +36,16 @@ for round in $(seq 1 "$ROUNDS"); do
         ops=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$8); print $8}')
         p50=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$9); print $9}')
         echo "round $round $which $name ops/s=$ops p50_ms=$p50"
-        echo "$which $name $ops $p50" >> "$out"
+        if numbers "$ops" "$p50"; then
+          echo "$which $name $ops $p50" >> "$out"
+        else
+          echo "round $round $which $name: no result, left out"
+        fi
       done
     else
       echo "round $round $which: the cluster did not start (see $data/cluster.log)"
     fi
-    kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
-    rm -rf "$data"
+    stop_cluster
   done
 done
 echo

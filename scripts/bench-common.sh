@@ -15,6 +15,27 @@ wait_ready() {
   return 1
 }
 
+# Starts a local 3-node cluster with the command in "$@" (a keel binary, possibly behind `env`)
+# in a new temporary directory $data, its process in $cpid; fails if it does not become ready.
+start_cluster() {
+  data=$(mktemp -d)
+  "$@" cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
+  cpid=$!
+  wait_ready "$cpid"
+}
+
+# Stops the cluster of start_cluster and removes its directory.
+stop_cluster() {
+  kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
+  rm -rf "$data"
+}
+
+# Whether every argument is a number (a failed keel-bench run prints no result row).
+numbers() {
+  local v
+  for v in "$@"; do [[ "$v" =~ ^[0-9]+(\.[0-9]+)?$ ]] || return 1; done
+}
+
 # The median of the numbers on standard input, one per line ("-" when there are none).
 median() {
   sort -n | awk '{v[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'

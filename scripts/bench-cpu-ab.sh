@@ -20,11 +20,8 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
   for which in $order; do
     if [ "$which" = A ]; then bin=$A; else bin=$B; fi
-    data=$(mktemp -d)
-    "$bin" cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
-    cpid=$!
     ready=no
-    wait_ready "$cpid" && ready=yes
+    start_cluster "$bin" && ready=yes
     pids=$(pgrep -P "$cpid" | paste -sd, -)
     if [ "$ready" = yes ] && [ -n "$pids" ]; then
       for wl in read write; do
@@ -41,8 +38,7 @@ for round in $(seq 1 "$ROUNDS"); do
     else
       echo "round $round $which: the cluster did not start (see $data/cluster.log)"
     fi
-    kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
-    rm -rf "$data"
+    stop_cluster
   done
 done
 echo

@@ -17,16 +17,10 @@ out=$(mktemp)
 for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
   for which in $order; do
-    data=$(mktemp -d)
-    if [ "$which" = A ]; then
-      target/release/keel cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
-    else
-      KEEL_PLANTED_BUG=skip-fsync target/release/keel-planted cluster --nodes 3 --data-dir "$data" \
-        --base-port 7601 > "$data/cluster.log" 2>&1 &
-    fi
-    cpid=$!
+    if [ "$which" = A ]; then bin=(target/release/keel); else
+      bin=(env KEEL_PLANTED_BUG=skip-fsync target/release/keel-planted); fi
     ready=no
-    wait_ready "$cpid" && ready=yes
+    start_cluster "${bin[@]}" && ready=yes
     if [ "$ready" = yes ]; then
       for clients in 64 1; do
         row=$(target/release/keel-bench run --endpoints 127.0.0.1:7601,127.0.0.1:7602,127.0.0.1:7603 \
@@ -36,7 +30,7 @@ for round in $(seq 1 "$ROUNDS"); do
         p50=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$9); print $9}')
         echo "round $round $which clients=$clients ops/s=$ops p50_ms=$p50"
         # A failed run prints no result row: kept out of the medians.
-        if [[ "$ops" =~ ^[0-9]+(\.[0-9]+)?$ && "$p50" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+        if numbers "$ops" "$p50"; then
           echo "$which $clients $ops $p50" >> "$out"
         else
           echo "round $round $which clients=$clients: no result, left out"
@@ -45,8 +39,7 @@ for round in $(seq 1 "$ROUNDS"); do
     else
       echo "round $round $which: the cluster did not start (see $data/cluster.log)"
     fi
-    kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
-    rm -rf "$data"
+    stop_cluster
   done
 done
 echo
