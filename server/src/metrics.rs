@@ -117,6 +117,8 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Requests refused as overloaded since the start.
     pub overloaded: Counter,
+    /// Attempts to take an abandoned lock wait out of its queue that failed (each is retried).
+    pub lock_cancel_failed: Counter,
     /// Set at scrape time: live leases.
     pub leases: Gauge,
     /// Set at scrape time: locks with a holder.
@@ -169,6 +171,7 @@ impl Metrics {
             has_leader: Gauge::default(),
             queue_depth: Gauge::default(),
             overloaded: Counter::default(),
+            lock_cancel_failed: Counter::default(),
             leases: Gauge::default(),
             locks_held: Gauge::default(),
             watchers: Gauge::default(),
@@ -287,6 +290,11 @@ impl Metrics {
             "overloaded",
             "Requests refused with 503 overloaded",
             m.overloaded.clone(),
+        );
+        r.register(
+            "lock_cancel_failed",
+            "Attempts to take an abandoned lock wait out of its queue that failed (each is retried)",
+            m.lock_cancel_failed.clone(),
         );
         r.register("leases", "Live leases", m.leases.clone());
         r.register("locks_held", "Locks with a holder", m.locks_held.clone());
@@ -412,6 +420,7 @@ mod tests {
             "keel_peer_dropped_frames_total",
             "keel_raft_inbox_dropped_total",
             "keel_raft_queue_depth",
+            "keel_lock_cancel_failed_total",
             "keel_leases",
             "keel_locks_held",
             "keel_watchers",

@@ -329,3 +329,83 @@ fn an_elected_candidate_whose_output_nobody_reads_steps_down() {
         (r.status == 404).then_some(())
     });
 }
+
+/// How many cancels of abandoned lock waits failed on `node` (`/metrics`).
+fn cancel_failures(c: &Cluster, node: u64) -> Option<u64> {
+    let r = c.request(node, "GET", "/metrics", &[], None).ok()?;
+    r.text().lines().find_map(|l| {
+        l.strip_prefix("keel_lock_cancel_failed_total ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A waiting acquire whose client goes away while its node cannot reach a quorum still leaves
+/// the queue, once a leader is back: the cancel is sent again until it is applied. Failed
+/// before the fix: the one cancel timed out, b stayed queued, and the release below would have
+/// granted b the lock nobody waited for (for b's two minutes).
+#[test]
+fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has() {
+    use keel_tests::coord::lease_locks;
+    use std::io::Write as _;
+    let mut c = Cluster::start_with(3, &["--request-timeout", "2s"]);
+    let leader = c.wait_for_leader();
+    let f = c.others(&[leader]);
+    let (a, _) = grant(&c, leader, 120_000);
+    let (b, _) = grant(&c, leader, 120_000);
+    let r = acquire(&c, leader, "cron/quorum", a, "a", 0);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // b waits through a follower, on a connection the test then closes without reading.
+    let body = format!("{{\"lease\": \"{b}\", \"value\": \"b\", \"wait_ms\": 120000}}");
+    let head = format!(
+        "POST /v1/lock/cron/quorum HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = std::net::TcpStream::connect(c.http_addr(f[0])).expect("connect");
+    conn.write_all(head.as_bytes()).expect("send head");
+    conn.write_all(body.as_bytes()).expect("send body");
+    wait_until(DEADLINE, "b waiting in the queue", || {
+        lease_locks(&c, leader, b)
+            .contains(&"cron/quorum".to_string())
+            .then_some(())
+    });
+
+    // The follower is left alone, and knows it has no leader: its cancel is not even sent (a
+    // cancel forwarded to a paused leader would wait in its socket and be applied later).
+    let before = cancel_failures(&c, f[0]).expect("f0's metrics");
+    c.pause(leader);
+    c.pause(f[1]);
+    wait_until(DEADLINE, "the lone follower to lose its leader", || {
+        let r = c.request(f[0], "GET", "/v1/status", &[], None).ok()?;
+        r.json()["leader"].is_null().then_some(())
+    });
+    drop(conn);
+    wait_until(DEADLINE, "a cancel to fail on the lone follower", || {
+        (cancel_failures(&c, f[0])? > before).then_some(())
+    });
+    c.resume(leader);
+    c.resume(f[1]);
+    let leader = c.wait_for_leader();
+    wait_until(DEADLINE, "b out of the queue once a leader is back", || {
+        lease_locks(&c, leader, b).is_empty().then_some(())
+    });
+
+    // Released by its holder, the lock goes to nobody.
+    let r = c
+        .request(
+            leader,
+            "DELETE",
+            &format!("/v1/lock/cron/quorum?lease={a}"),
+            &[],
+            None,
+        )
+        .expect("answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c
+        .request(leader, "GET", "/v1/lock/cron/quorum", &[], None)
+        .expect("answers");
+    assert_eq!(r.status, 404, "{}", r.text());
+}

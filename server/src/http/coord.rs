@@ -85,7 +85,8 @@ fn outcome_may_have_queued(
 
 /// Takes a lease out of a lock's queue when dropped armed: a waiting acquire that ends without
 /// its answer (see [`Api::lock_acquire`]). The cancel runs on its own task, since the request's
-/// future may be the thing being dropped. A cancel keeps a grant made meanwhile.
+/// future may be the thing being dropped, and is sent again until applied ([`leave_queue`]). A
+/// cancel keeps a grant made meanwhile.
 struct LeaveQueue {
     /// None once disarmed.
     router: Option<std::sync::Arc<crate::forward::Router>>,
@@ -119,12 +120,45 @@ impl Drop for LeaveQueue {
             })),
             ..Default::default()
         };
-        let (lease, timeout) = (self.lease, self.timeout);
-        rt.spawn(async move {
-            if let Err(e) = router.write(command, WriteMode::Semi, timeout).await {
-                tracing::warn!(lease, error = %e, "could not take an abandoned lock wait out of its queue");
-            }
-        });
+        rt.spawn(leave_queue(router, command, self.lease, self.timeout));
+    }
+}
+
+/// First pause before a failed cancel is sent again (doubling up to [`CANCEL_PAUSE_MAX`]).
+const CANCEL_PAUSE_MIN: Duration = Duration::from_millis(200);
+/// Longest pause between cancels.
+const CANCEL_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// How long an abandoned wait keeps trying to leave its queue.
+const CANCEL_RETRY_FOR: Duration = Duration::from_secs(60);
+/// Most cancels sent for one abandoned wait.
+const CANCEL_ATTEMPTS: u32 = 30;
+
+/// Sends `cancel` until it is known applied, the node stops, or [`CANCEL_RETRY_FOR`] passes.
+/// One attempt is not enough: during an election (or while the leader is out of reach) a cancel
+/// fails, and a lease left in the queue is later granted the lock nobody waits for, which then
+/// stays taken until the lease ends. Sending the cancel twice is harmless.
+async fn leave_queue(
+    router: std::sync::Arc<crate::forward::Router>,
+    cancel: crate::proto::Command,
+    lease: u64,
+    timeout: Duration,
+) {
+    let give_up = Instant::now() + CANCEL_RETRY_FOR;
+    let mut pause = CANCEL_PAUSE_MIN;
+    for attempt in 1..=CANCEL_ATTEMPTS {
+        let e = match router.write(cancel.clone(), WriteMode::Semi, timeout).await {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        crate::metrics::metrics().lock_cancel_failed.inc();
+        let stopping = matches!(e, crate::error::WriteError::ShuttingDown);
+        if stopping || attempt == CANCEL_ATTEMPTS || Instant::now() + pause >= give_up {
+            tracing::warn!(lease, attempt, error = %e, "gave up taking an abandoned lock wait out of its queue");
+            return;
+        }
+        tracing::info!(lease, attempt, error = %e, "could not take an abandoned lock wait out of its queue yet; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(CANCEL_PAUSE_MAX);
     }
 }
 
