@@ -18,6 +18,14 @@ wait_ready() {
 # Starts a local 3-node cluster with the command in "$@" (a keel binary, possibly behind `env`)
 # in a new temporary directory $data, its process in $cpid; fails if it does not become ready.
 start_cluster() {
+  local port
+  for port in 7601 7602 7603 7701 7702 7703; do
+    # Another program on these ports would answer /ready and be benchmarked instead.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "start_cluster: port $port is in use (a cluster left running?)" >&2
+      return 1
+    fi
+  done
   data=$(mktemp -d)
   "$@" cluster --nodes 3 --data-dir "$data" --base-port 7601 > "$data/cluster.log" 2>&1 &
   cpid=$!
