@@ -94,6 +94,8 @@ struct LeaveQueue {
     name: String,
     /// The waiting lease.
     lease: u64,
+    /// The index of the acquire that queued it (0 until known, or if never known).
+    queued_at: u64,
     /// How long the cancel may take.
     timeout: Duration,
 }
@@ -117,6 +119,7 @@ impl Drop for LeaveQueue {
             op: Some(Op::LockCancel(LockReleaseOp {
                 name: std::mem::take(&mut self.name),
                 lease: self.lease,
+                queued_at: self.queued_at,
             })),
             ..Default::default()
         };
@@ -286,6 +289,7 @@ impl Api {
             router: Some(self.router.clone()),
             name: name.clone(),
             lease,
+            queued_at: 0,
             timeout: self.cfg.request_timeout,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -300,6 +304,9 @@ impl Api {
             let outcome = router.write(acquire, WriteMode::Semi, timeout).await;
             if !outcome_may_have_queued(&outcome) {
                 queued.disarm();
+            }
+            if let Ok(ok) = &outcome {
+                queued.queued_at = ok.result.index;
             }
             // Refused (nobody waits): the guard is dropped here, armed or not.
             let _ = tx.send((outcome, queued));
@@ -349,6 +356,7 @@ impl Api {
                 Op::LockCancel(LockReleaseOp {
                     name: name.clone(),
                     lease,
+                    queued_at: queued.queued_at,
                 }),
                 WriteMode::Semi,
             )
@@ -403,6 +411,7 @@ impl Api {
                 Op::LockRelease(LockReleaseOp {
                     name: name.clone(),
                     lease,
+                    queued_at: 0,
                 }),
                 mode,
             )

@@ -57,6 +57,11 @@ pub struct LockReleaseOp {
     /// The lease that holds it, or that waits for it.
     #[prost(uint64, tag = "2")]
     pub lease: u64,
+    /// A cancel only: the index of the acquire whose wait it ends, so that it leaves a place a
+    /// later acquire of the same lease took over alone ([`LockWaiter::queued_at`]); 0 when not
+    /// known (the cancel then ends the lease's wait whichever acquire queued it).
+    #[prost(uint64, tag = "3")]
+    pub queued_at: u64,
 }
 
 /// A write's `If-Fence`: applied only if lock `name` is held now with exactly `fence`.
@@ -108,6 +113,10 @@ pub struct LockWaiter {
     /// The value it will hold the lock with.
     #[prost(bytes = "bytes", tag = "2")]
     pub value: Bytes,
+    /// The index of the last acquire of this lease that queued here, or found it queued and
+    /// took the place over (a client's retry); 0 in records written before it was kept.
+    #[prost(uint64, tag = "3")]
+    pub queued_at: u64,
 }
 
 /// A lock as every replica stores it (key: its name). Absent when free with nobody waiting.

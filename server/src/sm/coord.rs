@@ -388,11 +388,15 @@ impl ApplyBatch<'_> {
             }
             Some(h) if h.lease == op.lease => true,
             Some(_) => {
-                if !lock.waiters.iter().any(|w| w.lease == op.lease) {
-                    lock.waiters.push(LockWaiter {
+                // A lease waits once; a second acquire (a retry) takes the place over, so that
+                // the cancel of the first one's abandoned wait leaves it alone.
+                match lock.waiters.iter_mut().find(|w| w.lease == op.lease) {
+                    Some(w) => w.queued_at = index,
+                    None => lock.waiters.push(LockWaiter {
                         lease: op.lease,
                         value: op.value,
-                    });
+                        queued_at: index,
+                    }),
                 }
                 false
             }
@@ -459,7 +463,14 @@ impl ApplyBatch<'_> {
         let lock = self.lock(&op.name)?;
         let holder = lock.as_ref().and_then(|l| l.holder.clone());
         let granted = holder.as_ref().is_some_and(|h| h.lease == op.lease);
-        if !granted {
+        // The wait this cancel ends, unless a later acquire of the lease has taken it over.
+        let taken_over = op.queued_at != 0
+            && lock.as_ref().is_some_and(|l| {
+                l.waiters
+                    .iter()
+                    .any(|w| w.lease == op.lease && w.queued_at != 0 && w.queued_at != op.queued_at)
+            });
+        if !granted && !taken_over {
             self.leave_lock(index, &op.name, op.lease)?;
             self.forget_lock(op.lease, &op.name)?;
         }

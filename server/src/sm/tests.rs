@@ -443,3 +443,57 @@ fn every_read_is_refused_while_a_snapshot_is_copied_into_place() {
     closed.open();
     assert_eq!(&sm.get_value("k").unwrap().unwrap().value[..], b"v");
 }
+
+/// A cancel ends only the wait of the acquire it names. When a client's retry (the same lease,
+/// a later acquire) has taken the place over, the abandoned request's late cancel leaves it
+/// queued, and the retry's own cancel ends it. Before, the late cancel took the shared place
+/// away and the retry waited out its time for nothing.
+#[test]
+fn a_late_cancel_leaves_a_retry_of_the_same_lease_queued() {
+    use crate::proto::{LeaseGrantOp, LockAcquireOp, LockReleaseOp};
+    let (_d, sm) = open();
+    let grant = cmd(Op::LeaseGrant(LeaseGrantOp { ttl_ms: 60_000 }));
+    let acquire = |lease: u64| {
+        cmd(Op::LockAcquire(LockAcquireOp {
+            name: "l".into(),
+            lease,
+            value: Bytes::new(),
+        }))
+    };
+    let cancel = |queued_at: u64| {
+        cmd(Op::LockCancel(LockReleaseOp {
+            name: "l".into(),
+            lease: 2,
+            queued_at,
+        }))
+    };
+    let granted = |r: ApplyResult| r.coord.unwrap_or_default().granted;
+    let waiters = || -> Vec<u64> {
+        let lock = sm.lock("l").unwrap().unwrap_or_default();
+        lock.waiters.iter().map(|w| w.lease).collect()
+    };
+    let mut b = sm.batch();
+    b.apply(1, 1, &grant).unwrap(); // lease 1 holds
+    b.apply(2, 1, &grant).unwrap(); // lease 2 waits
+    assert!(granted(b.apply(3, 1, &acquire(1)).unwrap()));
+    assert!(!granted(b.apply(4, 1, &acquire(2)).unwrap()));
+    // The client gave up on entry 4 and retried at once.
+    assert!(!granted(b.apply(5, 1, &acquire(2)).unwrap()));
+    // The abandoned request's cancel lands after the retry.
+    assert!(!granted(b.apply(6, 1, &cancel(4)).unwrap()));
+    b.commit().unwrap();
+    assert_eq!(waiters(), vec![2], "the late cancel took the retry's place");
+
+    // The retry's own cancel ends the wait.
+    let mut b = sm.batch();
+    b.apply(7, 1, &cancel(5)).unwrap();
+    b.commit().unwrap();
+    assert_eq!(waiters(), Vec::<u64>::new());
+
+    // A cancel that does not know its acquire ends the wait whichever acquire queued it.
+    let mut b = sm.batch();
+    assert!(!granted(b.apply(8, 1, &acquire(2)).unwrap()));
+    b.apply(9, 1, &cancel(0)).unwrap();
+    b.commit().unwrap();
+    assert_eq!(waiters(), Vec::<u64>::new());
+}
