@@ -343,11 +343,10 @@ fn cancel_failures(c: &Cluster, node: u64) -> Option<u64> {
 
 /// A waiting acquire whose client goes away while its node cannot reach a quorum still leaves
 /// the queue, once a leader is back: the cancel is sent again until it is applied. Failed
-/// before the fix: the one cancel timed out, b stayed queued, and the release below would have
-/// granted b the lock nobody waited for (for b's two minutes).
+/// before the fix: the one cancel failed at once (no leader), b stayed queued, and the release
+/// below would have granted b the lock nobody waited for (for b's two minutes).
 #[test]
 fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has() {
-    use keel_tests::coord::lease_locks;
     use std::io::Write as _;
     let mut c = Cluster::start_with(3, &["--request-timeout", "2s"]);
     let leader = c.wait_for_leader();
@@ -368,7 +367,7 @@ fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has(
     conn.write_all(head.as_bytes()).expect("send head");
     conn.write_all(body.as_bytes()).expect("send body");
     wait_until(DEADLINE, "b waiting in the queue", || {
-        lease_locks(&c, leader, b)
+        locks_of(&c, leader, b)?
             .contains(&"cron/quorum".to_string())
             .then_some(())
     });
@@ -390,7 +389,7 @@ fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has(
     c.resume(f[1]);
     let leader = c.wait_for_leader();
     wait_until(DEADLINE, "b out of the queue once a leader is back", || {
-        lease_locks(&c, leader, b).is_empty().then_some(())
+        locks_of(&c, leader, b)?.is_empty().then_some(())
     });
 
     // Released by its holder, the lock goes to nobody.
@@ -408,4 +407,77 @@ fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has(
         .request(leader, "GET", "/v1/lock/cron/quorum", &[], None)
         .expect("answers");
     assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// The locks lease `id` holds or waits for, asked through `via`; None while it cannot answer
+/// (an election).
+fn locks_of(c: &Cluster, via: u64, id: u64) -> Option<Vec<String>> {
+    let r = c
+        .request(via, "GET", &format!("/v1/lease/{id}"), &[], None)
+        .ok()?;
+    (r.status == 200).then(|| serde_json::from_value(r.json()["locks"].clone()).unwrap_or_default())
+}
+
+/// A grant made to a wait nobody waits for any more is given up (to the next waiter, or the
+/// lock is freed) by that wait's cancel, instead of kept for nobody until the lease ends. Here
+/// the lock passes to b while b's node is cut off, after b's client has gone: its cancel lands
+/// only after the grant. Failed before the fix: the cancel kept the grant, and b held the lock
+/// for its two minutes.
+#[test]
+fn a_grant_to_an_abandoned_wait_is_given_up() {
+    use std::io::Write as _;
+    let mut c = Cluster::start_proxied(3, &["--request-timeout", "2s"]);
+    let leader = c.wait_for_leader();
+    let f = c.others(&[leader]);
+    let (a, _) = grant(&c, leader, 120_000);
+    let (b, _) = grant(&c, leader, 120_000);
+    let r = acquire(&c, leader, "cron/cutoff", a, "a", 0);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = format!("{{\"lease\": \"{b}\", \"value\": \"b\", \"wait_ms\": 120000}}");
+    let head = format!(
+        "POST /v1/lock/cron/cutoff HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = std::net::TcpStream::connect(c.http_addr(f[0])).expect("connect");
+    conn.write_all(head.as_bytes()).expect("send head");
+    conn.write_all(body.as_bytes()).expect("send body");
+    wait_until(DEADLINE, "b waiting in the queue", || {
+        locks_of(&c, leader, b)?
+            .contains(&"cron/cutoff".to_string())
+            .then_some(())
+    });
+
+    // b's node is cut off; a releases, and the lock passes to b on the majority.
+    let before = cancel_failures(&c, f[0]).expect("f0's metrics");
+    c.isolate(f[0]);
+    let r = c
+        .request(
+            leader,
+            "DELETE",
+            &format!("/v1/lock/cron/cutoff?lease={a}"),
+            &[],
+            None,
+        )
+        .expect("answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c
+        .request(leader, "GET", "/v1/lock/cron/cutoff", &[], None)
+        .expect("answers");
+    let holder = r.json()["lease"].to_string();
+    assert_eq!(holder.trim_matches('"'), b.to_string(), "{}", r.text());
+
+    // b's client goes; its node cannot send the cancel until it is back.
+    drop(conn);
+    wait_until(DEADLINE, "a cancel to fail on the cut-off node", || {
+        (cancel_failures(&c, f[0])? > before).then_some(())
+    });
+    c.heal();
+    wait_until(DEADLINE, "the grant nobody waits for given up", || {
+        let r = c
+            .request(leader, "GET", "/v1/lock/cron/cutoff", &[], None)
+            .ok()?;
+        (r.status == 404).then_some(())
+    });
+    assert_eq!(locks_of(&c, leader, b), Some(vec![]));
 }

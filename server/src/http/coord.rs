@@ -94,8 +94,8 @@ struct LeaveQueue {
     name: String,
     /// The waiting lease.
     lease: u64,
-    /// The index of the acquire that queued it (0 until known, or if never known).
-    queued_at: u64,
+    /// The wait ([`LockAcquireOp::wait_id`]).
+    wait_id: u64,
     /// How long the cancel may take.
     timeout: Duration,
 }
@@ -116,10 +116,12 @@ impl Drop for LeaveQueue {
             return;
         };
         let command = crate::proto::Command {
+            // Nobody takes this wait's answer: a grant made from it is given up too.
             op: Some(Op::LockCancel(LockReleaseOp {
                 name: std::mem::take(&mut self.name),
                 lease: self.lease,
-                queued_at: self.queued_at,
+                wait_id: self.wait_id,
+                abandoned: true,
             })),
             ..Default::default()
         };
@@ -136,7 +138,8 @@ const CANCEL_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Most cancels sent for one abandoned wait.
 const CANCEL_ATTEMPTS: u32 = 30;
 
-/// Sends `cancel` until it is known applied, the node stops, or [`CANCEL_RETRY_FOR`] passes.
+/// Sends `cancel` until it is known applied, [`CANCEL_ATTEMPTS`] have failed, or
+/// [`CANCEL_RETRY_FOR`] passes (the task ends with the node's runtime).
 /// One attempt is not enough: during an election (or while the leader is out of reach) a cancel
 /// fails, and a lease left in the queue is later granted the lock nobody waits for, which then
 /// stays taken until the lease ends. Sending the cancel twice is harmless.
@@ -154,8 +157,8 @@ async fn leave_queue(
             Err(e) => e,
         };
         crate::metrics::metrics().lock_cancel_failed.inc();
-        let stopping = matches!(e, crate::error::WriteError::ShuttingDown);
-        if stopping || attempt == CANCEL_ATTEMPTS || Instant::now() + pause >= give_up {
+        // (`ShuttingDown` may be the leader's, forwarded: the next leader takes the cancel.)
+        if attempt == CANCEL_ATTEMPTS || Instant::now() + pause >= give_up {
             tracing::warn!(lease, attempt, error = %e, "gave up taking an abandoned lock wait out of its queue");
             return;
         }
@@ -273,10 +276,13 @@ impl Api {
         )?;
         let started = Instant::now();
         let lease = b.lease.0;
+        // Names this wait, for its cancel (never 0, which names none).
+        let wait_id = rand::random::<u64>() | 1;
         let op = Op::LockAcquire(LockAcquireOp {
             name: name.clone(),
             lease,
             value: b.value.into(),
+            wait_id,
         });
         // A lease the acquire queues must leave the queue again unless someone waits for it
         // here, or a later grant goes to a waiter nobody waits for. So the acquire runs on its
@@ -289,7 +295,7 @@ impl Api {
             router: Some(self.router.clone()),
             name: name.clone(),
             lease,
-            queued_at: 0,
+            wait_id,
             timeout: self.cfg.request_timeout,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -304,9 +310,6 @@ impl Api {
             let outcome = router.write(acquire, WriteMode::Semi, timeout).await;
             if !outcome_may_have_queued(&outcome) {
                 queued.disarm();
-            }
-            if let Ok(ok) = &outcome {
-                queued.queued_at = ok.result.index;
             }
             // Refused (nobody waits): the guard is dropped here, armed or not.
             let _ = tx.send((outcome, queued));
@@ -353,10 +356,12 @@ impl Api {
         // cancel is known applied, the guard still sends one (twice is harmless).
         let ok = self
             .write_cmd(
+                // Answered here: a grant made meanwhile is kept, and returned.
                 Op::LockCancel(LockReleaseOp {
                     name: name.clone(),
                     lease,
-                    queued_at: queued.queued_at,
+                    wait_id,
+                    abandoned: false,
                 }),
                 WriteMode::Semi,
             )
@@ -411,7 +416,7 @@ impl Api {
                 Op::LockRelease(LockReleaseOp {
                     name: name.clone(),
                     lease,
-                    queued_at: 0,
+                    ..Default::default()
                 }),
                 mode,
             )

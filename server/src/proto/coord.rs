@@ -46,6 +46,10 @@ pub struct LockAcquireOp {
     /// The holder's value (an election's candidate name, a worker's address...).
     #[prost(bytes = "bytes", tag = "3")]
     pub value: Bytes,
+    /// A number the node that serves the request picks for this wait (random, non-zero), which
+    /// its cancel names; 0 when none.
+    #[prost(uint64, tag = "4")]
+    pub wait_id: u64,
 }
 
 /// Release a lock (its holder's lease only), or leave its queue (a waiter whose wait ended).
@@ -57,11 +61,15 @@ pub struct LockReleaseOp {
     /// The lease that holds it, or that waits for it.
     #[prost(uint64, tag = "2")]
     pub lease: u64,
-    /// A cancel only: the index of the acquire whose wait it ends, so that it leaves a place a
-    /// later acquire of the same lease took over alone ([`LockWaiter::queued_at`]); 0 when not
-    /// known (the cancel then ends the lease's wait whichever acquire queued it).
+    /// A cancel only: the wait it ends ([`LockAcquireOp::wait_id`]), so that it leaves alone a
+    /// place or a grant a later acquire of the same lease took over; 0 ends the lease's wait
+    /// whichever acquire queued it.
     #[prost(uint64, tag = "3")]
-    pub queued_at: u64,
+    pub wait_id: u64,
+    /// A cancel only: nobody waits for the answer (the client went away, or its wait failed),
+    /// so a grant made from this very wait is given up too, instead of kept for nobody.
+    #[prost(bool, tag = "4")]
+    pub abandoned: bool,
 }
 
 /// A write's `If-Fence`: applied only if lock `name` is held now with exactly `fence`.
@@ -102,6 +110,10 @@ pub struct LockHolder {
     /// The index of the entry that granted it: the fencing token.
     #[prost(uint64, tag = "3")]
     pub fence: u64,
+    /// The wait the grant answers ([`LockAcquireOp::wait_id`]; taken over by a later acquire of
+    /// the same lease); 0 when not known.
+    #[prost(uint64, tag = "4")]
+    pub wait_id: u64,
 }
 
 /// One lease waiting for a lock.
@@ -113,10 +125,10 @@ pub struct LockWaiter {
     /// The value it will hold the lock with.
     #[prost(bytes = "bytes", tag = "2")]
     pub value: Bytes,
-    /// The index of the last acquire of this lease that queued here, or found it queued and
-    /// took the place over (a client's retry); 0 in records written before it was kept.
+    /// The wait of the last acquire of this lease that queued here, or found it queued and
+    /// took the place over (a client's retry); 0 when not known.
     #[prost(uint64, tag = "3")]
-    pub queued_at: u64,
+    pub wait_id: u64,
 }
 
 /// A lock as every replica stores it (key: its name). Absent when free with nobody waiting.

@@ -343,6 +343,7 @@ impl ApplyBatch<'_> {
                         lease: next.lease,
                         value: next.value,
                         fence: index,
+                        wait_id: next.wait_id,
                     });
                     break;
                 }
@@ -375,27 +376,36 @@ impl ApplyBatch<'_> {
             return Ok(no_lease(index, op.lease));
         };
         let mut lock = self.lock(&op.name)?.unwrap_or_default();
-        let granted = match &lock.holder {
+        let granted = match &mut lock.holder {
             None => {
                 lock.holder = Some(LockHolder {
                     lease: op.lease,
                     value: op.value,
                     fence: index,
+                    wait_id: op.wait_id,
                 });
                 lock.index = index;
                 self.events.push(CoordEvent::LockChanged);
                 true
             }
-            Some(h) if h.lease == op.lease => true,
+            // Held already (a retry whose first answer was lost): the grant now answers this
+            // acquire, so the cancel of the first one's abandoned wait leaves it alone.
+            Some(h) if h.lease == op.lease => {
+                h.wait_id = op.wait_id;
+                true
+            }
             Some(_) => {
-                // A lease waits once; a second acquire (a retry) takes the place over, so that
-                // the cancel of the first one's abandoned wait leaves it alone.
+                // A lease waits once; a second acquire (a retry) takes the place over, with its
+                // value, so that the cancel of the first one's abandoned wait leaves it alone.
                 match lock.waiters.iter_mut().find(|w| w.lease == op.lease) {
-                    Some(w) => w.queued_at = index,
+                    Some(w) => {
+                        w.wait_id = op.wait_id;
+                        w.value = op.value;
+                    }
                     None => lock.waiters.push(LockWaiter {
                         lease: op.lease,
                         value: op.value,
-                        queued_at: index,
+                        wait_id: op.wait_id,
                     }),
                 }
                 false
@@ -453,32 +463,45 @@ impl ApplyBatch<'_> {
         ))
     }
 
-    /// Ends a waiter's wait: out of the queue, unless the lock was granted to it meanwhile (then
-    /// it keeps it, and says so).
+    /// Ends a wait (`op.wait_id`; 0: the lease's, whichever acquire queued it): out of the queue.
+    /// A grant made meanwhile is kept, and said so, unless the wait was abandoned (nobody takes
+    /// the answer) and the grant answers that very wait: then it is given up, to the next waiter.
+    /// A place or a grant a later acquire of the lease took over is left alone.
     pub(super) fn lock_cancel(
         &mut self,
         index: u64,
         op: LockReleaseOp,
     ) -> Result<ApplyResult, StorageError> {
         let lock = self.lock(&op.name)?;
+        let ends = |wait_id: u64| op.wait_id == 0 || wait_id == 0 || wait_id == op.wait_id;
         let holder = lock.as_ref().and_then(|l| l.holder.clone());
-        let granted = holder.as_ref().is_some_and(|h| h.lease == op.lease);
-        // The wait this cancel ends, unless a later acquire of the lease has taken it over.
-        let taken_over = op.queued_at != 0
-            && lock.as_ref().is_some_and(|l| {
+        let held = holder.as_ref().filter(|h| h.lease == op.lease);
+        let leave = match held {
+            Some(h) => op.abandoned && op.wait_id != 0 && h.wait_id == op.wait_id,
+            None => lock.as_ref().is_some_and(|l| {
                 l.waiters
                     .iter()
-                    .any(|w| w.lease == op.lease && w.queued_at != 0 && w.queued_at != op.queued_at)
-            });
-        if !granted && !taken_over {
-            self.leave_lock(index, &op.name, op.lease)?;
-            self.forget_lock(op.lease, &op.name)?;
+                    .any(|w| w.lease == op.lease && ends(w.wait_id))
+            }),
+        };
+        if !leave {
+            return Ok(coord(
+                CoordResult {
+                    lease: op.lease,
+                    granted: held.is_some(),
+                    holder,
+                    ..Default::default()
+                },
+                index,
+            ));
         }
+        let holder = self.leave_lock(index, &op.name, op.lease)?;
+        self.forget_lock(op.lease, &op.name)?;
         Ok(coord(
             CoordResult {
                 lease: op.lease,
                 holder,
-                granted,
+                granted: false,
                 ..Default::default()
             },
             index,

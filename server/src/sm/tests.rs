@@ -444,56 +444,101 @@ fn every_read_is_refused_while_a_snapshot_is_copied_into_place() {
     assert_eq!(&sm.get_value("k").unwrap().unwrap().value[..], b"v");
 }
 
-/// A cancel ends only the wait of the acquire it names. When a client's retry (the same lease,
-/// a later acquire) has taken the place over, the abandoned request's late cancel leaves it
-/// queued, and the retry's own cancel ends it. Before, the late cancel took the shared place
-/// away and the retry waited out its time for nothing.
+/// A cancel ends only the wait it names. When a client's retry (the same lease, a later
+/// acquire) has taken the place or the grant over, the abandoned request's late cancel leaves it
+/// alone, and the retry's own cancel ends it; a grant made from an abandoned wait is given up to
+/// the next waiter, and one a waiter that still answers gets is kept. Before, the late cancel
+/// took the retry's shared place, and a grant to an abandoned wait stayed held for nobody.
 #[test]
-fn a_late_cancel_leaves_a_retry_of_the_same_lease_queued() {
+fn a_cancel_ends_only_the_wait_it_names() {
     use crate::proto::{LeaseGrantOp, LockAcquireOp, LockReleaseOp};
     let (_d, sm) = open();
     let grant = cmd(Op::LeaseGrant(LeaseGrantOp { ttl_ms: 60_000 }));
-    let acquire = |lease: u64| {
+    let acquire = |lease: u64, value: &str, wait_id: u64| {
         cmd(Op::LockAcquire(LockAcquireOp {
             name: "l".into(),
             lease,
-            value: Bytes::new(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            wait_id,
         }))
     };
-    let cancel = |queued_at: u64| {
+    let cancel = |lease: u64, wait_id: u64, abandoned: bool| {
         cmd(Op::LockCancel(LockReleaseOp {
             name: "l".into(),
-            lease: 2,
-            queued_at,
+            lease,
+            wait_id,
+            abandoned,
+        }))
+    };
+    let release = |lease: u64| {
+        cmd(Op::LockRelease(LockReleaseOp {
+            name: "l".into(),
+            lease,
+            ..Default::default()
         }))
     };
     let granted = |r: ApplyResult| r.coord.unwrap_or_default().granted;
-    let waiters = || -> Vec<u64> {
-        let lock = sm.lock("l").unwrap().unwrap_or_default();
-        lock.waiters.iter().map(|w| w.lease).collect()
+    let lock = || sm.lock("l").unwrap().unwrap_or_default();
+    let waiters = || -> Vec<u64> { lock().waiters.iter().map(|w| w.lease).collect() };
+    let holder = || {
+        lock()
+            .holder
+            .map(|h| (h.lease, String::from_utf8_lossy(&h.value).into_owned()))
     };
+
     let mut b = sm.batch();
-    b.apply(1, 1, &grant).unwrap(); // lease 1 holds
-    b.apply(2, 1, &grant).unwrap(); // lease 2 waits
-    assert!(granted(b.apply(3, 1, &acquire(1)).unwrap()));
-    assert!(!granted(b.apply(4, 1, &acquire(2)).unwrap()));
-    // The client gave up on entry 4 and retried at once.
-    assert!(!granted(b.apply(5, 1, &acquire(2)).unwrap()));
-    // The abandoned request's cancel lands after the retry.
-    assert!(!granted(b.apply(6, 1, &cancel(4)).unwrap()));
+    for i in 1..=3 {
+        b.apply(i, 1, &grant).unwrap(); // leases 1, 2, 3
+    }
+    assert!(granted(b.apply(4, 1, &acquire(1, "one", 41)).unwrap()));
+    assert!(!granted(b.apply(5, 1, &acquire(2, "two", 51)).unwrap()));
+    // Lease 2's client gave up on wait 51 and retried at once, with another value.
+    assert!(!granted(
+        b.apply(6, 1, &acquire(2, "two again", 61)).unwrap()
+    ));
+    // The abandoned request's cancel lands after the retry: the place is the retry's now.
+    assert!(!granted(b.apply(7, 1, &cancel(2, 51, true)).unwrap()));
     b.commit().unwrap();
     assert_eq!(waiters(), vec![2], "the late cancel took the retry's place");
 
-    // The retry's own cancel ends the wait.
+    // The retry's own cancel ends the wait; a cancel naming no wait ends any.
     let mut b = sm.batch();
-    b.apply(7, 1, &cancel(5)).unwrap();
+    b.apply(8, 1, &cancel(2, 61, false)).unwrap();
+    b.commit().unwrap();
+    assert_eq!(waiters(), Vec::<u64>::new());
+    let mut b = sm.batch();
+    assert!(!granted(b.apply(9, 1, &acquire(2, "two", 91)).unwrap()));
+    b.apply(10, 1, &cancel(2, 0, false)).unwrap();
     b.commit().unwrap();
     assert_eq!(waiters(), Vec::<u64>::new());
 
-    // A cancel that does not know its acquire ends the wait whichever acquire queued it.
+    // Lease 2 waits (111) and retries (121); the lock passes to it with the retry's value.
     let mut b = sm.batch();
-    assert!(!granted(b.apply(8, 1, &acquire(2)).unwrap()));
-    b.apply(9, 1, &cancel(0)).unwrap();
+    assert!(!granted(b.apply(11, 1, &acquire(2, "two", 111)).unwrap()));
+    assert!(!granted(
+        b.apply(12, 1, &acquire(2, "two at last", 121)).unwrap()
+    ));
+    assert!(!granted(b.apply(13, 1, &acquire(3, "three", 131)).unwrap()));
+    b.apply(14, 1, &release(1)).unwrap();
     b.commit().unwrap();
-    assert_eq!(waiters(), Vec::<u64>::new());
+    assert_eq!(holder(), Some((2, "two at last".into())));
+    // The first wait's abandoned cancel leaves the grant alone: it answers the retry.
+    let mut b = sm.batch();
+    assert!(granted(b.apply(15, 1, &cancel(2, 111, true)).unwrap()));
+    // A cancel of the retry's wait whose handler still answers keeps it, and says so.
+    assert!(granted(b.apply(16, 1, &cancel(2, 121, false)).unwrap()));
+    b.commit().unwrap();
+    assert_eq!(holder(), Some((2, "two at last".into())));
+    // The retry's wait abandoned: nobody takes the grant, so it goes to the next waiter.
+    let mut b = sm.batch();
+    assert!(!granted(b.apply(17, 1, &cancel(2, 121, true)).unwrap()));
+    b.commit().unwrap();
+    assert_eq!(holder(), Some((3, "three".into())));
+    assert_eq!(lock().holder.map(|h| h.fence), Some(17));
+    // A holder that acquires again (its first answer lost) takes the grant over.
+    let mut b = sm.batch();
+    assert!(granted(b.apply(18, 1, &acquire(3, "three", 181)).unwrap()));
+    assert!(granted(b.apply(19, 1, &cancel(3, 131, true)).unwrap()));
+    b.commit().unwrap();
+    assert_eq!(holder(), Some((3, "three".into())));
 }
