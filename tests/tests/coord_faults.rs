@@ -479,5 +479,38 @@ fn a_grant_to_an_abandoned_wait_is_given_up() {
             .ok()?;
         (r.status == 404).then_some(())
     });
-    assert_eq!(locks_of(&c, leader, b), Some(vec![]));
+    wait_until(DEADLINE, "b holding and waiting for nothing", || {
+        locks_of(&c, leader, b)?.is_empty().then_some(())
+    });
+}
+
+/// An acquire whose outcome was unknown (its forward timed out) and that is applied only after
+/// the client's retry was granted and answered does not take the lock from that client: its
+/// cancel does not abandon a wait it cannot know queued. Failed before the fix: the late acquire
+/// took the grant over, and its cancel gave the lock up from a client told it held it.
+#[test]
+fn a_late_acquire_and_its_cancel_leave_the_retry_holding_the_lock() {
+    let mut c = Cluster::start_proxied(3, &["--request-timeout", "2s"]);
+    let leader = c.wait_for_leader();
+    let f = c.others(&[leader]);
+    let (b, _) = grant(&c, leader, 120_000);
+    // What the follower forwards reaches the leader 4 s late, after the forward timed out.
+    c.link(f[0], leader)
+        .set(keel_tests::LinkMode::Delay(Duration::from_secs(4)));
+    let r = acquire(&c, f[0], "cron/late", b, "b", 0);
+    assert_ne!(r.status, 200, "{}", r.text());
+    // The client retries through the leader, and is granted the lock.
+    let r = acquire(&c, leader, "cron/late", b, "b", 0);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let fence = r.json()["fence"].clone();
+    let applied = |c: &Cluster| c.status(leader)?["applied_index"].as_u64();
+    let after_retry = applied(&c).expect("the leader's status");
+    wait_until(DEADLINE, "the late acquire and its cancel applied", || {
+        (applied(&c)? >= after_retry + 2).then_some(())
+    });
+    let r = c
+        .request(leader, "GET", "/v1/lock/cron/late", &[], None)
+        .expect("answers");
+    assert_eq!(r.status, 200, "the lock was given up: {}", r.text());
+    assert_eq!(r.json()["fence"], fence, "{}", r.text());
 }

@@ -85,8 +85,8 @@ fn outcome_may_have_queued(
 
 /// Takes a lease out of a lock's queue when dropped armed: a waiting acquire that ends without
 /// its answer (see [`Api::lock_acquire`]). The cancel runs on its own task, since the request's
-/// future may be the thing being dropped, and is sent again until applied ([`leave_queue`]). A
-/// cancel keeps a grant made meanwhile.
+/// future may be the thing being dropped, and is sent again until applied ([`leave_queue`]). It
+/// gives up a grant made from this very wait only when `abandon` says so; else it keeps it.
 struct LeaveQueue {
     /// None once disarmed.
     router: Option<std::sync::Arc<crate::forward::Router>>,
@@ -96,6 +96,12 @@ struct LeaveQueue {
     lease: u64,
     /// The wait ([`LockAcquireOp::wait_id`]).
     wait_id: u64,
+    /// Whether its cancel abandons the wait (gives up a grant made from it): only while the
+    /// acquire is known to have queued and nothing of this wait has been answered or claimed.
+    /// An acquire whose outcome is unknown may be applied after a retry of the same lease was
+    /// granted and answered; a cancel that gave that grant up would take a lock from a client
+    /// told it holds it.
+    abandon: bool,
     /// How long the cancel may take.
     timeout: Duration,
 }
@@ -116,12 +122,13 @@ impl Drop for LeaveQueue {
             return;
         };
         let command = crate::proto::Command {
-            // Nobody takes this wait's answer: a grant made from it is given up too.
+            // Nobody takes this wait's answer: a grant made from it is given up too (if known
+            // to be this wait's own).
             op: Some(Op::LockCancel(LockReleaseOp {
                 name: std::mem::take(&mut self.name),
                 lease: self.lease,
                 wait_id: self.wait_id,
-                abandoned: true,
+                abandoned: self.abandon,
             })),
             ..Default::default()
         };
@@ -296,6 +303,7 @@ impl Api {
             name: name.clone(),
             lease,
             wait_id,
+            abandon: false,
             timeout: self.cfg.request_timeout,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -311,6 +319,8 @@ impl Api {
             if !outcome_may_have_queued(&outcome) {
                 queued.disarm();
             }
+            // Known queued: a grant later made from this place is this wait's alone.
+            queued.abandon = outcome.is_ok() && outcome_may_have_queued(&outcome);
             // Refused (nobody waits): the guard is dropped here, armed or not.
             let _ = tx.send((outcome, queued));
         }));
@@ -342,6 +352,13 @@ impl Api {
             changes.borrow_and_update();
             if let Some(lock) = self.sm.lock(&name)? {
                 if let Some(h) = lock.holder.filter(|h| h.lease == lease) {
+                    // Granted to another wait of this lease (a retry took the place over, and
+                    // may give the grant up if abandoned): the cancel below claims it for this
+                    // one before it is answered. A grant from before waits were named (0) is
+                    // given up by no one.
+                    if h.wait_id != wait_id && h.wait_id != 0 {
+                        break;
+                    }
                     queued.disarm();
                     let index = self.node.shared().applied();
                     return Reply::json(&holder_info(&name, &h, index), Some(index));
@@ -352,8 +369,10 @@ impl Api {
                 break;
             }
         }
-        // The wait is over: leave the queue, unless the lock was granted meanwhile. Until this
-        // cancel is known applied, the guard still sends one (twice is harmless).
+        // The wait is over: leave the queue, unless the lock was granted meanwhile (then claim
+        // the grant and answer with it). Until this cancel is known applied, the guard still
+        // sends one, which no longer abandons: this one may have claimed a grant, and answered.
+        queued.abandon = false;
         let ok = self
             .write_cmd(
                 // Answered here: a grant made meanwhile is kept, and returned.

@@ -63,8 +63,8 @@ pub struct LockReleaseOp {
     pub lease: u64,
     /// A cancel only: the wait it ends ([`LockAcquireOp::wait_id`]), so that it leaves alone a
     /// place or a grant a later acquire of the same lease took over; 0 ends the lease's wait
-    /// whichever acquire queued it.
-    #[prost(uint64, tag = "3")]
+    /// whichever acquire queued it. (Tag 3 held a log index in an unreleased commit: not reused.)
+    #[prost(uint64, tag = "5")]
     pub wait_id: u64,
     /// A cancel only: nobody waits for the answer (the client went away, or its wait failed),
     /// so a grant made from this very wait is given up too, instead of kept for nobody.
@@ -126,8 +126,9 @@ pub struct LockWaiter {
     #[prost(bytes = "bytes", tag = "2")]
     pub value: Bytes,
     /// The wait of the last acquire of this lease that queued here, or found it queued and
-    /// took the place over (a client's retry); 0 when not known.
-    #[prost(uint64, tag = "3")]
+    /// took the place over (a client's retry); 0 when not known. (Tag 3 held a log index in an
+    /// unreleased commit: not reused.)
+    #[prost(uint64, tag = "4")]
     pub wait_id: u64,
 }
 

@@ -541,4 +541,11 @@ fn a_cancel_ends_only_the_wait_it_names() {
     assert!(granted(b.apply(19, 1, &cancel(3, 131, true)).unwrap()));
     b.commit().unwrap();
     assert_eq!(holder(), Some((3, "three".into())));
+    // A cancel whose wait answers claims the grant it returns: an abandoned cancel of another
+    // wait of the lease can no longer give it up.
+    let mut b = sm.batch();
+    assert!(granted(b.apply(20, 1, &cancel(3, 201, false)).unwrap()));
+    assert!(granted(b.apply(21, 1, &cancel(3, 181, true)).unwrap()));
+    b.commit().unwrap();
+    assert_eq!(holder(), Some((3, "three".into())));
 }
