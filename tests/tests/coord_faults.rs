@@ -447,6 +447,15 @@ fn a_grant_to_an_abandoned_wait_is_given_up() {
             .contains(&"cron/cutoff".to_string())
             .then_some(())
     });
+    // The acquire's answer reaches b's node before the cut: the leader sends it on the same
+    // connection as, and before, the entry of a later write, which b's node then applies. (Had it
+    // not arrived, the outcome would be unknown, and the cancel would keep the grant.)
+    let r = c.put(leader, "cutoff-marker", b"1").expect("answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(DEADLINE, "b's node to apply a later write", || {
+        let r = c.get(f[0], "cutoff-marker?consistency=stale").ok()?;
+        (r.status == 200).then_some(())
+    });
 
     // b's node is cut off; a releases, and the lock passes to b on the majority.
     let before = cancel_failures(&c, f[0]).expect("f0's metrics");

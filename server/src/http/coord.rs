@@ -129,6 +129,8 @@ impl Drop for LeaveQueue {
                 lease: self.lease,
                 wait_id: self.wait_id,
                 abandoned: self.abandon,
+                // It answers nobody: a grant it keeps is not claimed for this wait.
+                claim: false,
             })),
             ..Default::default()
         };
@@ -149,7 +151,8 @@ const CANCEL_ATTEMPTS: u32 = 30;
 /// [`CANCEL_RETRY_FOR`] passes (the task ends with the node's runtime).
 /// One attempt is not enough: during an election (or while the leader is out of reach) a cancel
 /// fails, and a lease left in the queue is later granted the lock nobody waits for, which then
-/// stays taken until the lease ends. Sending the cancel twice is harmless.
+/// stays taken until the lease ends. A cancel applied twice (an attempt that failed here but was
+/// applied) does nothing more the second time: it answers nobody, so it claims nothing.
 async fn leave_queue(
     router: std::sync::Arc<crate::forward::Router>,
     cancel: crate::proto::Command,
@@ -166,10 +169,10 @@ async fn leave_queue(
         crate::metrics::metrics().lock_cancel_failed.inc();
         // (`ShuttingDown` may be the leader's, forwarded: the next leader takes the cancel.)
         if attempt == CANCEL_ATTEMPTS || Instant::now() + pause >= give_up {
-            tracing::warn!(lease, attempt, error = %e, "gave up taking an abandoned lock wait out of its queue");
+            tracing::warn!(lease, attempt, error = %e, "gave up ending an unanswered lock wait");
             return;
         }
-        tracing::info!(lease, attempt, error = %e, "could not take an abandoned lock wait out of its queue yet; retrying");
+        tracing::info!(lease, attempt, error = %e, "could not end an unanswered lock wait yet; retrying");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(CANCEL_PAUSE_MAX);
     }
@@ -381,6 +384,7 @@ impl Api {
                     lease,
                     wait_id,
                     abandoned: false,
+                    claim: true,
                 }),
                 WriteMode::Semi,
             )

@@ -70,6 +70,11 @@ pub struct LockReleaseOp {
     /// so a grant made from this very wait is given up too, instead of kept for nobody.
     #[prost(bool, tag = "4")]
     pub abandoned: bool,
+    /// A cancel only: it answers its client with the grant it finds (its wait timed out), so it
+    /// claims the grant for its wait ([`LockHolder::wait_id`]): no abandoned cancel of another
+    /// wait of the lease can give it up then. A cancel that answers nobody claims nothing.
+    #[prost(bool, tag = "6")]
+    pub claim: bool,
 }
 
 /// A write's `If-Fence`: applied only if lock `name` is held now with exactly `fence`.

@@ -468,6 +468,17 @@ fn a_cancel_ends_only_the_wait_it_names() {
             lease,
             wait_id,
             abandoned,
+            claim: false,
+        }))
+    };
+    // The handler's own cancel: it answers, with a grant it finds, which it claims.
+    let answer = |lease: u64, wait_id: u64| {
+        cmd(Op::LockCancel(LockReleaseOp {
+            name: "l".into(),
+            lease,
+            wait_id,
+            claim: true,
+            ..Default::default()
         }))
     };
     let release = |lease: u64| {
@@ -526,7 +537,7 @@ fn a_cancel_ends_only_the_wait_it_names() {
     let mut b = sm.batch();
     assert!(granted(b.apply(15, 1, &cancel(2, 111, true)).unwrap()));
     // A cancel of the retry's wait whose handler still answers keeps it, and says so.
-    assert!(granted(b.apply(16, 1, &cancel(2, 121, false)).unwrap()));
+    assert!(granted(b.apply(16, 1, &answer(2, 121)).unwrap()));
     b.commit().unwrap();
     assert_eq!(holder(), Some((2, "two at last".into())));
     // The retry's wait abandoned: nobody takes the grant, so it goes to the next waiter.
@@ -544,8 +555,11 @@ fn a_cancel_ends_only_the_wait_it_names() {
     // A cancel whose wait answers claims the grant it returns: an abandoned cancel of another
     // wait of the lease can no longer give it up.
     let mut b = sm.batch();
-    assert!(granted(b.apply(20, 1, &cancel(3, 201, false)).unwrap()));
+    assert!(granted(b.apply(20, 1, &answer(3, 201)).unwrap()));
     assert!(granted(b.apply(21, 1, &cancel(3, 181, true)).unwrap()));
+    // A cancel that answers nobody keeps the grant without claiming it.
+    assert!(granted(b.apply(22, 1, &cancel(3, 221, false)).unwrap()));
     b.commit().unwrap();
     assert_eq!(holder(), Some((3, "three".into())));
+    assert_eq!(lock().holder.map(|h| h.wait_id), Some(201));
 }
