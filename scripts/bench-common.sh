@@ -19,6 +19,7 @@ wait_ready() {
 # in a new temporary directory $data, its process in $cpid; fails if it does not become ready.
 start_cluster() {
   local port
+  data= cpid=
   for port in 7601 7602 7603 7701 7702 7703; do
     # Another program on these ports would answer /ready and be benchmarked instead.
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -34,8 +35,9 @@ start_cluster() {
 
 # Stops the cluster of start_cluster and removes its directory.
 stop_cluster() {
-  kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
-  rm -rf "$data"
+  if [ -n "${cpid:-}" ]; then kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null; fi
+  if [ -n "${data:-}" ]; then rm -rf "$data"; fi
+  data= cpid=
 }
 
 # Whether every argument is a number (a failed keel-bench run prints no result row).

@@ -68,7 +68,11 @@ cargo test --release -p keel-tests --test faults --no-run
 # time, as with two test threads, and the suite's time no longer adds to theirs.
 faults_out=$(mktemp)
 # In a session of its own (setsid), so that the trap below stops all of it if this script ends
-# first (interrupted, or failed): cargo, the test binary and the nodes it started.
+# first (interrupted, or failed): cargo, the test binary and the nodes it started. The session's
+# id is $faults_pid only because this script runs without job control (no `set -m`: setsid then
+# runs in the background child itself instead of forking again). A SIGKILL of this script's
+# process group does not reach the session: the suite then runs to its end (about 9 minutes)
+# and stops its own nodes.
 setsid -w bash -c 'rc=0
   RUST_TEST_THREADS=2 cargo test --release -p keel-tests --test faults >"$1" 2>&1 || rc=$?
   echo "$rc" >"$1.rc"' _ "$faults_out" &

@@ -39,6 +39,30 @@ pub fn acquire(c: &Cluster, via: u64, name: &str, lease: u64, value: &str, wait_
     .expect("node answers")
 }
 
+/// Sends `POST /v1/lock/{name}` (lease, value, wait) to node `via` on a raw connection whose
+/// answer nobody reads: dropping the connection is the client going away while it waits.
+pub fn waiting_acquire(
+    c: &Cluster,
+    via: u64,
+    name: &str,
+    lease: u64,
+    value: &str,
+    wait_ms: u64,
+) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let body =
+        format!("{{\"lease\": \"{lease}\", \"value\": \"{value}\", \"wait_ms\": {wait_ms}}}");
+    let head = format!(
+        "POST /v1/lock/{name} HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut conn = std::net::TcpStream::connect(c.http_addr(via)).expect("connect");
+    conn.write_all(head.as_bytes()).expect("send head");
+    conn.write_all(body.as_bytes()).expect("send body");
+    conn
+}
+
 /// `PUT /v1/kv/{key}` through node `via` with `If-Fence: fence`.
 pub fn fenced_put(c: &Cluster, via: u64, key: &str, value: &str, fence: &str) -> Resp {
     c.request(
@@ -51,11 +75,23 @@ pub fn fenced_put(c: &Cluster, via: u64, key: &str, value: &str, fence: &str) ->
     .expect("node answers")
 }
 
+/// The lease's locks, as `GET /v1/lease/{id}` shows them; None while `via` cannot answer (an
+/// election).
+pub fn try_lease_locks(c: &Cluster, via: u64, id: u64) -> Option<Vec<String>> {
+    let r = c
+        .request(via, "GET", &format!("/v1/lease/{id}"), &[], None)
+        .ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    Some(serde_json::from_value(r.json()["locks"].clone()).expect("a list of lock names"))
+}
+
 /// The lease's locks, as `GET /v1/lease/{id}` shows them.
 pub fn lease_locks(c: &Cluster, via: u64, id: u64) -> Vec<String> {
     let r = c
         .request(via, "GET", &format!("/v1/lease/{id}"), &[], None)
         .expect("node answers");
     assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_value(r.json()["locks"].clone()).unwrap_or_default()
+    serde_json::from_value(r.json()["locks"].clone()).expect("a list of lock names")
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_tests::coord::{acquire, fenced_put, grant, keepalive, lease_locks};
+use keel_tests::coord::{acquire, fenced_put, grant, keepalive, lease_locks, waiting_acquire};
 use keel_tests::{wait_until, Cluster, DEADLINE};
 
 #[test]
@@ -442,7 +442,6 @@ fn locks_are_fifo_fenced_released_only_by_their_holder_and_read_blocking() {
 /// queued (the handler's future was dropped before its cancel), and the release granted it.
 #[test]
 fn a_waiter_whose_client_goes_away_leaves_the_queue() {
-    use std::io::Write as _;
     let mut c = Cluster::start(3);
     let leader = c.wait_for_leader();
     let f = c.others(&[leader]);
@@ -452,15 +451,7 @@ fn a_waiter_whose_client_goes_away_leaves_the_queue() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     // b waits through a follower, on a connection the test then closes without reading.
-    let body = format!("{{\"lease\": \"{b}\", \"value\": \"b\", \"wait_ms\": 120000}}");
-    let head = format!(
-        "POST /v1/lock/cron/nightly HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut conn = std::net::TcpStream::connect(c.http_addr(f[0])).expect("connect");
-    conn.write_all(head.as_bytes()).expect("send head");
-    conn.write_all(body.as_bytes()).expect("send body");
+    let conn = waiting_acquire(&c, f[0], "cron/nightly", b, "b", 120_000);
     wait_until(DEADLINE, "b waiting in the queue", || {
         lease_locks(&c, leader, b)
             .contains(&"cron/nightly".to_string())

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_tests::coord::{acquire, fenced_put, grant, keepalive};
+use keel_tests::coord::{acquire, fenced_put, grant, keepalive, try_lease_locks, waiting_acquire};
 use keel_tests::{wait_until, Cluster, DEADLINE};
 use serde_json::Value;
 
@@ -347,7 +347,6 @@ fn cancel_failures(c: &Cluster, node: u64) -> Option<u64> {
 /// below would have granted b the lock nobody waited for (for b's two minutes).
 #[test]
 fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has() {
-    use std::io::Write as _;
     let mut c = Cluster::start_with(3, &["--request-timeout", "2s"]);
     let leader = c.wait_for_leader();
     let f = c.others(&[leader]);
@@ -357,17 +356,9 @@ fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has(
     assert_eq!(r.status, 200, "{}", r.text());
 
     // b waits through a follower, on a connection the test then closes without reading.
-    let body = format!("{{\"lease\": \"{b}\", \"value\": \"b\", \"wait_ms\": 120000}}");
-    let head = format!(
-        "POST /v1/lock/cron/quorum HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut conn = std::net::TcpStream::connect(c.http_addr(f[0])).expect("connect");
-    conn.write_all(head.as_bytes()).expect("send head");
-    conn.write_all(body.as_bytes()).expect("send body");
+    let conn = waiting_acquire(&c, f[0], "cron/quorum", b, "b", 120_000);
     wait_until(DEADLINE, "b waiting in the queue", || {
-        locks_of(&c, leader, b)?
+        try_lease_locks(&c, leader, b)?
             .contains(&"cron/quorum".to_string())
             .then_some(())
     });
@@ -389,7 +380,7 @@ fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has(
     c.resume(f[1]);
     let leader = c.wait_for_leader();
     wait_until(DEADLINE, "b out of the queue once a leader is back", || {
-        locks_of(&c, leader, b)?.is_empty().then_some(())
+        try_lease_locks(&c, leader, b)?.is_empty().then_some(())
     });
 
     // Released by its holder, the lock goes to nobody.
@@ -409,15 +400,6 @@ fn a_waiter_abandoned_while_its_node_has_no_quorum_leaves_the_queue_once_it_has(
     assert_eq!(r.status, 404, "{}", r.text());
 }
 
-/// The locks lease `id` holds or waits for, asked through `via`; None while it cannot answer
-/// (an election).
-fn locks_of(c: &Cluster, via: u64, id: u64) -> Option<Vec<String>> {
-    let r = c
-        .request(via, "GET", &format!("/v1/lease/{id}"), &[], None)
-        .ok()?;
-    (r.status == 200).then(|| serde_json::from_value(r.json()["locks"].clone()).unwrap_or_default())
-}
-
 /// A grant made to a wait nobody waits for any more is given up (to the next waiter, or the
 /// lock is freed) by that wait's cancel, instead of kept for nobody until the lease ends. Here
 /// the lock passes to b while b's node is cut off, after b's client has gone: its cancel lands
@@ -425,7 +407,6 @@ fn locks_of(c: &Cluster, via: u64, id: u64) -> Option<Vec<String>> {
 /// for its two minutes.
 #[test]
 fn a_grant_to_an_abandoned_wait_is_given_up() {
-    use std::io::Write as _;
     let mut c = Cluster::start_proxied(3, &["--request-timeout", "2s"]);
     let leader = c.wait_for_leader();
     let f = c.others(&[leader]);
@@ -433,17 +414,9 @@ fn a_grant_to_an_abandoned_wait_is_given_up() {
     let (b, _) = grant(&c, leader, 120_000);
     let r = acquire(&c, leader, "cron/cutoff", a, "a", 0);
     assert_eq!(r.status, 200, "{}", r.text());
-    let body = format!("{{\"lease\": \"{b}\", \"value\": \"b\", \"wait_ms\": 120000}}");
-    let head = format!(
-        "POST /v1/lock/cron/cutoff HTTP/1.1\r\nHost: keel\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut conn = std::net::TcpStream::connect(c.http_addr(f[0])).expect("connect");
-    conn.write_all(head.as_bytes()).expect("send head");
-    conn.write_all(body.as_bytes()).expect("send body");
+    let conn = waiting_acquire(&c, f[0], "cron/cutoff", b, "b", 120_000);
     wait_until(DEADLINE, "b waiting in the queue", || {
-        locks_of(&c, leader, b)?
+        try_lease_locks(&c, leader, b)?
             .contains(&"cron/cutoff".to_string())
             .then_some(())
     });
@@ -489,7 +462,7 @@ fn a_grant_to_an_abandoned_wait_is_given_up() {
         (r.status == 404).then_some(())
     });
     wait_until(DEADLINE, "b holding and waiting for nothing", || {
-        locks_of(&c, leader, b)?.is_empty().then_some(())
+        try_lease_locks(&c, leader, b)?.is_empty().then_some(())
     });
 }
 

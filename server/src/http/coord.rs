@@ -73,12 +73,14 @@ fn wait_of(ms: u64) -> Duration {
 }
 
 /// Whether an acquire with this outcome may have left its lease in the queue: not when it was
-/// refused (no lease, say), granted, or certainly not applied.
+/// refused (no lease, say), granted, certainly not applied, or refused as overloaded (nothing
+/// was proposed; a cancel would only add to the load).
 fn outcome_may_have_queued(
     outcome: &Result<crate::raft::WriteOk, crate::error::WriteError>,
 ) -> bool {
     match outcome {
         Ok(ok) => ok.result.is_ok() && !coord_of(&ok.result).granted,
+        Err(crate::error::WriteError::Overloaded) => false,
         Err(e) => !e.certainly_not_applied(),
     }
 }
@@ -466,4 +468,27 @@ fn held(name: &str, holder: Option<&LockHolder>, index: u64) -> ApiError {
     .at_index(index);
     err.body.holder = holder.map(|h| holder_info(name, h, index));
     err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outcome_may_have_queued;
+    use crate::error::WriteError;
+
+    /// Only an acquire that may have been applied leaves a cancel behind (found by review: a
+    /// 503 overloaded acquire set off a minute of cancel retries into the overloaded node).
+    #[test]
+    fn only_an_acquire_that_may_have_been_applied_needs_a_cancel() {
+        for (e, may) in [
+            (WriteError::Overloaded, false),
+            (WriteError::NoLeader, false),
+            (WriteError::NotLeader(2), false),
+            (WriteError::Dropped, false),
+            (WriteError::OutcomeUnknown, true),
+            (WriteError::ShuttingDown, true),
+        ] {
+            let label = e.to_string();
+            assert_eq!(outcome_may_have_queued(&Err(e)), may, "{label}");
+        }
+    }
 }

@@ -32,15 +32,11 @@ impl Api {
             }
             (Some(key), None) => {
                 validate_key(&key)?;
-                caller.need_key(Role::Read, &key)?;
                 Filter::Key(key)
             }
-            (None, prefix) => {
-                let prefix = prefix.unwrap_or_default();
-                caller.need_prefix(Role::Read, &prefix)?;
-                Filter::Prefix(prefix)
-            }
+            (None, prefix) => Filter::Prefix(prefix.unwrap_or_default()),
         };
+        may_read(caller, &filter)?;
         let progress = match q.progress_ms {
             None => DEFAULT_PROGRESS,
             Some(ms) if PROGRESS_RANGE_MS.contains(&ms) => Duration::from_millis(ms),
@@ -107,12 +103,18 @@ impl Api {
         if let (Some(tokens), Some(grant)) = (&self.tokens, &caller.0) {
             let (tokens, grant) = (tokens.clone(), grant.clone());
             watcher = watcher.allowed_while(move || {
-                tokens.still_allows(&grant, |now| match &filter {
-                    Filter::Key(k) => now.need_key(Role::Read, k).is_ok(),
-                    Filter::Prefix(p) => now.need_prefix(Role::Read, p).is_ok(),
-                })
+                tokens.still_allows(&grant, |now| may_read(now, &filter).is_ok())
             });
         }
         Ok(Reply::events(watcher, start.after))
+    }
+}
+
+/// Whether `caller` may read what `filter` follows: checked when a watch opens and again while
+/// it runs.
+fn may_read(caller: &Caller, filter: &Filter) -> Result<(), ApiError> {
+    match filter {
+        Filter::Key(k) => caller.need_key(Role::Read, k),
+        Filter::Prefix(p) => caller.need_prefix(Role::Read, p),
     }
 }

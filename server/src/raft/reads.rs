@@ -217,12 +217,10 @@ impl Reads {
     pub(super) fn expire(&mut self, now: Instant, leader: Option<u64>) {
         let timeout_ms = self.timeout.as_millis();
         let msg = || format!("no read index within {timeout_ms} ms (leader: {leader:?})");
+        // Waiters are in arrival order, so their deadlines too: the expired ones lead.
         let fail = |waiters: &mut Vec<Waiter>| {
-            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(waiters)
-                .into_iter()
-                .partition(|(d, _)| *d <= now);
-            *waiters = kept;
-            for (_, w) in gone {
+            let gone = waiters.partition_point(|(d, _)| *d <= now);
+            for (_, w) in waiters.drain(..gone) {
                 let _ = w.send(Err(ReadError::Timeout(msg())));
             }
         };

@@ -465,8 +465,9 @@ impl ApplyBatch<'_> {
 
     /// Ends a wait (`op.wait_id`; 0: the lease's, whichever acquire queued it): out of the queue.
     /// A grant made meanwhile is kept, said so, and claimed for this wait if `op.claim`, unless
-    /// the wait was abandoned (nobody takes the answer) and the grant answers that very wait: then
-    /// it is given up, to the next waiter. A place or a grant another wait of the lease holds is left alone.
+    /// the wait was abandoned (nobody takes the answer) and the grant answers that very wait:
+    /// then it is given up, to the next waiter. A place or a grant another wait of the lease
+    /// holds is left alone.
     pub(super) fn lock_cancel(
         &mut self,
         index: u64,
@@ -488,20 +489,18 @@ impl ApplyBatch<'_> {
             let granted = held.is_some();
             // A cancel that answers with the grant claims it, so that an abandoned cancel of
             // another wait of the lease can no longer give it up.
-            let holder = match (
-                lock,
-                granted && op.claim && !op.abandoned && op.wait_id != 0,
-            ) {
-                (Some(mut lock), true) => {
-                    if let Some(h) = lock.holder.as_mut() {
-                        h.wait_id = op.wait_id;
-                    }
-                    let holder = lock.holder.clone();
-                    self.save_lock(&op.name, lock);
-                    holder
+            let claims = held.is_some_and(|h| h.wait_id != op.wait_id)
+                && op.claim
+                && !op.abandoned
+                && op.wait_id != 0;
+            let mut holder = holder;
+            if let (true, Some(mut lock)) = (claims, lock) {
+                if let Some(h) = lock.holder.as_mut() {
+                    h.wait_id = op.wait_id;
                 }
-                _ => holder,
-            };
+                holder = lock.holder.clone();
+                self.save_lock(&op.name, lock);
+            }
             return Ok(coord(
                 CoordResult {
                     lease: op.lease,
