@@ -6,6 +6,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
+use super::entry_cache::EntryCache;
 use super::{
     cf, decode_pb, decode_u64, encode_pb, index_key, meta, rocks, StorageError, CF_LOG, CF_META,
 };
@@ -54,6 +55,8 @@ pub struct RaftLogStore {
     applied: u64,
     /// The term of that index: the term of the next snapshot.
     applied_term: u64,
+    /// The newest entries, in memory: most reads of entries are served from here.
+    cache: EntryCache,
 }
 
 impl RaftLogStore {
@@ -83,6 +86,7 @@ impl RaftLogStore {
             terms: Vec::new(),
             applied,
             applied_term,
+            cache: EntryCache::default(),
         };
         store.load_terms()?;
         if let Some(last) = store.read_last_entry()? {
@@ -202,6 +206,7 @@ impl RaftLogStore {
             .map_err(rocks("compact log"))?;
         self.truncated_index = to;
         self.truncated_term = term;
+        self.cache.compact(to);
         while self.terms.len() >= 2 && self.terms[1].0 <= to + 1 {
             self.terms.remove(0);
         }
@@ -248,6 +253,7 @@ impl RaftLogStore {
         self.last_index = snap.index;
         self.last_term = snap.term;
         self.terms.clear();
+        self.cache.clear();
         self.hard_state = hs;
         self.conf_state = cs;
         self.applied = applied;
@@ -324,6 +330,7 @@ impl RaftLogStore {
             for e in entries {
                 note_term(&mut self.terms, e.index, e.term);
             }
+            self.cache.append(entries);
         }
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
@@ -381,6 +388,9 @@ impl raft::Storage for RaftLogStore {
         }
         if high > self.last_index + 1 {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if let Some(cached) = self.cache.get(low, high, max_size) {
+            return Ok(cached);
         }
         let log = cf(&self.db, CF_LOG).map_err(Self::to_raft_error)?;
         let mut out = Vec::with_capacity((high - low).min(1024) as usize);
@@ -465,90 +475,5 @@ impl raft::Storage for RaftLogStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use raft::Storage;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: format!("e{index}").into_bytes().into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn append_truncates_conflicting_tail_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::storage::open_db(dir.path()).unwrap();
-        let mut store = RaftLogStore::open(db.clone(), &[1, 2, 3]).unwrap();
-        // Bootstrapped as if from a snapshot at index 1, term 1.
-        assert_eq!(store.first_index().unwrap(), 2);
-        assert_eq!(store.last_index().unwrap(), 1);
-        assert_eq!(store.term(1).unwrap(), 1);
-        let ents: Vec<_> = (2..=5).map(|i| entry(i, 1)).collect();
-        let hs = HardState {
-            term: 1,
-            vote: 2,
-            commit: 3,
-            ..Default::default()
-        };
-        store.append(&ents, Some(&hs), true).unwrap();
-        assert_eq!(store.last_index().unwrap(), 5);
-        // A new leader in term 2 overwrites from index 4 with a single entry.
-        store.append(&[entry(4, 2)], None, true).unwrap();
-        assert_eq!(store.last_index().unwrap(), 4);
-        assert_eq!(store.term(4).unwrap(), 2);
-        assert_eq!(store.term(3).unwrap(), 1);
-        assert_eq!(store.term(2).unwrap(), 1);
-        store
-            .append(&[entry(5, 2), entry(6, 3), entry(7, 3)], None, true)
-            .unwrap();
-        assert_eq!(
-            (2..=7).map(|i| store.term(i).unwrap()).collect::<Vec<_>>(),
-            vec![1, 1, 2, 2, 3, 3]
-        );
-        store.set_applied(6, 3);
-        store.compact(5).unwrap();
-        assert_eq!(
-            store.term(5).unwrap(),
-            2,
-            "the truncation point keeps its term"
-        );
-        assert_eq!(store.term(6).unwrap(), 3);
-        assert!(store.term(4).is_err());
-        store.append(&[entry(7, 4)], None, true).unwrap();
-        assert_eq!((store.term(6).unwrap(), store.term(7).unwrap()), (3, 4));
-        let got = store
-            .entries(6, 8, None, GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(
-            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
-            vec![(6, 3), (7, 4)]
-        );
-        drop(store);
-        let store = RaftLogStore::open(db, &[1, 2, 3]).unwrap();
-        assert_eq!(store.last_index().unwrap(), 7);
-        assert_eq!((store.term(6).unwrap(), store.term(7).unwrap()), (3, 4));
-        assert_eq!(store.hard_state(), &hs);
-        assert_eq!(store.conf_state().voters, vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn entries_respects_max_size_but_returns_at_least_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = crate::storage::open_db(dir.path()).unwrap();
-        let mut store = RaftLogStore::open(db, &[1]).unwrap();
-        let ents: Vec<_> = (2..=10).map(|i| entry(i, 1)).collect();
-        store.append(&ents, None, false).unwrap();
-        let one = store
-            .entries(3, 11, Some(1), GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(one.len(), 1);
-        let all = store
-            .entries(3, 11, None, GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(all.len(), 8);
-    }
-}
+#[path = "log_store_tests.rs"]
+mod tests;

@@ -50,6 +50,7 @@ use std::sync::Arc;
 use protobuf::Message as PbMessage;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
+mod entry_cache;
 mod log_store;
 pub(crate) use log_store::log_sync;
 pub mod meta;
