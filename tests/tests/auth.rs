@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use keel_client::keel_api::watch::SseEvent;
 use keel_tests::http::Http;
+use keel_tests::watch::change;
 use keel_tests::{keel_bin, wait_until, Cluster, Resp, DEADLINE};
 use serde_json::json;
 
@@ -423,48 +425,59 @@ fn tokens_rotate_without_a_restart_and_clients_present_theirs() {
 /// went on sending progress events to the revoked token.
 #[test]
 fn a_watch_ends_when_its_token_is_revoked() {
-    use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = auth_file(&dir, all_tokens());
     let mut c = start(&path);
     let leader = c.wait_for_leader();
-
-    let mut conn = std::net::TcpStream::connect(c.http_addr(leader)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let request = format!(
-        "GET /v1/watch?prefix=&progress_ms=100 HTTP/1.1\r\nHost: keel\r\n\
-         Authorization: Bearer {READER}\r\n\r\n"
-    );
-    conn.write_all(request.as_bytes()).expect("send");
-    let mut seen = Vec::new();
-    let mut read_until = |what: &str, seen: &mut Vec<u8>| {
-        wait_until(DEADLINE, what, || {
-            let mut buf = [0u8; 4096];
-            match conn.read(&mut buf) {
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("reading the watch: {e}"),
-            }
-            String::from_utf8_lossy(seen).contains(what).then_some(())
-        })
+    let open = |token: &str, query: &str| {
+        let auth = bearer(token);
+        match c.watch(leader, query, &[("Authorization", auth.as_str())]) {
+            Ok(w) => w,
+            Err(r) => panic!("watch with {token} refused: {} {}", r.status, r.text()),
+        }
     };
-    read_until("event: progress", &mut seen);
-    assert!(
-        String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
-
-    // The viewer's token taken out of the file: the open watch is cut off.
-    let mut revoked = all_tokens();
-    if let Some(list) = revoked.as_array_mut() {
-        list.retain(|t| t["token"] != READER);
+    let progress = |e: &SseEvent| e.event == "progress";
+    // Three watches, each running (a progress event seen): the viewer's token will be revoked,
+    // the app's narrowed to another prefix, the writer's left as it is (the control).
+    let mut revoked = open(READER, "prefix=&progress_ms=100");
+    let mut narrowed = open(APP, "prefix=app/&progress_ms=100");
+    let mut kept = open(WRITER, "prefix=&progress_ms=100");
+    for w in [&mut revoked, &mut narrowed, &mut kept] {
+        w.until(DEADLINE, "a first progress event", progress);
     }
-    std::fs::write(&path, json!({ "tokens": revoked }).to_string()).expect("rewritten");
-    read_until("\"reason\":\"unauthorized\"", &mut seen);
+
+    let mut tokens = all_tokens();
+    if let Some(list) = tokens.as_array_mut() {
+        list.retain(|t| t["token"] != READER);
+        for t in list.iter_mut() {
+            if t["token"] == APP {
+                t["prefixes"] = json!(["other/"]);
+            }
+        }
+    }
+    std::fs::write(&path, json!({ "tokens": tokens }).to_string()).expect("rewritten");
+    for (w, whose) in [(&mut revoked, "revoked"), (&mut narrowed, "narrowed")] {
+        let got = w.until(DEADLINE, &format!("the {whose} watch's cutoff"), |e| {
+            e.event == "cutoff"
+        });
+        let last = got.last().expect("the cutoff");
+        assert!(
+            last.data.contains("\"reason\":\"unauthorized\""),
+            "{whose}: {last:?}"
+        );
+        assert!(
+            w.next(Duration::from_secs(2)).is_none(),
+            "{whose}: nothing after the cutoff"
+        );
+    }
+    // Both cut off, so the rewrite was read: the writer's watch goes on and sees a new write.
+    let put = c.put(leader, "after-revocation", b"v").expect("put");
+    assert_eq!(put.status, 200, "{}", put.text());
+    let got = kept.until(DEADLINE, "the write after the revocation", |e| {
+        e.event == "put" && change(e).key == "after-revocation"
+    });
+    assert!(
+        got.iter().all(|e| e.event != "cutoff"),
+        "the untouched token's watch was cut off: {got:?}"
+    );
 }
