@@ -115,6 +115,8 @@ pub struct Metrics {
     pub has_leader: Gauge,
     /// Set at scrape time: client requests queued for the Raft thread.
     pub queue_depth: Gauge,
+    /// Set at scrape time: linearizable reads waiting for their read index from Raft.
+    pub reads_waiting: Gauge,
     /// Requests refused as overloaded since the start.
     pub overloaded: Counter,
     /// Attempts to take an abandoned lock wait out of its queue that failed (each is retried).
@@ -170,6 +172,7 @@ impl Metrics {
             is_leader: Gauge::default(),
             has_leader: Gauge::default(),
             queue_depth: Gauge::default(),
+            reads_waiting: Gauge::default(),
             overloaded: Counter::default(),
             lock_cancel_failed: Counter::default(),
             leases: Gauge::default(),
@@ -285,6 +288,11 @@ impl Metrics {
             "raft_queue_depth",
             "Client requests queued for the Raft thread",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "read_index_waiting",
+            "Linearizable reads asked of Raft and waiting for their read index",
+            m.reads_waiting.clone(),
         );
         r.register(
             "overloaded",
@@ -420,6 +428,7 @@ mod tests {
             "keel_peer_dropped_frames_total",
             "keel_raft_inbox_dropped_total",
             "keel_raft_queue_depth",
+            "keel_read_index_waiting",
             "keel_lock_cancel_failed_total",
             "keel_leases",
             "keel_locks_held",

@@ -16,6 +16,8 @@
 //! - `skip-fence`: `If-Fence` is not checked (a paused holder's late write goes through);
 //! - `keepalive-no-read-index`: the leader answers a keepalive from its local state, without a
 //!   read-index round (a deposed leader goes on extending leases the new leader expires).
+//! - `no-read-reask`: read indexes raft-rs has not answered are never asked for again (a
+//!   request lost on the way leaves its reads waiting until they time out);
 //! - `watch-resume-skip`: a watch resumed with `Last-Event-ID` starts one entry late (the
 //!   changes of the entry right after the id are never delivered to it).
 //!
@@ -42,6 +44,8 @@ pub enum Bug {
     SkipFence,
     /// Keepalives answered without confirming leadership.
     KeepaliveNoReadIndex,
+    /// Read indexes raft-rs has not answered are never asked for again.
+    NoReadReask,
     /// Resumed watches skip an entry.
     WatchResumeSkip,
 }
@@ -63,6 +67,7 @@ pub fn active(bug: Bug) -> bool {
             "skip-fence" => Bug::SkipFence,
             "keepalive-no-read-index" => Bug::KeepaliveNoReadIndex,
             "watch-resume-skip" => Bug::WatchResumeSkip,
+            "no-read-reask" => Bug::NoReadReask,
             _ => return None,
         };
         tracing::warn!(bug = ?b, "PLANTED BUG ACTIVE: this node is deliberately wrong");

@@ -57,6 +57,8 @@ struct State {
     /// older generation close without delivering what they still hold.
     severed: Mutex<HashMap<IpAddr, u64>>,
     stop: AtomicBool,
+    /// Reads of bytes swallowed by [`LinkMode::Blackhole`].
+    swallowed: AtomicU64,
 }
 
 impl State {
@@ -105,6 +107,7 @@ impl LinkProxy {
             epoch: AtomicU64::new(0),
             severed: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
+            swallowed: AtomicU64::new(0),
         });
         let st = state.clone();
         std::thread::spawn(move || accept_loop(listener, target, st));
@@ -123,6 +126,12 @@ impl LinkProxy {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// How many reads of bytes a blackhole has swallowed so far: once it has grown after a
+    /// message was sent, that message is gone too (bytes pass in order).
+    pub fn swallowed(&self) -> u64 {
+        self.state.swallowed.load(Ordering::Acquire)
     }
 
     /// Changes the link's mode; a cut also closes live connections.
@@ -236,7 +245,10 @@ fn pump(mut from: TcpStream, to: TcpStream, state: Arc<State>, epoch: u64, origi
             Ok(n) => {
                 let delay = match state.mode() {
                     LinkMode::Delay(d) => d,
-                    LinkMode::Blackhole => continue,
+                    LinkMode::Blackhole => {
+                        state.swallowed.fetch_add(1, Ordering::AcqRel);
+                        continue;
+                    }
                     LinkMode::Lossy { probability, stall } => {
                         if rand::random::<f64>() < probability {
                             stall

@@ -260,3 +260,71 @@ fn a_get_never_reports_an_index_below_the_version_it_returns() {
         &below[..below.len().min(5)]
     );
 }
+
+/// How many linearizable reads on `node` wait for a read index from Raft (`/metrics`).
+fn reads_waiting(c: &Cluster, node: u64) -> Option<u64> {
+    let r = c.request(node, "GET", "/metrics", &[], None).ok()?;
+    r.text().lines().find_map(|l| {
+        l.strip_prefix("keel_read_index_waiting ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A follower's read-index request is swallowed on its way to the leader (a blackhole: the
+/// connection stays open, the bytes vanish, nothing fails) while one linearizable read waits
+/// on it. raft-rs never answers a request that did not arrive; the Ready loop asks again every
+/// few ticks, so once the link passes again the read is answered. Returns the read's status and
+/// body; the read timeout is 15 s, far beyond the re-ask (0.3 s).
+fn a_read_whose_request_was_lost(bin: std::path::PathBuf, env: &[(&str, &str)]) -> (u16, String) {
+    let mut c = Cluster::launch_with(3, &["--read-timeout", "15s"], true, bin, env);
+    let leader = c.wait_for_leader();
+    c.put_until_ok(leader, "reask/x", b"v", DEADLINE);
+    let follower = c.others(&[leader])[0];
+    c.link(follower, leader).set(LinkMode::Blackhole);
+
+    let (tx, rx) = mpsc::channel();
+    let addr = c.node(follower).http.clone();
+    std::thread::spawn(move || {
+        let http = Http::new(Duration::from_secs(2), Duration::from_secs(60));
+        let _ = tx.send(match http.send(&addr, "GET", "/v1/kv/reask/x", &[], None) {
+            Ok(r) => (r.status, r.text()),
+            Err(e) => (0, e.to_string()),
+        });
+    });
+    // The read is with Raft: its request went out (or goes out within the same turn of the
+    // loop). Once the blackhole has swallowed three more reads of bytes (the follower answers
+    // the leader's heartbeats every tick), the request, sent before them, is gone too.
+    wait_until(DEADLINE, "the read asked of Raft", || {
+        (reads_waiting(&c, follower)? >= 1).then_some(())
+    });
+    let before = c.link(follower, leader).swallowed();
+    wait_until(DEADLINE, "the follower's messages swallowed", || {
+        (c.link(follower, leader).swallowed() >= before + 3).then_some(())
+    });
+    assert!(
+        rx.try_recv().is_err(),
+        "the read was answered while its request could not reach the leader"
+    );
+    c.link(follower, leader).set(LinkMode::Pass);
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the read answers (200 or its timeout)")
+}
+
+#[test]
+fn a_lost_read_index_request_is_asked_again() {
+    let (status, body) = a_read_whose_request_was_lost(keel_tests::keel_bin(), &[]);
+    assert_eq!((status, body.as_str()), (200, "v"));
+}
+
+/// The check above can fail: with the planted `no-read-reask` the same read waits out its
+/// timeout.
+#[test]
+fn a_read_index_request_never_asked_again_is_caught() {
+    let (status, body) = a_read_whose_request_was_lost(
+        keel_tests::suite::planted_bin(),
+        &[("KEEL_PLANTED_BUG", "no-read-reask")],
+    );
+    assert_eq!(status, 504, "{body}");
+}

@@ -61,6 +61,7 @@ impl Api {
         m.is_leader.set(i64::from(s.role() == Role::Leader));
         m.has_leader.set(i64::from(s.leader().is_some()));
         m.queue_depth.set(gauge(s.queued() as u64));
+        m.reads_waiting.set(gauge(s.reads_asked() as u64));
         // Counting leases and locks scans two column families: off the async workers, and at
         // most once per COORD_COUNT_EVERY whatever the number of scrapers.
         let due = self

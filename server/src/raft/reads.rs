@@ -15,6 +15,8 @@
 //! restarts (a reused context could hand a new read the read index of an older one).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::{RawNode, ReadState};
@@ -53,6 +55,12 @@ pub(super) fn planted_early_answer(
     Some(resp)
 }
 
+/// The planted `no-read-reask`: the loop never asks again for read indexes raft-rs has not
+/// answered (a request lost on the way then waits until it times out).
+pub(super) fn planted_no_reask() -> bool {
+    crate::planted::active(crate::planted::Bug::NoReadReask)
+}
+
 /// Read-index rounds asked of raft-rs and not yet answered, at most.
 const ROUNDS_IN_FLIGHT: usize = 1;
 
@@ -83,19 +91,28 @@ pub(super) struct Reads {
     groups: HashMap<u64, ReadGroup>,
     /// The next context number.
     next_ctx: u64,
+    /// How many reads wait in `groups` (published for `/metrics`).
+    asked: Arc<AtomicUsize>,
 }
 
 impl Reads {
     /// No requests yet; contexts start at random so that a restarted node never reuses one a
     /// leader may still hold.
-    pub(super) fn new(id: u64, timeout: Duration) -> Self {
+    pub(super) fn new(id: u64, timeout: Duration, asked: Arc<AtomicUsize>) -> Self {
         Reads {
             id,
             timeout,
             new: Vec::new(),
             groups: HashMap::new(),
             next_ctx: rand::random::<u64>() >> 1,
+            asked,
         }
+    }
+
+    /// Publishes how many reads wait for an answer from raft-rs.
+    fn publish(&self) {
+        let n = self.groups.values().map(|g| g.waiters.len()).sum();
+        self.asked.store(n, Ordering::Release);
     }
 
     /// Queues a request for the next [`Reads::issue`].
@@ -155,6 +172,7 @@ impl Reads {
             },
         );
         raw.read_index(self.wire_ctx(ctx));
+        self.publish();
         true
     }
 
@@ -209,6 +227,7 @@ impl Reads {
                 }
             }
         }
+        self.publish();
     }
 
     /// Fails every read whose deadline has passed, in a round or waiting for one (`leader` is
@@ -229,6 +248,7 @@ impl Reads {
             fail(&mut group.waiters);
         }
         self.groups.retain(|_, g| !g.waiters.is_empty());
+        self.publish();
     }
 
     /// The context a read-index request carries: this node's id and the request's number.
@@ -255,8 +275,8 @@ mod tests {
 
     #[test]
     fn contexts_carry_the_node_id_and_foreign_ones_are_ignored() {
-        let mut mine = Reads::new(7, Duration::from_secs(1));
-        let other = Reads::new(8, Duration::from_secs(1));
+        let mut mine = Reads::new(7, Duration::from_secs(1), Arc::default());
+        let other = Reads::new(8, Duration::from_secs(1), Arc::default());
         let wire = mine.wire_ctx(42);
         assert_eq!(mine.own_ctx(&wire), Some(42));
         assert_eq!(
@@ -298,7 +318,7 @@ mod tests {
     /// the read timeout, or fail at once with the oldest).
     #[test]
     fn each_read_times_out_from_its_own_arrival() {
-        let mut reads = Reads::new(1, Duration::from_millis(10));
+        let mut reads = Reads::new(1, Duration::from_millis(10), Arc::default());
         let (early, mut early_rx) = oneshot::channel();
         let (late, mut late_rx) = oneshot::channel();
         reads.push(early);
@@ -334,7 +354,7 @@ mod tests {
 
     #[test]
     fn unanswered_groups_expire() {
-        let mut reads = Reads::new(1, Duration::from_millis(10));
+        let mut reads = Reads::new(1, Duration::from_millis(10), Arc::default());
         let (tx, mut rx) = oneshot::channel();
         let start = Instant::now();
         reads.groups.insert(

@@ -152,7 +152,7 @@ pub fn start<O: Outbox>(
     ));
     let handle = NodeHandle::new(tx, shared.clone());
     let mut driver = Driver {
-        reads: Reads::new(cfg.id, cfg.read_timeout),
+        reads: Reads::new(cfg.id, cfg.read_timeout, shared.reads_asked_counter()),
         cfg,
         raw,
         sm,
@@ -558,7 +558,7 @@ impl<O: Outbox> Driver<O> {
         // Every few ticks; every tick while reads wait behind a round a tick old (or lost).
         let behind = self.reads.waiting_behind(now, self.cfg.tick);
         if self.ticks.is_multiple_of(READ_REISSUE_TICKS) || behind {
-            self.reissue_reads = true;
+            self.reissue_reads |= !super::reads::planted_no_reask();
         }
         self.release_sync_writes(now);
         self.expire_leases(now);

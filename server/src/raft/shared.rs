@@ -2,6 +2,7 @@
 //! lock-free, and slightly behind.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::cluster::Role;
@@ -55,6 +56,9 @@ pub struct Shared {
     queued: AtomicUsize,
     /// The most of them allowed to wait; more are refused as overloaded.
     max_queued: AtomicUsize,
+    /// Linearizable reads handed to raft-rs and waiting for their read index (the loop's
+    /// [`super::reads::Reads`] keeps it).
+    reads_asked: Arc<AtomicUsize>,
     /// Requests refused as overloaded since the start (queue full, or too many forwarded
     /// writes).
     overloaded: AtomicU64,
@@ -80,6 +84,7 @@ impl Shared {
             applied_tx: watch::channel(applied).0,
             queued: AtomicUsize::new(0),
             max_queued: AtomicUsize::new(DEFAULT_MAX_QUEUED),
+            reads_asked: Arc::default(),
             overloaded: AtomicU64::new(0),
             locks_tx: watch::channel(0).0,
         }
@@ -126,6 +131,16 @@ impl Shared {
     /// Requests refused as overloaded since the start.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
+    }
+
+    /// Linearizable reads handed to raft-rs and waiting for their read index.
+    pub fn reads_asked(&self) -> usize {
+        self.reads_asked.load(Ordering::Acquire)
+    }
+
+    /// The counter behind [`Shared::reads_asked`], for the loop to keep.
+    pub(super) fn reads_asked_counter(&self) -> Arc<AtomicUsize> {
+        self.reads_asked.clone()
     }
 
     /// Requests refused as overloaded since the start.
