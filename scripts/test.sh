@@ -70,12 +70,16 @@ faults_out=$(mktemp)
 # In a session of its own (setsid), so that the trap below stops all of it if this script ends
 # first (interrupted, or failed): cargo, the test binary and the nodes it started. The session's
 # id is $faults_pid only because this script runs without job control (no `set -m`: setsid then
-# runs in the background child itself instead of forking again). A SIGKILL of this script's
-# process group does not reach the session: the suite then runs to its end (about 9 minutes)
-# and stops its own nodes.
+# runs in the background child itself instead of forking again). A SIGKILL of this script (a
+# CI timeout) runs no trap and does not reach the session either: a watchdog inside it sees
+# this script gone within two seconds and stops the session's whole process group, the nodes
+# included (they inherit it).
 setsid -w bash -c 'rc=0
+  (while kill -0 "$2" 2>/dev/null; do sleep 2; done; kill -- -$$) &
+  watchdog=$!
   RUST_TEST_THREADS=2 cargo test --release -p keel-tests --test faults >"$1" 2>&1 || rc=$?
-  echo "$rc" >"$1.rc"' _ "$faults_out" &
+  echo "$rc" >"$1.rc"
+  kill "$watchdog" 2>/dev/null || true' _ "$faults_out" "$$" &
 faults_pid=$!
 trap 'kill -- -"$faults_pid" 2>/dev/null || true; rm -f "$faults_out" "$faults_out.rc"' EXIT
 rest=0
