@@ -22,6 +22,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hyper::HeaderMap;
@@ -207,6 +208,9 @@ pub struct Tokens {
     path: PathBuf,
     /// The tokens loaded, and the file's stamp when they were.
     state: RwLock<(Arc<Vec<Arc<Grant>>>, Stamp)>,
+    /// Bumped whenever a reload puts new tokens in force: a long-lived stream re-checks its
+    /// caller only when this moved, instead of scanning every token at every turn.
+    generation: AtomicU64,
 }
 
 impl Tokens {
@@ -217,6 +221,7 @@ impl Tokens {
         Ok(Tokens {
             path: path.to_path_buf(),
             state: RwLock::new((Arc::new(grants), Some(hash(&bytes)))),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -239,6 +244,7 @@ impl Tokens {
             Ok(grants) => {
                 let n = grants.len();
                 s.0 = Arc::new(grants);
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 Some(Ok(n))
             }
             Err(e) => Some(Err(e)),
@@ -279,6 +285,11 @@ impl Tokens {
             }
         }
         found
+    }
+
+    /// How many times a reload has put new tokens in force (see [`Tokens::still_allows`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether `grant`'s token is still in force with the rights `check` asks for (the file may

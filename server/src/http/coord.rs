@@ -149,6 +149,16 @@ const CANCEL_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Most cancels sent for one abandoned wait.
 const CANCEL_ATTEMPTS: u32 = 30;
 
+/// Cancels of abandoned lock waits sent at once from this node, at most: many waits abandoned
+/// together (a client fleet gone, an election) send their cancels in turn, not all at once.
+const CANCELS_IN_FLIGHT: usize = 64;
+
+/// `pause` spread over 50–100% of itself: the cancels of waits that failed together (in one
+/// election) do not all come back in the same instant.
+fn jittered(pause: Duration) -> Duration {
+    pause.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
 /// Sends `cancel` until it is known applied, [`CANCEL_ATTEMPTS`] have failed, or
 /// [`CANCEL_RETRY_FOR`] passes (the task ends with the node's runtime).
 /// One attempt is not enough: during an election (or while the leader is out of reach) a cancel
@@ -161,10 +171,16 @@ async fn leave_queue(
     lease: u64,
     timeout: Duration,
 ) {
+    static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CANCELS_IN_FLIGHT);
     let give_up = Instant::now() + CANCEL_RETRY_FOR;
     let mut pause = CANCEL_PAUSE_MIN;
     for attempt in 1..=CANCEL_ATTEMPTS {
-        let e = match router.write(cancel.clone(), WriteMode::Semi, timeout).await {
+        let sent = match IN_FLIGHT.acquire().await {
+            Ok(_permit) => router.write(cancel.clone(), WriteMode::Semi, timeout).await,
+            // Never closed; were it, the cancel goes out unthrottled.
+            Err(_) => router.write(cancel.clone(), WriteMode::Semi, timeout).await,
+        };
+        let e = match sent {
             Ok(_) => return,
             Err(e) => e,
         };
@@ -175,7 +191,7 @@ async fn leave_queue(
             return;
         }
         tracing::info!(lease, attempt, error = %e, "could not end an unanswered lock wait yet; retrying");
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(jittered(pause)).await;
         pause = (pause * 2).min(CANCEL_PAUSE_MAX);
     }
 }
@@ -472,7 +488,7 @@ fn held(name: &str, holder: Option<&LockHolder>, index: u64) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::outcome_may_have_queued;
+    use super::{jittered, outcome_may_have_queued, CANCEL_PAUSE_MAX};
     use crate::error::WriteError;
 
     /// Only an acquire that may have been applied leaves a cancel behind (found by review: a
@@ -490,5 +506,15 @@ mod tests {
             let label = e.to_string();
             assert_eq!(outcome_may_have_queued(&Err(e)), may, "{label}");
         }
+    }
+
+    /// Retry pauses are spread, within half and all of the pause.
+    #[test]
+    fn retry_pauses_are_jittered_within_bounds() {
+        let pauses: Vec<_> = (0..200).map(|_| jittered(CANCEL_PAUSE_MAX)).collect();
+        assert!(pauses
+            .iter()
+            .all(|p| *p >= CANCEL_PAUSE_MAX / 2 && *p <= CANCEL_PAUSE_MAX));
+        assert!(pauses.iter().any(|p| *p != pauses[0]), "never spread");
     }
 }

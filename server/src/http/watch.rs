@@ -2,6 +2,7 @@
 //! filter, the start and the caller's rights, answers 410 when the start is older than this
 //! node's history, and hands the stream to a [`Watcher`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::HeaderMap;
@@ -100,10 +101,23 @@ impl Api {
         );
         // The token is checked again while the stream runs: a token revoked (or narrowed) in the
         // auth file ends the watch at its next turn (at the latest its next progress event).
+        // Only when a reload has put new tokens in force: the generation last found allowing it
+        // (none yet: the caller's grant may predate a reload) saves a scan of every token at
+        // every turn. A reload between reading the generation and the check only means one
+        // more check next turn.
         if let (Some(tokens), Some(grant)) = (&self.tokens, &caller.0) {
             let (tokens, grant) = (tokens.clone(), grant.clone());
+            let allowed_in = AtomicU64::new(u64::MAX);
             watcher = watcher.allowed_while(move || {
-                tokens.still_allows(&grant, |now| may_read(now, &filter).is_ok())
+                let generation = tokens.generation();
+                if allowed_in.load(Ordering::Acquire) == generation {
+                    return true;
+                }
+                let ok = tokens.still_allows(&grant, |now| may_read(now, &filter).is_ok());
+                if ok {
+                    allowed_in.store(generation, Ordering::Release);
+                }
+                ok
             });
         }
         Ok(Reply::events(watcher, start.after))
