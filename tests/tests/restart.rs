@@ -109,3 +109,36 @@ fn crash_of_every_node_during_writes_loses_no_acknowledged_add_and_applies_none_
         );
     }
 }
+
+/// A node whose binary knows only older apply semantics (the planted-bug build playing one:
+/// `KEEL_TEST_APPLY_VERSION=0`, as a binary from before the field) stops at the first committed
+/// entry written for newer ones and says why, instead of applying it differently from the
+/// others; the others go on; upgraded (the variable gone) and restarted, it catches up.
+#[test]
+fn a_node_behind_on_apply_semantics_stops_instead_of_diverging() {
+    let mut c = Cluster::launch_with(3, &[], false, keel_tests::suite::planted_bin(), &[]);
+    let leader = c.wait_for_leader();
+    let old = c.others(&[leader])[0];
+    c.kill(old);
+    c.set_node_env(old, "KEEL_TEST_APPLY_VERSION", Some("0"));
+    c.restart(old);
+    c.put_until_ok(leader, "upgrade/k", b"v", DEADLINE);
+    wait_until(DEADLINE, "the node behind to stop", || {
+        (!c.node(old).is_running()).then_some(())
+    });
+    let log = c.log_tail(old, 40);
+    assert!(
+        log.contains("for apply version 1, and this keel applies up to 0: upgrade this node"),
+        "{log}"
+    );
+    // The other two go on.
+    c.put_until_ok(leader, "upgrade/k2", b"w", DEADLINE);
+    c.set_node_env(old, "KEEL_TEST_APPLY_VERSION", None);
+    c.restart(old);
+    wait_until(DEADLINE, "the upgraded node to catch up", || {
+        let r = c.get(old, "upgrade/k2?consistency=stale").ok()?;
+        (r.status == 200 && r.text() == "w").then_some(())
+    });
+    let r = c.get(old, "upgrade/k?consistency=stale").expect("answers");
+    assert_eq!((r.status, r.text().as_str()), (200, "v"));
+}

@@ -110,6 +110,8 @@ impl Api {
             idempotency_key: request::idempotency_key(headers)?,
             leader_ms: 0,
             fence: request::if_fence(headers)?,
+            // Both stamped by the leader when it proposes.
+            apply_version: 0,
         };
         Ok(self
             .router

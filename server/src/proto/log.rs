@@ -24,6 +24,11 @@ pub struct Command {
     /// `If-Fence`: the command applies only if this lock is held now with this fence.
     #[prost(message, optional, tag = "13")]
     pub fence: Option<crate::proto::FenceCheck>,
+    /// The apply semantics the proposing leader wrote it for ([`crate::sm::APPLY_VERSION`]; 0 in
+    /// entries of binaries before the field). A node that knows only older semantics stops
+    /// rather than apply it differently from the others.
+    #[prost(uint32, tag = "14")]
+    pub apply_version: u32,
 }
 
 /// Nested types of [`Command`].

@@ -90,6 +90,7 @@ impl Writes {
             }
         };
         command.leader_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        command.apply_version = crate::sm::APPLY_VERSION;
         self.submit(raw, mode, blind, reply, |raw| {
             raw.propose(Vec::new(), command.encode_to_vec())
         });

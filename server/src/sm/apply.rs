@@ -102,6 +102,14 @@ impl<'a> ApplyBatch<'a> {
             Ok(cmd) => cmd,
             Err(e) => return Ok(reject(index, ErrorCode::InvalidCommand, e.to_string())),
         };
+        let supported = super::max_apply_version();
+        if cmd.apply_version > supported {
+            return Err(StorageError::NewerEntry {
+                index,
+                version: cmd.apply_version,
+                supported,
+            });
+        }
         let stamp = Stamp {
             index,
             term,

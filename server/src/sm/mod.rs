@@ -42,6 +42,25 @@ pub mod gate;
 pub mod idempotency;
 
 pub use apply::ApplyBatch;
+
+/// The apply semantics this binary writes and applies. Raise it with any change to how an
+/// existing command applies (a proto field older binaries would ignore, a new rule): a node that
+/// knows only older semantics then stops at the first entry written for newer ones instead of
+/// applying it differently from the others (and diverging). 1: the lock waits named by wait ids.
+pub const APPLY_VERSION: u32 = 1;
+
+/// The newest apply semantics this node applies: [`APPLY_VERSION`], or lower in the planted-bug
+/// test build when `KEEL_TEST_APPLY_VERSION` says so (to play an older binary).
+pub fn max_apply_version() -> u32 {
+    #[cfg(feature = "planted-bugs")]
+    if let Some(v) = std::env::var("KEEL_TEST_APPLY_VERSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return v;
+    }
+    APPLY_VERSION
+}
 pub use changes::{Change, History, HistoryPage, DEFAULT_HISTORY_ENTRIES};
 pub use coord::CoordEvent;
 pub use eval::parse_int;

@@ -119,6 +119,20 @@ pub enum StorageError {
         /// Why.
         detail: String,
     },
+    /// A committed entry was written for newer apply semantics than this binary knows: applying
+    /// it the old way could make this node's state differ from the others'.
+    #[error(
+        "entry {index} was written for apply version {version}, and this keel applies up to \
+         {supported}: upgrade this node's binary (docs/operations.md, Upgrades)"
+    )]
+    NewerEntry {
+        /// The entry's index.
+        index: u64,
+        /// The apply version it was written for.
+        version: u32,
+        /// The newest this binary applies.
+        supported: u32,
+    },
     /// A column family is missing (the database was not created by keel).
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
