@@ -72,10 +72,12 @@ faults_out=$(mktemp)
 # id is $faults_pid only because this script runs without job control (no `set -m`: setsid then
 # runs in the background child itself instead of forking again). A SIGKILL of this script (a
 # CI timeout) runs no trap and does not reach the session either: a watchdog inside it sees
-# this script gone within two seconds and stops the session's whole process group, the nodes
-# included (they inherit it).
+# this script gone (or a zombie) within two seconds and stops the session's whole process
+# group, the nodes included (they inherit it).
 setsid -w bash -c 'rc=0
-  (while kill -0 "$2" 2>/dev/null; do sleep 2; done; kill -- -$$) &
+  (exec >/dev/null 2>&1
+   while state=$(cut -d" " -f3 "/proc/$2/stat") && [ "$state" != Z ]; do sleep 2; done
+   kill -- -$$) &
   watchdog=$!
   RUST_TEST_THREADS=2 cargo test --release -p keel-tests --test faults >"$1" 2>&1 || rc=$?
   echo "$rc" >"$1.rc"

@@ -90,7 +90,7 @@ impl Writes {
             }
         };
         command.leader_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        command.apply_version = crate::sm::APPLY_VERSION;
+        command.apply_version = crate::sm::max_apply_version();
         self.submit(raw, mode, blind, reply, |raw| {
             raw.propose(Vec::new(), command.encode_to_vec())
         });

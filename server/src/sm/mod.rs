@@ -46,7 +46,10 @@ pub use apply::ApplyBatch;
 /// The apply semantics this binary writes and applies. Raise it with any change to how an
 /// existing command applies (a proto field older binaries would ignore, a new rule): a node that
 /// knows only older semantics then stops at the first entry written for newer ones instead of
-/// applying it differently from the others (and diverging). 1: the lock waits named by wait ids.
+/// applying it differently from the others (and diverging). The rule that comes with raising
+/// it: an entry is applied by the rules of the version it carries, so that a newer node applies
+/// what an older leader wrote exactly as the older nodes do. 0 (entries of binaries before the
+/// field) and 1 apply alike: the lock waits named by wait ids.
 pub const APPLY_VERSION: u32 = 1;
 
 /// The newest apply semantics this node applies: [`APPLY_VERSION`], or lower in the planted-bug
@@ -266,3 +269,5 @@ fn read_record(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod version_tests;

@@ -323,44 +323,6 @@ fn batch_sees_its_own_writes_and_moves_applied_index_atomically() {
     assert_eq!(rec.version, 2);
 }
 
-/// An entry written for newer apply semantics than this binary knows stops the apply (the node
-/// stops) instead of being applied the old way; entries of this version, and of binaries before
-/// the field (0), apply. Nothing of the stopped batch is written.
-#[test]
-fn an_entry_for_newer_apply_semantics_stops_the_apply() {
-    let (_d, sm) = open();
-    let versioned = |v: u32, key: &str| {
-        Command {
-            op: Some(Op::Put(PutOp {
-                key: key.into(),
-                value: Bytes::from_static(b"v"),
-                ..Default::default()
-            })),
-            apply_version: v,
-            ..Default::default()
-        }
-        .encode_to_vec()
-    };
-    let mut b = sm.batch();
-    assert!(b.apply(1, 1, &versioned(0, "old")).unwrap().is_ok());
-    assert!(b
-        .apply(2, 1, &versioned(APPLY_VERSION, "now"))
-        .unwrap()
-        .is_ok());
-    match b.apply(3, 1, &versioned(APPLY_VERSION + 1, "next")) {
-        Err(StorageError::NewerEntry {
-            index: 3,
-            version,
-            supported,
-        }) => assert_eq!((version, supported), (APPLY_VERSION + 1, APPLY_VERSION)),
-        other => panic!("applied an entry of newer semantics: {other:?}"),
-    }
-    // The node stops here: the batch is dropped, nothing of it written.
-    drop(b);
-    assert_eq!(sm.applied_index().unwrap(), 0);
-    assert!(sm.get_value("old").unwrap().is_none());
-}
-
 #[test]
 fn preconditions_and_non_integer_add() {
     let (_d, sm) = open();
