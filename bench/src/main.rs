@@ -348,8 +348,13 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // How long an idle virtual CPU polls before it halts: 0 makes every wake-up of a thread on
+    // an idle CPU a trip through the hypervisor (docs/benchmarks.md, "Halted virtual CPUs").
+    let halt_poll = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+        .map(|s| format!("guest_halt_poll_ns {}", s.trim()))
+        .unwrap_or_else(|_| "no haltpoll".into());
     format!(
-        "{cores} cores ({cpu}); etcd: {}",
+        "{cores} cores ({cpu}); {halt_poll}; etcd: {}",
         etcd::version().unwrap_or_else(|| "not found".into())
     )
 }
