@@ -107,6 +107,10 @@ pub struct ServerArgs {
     /// are answered 503 `overloaded` with `Retry-After` (and counted in /metrics).
     #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
+    /// Client connections (HTTP) served at once; one more is closed as soon as it is accepted
+    /// (logged), so that a flood of idle connections cannot take the node's file descriptors.
+    #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = crate::http::MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Writes forwarded by other nodes that this node (as leader) serves at once; more are
     /// refused at once as 503 `overloaded` (counted), without a task each.
     #[arg(long, env = "KEEL_MAX_FORWARDED", default_value_t = crate::forward::MAX_FORWARDED_WRITES)]

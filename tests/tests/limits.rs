@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use keel_tests::{wait_until, Cluster};
+use keel_tests::{wait_until, Cluster, DEADLINE};
 
 /// Longer than the node's header timeout (10 s) and Hello deadline (5 s), with room for a
 /// loaded machine.
@@ -310,5 +310,83 @@ fn a_hello_dribbled_a_byte_at_a_time_is_cut_off_at_the_hello_deadline() {
         "after-dribble?mode=sync",
         b"1",
         Duration::from_secs(30),
+    );
+}
+
+/// One `GET /health` on a new connection, kept open (keep-alive): Some(connection) when the node
+/// served it, None when the node closed the connection instead.
+fn served(addr: &str) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    health_on(&mut s).then_some(s)
+}
+
+/// Whether `GET /health` on `s` was answered 200 (false: the node closed or reset it).
+fn health_on(s: &mut TcpStream) -> bool {
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: keel\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 1024];
+    match s.read(&mut buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            panic!("neither an answer nor a close within 10 s")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            panic!("neither an answer nor a close within 10 s")
+        }
+        Err(_) => false,
+    }
+}
+
+/// A node serves at most `--max-connections` client connections at once: one more is closed as
+/// soon as it is accepted, while the connections it holds are still served and the node goes on
+/// applying with its peers; once some close, new ones are served again.
+#[test]
+fn connections_past_the_cap_are_closed_and_the_node_goes_on() {
+    const CAP: usize = 40;
+    let mut c = Cluster::start_with(3, &["--max-connections", "40"]);
+    let leader = c.wait_for_leader();
+    let node = c.others(&[leader])[0];
+    let addr = c.http_addr(node);
+    // The harness's own keep-alive connections count too: the cap is reached at CAP or a few
+    // before.
+    let mut held = Vec::new();
+    let reached = loop {
+        assert!(
+            held.len() <= CAP,
+            "more than {CAP} connections served at once"
+        );
+        match served(&addr) {
+            Some(s) => held.push(s),
+            None => break held.len(),
+        }
+    };
+    assert!(
+        reached >= CAP - 8,
+        "refused after only {reached} connections"
+    );
+    assert!(served(&addr).is_none(), "served past the cap");
+    assert!(
+        health_on(&mut held[0]),
+        "a held connection is no longer served"
+    );
+    // Its peer port is another matter: a sync write waits until every voter, this node too,
+    // has applied it.
+    let r = c.put_until_ok(leader, "cap/k?mode=sync", b"v", DEADLINE);
+    assert_eq!(r.status, 200, "{}", r.text());
+    held.truncate(reached / 2);
+    wait_until(
+        DEADLINE,
+        "a new connection served once others closed",
+        || served(&addr).map(|_| ()),
     );
 }

@@ -58,7 +58,7 @@ use auth::{Caller, Role, Tokens};
 use reply::Answer;
 use routes::Route;
 
-/// Concurrent client connections per node.
+/// Concurrent client connections per node, unless `--max-connections` says otherwise.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// How long a client may take to send a request's headers, and how long an idle keep-alive
 /// connection stays open: after it the connection is closed, so that slow or silent sockets
@@ -86,6 +86,8 @@ pub struct ApiConfig {
     /// The shortest lease granted (twice the election timeout): a lease asked for with less
     /// gets this.
     pub min_lease_ttl: Duration,
+    /// Client connections served at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 /// What the API is built from.

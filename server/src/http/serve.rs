@@ -1,4 +1,4 @@
-//! The connections of the client port: accepting them (at most [`MAX_CONNECTIONS`]), the TLS
+//! The connections of the client port: accepting them (at most `--max-connections`), the TLS
 //! handshake when the port speaks TLS, and hyper's HTTP/1.1 with its header and idle timeout.
 //! A plain HTTP request sent to a TLS port is answered in plain text with 400 `tls_required`
 //! (as nginx does), so that a client configured without TLS learns why instead of seeing a
@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::{Api, HEADER_TIMEOUT, MAX_CONNECTIONS};
+use super::{Api, HEADER_TIMEOUT};
 use crate::tls::Tls;
 
 /// The first byte of a TLS connection (a handshake record).
@@ -31,7 +31,7 @@ pub async fn serve(
     tls: Option<Arc<Tls>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limit = Arc::new(Semaphore::new(api.cfg.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
