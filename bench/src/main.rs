@@ -348,11 +348,20 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    // How long an idle virtual CPU polls before it halts: 0 makes every wake-up of a thread on
-    // an idle CPU a trip through the hypervisor (docs/benchmarks.md, "Halted virtual CPUs").
-    let halt_poll = std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
-        .map(|s| format!("guest_halt_poll_ns {}", s.trim()))
-        .unwrap_or_else(|_| "no haltpoll".into());
+    // The idle governor, and with haltpoll how long an idle virtual CPU polls before it halts:
+    // 0 can make every wake-up of a thread on an idle CPU a trip through the hypervisor
+    // (docs/benchmarks.md, "Halted virtual CPUs"). The parameter means nothing under another
+    // governor.
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+    let governor = read("/sys/devices/system/cpu/cpuidle/current_governor")
+        .or_else(|_| read("/sys/devices/system/cpu/cpuidle/current_governor_ro"))
+        .unwrap_or_else(|_| "unknown".into());
+    let halt_poll = match read("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+        Ok(ns) if governor == "haltpoll" => {
+            format!("idle governor haltpoll, guest_halt_poll_ns {ns}")
+        }
+        _ => format!("idle governor {governor}"),
+    };
     format!(
         "{cores} cores ({cpu}); {halt_poll}; etcd: {}",
         etcd::version().unwrap_or_else(|| "not found".into())

@@ -108,7 +108,8 @@ pub struct ServerArgs {
     #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
     /// Client connections (HTTP) served at once; one more is closed as soon as it is accepted
-    /// (logged), so that a flood of idle connections cannot take the node's file descriptors.
+    /// (logged). Keep the process's open-file limit well above it (`ulimit -n`): past that
+    /// limit the node cannot accept at all, nor open files.
     #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = crate::http::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Writes forwarded by other nodes that this node (as leader) serves at once; more are

@@ -376,7 +376,7 @@ fn connections_past_the_cap_are_closed_and_the_node_goes_on() {
     );
     assert!(served(&addr).is_none(), "served past the cap");
     assert!(
-        health_on(&mut held[0]),
+        held.last_mut().is_some_and(health_on),
         "a held connection is no longer served"
     );
     // Its peer port is another matter: a sync write waits until every voter, this node too,

@@ -250,7 +250,9 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
             // Twice the election timeout, as etcd does: a lease outlives an election.
             min_lease_ttl: Duration::from_millis(args.tick_ms)
                 * u32::try_from(args.election_ticks.saturating_mul(2)).unwrap_or(u32::MAX),
-            max_connections: args.max_connections.max(1),
+            max_connections: args
+                .max_connections
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
         },
         node: node.clone(),
         sm,
