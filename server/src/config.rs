@@ -223,6 +223,11 @@ impl ServerArgs {
                 "--max-value-bytes must be between 1 and 64 MiB".into(),
             ));
         }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-connections must be at least 1".into(),
+            ));
+        }
         Ok(members)
     }
 }

@@ -115,12 +115,15 @@ pub struct Metrics {
     pub has_leader: Gauge,
     /// Set at scrape time: client requests queued for the Raft thread.
     pub queue_depth: Gauge,
-    /// Set at scrape time: linearizable reads waiting for their read index from Raft.
+    /// Set at scrape time: linearizable reads (and lease keepalives) waiting for their read
+    /// index from Raft.
     pub reads_waiting: Gauge,
     /// Requests refused as overloaded since the start.
     pub overloaded: Counter,
     /// Attempts to take an abandoned lock wait out of its queue that failed (each is retried).
     pub lock_cancel_failed: Counter,
+    /// Client connections closed at once because `--max-connections` were open.
+    pub connections_refused: Counter,
     /// Set at scrape time: live leases.
     pub leases: Gauge,
     /// Set at scrape time: locks with a holder.
@@ -175,6 +178,7 @@ impl Metrics {
             reads_waiting: Gauge::default(),
             overloaded: Counter::default(),
             lock_cancel_failed: Counter::default(),
+            connections_refused: Counter::default(),
             leases: Gauge::default(),
             locks_held: Gauge::default(),
             watchers: Gauge::default(),
@@ -291,7 +295,7 @@ impl Metrics {
         );
         r.register(
             "read_index_waiting",
-            "Linearizable reads asked of Raft and waiting for their read index",
+            "Linearizable reads and lease keepalives asked of Raft and waiting for their read index",
             m.reads_waiting.clone(),
         );
         r.register(
@@ -303,6 +307,11 @@ impl Metrics {
             "lock_cancel_failed",
             "Attempts to take an abandoned lock wait out of its queue that failed (each is retried)",
             m.lock_cancel_failed.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "Client connections closed at once because --max-connections were open",
+            m.connections_refused.clone(),
         );
         r.register("leases", "Live leases", m.leases.clone());
         r.register("locks_held", "Locks with a holder", m.locks_held.clone());
@@ -430,6 +439,7 @@ mod tests {
             "keel_raft_queue_depth",
             "keel_read_index_waiting",
             "keel_lock_cancel_failed_total",
+            "keel_http_connections_refused_total",
             "keel_leases",
             "keel_locks_held",
             "keel_watchers",

@@ -9,8 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::powerfs::PowerDisk;
 use crate::{http, keel_bin, netns, wait_until, LinkProxy, Resp, DEADLINE};
 
@@ -471,12 +469,6 @@ impl Cluster {
         };
         let body = format!("{{\"delta\": {delta}}}");
         self.request(id, "POST", &path, &[], Some(body.as_bytes()))
-    }
-
-    /// The node's `/v1/status` JSON, if it answers.
-    pub fn status(&self, id: u64) -> Option<Value> {
-        let r = self.request(id, "GET", "/v1/status", &[], None).ok()?;
-        (r.status == 200).then(|| r.json())
     }
 
     /// Waits until every running node (except `excluding`) agrees on one leader that itself

@@ -27,6 +27,7 @@ pub mod http;
 pub mod locks;
 pub mod nemesis;
 pub mod netns;
+pub mod observe;
 pub mod peerwire;
 mod plan;
 pub mod powerfs;

@@ -261,17 +261,6 @@ fn a_get_never_reports_an_index_below_the_version_it_returns() {
     );
 }
 
-/// How many linearizable reads on `node` wait for a read index from Raft (`/metrics`).
-fn reads_waiting(c: &Cluster, node: u64) -> Option<u64> {
-    let r = c.request(node, "GET", "/metrics", &[], None).ok()?;
-    r.text().lines().find_map(|l| {
-        l.strip_prefix("keel_read_index_waiting ")?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 /// A follower's read-index request is swallowed on its way to the leader (a blackhole: the
 /// connection stays open, the bytes vanish, nothing fails) while one linearizable read waits
 /// on it. raft-rs never answers a request that did not arrive; the Ready loop asks again every
@@ -303,7 +292,7 @@ fn a_read_whose_request_was_lost(
     // loop). Once the blackhole has swallowed three more reads of bytes (the follower answers
     // the leader's heartbeats every tick), the request, sent before them, is gone too.
     wait_until(DEADLINE, "the read asked of Raft", || {
-        (reads_waiting(&c, follower)? >= 1).then_some(())
+        (c.metric(follower, "keel_read_index_waiting")? >= 1).then_some(())
     });
     let before = c.link(follower, leader).swallowed();
     wait_until(DEADLINE, "the follower's messages swallowed", || {

@@ -332,13 +332,7 @@ fn an_elected_candidate_whose_output_nobody_reads_steps_down() {
 
 /// How many cancels of abandoned lock waits failed on `node` (`/metrics`).
 fn cancel_failures(c: &Cluster, node: u64) -> Option<u64> {
-    let r = c.request(node, "GET", "/metrics", &[], None).ok()?;
-    r.text().lines().find_map(|l| {
-        l.strip_prefix("keel_lock_cancel_failed_total ")?
-            .trim()
-            .parse()
-            .ok()
-    })
+    c.metric(node, "keel_lock_cancel_failed_total")
 }
 
 /// A waiting acquire whose client goes away while its node cannot reach a quorum still leaves

@@ -175,11 +175,10 @@ async fn leave_queue(
     let give_up = Instant::now() + CANCEL_RETRY_FOR;
     let mut pause = CANCEL_PAUSE_MIN;
     for attempt in 1..=CANCEL_ATTEMPTS {
-        let sent = match IN_FLIGHT.acquire().await {
-            Ok(_permit) => router.write(cancel.clone(), WriteMode::Semi, timeout).await,
-            // Never closed; were it, the cancel goes out unthrottled.
-            Err(_) => router.write(cancel.clone(), WriteMode::Semi, timeout).await,
-        };
+        // (The semaphore is never closed: a permit always comes.)
+        let _turn = IN_FLIGHT.acquire().await.ok();
+        let sent = router.write(cancel.clone(), WriteMode::Semi, timeout).await;
+        drop(_turn);
         let e = match sent {
             Ok(_) => return,
             Err(e) => e,

@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -32,6 +32,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let limit = Arc::new(Semaphore::new(api.cfg.max_connections));
+    let mut last_refusal_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -46,7 +47,13 @@ pub async fn serve(
             },
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(%remote, "too many client connections; closing");
+            // Counted every time, logged at most once a second: a flood of connections must not
+            // become a flood of log lines.
+            crate::metrics::metrics().connections_refused.inc();
+            if last_refusal_logged.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                last_refusal_logged = Some(Instant::now());
+                warn!(%remote, "too many client connections; closing (keel_http_connections_refused_total counts them)");
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -217,6 +217,9 @@ impl Reads {
 
     /// Answers the groups whose read states raft-rs returned (others' contexts are ignored).
     pub(super) fn answer(&mut self, states: Vec<ReadState>) {
+        if states.is_empty() {
+            return;
+        }
         for rs in states {
             let Some(ctx) = self.own_ctx(&rs.request_ctx) else {
                 continue;

@@ -56,11 +56,16 @@ pub const APPLY_VERSION: u32 = 1;
 /// test build when `KEEL_TEST_APPLY_VERSION` says so (to play an older binary).
 pub fn max_apply_version() -> u32 {
     #[cfg(feature = "planted-bugs")]
-    if let Some(v) = std::env::var("KEEL_TEST_APPLY_VERSION")
-        .ok()
-        .and_then(|v| v.parse().ok())
     {
-        return v;
+        // Read once: this is asked for every entry applied and every proposal.
+        static TEST_VERSION: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        if let Some(v) = *TEST_VERSION.get_or_init(|| {
+            std::env::var("KEEL_TEST_APPLY_VERSION")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        }) {
+            return v;
+        }
     }
     APPLY_VERSION
 }

@@ -3,9 +3,9 @@
 //! raft-rs reads entries back from [`super::RaftLogStore`] soon after they are appended: to
 //! apply them once committed, and on the leader to send them to followers. Reading them from
 //! RocksDB (an iterator, a memtable search, a decode per entry) took 4–6% of the Raft thread's
-//! samples with 64 clients writing (docs/benchmarks.md). The cache holds a contiguous run of the newest entries, ending at
-//! the log's last index, and serves a read only when the whole range lies inside it; anything
-//! older is read from RocksDB as before. It follows every change of the log: an append (which
+//! samples with 64 clients writing (docs/benchmarks.md). The cache holds a contiguous run of the
+//! newest entries, ending at the log's last index, and serves a read only when the whole range
+//! lies inside it; anything older is read from RocksDB as before. It follows every change of the log: an append (which
 //! may replace a conflicting tail), a compaction and a snapshot install.
 
 use std::collections::VecDeque;
@@ -138,18 +138,21 @@ impl EntryCache {
     }
 }
 
+/// A log entry for tests: `index`, `term` and a small payload naming the index.
+#[cfg(test)]
+pub(super) fn test_entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: format!("e{index}").into_bytes().into(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_entry as entry;
     use super::*;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: format!("e{index}").into_bytes().into(),
-            ..Default::default()
-        }
-    }
 
     fn indexes(v: &[Entry]) -> Vec<(u64, u64)> {
         v.iter().map(|e| (e.index, e.term)).collect()

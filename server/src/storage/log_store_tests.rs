@@ -1,16 +1,8 @@
 //! Tests of the Raft log store on a real RocksDB.
 
 use super::*;
+use crate::storage::entry_cache::test_entry as entry;
 use raft::Storage;
-
-fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        data: format!("e{index}").into_bytes().into(),
-        ..Default::default()
-    }
-}
 
 #[test]
 fn append_truncates_conflicting_tail_and_survives_reopen() {
