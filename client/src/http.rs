@@ -27,6 +27,8 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::refusal::{refusal_of, WatchingConnector};
+
 /// Settings of an [`HttpClient`].
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
@@ -135,7 +137,12 @@ enum Pool {
     /// http.
     Plain(hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>),
     /// https.
-    Tls(hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Tls(
+        hyper_util::client::legacy::Client<
+            WatchingConnector<HttpsConnector<HttpConnector>>,
+            Full<Bytes>,
+        >,
+    ),
 }
 
 /// A keep-alive HTTP/1.1 client; cheap to clone (clones share connections).
@@ -170,7 +177,7 @@ impl HttpClient {
                     .https_only()
                     .enable_http1()
                     .wrap_connector(connector);
-                Pool::Tls(builder.build(https))
+                Pool::Tls(builder.build(WatchingConnector(https)))
             }
         };
         HttpClient {
@@ -252,10 +259,10 @@ impl HttpClient {
         };
         sent.await.map_err(|e| {
             let message = error_chain(&e);
-            if let Some(alert) = handshake_refusal(&e) {
+            if let Some(alert) = refusal_of(&e) {
                 // With TLS 1.3 the client sends its request before the server has checked its
                 // certificate; a server that refuses the certificate answers with an alert and
-                // never reads the request.
+                // never reads the request (crate::refusal says how the alert is found).
                 return HttpError::TlsRefused {
                     addr: addr.to_string(),
                     alert: format!("{alert:?}"),
@@ -371,44 +378,6 @@ impl StreamingResponse {
             Err(_) => Err(HttpError::Timeout { addr, timeout }),
         }
     }
-}
-
-/// The TLS alert with which a server refused the handshake (its certificate checks), if that is
-/// what ended the request: the server then never read it.
-fn handshake_refusal(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
-    use rustls::AlertDescription as A;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    // Bounded: error chains are a few links long.
-    for _ in 0..16 {
-        let err = source?;
-        if let Some(rustls::Error::AlertReceived(alert)) = err.downcast_ref::<rustls::Error>() {
-            return matches!(
-                alert,
-                A::CertificateRequired
-                    | A::BadCertificate
-                    | A::UnsupportedCertificate
-                    | A::CertificateRevoked
-                    | A::CertificateExpired
-                    | A::CertificateUnknown
-                    | A::UnknownCA
-                    | A::AccessDenied
-                    | A::HandshakeFailure
-                    | A::DecryptError
-            )
-            .then_some(*alert);
-        }
-        // rustls's error travels inside an io::Error (inside another one, while the connector
-        // sets the connection up), whose payload `source()` skips.
-        if let Some(inner) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            source = Some(inner as &(dyn std::error::Error + 'static));
-            continue;
-        }
-        source = err.source();
-    }
-    None
 }
 
 /// An error with its sources, on one line.

@@ -58,6 +58,7 @@ mod coord;
 mod error;
 pub mod http;
 mod kv;
+mod refusal;
 mod tls;
 mod txn;
 mod types;

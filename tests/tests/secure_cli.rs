@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use bytes::Bytes;
+use keel_client::http::{HttpClient, HttpError, HttpOptions};
 use keel_client::TlsOptions;
 use keel_tests::http::Http;
 use keel_tests::secure::Secure;
@@ -81,6 +83,77 @@ fn the_cli_presents_a_ca_a_client_certificate_and_a_token() {
     for k in ["secure/nocert", "secure/notoken"] {
         assert_eq!(full(&["get", k]).0, 2, "{k} was written");
     }
+}
+
+/// A client without a certificate, where one is required, is told so on every try, whichever
+/// way the node's alert races the request. With TLS 1.3 the alert comes after the client's
+/// handshake is done: read with the answer it is a refusal, but when the connection dies before
+/// the request is handed to it, hyper says only "connection was not ready", and the refusal was
+/// reported as a broken request, its outcome unknown (seen in CI: the CLI gave up after 12
+/// tries). Many fresh connections, sixteen at a time, make both orders happen: before the fix,
+/// every one of twelve runs failed, with 2 to 19 of its 24,000 tries misreported.
+///
+/// A try with no answer at all is counted apart and allowed (at most two): about one try in
+/// 100,000 waits out the client's timeout although a packet capture shows every connection
+/// refused and closed within milliseconds, with and without the fix; it is not this bug.
+#[test]
+fn a_refused_tls_session_is_named_whichever_way_the_alert_races_the_request() {
+    let mut c = Cluster::start_secure(1, &["--client-certs", "required"]);
+    c.wait_for_leader();
+    let addr = c.endpoints()[0].clone();
+    let s = Secure::get();
+    let no_cert = TlsOptions::from_files(&s.dir().join("ca.pem"), None).expect("the CA loads");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    const TASKS: usize = 16;
+    const TRIES: usize = 1500;
+    let (others, silent) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let (addr, tls, token) = (addr.clone(), no_cert.clone(), s.token.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut others, mut silent) = (Vec::new(), 0usize);
+                for _ in 0..TRIES {
+                    // A new client each time: a fresh connection and handshake.
+                    let http = HttpClient::new(HttpOptions {
+                        request_timeout: Duration::from_secs(5),
+                        token: Some(token.clone()),
+                        tls: Some(tls.clone()),
+                        ..HttpOptions::default()
+                    });
+                    let r = http
+                        .request(&addr, "PUT", "/v1/kv/race", &[], Bytes::from_static(b"x"))
+                        .await;
+                    match r {
+                        Err(HttpError::TlsRefused { .. }) => {}
+                        Err(HttpError::Timeout { .. }) => silent += 1,
+                        other => others.push(format!("{other:?}")),
+                    }
+                }
+                (others, silent)
+            }));
+        }
+        let (mut all, mut silent) = (Vec::new(), 0);
+        for t in tasks {
+            let (o, s) = t.await.expect("a task");
+            all.extend(o);
+            silent += s;
+        }
+        (all, silent)
+    });
+    eprintln!(
+        "of {} tries: {} misreported, {} unanswered",
+        TASKS * TRIES,
+        others.len(),
+        silent
+    );
+    assert!(others.is_empty(), "not named a refusal: {others:?}");
+    assert!(silent <= 2, "{silent} tries got no answer");
+    let r = c.get(1, "race").expect("answers");
+    assert_eq!(r.status, 404, "a refused client wrote: {}", r.text());
 }
 
 /// A base port `p` with `p..p+3` and `p+100..p+103` free (what `keel cluster` binds).
