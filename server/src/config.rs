@@ -108,8 +108,9 @@ pub struct ServerArgs {
     #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
     /// Client connections (HTTP) served at once; one more is closed as soon as it is accepted
-    /// (logged). Keep the process's open-file limit well above it (`ulimit -n`): past that
-    /// limit the node cannot accept at all, nor open files.
+    /// (counted, logged). Fewer when the open-file limit (`ulimit -n`, raised at start to its
+    /// hard limit) leaves less room beside RocksDB and the node's own files (logged at start,
+    /// `keel_http_connections_max`).
     #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = crate::http::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Writes forwarded by other nodes that this node (as leader) serves at once; more are

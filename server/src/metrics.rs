@@ -124,6 +124,9 @@ pub struct Metrics {
     pub lock_cancel_failed: Counter,
     /// Client connections closed at once because `--max-connections` were open.
     pub connections_refused: Counter,
+    /// Client connections served at once: `--max-connections`, or fewer under a low open-file
+    /// limit.
+    pub connections_max: Gauge,
     /// Set at scrape time: live leases.
     pub leases: Gauge,
     /// Set at scrape time: locks with a holder.
@@ -179,6 +182,7 @@ impl Metrics {
             overloaded: Counter::default(),
             lock_cancel_failed: Counter::default(),
             connections_refused: Counter::default(),
+            connections_max: Gauge::default(),
             leases: Gauge::default(),
             locks_held: Gauge::default(),
             watchers: Gauge::default(),
@@ -312,6 +316,11 @@ impl Metrics {
             "http_connections_refused",
             "Client connections closed at once because --max-connections were open",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "http_connections_max",
+            "Client connections served at once (--max-connections, or fewer under a low open-file limit)",
+            m.connections_max.clone(),
         );
         r.register("leases", "Live leases", m.leases.clone());
         r.register("locks_held", "Locks with a holder", m.locks_held.clone());

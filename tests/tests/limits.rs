@@ -388,3 +388,80 @@ fn connections_past_the_cap_are_closed_and_the_node_goes_on() {
     let refused = c.metric(node, "keel_http_connections_refused_total");
     assert!(refused >= Some(2), "refusals counted: {refused:?}");
 }
+
+/// Under a low open-file limit a node serves fewer client connections than `--max-connections`
+/// rather than run out of descriptors: past its budget (the limit less RocksDB's share and the
+/// node's own files) one more connection is closed at once, the held ones are served, and the
+/// node still opens files (a backup: a flush and a checkpoint) and goes on writing. Before the
+/// budget, with 512 descriptors and the default cap of 4,096, the flood took every descriptor:
+/// the next connection was neither served nor closed (`accept` failed), and RocksDB could fail
+/// to open a file, which stops a node.
+#[test]
+fn a_low_open_file_limit_caps_client_connections_below_it() {
+    const LIMIT: usize = 512;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = dir.path().join("keel-nofile");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec prlimit --nofile={LIMIT}:{LIMIT} -- {} \"$@\"\n",
+            keel_tests::keel_bin().display()
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("make the wrapper executable");
+    let mut c = Cluster::launch_with(3, &[], false, wrapper, &[]);
+    let leader = c.wait_for_leader();
+    let node = c.others(&[leader])[0];
+    let addr = c.http_addr(node);
+    let cap = c
+        .metric(node, "keel_http_connections_max")
+        .expect("the node reports its connection cap");
+    assert!(
+        cap < LIMIT as u64 * 3 / 4,
+        "a cap of {cap} leaves too little beside it under {LIMIT} descriptors"
+    );
+    let mut held = Vec::new();
+    // Bounded: a node without the budget takes connections until its descriptors run out, and
+    // then more as its idle ones time out.
+    let reached = loop {
+        if held.len() >= LIMIT {
+            break held.len();
+        }
+        match served(&addr) {
+            Some(s) => held.push(s),
+            None => break held.len(),
+        }
+    };
+    let log = c.log_tail(node, 10_000);
+    assert!(
+        !log.contains("Too many open files"),
+        "the node ran out of descriptors ({reached} connections held)"
+    );
+    assert!(
+        reached as u64 <= cap,
+        "{reached} connections held, past the cap of {cap}"
+    );
+    assert!(served(&addr).is_none(), "served past the cap");
+    let last = held.last_mut().expect("some connections were served");
+    assert!(health_on(last), "a held connection is no longer served");
+    // Files can still be opened: a backup flushes the memtables and writes a checkpoint.
+    let body = r#"{"dir":"under-flood"}"#;
+    let request = format!(
+        "POST /v1/admin/backup HTTP/1.1\r\nHost: keel\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    last.write_all(request.as_bytes())
+        .expect("send the backup request");
+    let mut answer = [0u8; 4096];
+    let n = last.read(&mut answer).expect("an answer to the backup");
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let r = c.put_until_ok(leader, "files/k?mode=sync", b"v", DEADLINE);
+    assert_eq!(r.status, 200, "{}", r.text());
+}

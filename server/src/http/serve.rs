@@ -32,6 +32,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let limit = Arc::new(Semaphore::new(api.cfg.max_connections));
+    crate::metrics::metrics()
+        .connections_max
+        .set(i64::try_from(api.cfg.max_connections).unwrap_or(i64::MAX));
     let mut last_refusal_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {

@@ -31,6 +31,7 @@ use crate::tls::{Tls, TlsError};
 use crate::transport::{self, Transport, TransportError};
 use crate::watch::{Feed, FeedLimits};
 
+pub mod files;
 mod membership;
 mod shutdown;
 mod wiring;
@@ -88,6 +89,9 @@ pub enum ServerError {
     /// The address book stored in the data dir does not parse.
     #[error("the member address book in the data dir is damaged: {0}")]
     CorruptMembers(#[source] serde_json::Error),
+    /// The open-file limit leaves no room for a node.
+    #[error(transparent)]
+    Files(#[from] files::TooFewFiles),
 }
 
 /// Routes raft-rs's slog output into `tracing` (through the `log` facade).
@@ -139,8 +143,23 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         None => None,
     };
 
+    // The open-file budget, before anything opens files.
+    let limit = files::raise_limit().unwrap_or(u64::MAX);
+    let asked = args
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let budget = files::split(limit, asked)?;
+    if budget.connections < asked {
+        tracing::warn!(
+            limit,
+            connections = budget.connections,
+            asked,
+            "the open-file limit leaves room for fewer client connections than --max-connections"
+        );
+    }
+
     // Storage and membership.
-    let db = storage::open_db(&args.data_dir)?;
+    let db = storage::open_db_with(&args.data_dir, Some(budget.rocksdb_files))?;
     // A snapshot install that a crash interrupted is finished before anything reads the state
     // machine or the log.
     if let Some(p) = snapshot::stage::finish_install(&db, snapshot::stage::INSTALL_BATCH_BYTES)? {
@@ -250,9 +269,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
             // Twice the election timeout, as etcd does: a lease outlives an election.
             min_lease_ttl: Duration::from_millis(args.tick_ms)
                 * u32::try_from(args.election_ticks.saturating_mul(2)).unwrap_or(u32::MAX),
-            max_connections: args
-                .max_connections
-                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            max_connections: budget.connections,
         },
         node: node.clone(),
         sm,

@@ -152,9 +152,19 @@ pub fn rocks(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StorageErr
 /// Most write-ahead log kept before the column families holding its oldest file are flushed.
 pub const MAX_TOTAL_WAL_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Opens (creating if needed) the node's database at `path`.
+/// Opens (creating if needed) the node's database at `path`, with every table file kept open.
 pub fn open_db(path: &Path) -> Result<Arc<DB>, StorageError> {
+    open_db_with(path, None)
+}
+
+/// Opens (creating if needed) the node's database at `path`, keeping at most `max_open_files`
+/// table files open (None: all of them), so that it shares the process's descriptors with
+/// client connections (`node/files.rs`).
+pub fn open_db_with(path: &Path, max_open_files: Option<i32>) -> Result<Arc<DB>, StorageError> {
     let mut opts = Options::default();
+    if let Some(n) = max_open_files {
+        opts.set_max_open_files(n);
+    }
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
