@@ -33,11 +33,15 @@ pub(crate) struct RefusalSlot(Arc<OnceLock<AlertDescription>>);
 #[derive(Clone, Debug)]
 pub(crate) struct WatchingConnector<C>(pub(crate) C);
 
-/// A connection that remembers the first TLS refusal it reads or writes into.
+/// A connection that remembers the first TLS refusal it reads or writes into, as long as it has
+/// read nothing else: a connection that has read an answer was not refused, whatever comes after.
 #[derive(Debug)]
 pub(crate) struct Watched<T> {
     io: T,
     slot: RefusalSlot,
+    /// A read has succeeded (the handshake is done when the connection is handed over, so this
+    /// is an answer's bytes, or the end).
+    read_any: bool,
 }
 
 impl<C> tower_service::Service<Uri> for WatchingConnector<C>
@@ -60,16 +64,17 @@ where
             Ok(Watched {
                 io: connecting.await?,
                 slot: RefusalSlot::default(),
+                read_any: false,
             })
         })
     }
 }
 
 impl<T> Watched<T> {
-    /// Keeps the refusal carried by `result`'s error, if it is one.
+    /// Keeps the refusal carried by `result`'s error, if it is one and nothing was read before.
     fn note<R>(&self, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if let Poll::Ready(Err(e)) = &result {
-            if let Some(alert) = handshake_refusal(e) {
+            if let Some(alert) = handshake_refusal(e).filter(|_| !self.read_any) {
                 let _ = self.slot.0.set(alert);
             }
         }
@@ -91,6 +96,7 @@ impl<T: Read + Unpin> Read for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.read_any |= matches!(r, Poll::Ready(Ok(())));
         this.note(r)
     }
 }
@@ -181,4 +187,59 @@ pub(crate) fn handshake_refusal(e: &(dyn std::error::Error + 'static)) -> Option
         source = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrapped(alert: AlertDescription) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(alert),
+        )
+    }
+
+    /// Only the alerts of a refused certificate or handshake are refusals; anything else, a
+    /// closing alert or a plain I/O error, is not (the request may have been served).
+    #[test]
+    fn only_certificate_and_handshake_alerts_are_refusals() {
+        assert_eq!(
+            handshake_refusal(&wrapped(AlertDescription::CertificateRequired)),
+            Some(AlertDescription::CertificateRequired)
+        );
+        // Nested the way the connector nests it.
+        let nested = io::Error::other(wrapped(AlertDescription::UnknownCA));
+        assert_eq!(
+            handshake_refusal(&nested),
+            Some(AlertDescription::UnknownCA)
+        );
+        for other in [
+            AlertDescription::CloseNotify,
+            AlertDescription::InternalError,
+            AlertDescription::DecodeError,
+        ] {
+            assert_eq!(handshake_refusal(&wrapped(other)), None, "{other:?}");
+        }
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(handshake_refusal(&reset), None);
+    }
+
+    /// A connection that has read an answer keeps no refusal that comes after it, and an empty
+    /// slot names none.
+    #[test]
+    fn a_refusal_after_an_answer_is_not_kept() {
+        let mut w = Watched {
+            io: (),
+            slot: RefusalSlot::default(),
+            read_any: true,
+        };
+        let _ = w.note::<()>(Poll::Ready(Err(wrapped(
+            AlertDescription::CertificateRequired,
+        ))));
+        assert_eq!(w.slot.0.get(), None);
+        w.read_any = false;
+        let _ = w.note::<()>(Poll::Ready(Err(wrapped(AlertDescription::BadCertificate))));
+        assert_eq!(w.slot.0.get(), Some(&AlertDescription::BadCertificate));
+    }
 }

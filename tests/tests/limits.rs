@@ -393,12 +393,12 @@ fn connections_past_the_cap_are_closed_and_the_node_goes_on() {
 /// rather than run out of descriptors: past its budget (the limit less RocksDB's share and the
 /// node's own files) one more connection is closed at once, the held ones are served, and the
 /// node still opens files (a backup: a flush and a checkpoint) and goes on writing. Before the
-/// budget, with 512 descriptors and the default cap of 4,096, the flood took every descriptor:
+/// budget, with 768 descriptors and the default cap of 4,096, the flood took every descriptor:
 /// the next connection was neither served nor closed (`accept` failed), and RocksDB could fail
 /// to open a file, which stops a node.
 #[test]
 fn a_low_open_file_limit_caps_client_connections_below_it() {
-    const LIMIT: usize = 512;
+    const LIMIT: usize = 768;
     let dir = tempfile::tempdir().expect("tempdir");
     let wrapper = dir.path().join("keel-nofile");
     std::fs::write(
@@ -421,10 +421,8 @@ fn a_low_open_file_limit_caps_client_connections_below_it() {
     let cap = c
         .metric(node, "keel_http_connections_max")
         .expect("the node reports its connection cap");
-    assert!(
-        cap < LIMIT as u64 * 3 / 4,
-        "a cap of {cap} leaves too little beside it under {LIMIT} descriptors"
-    );
+    // 768 less 512 for the node and its peers, less 192 for RocksDB (node/files.rs).
+    assert_eq!(cap, 64, "the cap under {LIMIT} descriptors");
     let mut held = Vec::new();
     // Bounded: a node without the budget takes connections until its descriptors run out, and
     // then more as its idle ones time out.

@@ -2,16 +2,21 @@
 //! never takes the descriptors RocksDB, the peers and the node itself need.
 //!
 //! At start the node raises its soft open-file limit to the hard one (what Go does for etcd),
-//! then splits it: [`RESERVED_FILES`] for the node (listeners, peer connections, the write-ahead
-//! log, snapshot and backup files), a share for RocksDB's table files (its `max_open_files`),
-//! and the rest for client connections, at most `--max-connections`. Without the split, 1,024
-//! descriptors and the default cap of 4,096 let a flood hold every descriptor: `accept` failed
-//! and new clients were left unanswered, and RocksDB could fail to open a file it had just
-//! written (a flush or a compaction), which stops the node.
+//! then splits it: [`RESERVED_FILES`] for the node (the peer port's connections, listeners, the
+//! write-ahead log, snapshot and backup files), a share for RocksDB's table files (its
+//! `max_open_files`), and the rest for client connections, at most `--max-connections`. Without
+//! the split, 1,024 descriptors and the default cap of 4,096 let a flood hold every descriptor:
+//! `accept` failed and new clients were left unanswered, and RocksDB could fail to open a file
+//! it had just written (a flush or a compaction), which stops the node.
 
-/// Descriptors kept for the node itself: listeners, up to 64 peer connections each way, the
-/// write-ahead log and manifest, snapshot and backup files, the runtime's own.
-pub const RESERVED_FILES: u64 = 256;
+/// Descriptors kept for the node's peers: connections not yet identified (the peer port's
+/// pending slots), and the members' connections each way.
+const PEER_FILES: u64 = crate::transport::MAX_PENDING_CONNECTIONS as u64
+    + 2 * crate::transport::MAX_INBOUND_CONNECTIONS as u64;
+/// Descriptors kept for the node itself: peers ([`PEER_FILES`]), and 128 for listeners, the
+/// write-ahead log, manifest and info log, compaction outputs, snapshot and backup files (a
+/// backup's checkpoint is opened with at most 64 table files), the runtime's own.
+pub const RESERVED_FILES: u64 = PEER_FILES + 128;
 /// Fewest client connections a node is started with.
 pub const MIN_CONNECTIONS: u64 = 16;
 /// Bounds of RocksDB's share (table files kept open).
@@ -79,13 +84,19 @@ pub fn raise_limit() -> Option<u64> {
         return None;
     }
     if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct it is given, which lives for the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+        // An infinite hard limit may not be set as the soft one (some systems): then a large
+        // finite one.
+        for want in [lim.rlim_max, lim.rlim_max.min(1 << 20)] {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: setrlimit reads the struct it is given, which lives for the call.
+            if want > lim.rlim_cur && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
+            {
+                lim.rlim_cur = want;
+                break;
+            }
         }
     }
     Some(if lim.rlim_cur == libc::RLIM_INFINITY {
@@ -106,10 +117,23 @@ mod tests {
         assert_eq!((b.rocksdb_files, b.connections), (4096, 4096));
         // Debian's usual soft limit: fewer connections than asked, and all three fit.
         let b = split(1024, 4096).expect("enough");
-        assert_eq!((b.rocksdb_files, b.connections), (256, 512));
+        assert_eq!(RESERVED_FILES, 512);
+        assert_eq!((b.rocksdb_files, b.connections), (256, 256));
         assert!(RESERVED_FILES + b.rocksdb_files as u64 + b.connections as u64 <= 1024);
         // A cap below the room is kept.
         assert_eq!(split(1024, 40).map(|b| b.connections), Ok(40));
+        // The least limit that serves the default cap, and one less.
+        assert_eq!(split(6143, 4096).map(|b| b.connections), Ok(4096));
+        assert_eq!(split(6142, 4096).map(|b| b.connections), Ok(4095));
+        // `--max-connections` + RESERVED_FILES + 4,096 always serves the cap.
+        for asked in [1usize, 4096, 10_000, 100_000] {
+            let limit = asked as u64 + RESERVED_FILES + 4096;
+            assert_eq!(
+                split(limit, asked).map(|b| b.connections),
+                Ok(asked),
+                "{asked}"
+            );
+        }
         // Unlimited.
         assert_eq!(split(u64::MAX, 4096).map(|b| b.connections), Ok(4096));
         // Too few to start: a clear refusal naming the least that works.

@@ -144,11 +144,20 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
     };
 
     // The open-file budget, before anything opens files.
-    let limit = files::raise_limit().unwrap_or(u64::MAX);
+    let limit = files::raise_limit().unwrap_or_else(|| {
+        tracing::warn!("cannot read the open-file limit; client connections are not budgeted");
+        u64::MAX
+    });
     let asked = args
         .max_connections
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let budget = files::split(limit, asked)?;
+    info!(
+        limit,
+        rocksdb_files = budget.rocksdb_files,
+        connections = budget.connections,
+        "open-file budget"
+    );
     if budget.connections < asked {
         tracing::warn!(
             limit,

@@ -181,10 +181,15 @@ pub fn open_db_with(path: &Path, max_open_files: Option<i32>) -> Result<Arc<DB>,
     Ok(Arc::new(db))
 }
 
+/// Most table files a read-only database (a backup checkpoint) keeps open: it is opened inside
+/// a running node, whose descriptors are budgeted (`node/files.rs`).
+pub const READ_ONLY_OPEN_FILES: i32 = 64;
+
 /// Opens a database (a backup checkpoint) read-only.
 pub fn open_read_only(path: &Path) -> Result<DB, StorageError> {
-    DB::open_cf_for_read_only(&Options::default(), path, ALL_CFS, false)
-        .map_err(rocks("open a backup"))
+    let mut opts = Options::default();
+    opts.set_max_open_files(READ_ONLY_OPEN_FILES);
+    DB::open_cf_for_read_only(&opts, path, ALL_CFS, false).map_err(rocks("open a backup"))
 }
 
 /// Looks up a column family handle.

@@ -53,6 +53,7 @@ mod decode;
 mod inbound;
 mod outbound;
 
+pub use admission::MAX_PENDING_CONNECTIONS;
 pub use decode::{decode_after_hello, Decoded};
 #[cfg(test)]
 mod proptests;
