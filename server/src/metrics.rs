@@ -122,7 +122,7 @@ pub struct Metrics {
     pub overloaded: Counter,
     /// Attempts to take an abandoned lock wait out of its queue that failed (each is retried).
     pub lock_cancel_failed: Counter,
-    /// Client connections closed at once because `--max-connections` were open.
+    /// Client connections closed at once because the connection cap (`connections_max`) was reached.
     pub connections_refused: Counter,
     /// Client connections served at once: `--max-connections`, or fewer under a low open-file
     /// limit.
@@ -314,7 +314,7 @@ impl Metrics {
         );
         r.register(
             "http_connections_refused",
-            "Client connections closed at once because --max-connections were open",
+            "Client connections closed at once because the connection cap (keel_http_connections_max) was reached",
             m.connections_refused.clone(),
         );
         r.register(

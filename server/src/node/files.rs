@@ -1,7 +1,7 @@
 //! The open-file budget: how many client connections a node may hold so that a flood of them
 //! never takes the descriptors RocksDB, the peers and the node itself need.
 //!
-//! At start the node raises its soft open-file limit to the hard one (what Go does for etcd),
+//! At start the node raises its soft open-file limit toward the hard one (what Go does for etcd),
 //! then splits it: [`RESERVED_FILES`] for the node (the peer port's connections, listeners, the
 //! write-ahead log, snapshot and backup files), a share for RocksDB's table files (its
 //! `max_open_files`), and the rest for client connections, at most `--max-connections`. Without
@@ -72,7 +72,8 @@ pub fn split(limit: u64, max_connections: usize) -> Result<FileBudget, TooFewFil
     })
 }
 
-/// Raises the soft open-file limit to the hard one and returns the soft limit in force
+/// Raises the soft open-file limit to the hard one (or as near as the system allows) and returns
+/// the soft limit in force
 /// (unlimited reads as `u64::MAX`; None if it cannot be read).
 pub fn raise_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
@@ -84,9 +85,9 @@ pub fn raise_limit() -> Option<u64> {
         return None;
     }
     if lim.rlim_cur < lim.rlim_max {
-        // An infinite hard limit may not be set as the soft one (some systems): then a large
-        // finite one.
-        for want in [lim.rlim_max, lim.rlim_max.min(1 << 20)] {
+        // Where the hard limit cannot be the soft one (an infinite hard limit on macOS, whose
+        // soft limit stops at 10,240), the most that can.
+        for want in [lim.rlim_max, lim.rlim_max.min(10_240)] {
             let raised = libc::rlimit {
                 rlim_cur: want,
                 rlim_max: lim.rlim_max,
@@ -153,15 +154,22 @@ mod tests {
     }
 
     #[test]
-    fn the_soft_limit_ends_at_the_hard_one() {
-        let soft = raise_limit().expect("readable");
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+    fn the_soft_limit_is_raised_never_lowered_and_stays_within_the_hard_one() {
+        let read = || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: as in raise_limit.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+            lim
         };
-        // SAFETY: as in raise_limit.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!(lim.rlim_cur, lim.rlim_max);
-        assert!(soft == lim.rlim_cur || lim.rlim_cur == libc::RLIM_INFINITY);
+        let before = read();
+        let soft = raise_limit().expect("readable");
+        let after = read();
+        assert!(after.rlim_cur >= before.rlim_cur, "lowered");
+        assert!(after.rlim_cur <= after.rlim_max, "past the hard limit");
+        assert_eq!(after.rlim_max, before.rlim_max, "the hard limit moved");
+        assert!(soft == after.rlim_cur || after.rlim_cur == libc::RLIM_INFINITY);
     }
 }

@@ -16,6 +16,12 @@ pub fn checkpoint(db: &DB, dir: &Path) -> Result<(u64, u64), StorageError> {
         .and_then(|c| c.create_checkpoint(dir))
         .map_err(rocks("create a checkpoint"))?;
     let backup = open_read_only(dir)?;
+    // Opened with a few table files (the node's descriptors are budgeted): every file the
+    // checkpoint names is checked to be there, whole, without opening it.
+    if let Err(e) = complete(&backup, dir) {
+        drop(backup);
+        return Err(e);
+    }
     // Taken while a snapshot was copied into place: the data is half old, half new.
     if meta::read_pending_install(&backup)?.is_some() {
         drop(backup);
@@ -25,6 +31,27 @@ pub fn checkpoint(db: &DB, dir: &Path) -> Result<(u64, u64), StorageError> {
         return Err(StorageError::Installing);
     }
     meta::read_applied(&backup)
+}
+
+/// Checks that every table file the database `db` at `dir` names is there with its size.
+pub fn complete(db: &DB, dir: &Path) -> Result<(), StorageError> {
+    let files = db.live_files().map_err(rocks("list a backup's files"))?;
+    for f in files {
+        let path = dir.join(f.name.trim_start_matches('/'));
+        let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if size != Some(f.size as u64) {
+            return Err(StorageError::Corrupt {
+                what: "backup",
+                detail: format!(
+                    "{} is {} (expected {} bytes)",
+                    path.display(),
+                    size.map_or("missing".to_string(), |s| format!("{s} bytes")),
+                    f.size
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Fills the state machine of `db` (a new, empty database) from a backup checkpoint; returns the
@@ -58,4 +85,44 @@ pub fn restore_from(db: &DB, backup_dir: &Path) -> Result<(u64, u64, u64), Stora
     }
     db.flush_wal(true).map_err(rocks("restore"))?;
     Ok((applied, term, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::open_db;
+
+    /// A checkpoint missing a table file, or with one cut short, is refused: its read-only open
+    /// reads only a few table files, so the list is checked instead.
+    #[test]
+    fn a_checkpoint_with_a_missing_or_short_table_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(&dir.path().join("db")).expect("open");
+        let data = cf(&db, CF_DATA).expect("cf");
+        for i in 0..100u32 {
+            db.put_cf(data, i.to_be_bytes(), [7u8; 100]).expect("put");
+        }
+        db.flush_cf(data).expect("flush");
+        let target = dir.path().join("backup");
+        rocksdb::checkpoint::Checkpoint::new(&db)
+            .and_then(|c| c.create_checkpoint(&target))
+            .expect("checkpoint");
+        let backup = open_read_only(&target).expect("open the checkpoint");
+        complete(&backup, &target).expect("a whole checkpoint");
+        let sst = backup
+            .live_files()
+            .expect("files")
+            .into_iter()
+            .map(|f| target.join(f.name.trim_start_matches('/')))
+            .next()
+            .expect("a table file");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sst)
+            .expect("open the table file");
+        file.set_len(10).expect("cut it short");
+        assert!(complete(&backup, &target).is_err(), "a short file passed");
+        std::fs::remove_file(&sst).expect("remove");
+        assert!(complete(&backup, &target).is_err(), "a missing file passed");
+    }
 }
