@@ -15,6 +15,7 @@ compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || need+=(libclang-dev)
 [ -e /usr/lib/x86_64-linux-gnu/librocksdb.so ] || need+=(librocksdb-dev)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux)  # limits.rs runs nodes under a low open-file limit
 # The power-loss tests mount FUSE file systems: directly as root, through fusermount3 otherwise.
 [ "$(id -u)" = 0 ] || command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

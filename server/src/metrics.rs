@@ -122,7 +122,8 @@ pub struct Metrics {
     pub overloaded: Counter,
     /// Attempts to take an abandoned lock wait out of its queue that failed (each is retried).
     pub lock_cancel_failed: Counter,
-    /// Client connections closed at once because the connection cap (`connections_max`) was reached.
+    /// Client connections closed at once because the connection cap (`connections_max`) was
+    /// reached.
     pub connections_refused: Counter,
     /// Client connections served at once: `--max-connections`, or fewer under a low open-file
     /// limit.
@@ -449,6 +450,7 @@ mod tests {
             "keel_read_index_waiting",
             "keel_lock_cancel_failed_total",
             "keel_http_connections_refused_total",
+            "keel_http_connections_max",
             "keel_leases",
             "keel_locks_held",
             "keel_watchers",

@@ -176,9 +176,9 @@ async fn leave_queue(
     let mut pause = CANCEL_PAUSE_MIN;
     for attempt in 1..=CANCEL_ATTEMPTS {
         // (The semaphore is never closed: a permit always comes.)
-        let _turn = IN_FLIGHT.acquire().await.ok();
+        let turn = IN_FLIGHT.acquire().await.ok();
         let sent = router.write(cancel.clone(), WriteMode::Semi, timeout).await;
-        drop(_turn);
+        drop(turn);
         let e = match sent {
             Ok(_) => return,
             Err(e) => e,

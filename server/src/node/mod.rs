@@ -148,9 +148,10 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         tracing::warn!("cannot read the open-file limit; client connections are not budgeted");
         u64::MAX
     });
+    // At least 1: the flag's check refuses 0.
     let asked = args
         .max_connections
-        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
     let budget = files::split(limit, asked)?;
     info!(
         limit,

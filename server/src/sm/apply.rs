@@ -98,11 +98,24 @@ impl<'a> ApplyBatch<'a> {
         data: &[u8],
     ) -> Result<ApplyResult, StorageError> {
         self.applied = Some((index, term));
+        let supported = super::max_apply_version();
         let cmd = match Command::decode(data) {
             Ok(cmd) => cmd,
-            Err(e) => return Ok(reject(index, ErrorCode::InvalidCommand, e.to_string())),
+            Err(e) => {
+                // Newer semantics may change a field's encoding: an entry this binary cannot
+                // decode is refused as invalid only if it was not written for newer ones.
+                if let Ok(v) = super::VersionOnly::decode(data) {
+                    if v.apply_version > supported {
+                        return Err(StorageError::NewerEntry {
+                            index,
+                            version: v.apply_version,
+                            supported,
+                        });
+                    }
+                }
+                return Ok(reject(index, ErrorCode::InvalidCommand, e.to_string()));
+            }
         };
-        let supported = super::max_apply_version();
         if cmd.apply_version > supported {
             return Err(StorageError::NewerEntry {
                 index,

@@ -52,6 +52,15 @@ pub use apply::ApplyBatch;
 /// field) and 1 apply alike: the lock waits named by wait ids.
 pub const APPLY_VERSION: u32 = 1;
 
+/// Only the apply version of an entry ([`crate::proto::Command`]'s tag 14; every other field
+/// skipped): read when the whole command does not decode.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct VersionOnly {
+    /// [`crate::proto::Command::apply_version`].
+    #[prost(uint32, tag = "14")]
+    pub apply_version: u32,
+}
+
 /// The newest apply semantics this node applies: [`APPLY_VERSION`], or lower in the planted-bug
 /// test build when `KEEL_TEST_APPLY_VERSION` says so (to play an older binary).
 pub fn max_apply_version() -> u32 {

@@ -46,3 +46,30 @@ fn an_entry_for_newer_apply_semantics_stops_the_apply() {
     drop(b);
     assert_eq!(sm.applied_index().unwrap(), 0);
 }
+
+/// An entry that does not decode is refused as invalid by a node of its version, but stops a
+/// node that knows only older semantics: newer ones may change how a field is encoded, and the
+/// newer nodes apply what the older one cannot read.
+#[test]
+fn an_undecodable_entry_for_newer_semantics_stops_the_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = StateMachine::new(crate::storage::open_db(dir.path()).unwrap());
+    // Tag 1 (a put, a message) sent as a varint, then tag 14 (the apply version).
+    let entry = |version: u32| {
+        let mut bytes = vec![0x08, 0x01, 0x70];
+        prost::encoding::encode_varint(u64::from(version), &mut bytes);
+        bytes
+    };
+    assert!(Command::decode(entry(APPLY_VERSION + 1).as_slice()).is_err());
+    let mut b = sm.batch();
+    let refused = b.apply(1, 1, &entry(APPLY_VERSION)).unwrap();
+    assert!(!refused.is_ok(), "an undecodable entry was applied");
+    match b.apply(2, 1, &entry(APPLY_VERSION + 1)) {
+        Err(StorageError::NewerEntry {
+            index: 2, version, ..
+        }) => {
+            assert_eq!(version, APPLY_VERSION + 1)
+        }
+        other => panic!("an entry for newer semantics was refused as invalid: {other:?}"),
+    }
+}

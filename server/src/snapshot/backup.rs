@@ -15,19 +15,26 @@ pub fn checkpoint(db: &DB, dir: &Path) -> Result<(u64, u64), StorageError> {
     rocksdb::checkpoint::Checkpoint::new(db)
         .and_then(|c| c.create_checkpoint(dir))
         .map_err(rocks("create a checkpoint"))?;
-    let backup = open_read_only(dir)?;
-    // Opened with a few table files (the node's descriptors are budgeted): every file the
-    // checkpoint names is checked to be there, whole, without opening it.
-    if let Err(e) = complete(&backup, dir) {
-        drop(backup);
-        return Err(e);
+    // A checkpoint refused, for whatever reason, is removed, so that nobody restores it later
+    // by mistake.
+    let checked = verify(dir);
+    if checked.is_err() {
+        if let Err(rm) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %rm, "cannot remove a refused checkpoint");
+        }
     }
+    checked
+}
+
+/// Opens the checkpoint at `dir` and checks it: whole, and not taken during a snapshot install.
+/// Its applied index and term.
+fn verify(dir: &Path) -> Result<(u64, u64), StorageError> {
+    let backup = open_read_only(dir)?;
+    // Opened with a few table files (the node's descriptors are budgeted), of which RocksDB
+    // checks those it opens: every file the checkpoint names is checked to be there, whole.
+    complete(&backup, dir)?;
     // Taken while a snapshot was copied into place: the data is half old, half new.
     if meta::read_pending_install(&backup)?.is_some() {
-        drop(backup);
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a refused checkpoint");
-        }
         return Err(StorageError::Installing);
     }
     meta::read_applied(&backup)

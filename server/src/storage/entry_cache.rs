@@ -5,8 +5,9 @@
 //! RocksDB (an iterator, a memtable search, a decode per entry) took 4–6% of the Raft thread's
 //! samples with 64 clients writing (docs/benchmarks.md). The cache holds a contiguous run of the
 //! newest entries, ending at the log's last index, and serves a read only when the whole range
-//! lies inside it; anything older is read from RocksDB as before. It follows every change of the log: an append (which
-//! may replace a conflicting tail), a compaction and a snapshot install.
+//! lies inside it; anything older is read from RocksDB as before. It follows every change of
+//! the log: an append (which may replace a conflicting tail), a compaction and a snapshot
+//! install.
 
 use std::collections::VecDeque;
 
