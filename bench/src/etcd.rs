@@ -48,6 +48,9 @@ impl Etcd {
                 .collect(),
             _dir: dir,
         };
+        // etcd keeps Go's default processors (one per core): keel's nodes get a share of the
+        // cores each, but one processor per member made etcd slower here (docs/benchmarks.md,
+        // "One worker per core").
         for i in 0..3 {
             let client = format!("http://127.0.0.1:{}", ports[2 * i]);
             let log = std::fs::File::create(etcd._dir.path().join(format!("e{i}.log")))

@@ -133,6 +133,14 @@ pub struct RunResult {
     /// CPU time (user + system) of the system's processes per 1,000 successful operations, in
     /// milliseconds, over the measured time (None: no processes given, or unreadable).
     pub cpu_ms_per_1k: Option<f64>,
+    /// CPU time of the load generator itself per 1,000 successful operations, in milliseconds
+    /// (it shares the machine with the system under load).
+    pub gen_cpu_ms_per_1k: Option<f64>,
+    /// The whole machine's busy CPU time per 1,000 successful operations, in milliseconds: the
+    /// system, the generator, and what neither is charged for (interrupts, other processes).
+    pub busy_ms_per_1k: Option<f64>,
+    /// Cores the machine kept busy on average over the measured time.
+    pub busy_cores: Option<f64>,
 }
 
 fn b64(s: &[u8]) -> String {
@@ -316,6 +324,8 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let cpu_before = crate::procfs::total_cpu_secs(&spec.pids);
+    let gen_before = crate::procfs::own_cpu_secs();
+    let busy_before = crate::procfs::machine_busy_secs();
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(spec.duration.as_millis() as u64);
         b.set_style(
@@ -339,6 +349,8 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = crate::procfs::total_cpu_secs(&spec.pids);
+    let gen_after = crate::procfs::own_cpu_secs();
+    let busy_after = crate::procfs::machine_busy_secs();
     stop.store(true, Ordering::Relaxed);
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -361,7 +373,19 @@ pub async fn run(http: &Http, spec: &Spec, progress: bool) -> RunResult {
             );
         }
     }
+    let per_1k = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(b), Some(a)) if !hist.is_empty() => {
+            Some((a - b) * 1000.0 * 1000.0 / hist.len() as f64)
+        }
+        _ => None,
+    };
     RunResult {
+        gen_cpu_ms_per_1k: per_1k(gen_before, gen_after),
+        busy_ms_per_1k: per_1k(busy_before, busy_after),
+        busy_cores: match (busy_before, busy_after) {
+            (Some(b), Some(a)) if elapsed > 0.0 => Some((a - b) / elapsed),
+            _ => None,
+        },
         label: spec.label.clone(),
         system: spec.system.name().to_string(),
         workload: spec.workload,

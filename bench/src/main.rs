@@ -19,6 +19,7 @@
 //! Criterion micro-benchmarks of the hot paths are in `benches/hot_paths.rs` (`cargo bench`).
 
 mod breakdown;
+mod budget;
 mod etcd;
 mod load;
 mod plot;

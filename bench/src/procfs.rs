@@ -28,6 +28,27 @@ pub fn total_cpu_secs(pids: &[i32]) -> Option<f64> {
     pids.iter().map(|p| cpu_secs(*p)).sum()
 }
 
+/// CPU time of this process (the load generator itself), in seconds.
+pub fn own_cpu_secs() -> Option<f64> {
+    cpu_secs(i32::try_from(std::process::id()).ok()?)
+}
+
+/// The whole machine's busy CPU time (every state but idle and I/O wait, summed over all
+/// cores) from `/proc/stat`, in seconds.
+pub fn machine_busy_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<f64>().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    let all: f64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((all - idle) / ticks_per_second())
+}
+
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -54,5 +75,12 @@ mod tests {
         assert!(after > before, "{before} → {after}");
         assert!(rss_kib(me).expect("own status") > 0);
         assert_eq!(total_cpu_secs(&[me, -1]), None);
+        let own = own_cpu_secs().expect("own CPU");
+        assert!(own >= after, "{after} → {own}");
+        let busy = machine_busy_secs().expect("/proc/stat");
+        assert!(
+            busy >= own,
+            "the machine was busy {busy} s, this process alone {own} s"
+        );
     }
 }

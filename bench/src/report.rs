@@ -118,6 +118,7 @@ pub fn write_compare(out: &Path, c: &Compared) -> String {
             100.0 * lin / stale.max(1.0)
         ));
     }
+    md.push_str(&crate::budget::section(c));
     let names: Vec<String> = c
         .pairs
         .iter()

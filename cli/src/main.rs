@@ -44,10 +44,13 @@ fn main() -> std::process::ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Server(a) = &cli.command {
+        if a.worker_threads > 0 {
+            builder.worker_threads(a.worker_threads);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keel: cannot start the runtime: {e}");

@@ -103,6 +103,11 @@ pub struct ServerArgs {
     /// in it); without it, backups are refused.
     #[arg(long, env = "KEEL_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// Threads that serve client and peer connections (the async runtime's workers); 0: one per
+    /// core. Nodes that share a machine do better with a share of its cores each: `keel
+    /// cluster` gives each of its nodes [`worker_share`] (docs/operations.md, "Worker threads").
+    #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Client requests (writes, read indexes) that may wait for the Raft thread at once; more
     /// are answered 503 `overloaded` with `Retry-After` (and counted in /metrics).
     #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]
@@ -233,6 +238,16 @@ impl ServerArgs {
     }
 }
 
+/// Worker threads for each of `nodes` nodes sharing this machine: an equal share of its cores,
+/// at least one. A node's workers park whenever its requests wait (for a read index, a commit),
+/// and on a machine with fewer cores than workers every wake-up of a parked worker is a context
+/// switch; a share keeps the nodes' workers from outnumbering the cores (docs/benchmarks.md,
+/// "One worker per core").
+pub fn worker_share(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +260,16 @@ mod tests {
         for bad in ["", "1", "0=a:1", "1=a:1,1=b:2", "x=a:1", "1=nohostport"] {
             assert!(parse_cluster(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn nodes_sharing_a_machine_get_an_equal_share_of_its_cores_at_least_one() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(worker_share(1), cores);
+        assert_eq!(worker_share(0), cores, "no nodes counts as one");
+        assert_eq!(worker_share(cores), 1);
+        assert_eq!(worker_share(cores + 1), 1, "never none");
+        assert!(worker_share(3) * 3 <= cores.max(3));
     }
 }
 

@@ -316,6 +316,10 @@ impl Cluster {
         if let Some(s) = self.secure {
             extra.extend(s.server_args(id));
         }
+        // An equal share of the machine's cores for each node, as `keel cluster` gives
+        // (keel_server::config::worker_share).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let worker_share = (cores / self.nodes.len().max(1)).max(1);
         let node = self.node(id);
         let mut membership: Vec<String> = match (&node.join, cluster_arg) {
             (Some(via), _) => vec!["--join".into(), via.clone()],
@@ -363,6 +367,8 @@ impl Cluster {
             .arg(&backups)
             .args(&extra)
             .env("KEEL_LOG", "info")
+            // Like `keel cluster`: the nodes share this machine's cores (a test may override).
+            .env("KEEL_WORKER_THREADS", worker_share.to_string())
             .envs(env)
             .stdin(Stdio::null())
             .stdout(log)

@@ -122,6 +122,7 @@ impl LocalCluster {
     }
 
     fn spawn(&mut self, id: u64) -> Result<(), ClusterError> {
+        let share = keel_server::config::worker_share(self.nodes.len());
         let n = self
             .nodes
             .iter_mut()
@@ -133,6 +134,11 @@ impl LocalCluster {
             source,
         })?;
         let mut command = Command::new(&self.exe);
+        // The nodes share this machine: each gets a share of its cores as workers, unless the
+        // caller chose (the variable is then inherited).
+        if std::env::var_os("KEEL_WORKER_THREADS").is_none() {
+            command.env("KEEL_WORKER_THREADS", share.to_string());
+        }
         command
             .arg("server")
             .args(["--id", &id.to_string()])

@@ -300,6 +300,7 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
         http = %args.http,
         peer = %peer_listen,
         data_dir = %args.data_dir.display(),
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "keel node started"
     );
 
