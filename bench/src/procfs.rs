@@ -33,20 +33,24 @@ pub fn own_cpu_secs() -> Option<f64> {
     cpu_secs(i32::try_from(std::process::id()).ok()?)
 }
 
-/// The whole machine's busy CPU time (every state but idle and I/O wait, summed over all
-/// cores) from `/proc/stat`, in seconds.
+/// The whole machine's busy CPU time (summed over all cores) from `/proc/stat`, in seconds.
 pub fn machine_busy_secs() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    Some(busy_ticks(&s)? / ticks_per_second())
+}
+
+/// The busy ticks of `/proc/stat`'s `cpu` line: user, nice, system, irq and softirq. Idle and
+/// I/O wait are not busy; steal (time the hypervisor gave to others) is not this machine's
+/// work; guest time is already counted in user and nice.
+fn busy_ticks(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let f: Vec<f64> = line
         .split_whitespace()
         .skip(1)
         .map(|v| v.parse::<f64>().ok())
         .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
-    let all: f64 = f.iter().take(8).sum();
-    let idle = f.get(3)? + f.get(4)?;
-    Some((all - idle) / ticks_per_second())
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
 }
 
 /// VmRSS of a process, in KiB.
@@ -82,5 +86,14 @@ mod tests {
             busy >= own,
             "the machine was busy {busy} s, this process alone {own} s"
         );
+    }
+
+    #[test]
+    fn busy_time_leaves_out_idle_io_wait_and_steal_and_counts_guest_once() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  100 20 30 4000 50 6 7 800 90 1\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(busy_ticks(stat), Some(163.0));
+        assert_eq!(busy_ticks("cpu0 1 2 3\n"), None);
+        assert_eq!(busy_ticks("cpu  1 2 x 4 5 6 7 8\n"), None);
     }
 }

@@ -47,7 +47,7 @@ fn main() -> std::process::ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Server(a) = &cli.command {
         if a.worker_threads > 0 {
-            builder.worker_threads(a.worker_threads);
+            builder.worker_threads(usize::from(a.worker_threads));
         }
     }
     let runtime = match builder.enable_all().build() {

@@ -106,8 +106,9 @@ pub struct ServerArgs {
     /// Threads that serve client and peer connections (the async runtime's workers); 0: one per
     /// core. Nodes that share a machine do better with a share of its cores each: `keel
     /// cluster` gives each of its nodes [`worker_share`] (docs/operations.md, "Worker threads").
-    #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 0)]
-    pub worker_threads: usize,
+    #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub worker_threads: u16,
     /// Client requests (writes, read indexes) that may wait for the Raft thread at once; more
     /// are answered 503 `overloaded` with `Retry-After` (and counted in /metrics).
     #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]

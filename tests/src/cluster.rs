@@ -318,8 +318,10 @@ impl Cluster {
         }
         // An equal share of the machine's cores for each node, as `keel cluster` gives
         // (keel_server::config::worker_share).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let worker_share = (cores / self.nodes.len().max(1)).max(1);
+        let worker_share = std::env::var("KEEL_WORKER_THREADS").unwrap_or_else(|_| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / self.nodes.len().max(1)).max(1).to_string()
+        });
         let node = self.node(id);
         let mut membership: Vec<String> = match (&node.join, cluster_arg) {
             (Some(via), _) => vec!["--join".into(), via.clone()],
@@ -367,8 +369,9 @@ impl Cluster {
             .arg(&backups)
             .args(&extra)
             .env("KEEL_LOG", "info")
-            // Like `keel cluster`: the nodes share this machine's cores (a test may override).
-            .env("KEEL_WORKER_THREADS", worker_share.to_string())
+            // Like `keel cluster`: the nodes share this machine's cores, unless the caller set
+            // the variable (inherited) or a test sets it below.
+            .env("KEEL_WORKER_THREADS", worker_share)
             .envs(env)
             .stdin(Stdio::null())
             .stdout(log)

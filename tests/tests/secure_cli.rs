@@ -257,9 +257,16 @@ fn keel_cluster_secure_starts_a_cluster_with_tls_and_an_admin_token() {
     .send(&addrs[1], "GET", "/v1/kv/local/secure", &[], None)
     .expect("an answer");
     assert_eq!(anonymous.status, 401, "{}", anonymous.text());
-    // The launcher gives each of its nodes an equal share of this machine's cores as workers.
+    // The launcher gives each of its nodes an equal share of this machine's cores as workers
+    // (or what the caller set).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let share = format!("workers={}", (cores / 3).max(1));
+    let share = match std::env::var("KEEL_WORKER_THREADS") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(0) => format!("workers={cores}"),
+            _ => format!("workers={v}"),
+        },
+        Err(_) => format!("workers={}", (cores / 3).max(1)),
+    };
     for id in 1..=3 {
         let log = std::fs::read_to_string(data.join(format!("node{id}.log"))).expect("node log");
         assert!(

@@ -73,27 +73,34 @@ impl Api {
     /// `GET /v1/kv?prefix=&after=&limit=`: one page of keys in order.
     pub(super) async fn list(&self, q: Query) -> Answer {
         self.read_barrier(&q).await?;
-        let prefix = q.prefix.as_deref().unwrap_or_default();
         let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-        let read = self.sm.list(prefix, q.after.as_deref(), limit)?;
-        let items = read
-            .value
-            .items
-            .iter()
-            .map(|(k, rec)| ListItem {
-                key: k.clone(),
-                value: JsonValue::from_bytes(&rec.value),
-                version: rec.version,
-            })
-            .collect();
-        Reply::json(
-            &ListResponse {
-                items,
-                index: read.index,
-                more: read.value.more,
-            },
-            Some(read.index),
-        )
+        let sm = self.sm.clone();
+        // A page may cover many keys, large values and deleted keys RocksDB still holds: it is
+        // read and encoded off the async workers, which also carry the peer links' heartbeats
+        // (a node may run one worker: `--worker-threads`).
+        off_the_workers("list", move || {
+            let prefix = q.prefix.as_deref().unwrap_or_default();
+            let read = sm.list(prefix, q.after.as_deref(), limit)?;
+            let items = read
+                .value
+                .items
+                .iter()
+                .map(|(k, rec)| ListItem {
+                    key: k.clone(),
+                    value: JsonValue::from_bytes(&rec.value),
+                    version: rec.version,
+                })
+                .collect();
+            Reply::json(
+                &ListResponse {
+                    items,
+                    index: read.index,
+                    more: read.value.more,
+                },
+                Some(read.index),
+            )
+        })
+        .await
     }
 
     /// Sends a write wherever the leader is and waits for its acknowledgement. The write
@@ -204,5 +211,20 @@ impl Api {
             },
             &ok,
         )
+    }
+}
+
+/// Runs `work` (a read that may be long: many keys, large values) on the blocking pool instead
+/// of an async worker, and answers with its result.
+pub(super) async fn off_the_workers<F>(what: &'static str, work: F) -> Answer
+where
+    F: FnOnce() -> Answer + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(answer) => answer,
+        Err(e) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("the {what} task failed: {e}"),
+        )),
     }
 }

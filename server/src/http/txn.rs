@@ -55,17 +55,22 @@ impl Api {
         }
         if read_only && idem.is_empty() && !fenced {
             self.read_barrier(&q).await?;
-            let read = self.sm.read_txn(&txn)?;
-            let r = rejected(&read.value)?;
-            return Reply::json(
-                &TxnResponse {
-                    succeeded: r.succeeded,
-                    results: step_results(&r.results),
-                    index: read.index,
-                    acked: None,
-                },
-                Some(read.index),
-            );
+            let sm = self.sm.clone();
+            // Up to 128 gets of values up to the value limit: off the async workers, like a list.
+            return super::kv::off_the_workers("transaction", move || {
+                let read = sm.read_txn(&txn)?;
+                let r = rejected(&read.value)?;
+                Reply::json(
+                    &TxnResponse {
+                        succeeded: r.succeeded,
+                        results: step_results(&r.results),
+                        index: read.index,
+                        acked: None,
+                    },
+                    Some(read.index),
+                )
+            })
+            .await;
         }
         let ok = self.write(Op::Txn(txn), &q, headers).await?;
         let r = rejected(&ok.result)?;
