@@ -115,7 +115,7 @@ pub(super) struct PeerFrames {
 }
 
 impl Inbound for PeerFrames {
-    fn on_frame(&self, from: u64, body: Body) {
+    fn on_frame(&self, from: u64, body: Body) -> Option<tokio::task::JoinHandle<()>> {
         match body {
             Body::Forward(req) => self.router.accept_forwarded(from, req),
             Body::ForwardReply(reply) => self.router.on_reply(reply),
@@ -125,13 +125,19 @@ impl Inbound for PeerFrames {
                     applied: report.applied,
                 });
             }
+            // A RocksDB write (which may stall): on the blocking pool, so that a node with one
+            // async worker keeps its peer links and clients served meanwhile.
             Body::SnapshotChunk(chunk) => {
-                if let Err(e) = self.stage.stage_chunk(chunk) {
-                    error!(from, error = %e, "cannot stage a snapshot chunk");
-                }
+                let stage = self.stage.clone();
+                return Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = stage.stage_chunk(chunk) {
+                        error!(from, error = %e, "cannot stage a snapshot chunk");
+                    }
+                }));
             }
             // Hello and Raft frames are handled by the transport itself.
             Body::Hello(_) | Body::Raft(_) => {}
         }
+        None
     }
 }

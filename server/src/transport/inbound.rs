@@ -196,7 +196,12 @@ impl Transport {
                         return Ok(());
                     }
                 }
-                Decoded::Other(body) => handler.on_frame(from, body),
+                Decoded::Other(body) => {
+                    if let Some(work) = handler.on_frame(from, body) {
+                        // A panic in the work is the handler's to report; the link goes on.
+                        let _ = work.await;
+                    }
+                }
             }
             if self.inner.tls.as_ref().map(|t| t.generation()) != generation {
                 // New certificates: the peer must present its certificate again to the new

@@ -92,8 +92,11 @@ pub trait PeerEvents: Send + Sync + 'static {
 
 /// What the transport does with frames that arrive.
 pub trait Inbound: Send + Sync + 'static {
-    /// Handles one frame from peer `from` (never a Hello).
-    fn on_frame(&self, from: u64, body: Body);
+    /// Handles one frame from peer `from` (never a Hello). Work that may block (a disk write)
+    /// is handed back as a task on the blocking pool: the connection reads its next frame only
+    /// once that task has ended, so frames keep their order and a slow disk slows the sender
+    /// (through TCP) instead of holding up an async worker.
+    fn on_frame(&self, from: u64, body: Body) -> Option<tokio::task::JoinHandle<()>>;
 }
 
 /// Errors starting the transport.
