@@ -214,17 +214,64 @@ impl Api {
     }
 }
 
+/// Long reads (list pages, read-only transactions) a node runs at once; more wait for a place.
+/// Each holds its place until its work ends, even if its client has gone, so that clients
+/// cannot fill the blocking pool, which snapshot staging also uses.
+pub(super) const LONG_READS_AT_ONCE: usize = 16;
+
+/// The places of [`LONG_READS_AT_ONCE`].
+static LONG_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LONG_READS_AT_ONCE);
+
 /// Runs `work` (a read that may be long: many keys, large values) on the blocking pool instead
-/// of an async worker, and answers with its result.
+/// of an async worker, at most [`LONG_READS_AT_ONCE`] at a time, and answers with its result.
 pub(super) async fn off_the_workers<F>(what: &'static str, work: F) -> Answer
 where
     F: FnOnce() -> Answer + Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
+    let failed = || ApiError::new(ErrorCode::Internal, format!("the {what} failed"));
+    // The semaphore is never closed.
+    let place = LONG_READS.acquire().await.map_err(|_| failed())?;
+    let place = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        work()
+    });
+    match place.await {
         Ok(answer) => answer,
-        Err(e) => Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("the {what} task failed: {e}"),
-        )),
+        Err(e) => {
+            tracing::error!(error = %e, "a {what} failed on the blocking pool");
+            Err(failed())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_reads_run_at_most_so_many_at_once_and_all_finish() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..LONG_READS_AT_ONCE * 3 {
+            let (running, most) = (running.clone(), most.clone());
+            tasks.push(tokio::spawn(off_the_workers("test read", move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(Reply::bytes(Bytes::new(), "text/plain", None))
+            })));
+        }
+        for t in tasks {
+            assert!(t.await.expect("task").is_ok());
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= LONG_READS_AT_ONCE, "{most} long reads at once");
+        assert!(most > 1, "the reads ran one at a time ({most})");
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::admission::{Admission, Pending};
 use super::decode::{decode_after_hello, Decoded};
@@ -198,8 +198,11 @@ impl Transport {
                 }
                 Decoded::Other(body) => {
                     if let Some(work) = handler.on_frame(from, body) {
-                        // A panic in the work is the handler's to report; the link goes on.
-                        let _ = work.await;
+                        // The link goes on; a stream whose frame was lost is abandoned by the
+                        // handler (a snapshot's chunks carry sequence numbers).
+                        if let Err(e) = work.await {
+                            error!(peer = from, error = %e, "a peer frame's work failed");
+                        }
                     }
                 }
             }
