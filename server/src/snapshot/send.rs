@@ -110,6 +110,8 @@ impl Sender {
             snap_term,
             applied,
             applied_term,
+            // Never 0 (what senders before the field send).
+            stream: rand::random::<u64>().max(1),
             ..Default::default()
         };
         let mut size = 0usize;

@@ -26,6 +26,8 @@ use crate::storage::{
 struct Staging {
     /// The (index, term) of the Raft snapshot the chunks belong to.
     snap: Option<(u64, u64)>,
+    /// The sender's number for the stream (chunks of another stream never continue it).
+    stream: u64,
     /// The sequence number the next chunk must carry.
     next_seq: u64,
     /// Applied index and term of the data, once the last chunk arrived.
@@ -95,13 +97,21 @@ impl Stage {
         if chunk.seq == 0 {
             *st = Staging {
                 snap: Some(id),
+                stream: chunk.stream,
                 ..Staging::default()
             };
             self.db
                 .delete_range_cf(staging, Vec::new(), cf_upper_bound())
                 .map_err(rocks("clear snapshot staging"))?;
         }
-        if st.snap != Some(id) || chunk.seq != st.next_seq || st.complete.is_some() {
+        // Two streams of one snapshot may overlap (an old connection still delivering when a new
+        // one starts): a chunk of another stream abandons this one instead of mixing data read
+        // at two points in time.
+        if st.snap != Some(id)
+            || chunk.stream != st.stream
+            || chunk.seq != st.next_seq
+            || st.complete.is_some()
+        {
             st.snap = None;
             return Ok(());
         }
@@ -348,6 +358,7 @@ mod tests {
             pairs,
             members: Vec::new(),
             history_after: None,
+            stream: 7,
         }
     }
 
@@ -389,6 +400,35 @@ mod tests {
         damaged.members = b"{not json".to_vec();
         stage.stage_chunk(damaged).expect("refused, not an error");
         assert!(!stage.lock_staged(10, 2));
+    }
+
+    /// Found by review: a node does not close a peer's older connection when a new one starts,
+    /// so the chunks of two streams of one snapshot could interleave (A0, B0, A1), and A1 was
+    /// taken as B's second chunk, mixing data read at two points in time.
+    #[test]
+    fn a_chunk_of_another_stream_never_continues_this_one() {
+        let (_d, stage) = stage();
+        let of = |stream: u64, seq: u64, done: bool| SnapshotChunk {
+            stream,
+            ..chunk(
+                seq,
+                done,
+                vec![pair(0, format!("{stream}-{seq}").as_bytes())],
+            )
+        };
+        stage.stage_chunk(of(1, 0, false)).expect("stage A0");
+        stage.stage_chunk(of(2, 0, false)).expect("stage B0");
+        stage
+            .stage_chunk(of(1, 1, true))
+            .expect("refused, not an error");
+        assert!(
+            !stage.lock_staged(10, 2),
+            "A's last chunk completed B's stream"
+        );
+        // A stream on its own still completes.
+        stage.stage_chunk(of(3, 0, false)).expect("stage C0");
+        stage.stage_chunk(of(3, 1, true)).expect("stage C1");
+        assert!(stage.lock_staged(10, 2), "a whole stream is installable");
     }
 
     /// The change log comes with the snapshot: the installed history starts where the sender's
