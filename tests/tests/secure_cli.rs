@@ -269,10 +269,12 @@ fn keel_cluster_secure_starts_a_cluster_with_tls_and_an_admin_token() {
     };
     for id in 1..=3 {
         let log = std::fs::read_to_string(data.join(format!("node{id}.log"))).expect("node log");
-        assert!(
-            log.contains(&share),
-            "node {id} does not log {share}:\n{log}"
-        );
+        // A whole field: "workers=1" must not pass for "workers=12".
+        let logged = log
+            .lines()
+            .filter(|l| l.contains("keel node started"))
+            .any(|l| l.split_whitespace().any(|w| w == share));
+        assert!(logged, "node {id} does not log {share}:\n{log}");
     }
 }
 
