@@ -49,6 +49,12 @@ pub struct WorkloadCfg {
     /// Per-request timeout of the set clients whose number is odd (short, so that adds time out
     /// after being applied and are retried under their key).
     pub short_timeout: Duration,
+    /// Per-request timeout of the register clients that only read ([`Role::Reader`]): shorter
+    /// than the shortest election (1 s) less a round trip of the slowest link delay (2 × 250
+    /// ms), so that when a new leader takes over, the read it finds waiting was sent after the
+    /// old leader's last acknowledged writes (a waiting read sent before them proves nothing
+    /// when it is answered from the new leader's lagging commit index).
+    pub reader_timeout: Duration,
     /// Pause between a client's operations (a rate limit, as Jepsen's `stagger`).
     pub pace: Duration,
     /// Registers of the register workload.

@@ -74,7 +74,11 @@ pub fn register_client(
     values: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
 ) {
-    let http = client_http(cfg.timeout);
+    let http = client_http(if role == Role::Reader {
+        cfg.reader_timeout
+    } else {
+        cfg.timeout
+    });
     // Pinned to its node, as Jepsen's clients are (a read checker learns most from the clients
     // of a node that is cut off); the bank and set clients are the ones that fail over.
     let slot = client;
