@@ -104,9 +104,9 @@ pub struct Clients {
     /// Register clients: writes, compare-and-sets and reads of every kind.
     pub register: usize,
     /// Register clients that only read (linearizable `GET`s, lists, read-only transactions),
-    /// one per node, each asking again as soon as it has an answer or gives up (the shared 20 ms
-    /// pace; a timeout of [`READER_TIMEOUT`]): whenever a node starts answering reads — a new
-    /// leader before its first commit, a node cut off — one of these is there to ask.
+    /// one per node, each asking again as soon as it has an answer or gives up (20 ms pace, 0.4 s
+    /// timeout): whenever a node starts answering reads — a new leader before its first commit,
+    /// a node cut off — one of these is there to ask.
     pub readers: usize,
     /// Register clients that only write (`semi`), one per node: writes acknowledged in the
     /// last moments before a leader is lost are what a stale read after the change would miss.
@@ -124,11 +124,6 @@ const KEYS: usize = 4;
 /// How long a cluster may take to elect a leader after the last fault heals.
 const RECOVERY: Duration = Duration::from_secs(60);
 const OPENING: i64 = 100;
-/// Per-request timeout of the reader clients (see [`workload::WorkloadCfg::reader_timeout`]):
-/// with the clients' 1.5 s, the read a reader had waiting at an election 1–1.5 s after the
-/// old leader was cut off was the one sent before that leader's last acknowledged writes, and a
-/// planted early read index answered it without being caught (a CI run, 2026-12-06).
-const READER_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// Runs one profile and writes its report.
 pub fn run(opts: RunOpts) -> Report {
@@ -195,7 +190,7 @@ pub fn run(opts: RunOpts) -> Report {
         modes: opts.modes.clone(),
         timeout: opts.client_timeout,
         short_timeout: opts.short_timeout,
-        reader_timeout: READER_TIMEOUT.min(opts.client_timeout),
+        reader_timeout: workload::READER_TIMEOUT.min(opts.client_timeout),
         pace: Duration::from_millis(20),
         keys: KEYS,
         accounts: ACCOUNTS,

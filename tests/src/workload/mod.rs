@@ -37,6 +37,9 @@ pub use register::{register_client, Role};
 /// The nodes clients talk to: (node id, client address), one per slot.
 pub type Targets = Arc<RwLock<Vec<(u64, String)>>>;
 
+/// Per-request timeout of the readers ([`WorkloadCfg::reader_timeout`] says why).
+pub const READER_TIMEOUT: Duration = Duration::from_millis(400);
+
 /// Settings shared by the workload clients.
 #[derive(Clone)]
 pub struct WorkloadCfg {
