@@ -84,6 +84,11 @@ pub struct ServerArgs {
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Memory for records of keys read before, in MiB (point reads answer from it instead of
+    /// RocksDB; kept coherent with every write); 0 turns it off.
+    #[arg(long, env = "KEEL_VALUE_CACHE_MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub value_cache_mib: u64,
     /// Keep the changes of this many most recent entries for watches to resume from (a watch
     /// starting before them is answered 410 `compacted`).
     #[arg(long, env = "KEEL_WATCH_HISTORY", default_value_t = crate::sm::DEFAULT_HISTORY_ENTRIES)]

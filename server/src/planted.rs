@@ -20,6 +20,9 @@
 //!   request lost on the way leaves its reads waiting until they time out);
 //! - `watch-resume-skip`: a watch resumed with `Last-Event-ID` starts one entry late (the
 //!   changes of the entry right after the id are never delivered to it).
+//! - `cache-skip-apply`: the apply does not tell the value cache what it wrote (a cached record
+//!   outlives its overwrite);
+//! - `cache-kept-on-install`: a snapshot install does not empty the value cache.
 //!
 //! Without the feature, [`active`] is a constant `false` and the optimiser removes every hook.
 
@@ -48,6 +51,10 @@ pub enum Bug {
     NoReadReask,
     /// Resumed watches skip an entry.
     WatchResumeSkip,
+    /// The value cache not told of the apply's writes.
+    CacheSkipApply,
+    /// The value cache kept through a snapshot install.
+    CacheKeptOnInstall,
 }
 
 /// Whether `bug` is planted in this process.
@@ -68,6 +75,8 @@ pub fn active(bug: Bug) -> bool {
             "keepalive-no-read-index" => Bug::KeepaliveNoReadIndex,
             "watch-resume-skip" => Bug::WatchResumeSkip,
             "no-read-reask" => Bug::NoReadReask,
+            "cache-skip-apply" => Bug::CacheSkipApply,
+            "cache-kept-on-install" => Bug::CacheKeptOnInstall,
             _ => return None,
         };
         tracing::warn!(bug = ?b, "PLANTED BUG ACTIVE: this node is deliberately wrong");

@@ -1,6 +1,7 @@
 //! Log compaction and snapshots on real processes: the log stays bounded under a continuous
 //! write load; a follower that fell behind the first log index, or whose data was wiped, catches
-//! up by snapshot and then serves linearizable reads with every acknowledged write.
+//! up by snapshot and then serves linearizable reads with every acknowledged write, never a
+//! record it had cached before the install.
 
 use keel_tests::{wait_until, Cluster, DEADLINE};
 
@@ -170,4 +171,65 @@ fn a_wiped_follower_is_not_counted_as_holding_what_it_lost() {
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.error_code().as_deref(), Some("replication_timeout"));
     c.heal();
+}
+
+/// A follower reads a key (its value cache now holds the record), is cut off while the key is
+/// overwritten and the leader compacts its log past it, and catches up by snapshot: the entries
+/// the snapshot covers are never applied on it, so only the install can tell its cache. Returns
+/// what the follower then answers for the key.
+fn a_read_after_a_snapshot_install(bin: std::path::PathBuf, env: &[(&str, &str)]) -> String {
+    let every = EVERY.to_string();
+    let mut c = Cluster::launch_with(3, &["--snapshot-entries", &every], true, bin, env);
+    let leader = c.wait_for_leader();
+    let f = c.others(&[leader])[0];
+    c.put_until_ok(leader, "snap/cached", b"old", DEADLINE);
+    wait_until(DEADLINE, "the follower reads the first value", || {
+        let r = c.get(f, "snap/cached").ok()?;
+        (r.status == 200 && r.text() == "old").then_some(())
+    });
+    c.isolate(f);
+    c.put_until_ok(leader, "snap/cached", b"new", DEADLINE);
+    write_range(&c, leader, 0, 250);
+    let (first, _, _) = log_span(&c, leader).expect("status");
+    assert!(
+        first > 60,
+        "the leader compacted its log (first index {first})"
+    );
+    c.heal();
+    let idx = c.put_until_ok(leader, "snap/marker", b"m", DEADLINE).json()["index"]
+        .as_u64()
+        .expect("index");
+    wait_until(DEADLINE, "the follower to catch up", || {
+        let r = c
+            .get(f, &format!("snap/marker?consistency=stale&min_index={idx}"))
+            .ok()?;
+        (r.status == 200).then_some(())
+    });
+    let log = std::fs::read_to_string(&c.node(f).log).expect("log");
+    assert!(
+        log.contains("installed a snapshot"),
+        "it caught up by snapshot"
+    );
+    let r = c.get(f, "snap/cached").expect("the follower answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+#[test]
+fn a_snapshot_install_forgets_the_records_a_follower_had_cached() {
+    assert_eq!(
+        a_read_after_a_snapshot_install(keel_tests::keel_bin(), &[]),
+        "new"
+    );
+}
+
+/// The check above can fail: with the planted `cache-kept-on-install` the follower answers the
+/// record it cached before the install.
+#[test]
+fn a_cache_kept_through_an_install_is_caught() {
+    let answer = a_read_after_a_snapshot_install(
+        keel_tests::suite::planted_bin(),
+        &[("KEEL_PLANTED_BUG", "cache-kept-on-install")],
+    );
+    assert_eq!(answer, "old");
 }

@@ -422,7 +422,7 @@ impl<O: Outbox> Driver<O> {
             let meta = ready.snapshot().get_metadata().clone();
             // Reads are refused from the write that empties the state machine until the staged
             // data is all in place (a failed install leaves them refused).
-            let gate = self.sm.gate().close();
+            let gate = self.sm.close_for_install();
             let mut batch = WriteBatch::default();
             let installed = self.stage.install_staged(&mut batch, &self.members)?;
             let (applied, applied_term) = (installed.applied, installed.applied_term);

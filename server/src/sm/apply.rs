@@ -11,6 +11,7 @@ use keel_api::ErrorCode;
 use prost::Message as _;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use super::cache::ValueCache;
 use super::changes::{Change, History};
 use super::coord::CoordEvent;
 use super::decode_record;
@@ -40,6 +41,8 @@ pub struct ApplyBatch<'a> {
     pub(super) changes: Vec<Change>,
     /// The change log's retention and start.
     pub(super) history: &'a History,
+    /// Told of every key written once RocksDB holds it.
+    cache: &'a ValueCache,
     /// Idempotency records written by this batch, and the newest stamp seen.
     idempotency: Memory,
     /// The last entry applied (or skipped) and its term: where the applied index moves to.
@@ -50,10 +53,11 @@ pub struct ApplyBatch<'a> {
 
 impl<'a> ApplyBatch<'a> {
     /// Starts a batch on `db`.
-    pub(super) fn new(db: &'a DB, history: &'a History) -> Self {
+    pub(super) fn new(db: &'a DB, history: &'a History, cache: &'a ValueCache) -> Self {
         ApplyBatch {
             db,
             history,
+            cache,
             changes: Vec::new(),
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
@@ -231,7 +235,8 @@ impl<'a> ApplyBatch<'a> {
             return Ok(None);
         };
         let data = cf(self.db, CF_DATA)?;
-        for (key, rec) in self.overlay.drain() {
+        let written: Vec<(String, Option<ValueRecord>)> = self.overlay.drain().collect();
+        for (key, rec) in &written {
             match rec {
                 Some(rec) => self.batch.put_cf(data, key.as_bytes(), rec.encode_to_vec()),
                 None => self.batch.delete_cf(data, key.as_bytes()),
@@ -244,6 +249,13 @@ impl<'a> ApplyBatch<'a> {
         self.db
             .write_opt(self.batch, &opts)
             .map_err(rocks("apply batch"))?;
+        // RocksDB holds the writes; the caller publishes the applied index after this returns,
+        // so a reader that waited for it finds the cache at least as new.
+        if !crate::planted::active(crate::planted::Bug::CacheSkipApply) {
+            for (key, rec) in &written {
+                self.cache.changed(key, rec.as_ref());
+            }
+        }
         if let Some(to) = trimmed {
             self.history.trimmed_to(to);
         }

@@ -12,6 +12,7 @@
 //! - [`coord`]: leases and locks, and the `If-Fence` check (SPEC §8);
 //! - [`changes`]: the change log watches resume from (SPEC §9), written in the apply batch;
 //! - [`gate`]: reads refused while a snapshot is copied into place;
+//! - [`cache`]: records of keys read before, kept coherent with the apply and the install;
 //! - this file: reads (one key, a prefix page, a read-only transaction on one snapshot).
 //!
 //! # Invariants
@@ -35,6 +36,7 @@ use crate::proto::{ApplyResult, TxnOp, ValueRecord};
 use crate::storage::{cf, meta, rocks, StorageError, CF_DATA, CF_META};
 
 pub mod apply;
+pub mod cache;
 pub mod changes;
 pub mod coord;
 pub mod eval;
@@ -94,7 +96,31 @@ pub struct StateMachine {
     pub(super) history: Arc<History>,
     /// Closed while a snapshot is copied into place; every read goes through it.
     pub(super) gate: Arc<InstallGate>,
+    /// Records of keys read before (point reads only).
+    pub(super) cache: Arc<cache::ValueCache>,
 }
+
+/// A snapshot install in progress: the install gate closed and the value cache emptied
+/// ([`StateMachine::close_for_install`]).
+#[must_use = "reads stay refused until open() is called"]
+pub struct Installing<'a> {
+    closed: gate::Closed<'a>,
+    cache: &'a cache::ValueCache,
+}
+
+impl Installing<'_> {
+    /// The install is done: the cache is emptied again (of anything a read filled meanwhile;
+    /// such a read is refused by the gate, but its fill would outlive it), then reads may go on.
+    pub fn open(self) {
+        if !crate::planted::active(crate::planted::Bug::CacheKeptOnInstall) {
+            self.cache.clear();
+        }
+        self.closed.open();
+    }
+}
+
+/// The value cache's budget unless the node is told otherwise (`--value-cache-mib`).
+pub const DEFAULT_VALUE_CACHE_BYTES: usize = 64 << 20;
 
 /// A consistent read: what was found and the applied index it reflects.
 #[derive(Debug)]
@@ -121,12 +147,32 @@ impl StateMachine {
             db,
             history: Arc::new(History::new(DEFAULT_HISTORY_ENTRIES, 0)),
             gate: Arc::new(InstallGate::default()),
+            cache: Arc::new(cache::ValueCache::new(DEFAULT_VALUE_CACHE_BYTES)),
         }
     }
 
-    /// The install gate (the Ready loop closes it while it installs a snapshot).
+    /// Gives the value cache a budget of `bytes` (0 turns it off); before the state machine is
+    /// shared.
+    pub fn set_value_cache_bytes(&mut self, bytes: usize) {
+        self.cache = Arc::new(cache::ValueCache::new(bytes));
+    }
+
+    /// The install gate.
     pub fn gate(&self) -> &InstallGate {
         &self.gate
+    }
+
+    /// Closes the install gate for a snapshot install and empties the value cache (the data it
+    /// mirrors is about to be replaced); [`Installing::open`] ends it.
+    pub fn close_for_install(&self) -> Installing<'_> {
+        let closed = self.gate.close();
+        if !crate::planted::active(crate::planted::Bug::CacheKeptOnInstall) {
+            self.cache.clear();
+        }
+        Installing {
+            closed,
+            cache: &self.cache,
+        }
     }
 
     /// The applied index as stored.
@@ -143,14 +189,22 @@ impl StateMachine {
     /// first, so that the answer reflects at least that index (one RocksDB lookup per read).
     pub fn get_value(&self, key: &str) -> Result<Option<ValueRecord>, StorageError> {
         self.gate.read(|| {
-            match self
+            let ticket = match self.cache.get(key) {
+                Ok(rec) => return Ok(Some(rec)),
+                Err(ticket) => ticket,
+            };
+            let rec = match self
                 .db
                 .get_pinned_cf(cf(&self.db, CF_DATA)?, key.as_bytes())
                 .map_err(rocks("read key"))?
             {
-                Some(v) => Ok(Some(decode_record(&v)?)),
-                None => Ok(None),
+                Some(v) => Some(decode_record(&v)?),
+                None => None,
+            };
+            if let (Some(ticket), Some(rec)) = (ticket, &rec) {
+                self.cache.fill(key, ticket, rec);
             }
+            Ok(rec)
         })
     }
 
@@ -244,7 +298,7 @@ impl StateMachine {
 
     /// Starts a batch of applies.
     pub fn batch(&self) -> ApplyBatch<'_> {
-        ApplyBatch::new(&self.db, &self.history)
+        ApplyBatch::new(&self.db, &self.history, &self.cache)
     }
 }
 
