@@ -21,7 +21,8 @@
 //!
 //! # Bounds
 //! The cache holds at most its byte budget (keys, values and a fixed overhead per entry),
-//! spread over [`SHARDS`] shards; a shard over its share starts over empty. Values longer than
+//! spread over [`SHARDS`] shards; a shard over its share starts over empty (its map freed, so
+//! its capacity does not outlive the entries). Values longer than
 //! [`MAX_CACHED_VALUE`] are never cached. A budget of 0 turns the cache off.
 
 use std::collections::hash_map::DefaultHasher;
@@ -38,8 +39,9 @@ pub const SHARDS: usize = 64;
 /// The longest value the cache keeps, in bytes.
 pub const MAX_CACHED_VALUE: usize = 16 * 1024;
 
-/// Bytes counted per entry beyond its key and value (the map's slot, the record's fields).
-const ENTRY_OVERHEAD: usize = 96;
+/// Bytes counted per entry beyond its key and value: the map's slot (72 bytes) at its load
+/// factor, the key's allocation rounded up, the record's fields.
+const ENTRY_OVERHEAD: usize = 160;
 
 /// One shard: its generation and its records.
 #[derive(Default)]
@@ -99,8 +101,9 @@ impl ValueCache {
         self.shards[shard].lock().unwrap_or_else(|poisoned| {
             let mut s = poisoned.into_inner();
             s.generation += 1;
-            s.records.clear();
+            s.records = HashMap::new();
             s.bytes = 0;
+            self.shards[shard].clear_poison();
             s
         })
     }
@@ -127,20 +130,27 @@ impl ValueCache {
         if rec.value.len() > MAX_CACHED_VALUE || ticket.shard >= self.shards.len() {
             return;
         }
-        let mut s = self.lock(ticket.shard);
-        if s.generation != ticket.generation || s.records.contains_key(key) {
+        let c = cost(key, rec);
+        if c > self.shard_budget {
             return;
         }
-        let c = cost(key, rec);
-        if s.bytes + c > self.shard_budget {
-            s.records.clear();
-            s.bytes = 0;
-            if c > self.shard_budget {
+        // A full shard starts over; its old map (capacity and all) is freed outside the lock.
+        let evicted;
+        {
+            let mut s = self.lock(ticket.shard);
+            if s.generation != ticket.generation || s.records.contains_key(key) {
                 return;
             }
+            evicted = if s.bytes + c > self.shard_budget {
+                s.bytes = 0;
+                std::mem::take(&mut s.records)
+            } else {
+                HashMap::new()
+            };
+            s.bytes += c;
+            s.records.insert(key.to_string(), rec.clone());
         }
-        s.bytes += c;
-        s.records.insert(key.to_string(), rec.clone());
+        drop(evicted);
     }
 
     /// `key` was written (`Some`) or deleted (`None`) in RocksDB: its shard moves on, and a
@@ -169,7 +179,7 @@ impl ValueCache {
         for shard in 0..self.shards.len() {
             let mut s = self.lock(shard);
             s.generation += 1;
-            s.records.clear();
+            s.records = HashMap::new();
             s.bytes = 0;
         }
     }

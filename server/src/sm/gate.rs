@@ -43,8 +43,9 @@ impl InstallGate {
         answer
     }
 
-    /// Closes the gate for an install.
-    pub fn close(&self) -> Closed<'_> {
+    /// Closes the gate for an install (through [`super::StateMachine::close_for_install`],
+    /// which also empties the value cache).
+    pub(super) fn close(&self) -> Closed<'_> {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         Closed(self)
     }

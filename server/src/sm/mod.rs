@@ -336,6 +336,8 @@ fn read_record(
 }
 
 #[cfg(test)]
+mod cache_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod version_tests;
