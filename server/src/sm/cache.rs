@@ -25,9 +25,9 @@
 //! its capacity does not outlive the entries). Values longer than
 //! [`MAX_CACHED_VALUE`] are never cached. A budget of 0 turns the cache off.
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::proto::ValueRecord;
@@ -67,6 +67,9 @@ pub struct ValueCache {
     shards: Vec<Mutex<Shard>>,
     /// Bytes each shard may hold (0: the cache is off).
     shard_budget: usize,
+    /// Picks a key's shard, with keys of its own drawn at start (a client cannot aim its keys
+    /// at one shard).
+    hasher: RandomState,
 }
 
 fn cost(key: &str, rec: &ValueRecord) -> usize {
@@ -81,6 +84,7 @@ impl ValueCache {
         ValueCache {
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
             shard_budget,
+            hasher: RandomState::new(),
         }
     }
 
@@ -90,9 +94,7 @@ impl ValueCache {
     }
 
     fn shard_of(&self, key: &str) -> usize {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        (h.finish() % self.shards.len().max(1) as u64) as usize
+        (self.hasher.hash_one(key) % self.shards.len().max(1) as u64) as usize
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
