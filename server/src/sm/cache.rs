@@ -40,8 +40,10 @@ pub const SHARDS: usize = 64;
 pub const MAX_CACHED_VALUE: usize = 16 * 1024;
 
 /// Bytes counted per entry beyond its key and value: the map's slot (72 bytes) at its load
-/// factor, the key's allocation rounded up, the record's fields.
-const ENTRY_OVERHEAD: usize = 160;
+/// factor, the key's allocation rounded up, the record's fields, the shared header of its
+/// value once cloned, the allocator's rounding (an estimate: the budget is counted, not
+/// measured).
+const ENTRY_OVERHEAD: usize = 200;
 
 /// One shard: its generation and its records.
 #[derive(Default)]
@@ -179,10 +181,14 @@ impl ValueCache {
     /// Forgets everything (a snapshot install replaced the data): every shard moves on.
     pub fn clear(&self) {
         for shard in 0..self.shards.len() {
-            let mut s = self.lock(shard);
-            s.generation += 1;
-            s.records = HashMap::new();
-            s.bytes = 0;
+            let old = {
+                let mut s = self.lock(shard);
+                s.generation += 1;
+                s.bytes = 0;
+                std::mem::take(&mut s.records)
+            };
+            // Freed outside the lock (a full cache is many allocations).
+            drop(old);
         }
     }
 
@@ -196,6 +202,16 @@ impl ValueCache {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether every shard's byte count is the sum of its entries' costs (tests).
+    #[cfg(test)]
+    fn accounted(&self) -> bool {
+        (0..self.shards.len()).all(|i| {
+            let s = self.lock(i);
+            s.bytes == s.records.iter().map(|(k, r)| cost(k, r)).sum::<usize>()
+                && s.bytes <= self.shard_budget
+        })
     }
 }
 
@@ -276,6 +292,87 @@ mod tests {
         let t = miss(&c, "long");
         c.fill("long", t, &rec(&long, 1));
         assert!(c.get("long").is_err());
+    }
+
+    /// A record over a shard's share is not cached and leaves the shard as it was (it used to
+    /// empty it first); a write of a cached key whose new record cannot be cached drops it.
+    #[test]
+    fn a_record_that_cannot_be_kept_neither_empties_a_shard_nor_stays_stale() {
+        let c = ValueCache::new(SHARDS * 512);
+        for i in 0..300 {
+            let k = format!("k{i}");
+            let t = miss(&c, &k);
+            c.fill(&k, t, &rec("v", 1));
+        }
+        let held = c.len();
+        assert!(held > 0);
+        let t = miss(&c, "big");
+        c.fill("big", t, &rec(&"x".repeat(600), 1));
+        assert!(c.get("big").is_err());
+        assert_eq!(c.len(), held, "a record over the share emptied a shard");
+        // Cached keys written with records that cannot be cached: dropped, not left stale.
+        let cached: Vec<String> = (0..300)
+            .map(|i| format!("k{i}"))
+            .filter(|k| c.get(k).is_ok())
+            .take(2)
+            .collect();
+        assert_eq!(cached.len(), 2);
+        c.changed(&cached[0], Some(&rec(&"x".repeat(MAX_CACHED_VALUE + 1), 2)));
+        assert!(
+            c.get(&cached[0]).is_err(),
+            "a value too long to cache left the old one"
+        );
+        c.changed(&cached[1], Some(&rec(&"x".repeat(600), 2)));
+        assert!(
+            c.get(&cached[1]).is_err(),
+            "a value over the share left the old one"
+        );
+        assert!(c.accounted());
+    }
+
+    /// The byte count follows fills, replacements, drops, evictions and clears.
+    #[test]
+    fn the_byte_count_is_the_sum_of_the_entries() {
+        let c = ValueCache::new(SHARDS * 2048);
+        for round in 0..3u64 {
+            for i in 0..500 {
+                let k = format!("key{i}");
+                if let Err(Some(t)) = c.get(&k) {
+                    c.fill(&k, t, &rec(&"v".repeat(i % 40), round));
+                }
+                match i % 3 {
+                    0 => c.changed(&k, Some(&rec(&"w".repeat(i % 70), round + 1))),
+                    1 => c.changed(&k, None),
+                    _ => {}
+                }
+                assert!(c.accounted(), "round {round}, key {i}");
+            }
+        }
+        c.clear();
+        assert!(c.accounted() && c.is_empty());
+    }
+
+    /// A thread that panicked holding a shard leaves it poisoned; the next user resets it and
+    /// it works again, without reporting poison a second time.
+    #[test]
+    fn a_poisoned_shard_is_reset_and_serves_again() {
+        let c = std::sync::Arc::new(ValueCache::new(1 << 20));
+        let t = miss(&c, "k");
+        c.fill("k", t, &rec("a", 1));
+        let shard = c.shard_of("k");
+        let c2 = c.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = c2.shards[shard].lock();
+            panic!("poisons the shard");
+        })
+        .join();
+        assert!(c.shards[shard].is_poisoned());
+        assert!(c.get("k").is_err(), "the reset shard is empty");
+        assert!(!c.shards[shard].is_poisoned());
+        let t = miss(&c, "k");
+        c.fill("k", t, &rec("b", 2));
+        assert_eq!(c.get("k").ok().map(|r| r.version), Some(2));
+        assert!(c.accounted());
     }
 
     #[test]

@@ -112,6 +112,8 @@ impl Installing<'_> {
     /// The install is done: the cache is emptied again (of anything a read filled meanwhile;
     /// such a read is refused by the gate, but its fill would outlive it), then reads may go on.
     pub fn open(self) {
+        // Before the gate opens: a read let in after it must find nothing filled during the
+        // install.
         if !crate::planted::active(crate::planted::Bug::CacheKeptOnInstall) {
             self.cache.clear();
         }
