@@ -47,6 +47,28 @@ fn assert_all(c: &Cluster, id: u64, n: u64) {
     }
 }
 
+/// Writes `snap/marker` through the leader, waits until `follower` has applied it, and checks
+/// that the follower got there by installing a snapshot.
+fn caught_up_by_snapshot(c: &mut Cluster, leader: u64, follower: u64) {
+    let idx = c.put_until_ok(leader, "snap/marker", b"m", DEADLINE).json()["index"]
+        .as_u64()
+        .expect("index");
+    wait_until(DEADLINE, "the follower to catch up", || {
+        let r = c
+            .get(
+                follower,
+                &format!("snap/marker?consistency=stale&min_index={idx}"),
+            )
+            .ok()?;
+        (r.status == 200).then_some(())
+    });
+    let log = std::fs::read_to_string(&c.node(follower).log).expect("log");
+    assert!(
+        log.contains("installed a snapshot"),
+        "it caught up by snapshot"
+    );
+}
+
 #[test]
 fn the_log_stays_bounded_under_a_continuous_write_load() {
     let mut c = Cluster::start_with(3, &["--snapshot-entries", &EVERY.to_string()]);
@@ -86,23 +108,7 @@ fn a_follower_far_behind_catches_up_by_snapshot() {
         "the leader compacted past the stopped follower (first index {first})"
     );
     c.restart(lagging);
-    let idx = c.put_until_ok(leader, "snap/marker", b"m", DEADLINE).json()["index"]
-        .as_u64()
-        .expect("index");
-    wait_until(DEADLINE, "the restarted follower to catch up", || {
-        let r = c
-            .get(
-                lagging,
-                &format!("snap/marker?consistency=stale&min_index={idx}"),
-            )
-            .ok()?;
-        (r.status == 200).then_some(())
-    });
-    let log = std::fs::read_to_string(&c.node(lagging).log).expect("log");
-    assert!(
-        log.contains("installed a snapshot"),
-        "it caught up by snapshot"
-    );
+    caught_up_by_snapshot(&mut c, leader, lagging);
     c.request(lagging, "DELETE", "/v1/kv/snap/marker", &[], None)
         .expect("delete");
     assert_all(&c, lagging, 300);
@@ -196,20 +202,7 @@ fn a_read_after_a_snapshot_install(bin: std::path::PathBuf, env: &[(&str, &str)]
         "the leader compacted its log (first index {first})"
     );
     c.heal();
-    let idx = c.put_until_ok(leader, "snap/marker", b"m", DEADLINE).json()["index"]
-        .as_u64()
-        .expect("index");
-    wait_until(DEADLINE, "the follower to catch up", || {
-        let r = c
-            .get(f, &format!("snap/marker?consistency=stale&min_index={idx}"))
-            .ok()?;
-        (r.status == 200).then_some(())
-    });
-    let log = std::fs::read_to_string(&c.node(f).log).expect("log");
-    assert!(
-        log.contains("installed a snapshot"),
-        "it caught up by snapshot"
-    );
+    caught_up_by_snapshot(&mut c, leader, f);
     let r = c.get(f, "snap/cached").expect("the follower answers");
     assert_eq!(r.status, 200, "{}", r.text());
     r.text()

@@ -3,19 +3,12 @@
 //! record, never the one cached before; and an install's end forgets what a read filled during
 //! it.
 
+use super::tests::{cmd, open};
 use super::*;
 use crate::proto::command::Op;
 use crate::proto::txn_step::Step;
-use crate::proto::{Command, DeleteOp, LeaseGrantOp, LeaseRevokeOp, PutOp, TxnStep};
+use crate::proto::{DeleteOp, LeaseGrantOp, LeaseRevokeOp, PutOp, TxnStep};
 use bytes::Bytes;
-
-fn cmd(op: Op) -> Vec<u8> {
-    Command {
-        op: Some(op),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
 
 fn put_op(key: &str, value: &str, lease: u64) -> PutOp {
     PutOp {
@@ -26,10 +19,11 @@ fn put_op(key: &str, value: &str, lease: u64) -> PutOp {
     }
 }
 
-fn open() -> (tempfile::TempDir, StateMachine) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = crate::storage::open_db(dir.path()).unwrap();
-    (dir, StateMachine::new(db))
+fn delete_op(key: &str) -> DeleteOp {
+    DeleteOp {
+        key: key.into(),
+        ..Default::default()
+    }
 }
 
 /// Applies one command at `index` in a batch of its own.
@@ -65,14 +59,7 @@ fn every_kind_of_write_replaces_what_a_read_cached() {
     apply(&sm, 10, &cmd(Op::Put(put_op("p", "new", 0))));
     assert_eq!(read(&sm, "p").as_deref(), Some("new"));
     // A delete.
-    apply(
-        &sm,
-        11,
-        &cmd(Op::Delete(DeleteOp {
-            key: "d".into(),
-            ..Default::default()
-        })),
-    );
+    apply(&sm, 11, &cmd(Op::Delete(delete_op("d"))));
     assert_eq!(read(&sm, "d"), None);
     // A transaction's put and delete.
     let txn = TxnOp {
@@ -81,10 +68,7 @@ fn every_kind_of_write_replaces_what_a_read_cached() {
                 step: Some(Step::Put(put_op("t", "new", 0))),
             },
             TxnStep {
-                step: Some(Step::Delete(DeleteOp {
-                    key: "p".into(),
-                    ..Default::default()
-                })),
+                step: Some(Step::Delete(delete_op("p"))),
             },
         ],
         ..Default::default()

@@ -10,7 +10,7 @@ use crate::proto::{
 use bytes::Bytes;
 use keel_api::ErrorCode;
 
-fn cmd(op: Op) -> Vec<u8> {
+pub(super) fn cmd(op: Op) -> Vec<u8> {
     Command {
         op: Some(op),
         ..Default::default()
@@ -298,7 +298,7 @@ fn add(key: &str, delta: i64, min: Option<i64>) -> Vec<u8> {
     }))
 }
 
-fn open() -> (tempfile::TempDir, StateMachine) {
+pub(super) fn open() -> (tempfile::TempDir, StateMachine) {
     let dir = tempfile::tempdir().unwrap();
     let db = crate::storage::open_db(dir.path()).unwrap();
     (dir, StateMachine::new(db))
