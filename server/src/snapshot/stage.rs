@@ -105,13 +105,12 @@ impl Stage {
                 .map_err(rocks("clear snapshot staging"))?;
         }
         // Two streams of one snapshot may overlap (an old connection still delivering when a new
-        // one starts): a chunk of another stream abandons this one instead of mixing data read
-        // at two points in time.
-        if st.snap != Some(id)
-            || chunk.stream != st.stream
-            || chunk.seq != st.next_seq
-            || st.complete.is_some()
-        {
+        // one starts): a chunk of another stream is dropped, never mixed into this one (data
+        // read at two points in time), and this one goes on.
+        if chunk.stream != st.stream {
+            return Ok(());
+        }
+        if st.snap != Some(id) || chunk.seq != st.next_seq || st.complete.is_some() {
             st.snap = None;
             return Ok(());
         }
@@ -429,6 +428,27 @@ mod tests {
         stage.stage_chunk(of(3, 0, false)).expect("stage C0");
         stage.stage_chunk(of(3, 1, true)).expect("stage C1");
         assert!(stage.lock_staged(10, 2), "a whole stream is installable");
+    }
+
+    /// A straggler of an old stream arriving in the middle of a new one is dropped and the new
+    /// stream goes on (found by review: it used to abandon the new stream, so an old connection
+    /// still delivering could keep a follower from ever catching up).
+    #[test]
+    fn a_straggler_of_another_stream_leaves_this_one_going() {
+        let (_d, stage) = stage();
+        let of = |stream: u64, seq: u64, done: bool| SnapshotChunk {
+            stream,
+            ..chunk(
+                seq,
+                done,
+                vec![pair(0, format!("{stream}-{seq}").as_bytes())],
+            )
+        };
+        stage.stage_chunk(of(1, 0, false)).expect("stage A0");
+        stage.stage_chunk(of(2, 0, false)).expect("stage B0");
+        stage.stage_chunk(of(1, 1, false)).expect("dropped A1");
+        stage.stage_chunk(of(2, 1, true)).expect("stage B1");
+        assert!(stage.lock_staged(10, 2), "B's stream is whole");
     }
 
     /// The change log comes with the snapshot: the installed history starts where the sender's
