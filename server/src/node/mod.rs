@@ -194,8 +194,8 @@ pub async fn run(args: ServerArgs, join: &impl Join) -> Result<(), ServerError> 
     });
     meta::write_members(&db, &book)?;
     let store = RaftLogStore::open(db.clone(), &voters)?;
-    let mut sm = StateMachine::new(db.clone());
-    sm.set_value_cache_bytes(usize::try_from(args.value_cache_mib << 20).unwrap_or(usize::MAX));
+    let cache_bytes = usize::try_from(args.value_cache_mib << 20).unwrap_or(usize::MAX);
+    let mut sm = StateMachine::with_value_cache(db.clone(), cache_bytes);
     sm.open_history(args.watch_history)?;
     let feed = Arc::new(Feed::new(
         sm.applied_index()?,

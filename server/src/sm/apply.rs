@@ -235,8 +235,7 @@ impl<'a> ApplyBatch<'a> {
             return Ok(None);
         };
         let data = cf(self.db, CF_DATA)?;
-        let written: Vec<(String, Option<ValueRecord>)> = self.overlay.drain().collect();
-        for (key, rec) in &written {
+        for (key, rec) in &self.overlay {
             match rec {
                 Some(rec) => self.batch.put_cf(data, key.as_bytes(), rec.encode_to_vec()),
                 None => self.batch.delete_cf(data, key.as_bytes()),
@@ -252,7 +251,7 @@ impl<'a> ApplyBatch<'a> {
         // RocksDB holds the writes; the caller publishes the applied index after this returns,
         // so a reader that waited for it finds the cache at least as new.
         if !crate::planted::active(crate::planted::Bug::CacheSkipApply) {
-            for (key, rec) in &written {
+            for (key, rec) in &self.overlay {
                 self.cache.changed(key, rec.as_ref());
             }
         }

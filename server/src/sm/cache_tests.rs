@@ -122,8 +122,8 @@ fn the_end_of_an_install_forgets_a_record_filled_during_it() {
 
 #[test]
 fn a_budget_of_zero_reads_rocksdb_every_time() {
-    let (_d, mut sm) = open();
-    sm.set_value_cache_bytes(0);
+    let (_d, sm) = open();
+    let sm = StateMachine::with_value_cache(sm.db.clone(), 0);
     apply(&sm, 1, &cmd(Op::Put(put_op("k", "v", 0))));
     assert_eq!(read(&sm, "k").as_deref(), Some("v"));
     assert!(sm.cache.is_empty());

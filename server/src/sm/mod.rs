@@ -143,24 +143,26 @@ pub struct ListPage {
 }
 
 impl StateMachine {
-    /// Wraps the node's database.
+    /// Wraps the node's database, with a value cache of the default budget.
     pub fn new(db: Arc<DB>) -> Self {
+        Self::with_value_cache(db, DEFAULT_VALUE_CACHE_BYTES)
+    }
+
+    /// Wraps the node's database, with a value cache of `bytes` (0: none). Fixed for the state
+    /// machine's life: every clone shares the one cache the apply tells of its writes.
+    pub fn with_value_cache(db: Arc<DB>, bytes: usize) -> Self {
         StateMachine {
             db,
             history: Arc::new(History::new(DEFAULT_HISTORY_ENTRIES, 0)),
             gate: Arc::new(InstallGate::default()),
-            cache: Arc::new(cache::ValueCache::new(DEFAULT_VALUE_CACHE_BYTES)),
+            cache: Arc::new(cache::ValueCache::new(bytes)),
         }
     }
 
-    /// Gives the value cache a budget of `bytes` (0 turns it off); before the state machine is
-    /// shared.
-    pub fn set_value_cache_bytes(&mut self, bytes: usize) {
-        self.cache = Arc::new(cache::ValueCache::new(bytes));
-    }
-
-    /// The install gate.
-    pub fn gate(&self) -> &InstallGate {
+    /// The install gate (tests; an install closes it through
+    /// [`StateMachine::close_for_install`]).
+    #[cfg(test)]
+    pub(super) fn gate(&self) -> &InstallGate {
         &self.gate
     }
 
