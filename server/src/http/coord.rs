@@ -333,7 +333,8 @@ impl Api {
             ..Default::default()
         };
         // The task serves the same request: its id goes with the forwarded write.
-        let id = crate::forward::current_request_id();
+        let id = crate::forward::current_request_id_value()
+            .unwrap_or_else(|| hyper::header::HeaderValue::from_static(""));
         tokio::spawn(crate::forward::REQUEST_ID.scope(id, async move {
             let outcome = router.write(acquire, WriteMode::Semi, timeout).await;
             if !outcome_may_have_queued(&outcome) {

@@ -165,7 +165,7 @@ impl Api {
         // At debug level: a span per request costs the subscriber an allocation and a
         // formatting of the id on every request (5% of the read rate at info, measured); the
         // id travels with forwarded writes whatever the level (`forward::REQUEST_ID`).
-        let span = tracing::debug_span!("request", request_id = %id);
+        let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or_default());
         let answer = crate::forward::REQUEST_ID
             .scope(
                 id.clone(),
@@ -173,7 +173,7 @@ impl Api {
             )
             .await;
         let mut resp = reply::finish(answer, self.node.shared(), head);
-        observe::set_request_id(resp.headers_mut(), &id);
+        observe::set_request_id(resp.headers_mut(), id);
         if let Some(origin) = cors {
             // The dashboard of another member reads this node's status and metrics: allowed to
             // the members' own origins only (not to any page an operator has open).

@@ -10,7 +10,7 @@ use futures::Stream;
 use http_body_util::{Either, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER,
+    HeaderName, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RETRY_AFTER,
     WWW_AUTHENTICATE,
 };
 use hyper::{Response, StatusCode};
@@ -34,6 +34,61 @@ impl std::fmt::Debug for Streamed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Streamed")
     }
+}
+
+/// keel's own header names, built once. Inserting a header by a `&str` name that is not one of
+/// HTTP's standard ones parses the name and allocates a copy of it on every response: with the
+/// three on every answer and `X-Request-Id`, 7–9% of a node's CPU serving stale reads
+/// (docs/benchmarks.md, tenth session).
+const NODE: HeaderName = HeaderName::from_static(headers::NODE);
+const LEADER: HeaderName = HeaderName::from_static(headers::LEADER);
+const INDEX: HeaderName = HeaderName::from_static(headers::INDEX);
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static(headers::IDEMPOTENT_REPLAYED);
+
+/// How many member ids each thread keeps the header value of.
+const KEPT_IDS: usize = 8;
+
+thread_local! {
+    /// Header values of the member ids this thread wrote last (this node's and the leader's
+    /// on every response): cloning one shares its bytes, making one allocates.
+    static ID_VALUES: std::cell::RefCell<Vec<(u64, HeaderValue)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The header value of member id `id` (see [`ID_VALUES`]).
+fn id_value(id: u64) -> HeaderValue {
+    ID_VALUES.with(|kept| {
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            return HeaderValue::from(id);
+        };
+        if let Some((_, v)) = kept.iter().find(|(k, _)| *k == id) {
+            return v.clone();
+        }
+        let v = HeaderValue::from(id);
+        if kept.len() >= KEPT_IDS {
+            kept.remove(0);
+        }
+        kept.push((id, v.clone()));
+        v
+    })
+}
+
+/// The `ETag` of version `v`: the version in double quotes, written without a `format!`.
+fn etag(v: u64) -> HeaderValue {
+    // A u64 has at most 20 digits; with the two quotes, 22 bytes.
+    let mut buf = [b'"'; 22];
+    let mut at = buf.len() - 1;
+    let mut rest = v;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Digits between quotes are always a valid header value.
+    HeaderValue::from_bytes(&buf[at - 1..]).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `Retry-After` seconds sent with 503.
@@ -138,15 +193,11 @@ pub fn finish(answer: Answer, shared: &Shared, head: bool) -> Response<Body> {
         Ok(reply) => {
             let mut resp = response(reply.status, reply.body, reply.content_type, head);
             if let Some(v) = reply.etag {
-                if let Ok(h) = HeaderValue::from_str(&format!("\"{v}\"")) {
-                    resp.headers_mut().insert(ETAG, h);
-                }
+                resp.headers_mut().insert(ETAG, etag(v));
             }
             if reply.replayed {
-                resp.headers_mut().insert(
-                    headers::IDEMPOTENT_REPLAYED,
-                    HeaderValue::from_static("true"),
-                );
+                resp.headers_mut()
+                    .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             }
             (resp, reply.index)
         }
@@ -221,13 +272,35 @@ fn response(
 /// Adds the headers every response carries: who answered, who leads, and the index.
 fn common(mut resp: Response<Body>, shared: &Shared, index: Option<u64>) -> Response<Body> {
     let h = resp.headers_mut();
-    h.insert(headers::NODE, HeaderValue::from(shared.id()));
+    h.insert(NODE, id_value(shared.id()));
     if let Some(leader) = shared.leader() {
-        h.insert(headers::LEADER, HeaderValue::from(leader));
+        h.insert(LEADER, id_value(leader));
     }
     h.insert(
-        headers::INDEX,
+        INDEX,
         HeaderValue::from(index.unwrap_or_else(|| shared.applied())),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_etag_is_the_version_in_quotes() {
+        for v in [0, 7, 10, 1_234_567, u64::MAX] {
+            assert_eq!(etag(v), format!("\"{v}\"").as_str(), "version {v}");
+        }
+    }
+
+    #[test]
+    fn kept_id_values_are_the_ids() {
+        for round in 0..3 {
+            for id in (1..=2 * KEPT_IDS as u64).chain([u64::MAX]) {
+                assert_eq!(id_value(id), id.to_string().as_str(), "round {round}");
+            }
+        }
+        ID_VALUES.with(|kept| assert!(kept.borrow().len() <= KEPT_IDS));
+    }
 }
