@@ -295,6 +295,12 @@ fn every_typed_error_comes_from_a_real_answer() {
         rt.block_on(alone.put("e/x", "v")),
         Err(Error::NoLeader { .. })
     ));
+    // A linearizable read too (it goes through the read queue, not the loop's channel): at
+    // once, not after the read timeout.
+    match rt.block_on(alone.get("e/x")) {
+        Err(Error::NoLeader { .. }) => {}
+        other => panic!("a linearizable read without a leader: {other:?}"),
+    }
 }
 
 /// A cluster whose members advertise HTTP addresses the client cannot reach (a compose cluster

@@ -9,6 +9,7 @@ use keel_api::{AckPoint, WriteMode};
 use raft::eraftpb::{ConfChangeV2, Message};
 use tokio::sync::oneshot;
 
+use super::read_queue::Pushed;
 use super::shared::Shared;
 use super::status::StatusReport;
 use crate::error::{ReadError, WriteError};
@@ -39,7 +40,7 @@ impl Drop for Pending {
 
 /// A client request's place in the loop's queue ([`Shared::admit`]): the loop takes events in
 /// order, so the place is given back when it drops the event, whatever it did with it.
-pub struct Ticket(Arc<Shared>);
+pub struct Ticket(pub(super) Arc<Shared>);
 
 impl Drop for Ticket {
     fn drop(&mut self) {
@@ -71,13 +72,9 @@ pub enum Event {
     },
     /// Hand leadership to this voter (only meaningful on the leader).
     TransferLeader(u64),
-    /// Ask for a read index.
-    ReadIndex {
-        /// Where to answer with the read index.
-        reply: oneshot::Sender<Result<u64, ReadError>>,
-        /// Its place in the loop's queue.
-        ticket: Ticket,
-    },
+    /// Linearizable reads wait in the read queue ([`super::read_queue`]) and no round is out
+    /// to wake the loop: take them.
+    ReadsQueued,
     /// A Raft message from a peer, and its place in the bounded inbox of peer messages.
     Raft(Box<Message>, super::inbox::Slot),
     /// The transport could not deliver to this peer.
@@ -198,11 +195,19 @@ impl NodeHandle {
         if !self.shared.admit() {
             return Err(ReadError::Overloaded);
         }
-        let ticket = Ticket(self.shared.clone());
+        // The place is given back once the read is queued: the read queue is the loop's own
+        // (reads waiting for a round were never counted).
+        drop(Ticket(self.shared.clone()));
         let (reply, rx) = oneshot::channel();
         let started = std::time::Instant::now();
-        if !self.send(Event::ReadIndex { reply, ticket }) {
-            return Err(ReadError::ShuttingDown);
+        match self.shared.read_queue().push((started, reply)) {
+            Pushed::Queued => {}
+            Pushed::Wake => {
+                if !self.send(Event::ReadsQueued) {
+                    return Err(ReadError::ShuttingDown);
+                }
+            }
+            Pushed::Closed => return Err(ReadError::ShuttingDown),
         }
         let out = rx.await.unwrap_or(Err(ReadError::ShuttingDown));
         if out.is_ok() {

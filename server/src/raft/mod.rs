@@ -3,7 +3,8 @@
 //! This stage owns consensus: one thread ([`ready`]) owns the raft-rs `RawNode`, the log store
 //! inside it and the apply path, and is the only code that touches them. Everything else reaches
 //! it as an [`Event`] on one channel, through a [`NodeHandle`]: client proposals and read-index
-//! requests (from [`crate::forward`] and [`crate::http`]), Raft messages, applied-index reports
+//! requests (from [`crate::forward`] and [`crate::http`]; linearizable reads through a queue
+//! beside the channel, `read_queue.rs`), Raft messages, applied-index reports
 //! and snapshot outcomes (from [`crate::transport`] and [`crate::snapshot`]), status queries,
 //! shutdown. Answers go back on oneshot channels; the role, leader, term, commit and applied
 //! indexes are published in [`Shared`] for anyone to read without asking.
@@ -18,6 +19,7 @@
 //!   index (SPEC §8);
 //! - `writes.rs`: proposals waiting for their acknowledgement (async, semi, sync);
 //! - `reads.rs`: read-index batching, re-issue and expiry;
+//! - `read_queue.rs`: linearizable reads handed in without waking the loop for each one;
 //! - `guard.rs`: what a peer's Raft message must satisfy before raft-rs sees it;
 //! - `membership.rs`: applying conf changes and the address book;
 //! - `peers.rs`, `status.rs`: what the leader knows of followers, and the status report;
@@ -33,6 +35,7 @@ mod leases;
 mod membership;
 mod observe;
 mod peers;
+mod read_queue;
 mod reads;
 mod ready;
 mod shared;

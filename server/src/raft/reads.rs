@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use raft::{RawNode, ReadState};
 use tokio::sync::oneshot;
 
+use super::read_queue::ReadQueue;
+use super::shared::Shared;
 use crate::error::ReadError;
 use crate::storage::RaftLogStore;
 
@@ -93,19 +95,22 @@ pub(super) struct Reads {
     next_ctx: u64,
     /// How many reads wait in `groups` (published for `/metrics`).
     asked: Arc<AtomicUsize>,
+    /// Linearizable reads handed in beside the loop's channel ([`super::read_queue`]).
+    queue: Arc<ReadQueue>,
 }
 
 impl Reads {
     /// No requests yet; contexts start at random so that a restarted node never reuses one a
     /// leader may still hold.
-    pub(super) fn new(id: u64, timeout: Duration, asked: Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(id: u64, timeout: Duration, shared: &Shared) -> Self {
         Reads {
             id,
             timeout,
             new: Vec::new(),
             groups: HashMap::new(),
             next_ctx: rand::random::<u64>() >> 1,
-            asked,
+            asked: shared.reads_asked_counter(),
+            queue: shared.read_queue().clone(),
         }
     }
 
@@ -123,17 +128,50 @@ impl Reads {
     /// Whether reads wait behind a round asked at least `older_than` ago (which the loop then
     /// asks again sooner: a lost message would otherwise hold them all).
     pub(super) fn waiting_behind(&self, now: Instant, older_than: Duration) -> bool {
-        !self.new.is_empty()
+        (!self.new.is_empty() || !self.queue.is_empty())
             && self
                 .groups
                 .values()
                 .any(|g| now.saturating_duration_since(g.asked) >= older_than)
     }
 
-    /// Turns the requests queued since the last call into one read-index request, unless
-    /// [`ROUNDS_IN_FLIGHT`] are out already (they then wait for the next call after an answer).
-    /// Fails them at once when no leader is known. True if it asked raft-rs for a read index.
+    /// Turns the requests queued since the last call (pushed, or waiting in the read queue)
+    /// into one read-index request, unless [`ROUNDS_IN_FLIGHT`] are out already (they then wait
+    /// for the next call after an answer). Fails them at once when no leader is known. True if
+    /// it asked raft-rs for a read index. Called at every turn of the loop: the read queue
+    /// relies on it (a read queued while a round is out is taken at the turn after its answer).
     pub(super) fn issue(&mut self, raw: &mut RawNode<RaftLogStore>) -> bool {
+        // With no leader, queued reads are taken to fail at once, round out or not.
+        let may_take = self.groups.len() < ROUNDS_IN_FLIGHT || raw.raft.leader_id == 0;
+        let now = Instant::now();
+        for (arrived, reply) in self.queue.take(may_take) {
+            let deadline = arrived + self.timeout;
+            if deadline <= now {
+                let ms = self.timeout.as_millis();
+                let _ = reply.send(Err(ReadError::Timeout(format!(
+                    "no read index within {ms} ms (waited for a round)"
+                ))));
+            } else {
+                self.new.push((deadline, reply));
+            }
+        }
+        self.issue_new(raw)
+    }
+
+    /// For the loop, before it sleeps up to `until_tick`: tells the read queue whether a round
+    /// is out (asked, and a leader known to answer it), and returns how long to sleep: not at
+    /// all when reads wait in the queue with none out, since no reader will wake the loop for
+    /// them ([`super::read_queue`]).
+    pub(super) fn settle(&self, until_tick: Duration, leader_known: bool) -> Duration {
+        if self.queue.settle(leader_known && !self.groups.is_empty()) {
+            Duration::ZERO
+        } else {
+            until_tick
+        }
+    }
+
+    /// [`Reads::issue`] for the requests in `new`.
+    fn issue_new(&mut self, raw: &mut RawNode<RaftLogStore>) -> bool {
         if self.new.is_empty() {
             return false;
         }
@@ -272,14 +310,26 @@ impl Reads {
     }
 }
 
+impl Drop for Reads {
+    /// The loop is gone: reads still in the read queue fail as shutting down, later ones are
+    /// refused.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shared() -> Shared {
+        Shared::new(1, 1, 0, 0)
+    }
+
     #[test]
     fn contexts_carry_the_node_id_and_foreign_ones_are_ignored() {
-        let mut mine = Reads::new(7, Duration::from_secs(1), Arc::default());
-        let other = Reads::new(8, Duration::from_secs(1), Arc::default());
+        let mut mine = Reads::new(7, Duration::from_secs(1), &shared());
+        let other = Reads::new(8, Duration::from_secs(1), &shared());
         let wire = mine.wire_ctx(42);
         assert_eq!(mine.own_ctx(&wire), Some(42));
         assert_eq!(
@@ -321,7 +371,7 @@ mod tests {
     /// the read timeout, or fail at once with the oldest).
     #[test]
     fn each_read_times_out_from_its_own_arrival() {
-        let mut reads = Reads::new(1, Duration::from_millis(10), Arc::default());
+        let mut reads = Reads::new(1, Duration::from_millis(10), &shared());
         let (early, mut early_rx) = oneshot::channel();
         let (late, mut late_rx) = oneshot::channel();
         reads.push(early);
@@ -357,7 +407,7 @@ mod tests {
 
     #[test]
     fn unanswered_groups_expire() {
-        let mut reads = Reads::new(1, Duration::from_millis(10), Arc::default());
+        let mut reads = Reads::new(1, Duration::from_millis(10), &shared());
         let (tx, mut rx) = oneshot::channel();
         let start = Instant::now();
         reads.groups.insert(

@@ -98,8 +98,7 @@ pub(super) struct Driver<O: Outbox> {
     pub(super) heartbeats: super::observe::Heartbeats,
 }
 
-/// The result of the loop's thread: an error if storage failed (the node must then stop: its
-/// disk is not trustworthy).
+/// The result of the loop's thread: an error if storage failed (the node must then stop).
 pub type LoopThread = std::thread::JoinHandle<Result<(), StorageError>>;
 
 /// Starts the Ready loop on its own thread. Returns the handle and the thread.
@@ -152,7 +151,7 @@ pub fn start<O: Outbox>(
     ));
     let handle = NodeHandle::new(tx, shared.clone());
     let mut driver = Driver {
-        reads: Reads::new(cfg.id, cfg.read_timeout, shared.reads_asked_counter()),
+        reads: Reads::new(cfg.id, cfg.read_timeout, &shared),
         cfg,
         raw,
         sm,
@@ -195,7 +194,8 @@ impl<O: Outbox> Driver<O> {
         );
         let mut next_tick = Instant::now() + self.cfg.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let until_tick = next_tick.saturating_duration_since(Instant::now());
+            let wait = self.reads.settle(until_tick, self.raw.raft.leader_id != 0);
             let first = match self.rx.recv_timeout(wait) {
                 Ok(ev) => Some(ev),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -278,7 +278,7 @@ impl<O: Outbox> Driver<O> {
                     self.raw.transfer_leader(to);
                 }
             }
-            Event::ReadIndex { reply, .. } => self.reads.push(reply),
+            Event::ReadsQueued => {}
             Event::Raft(mut msg, _slot) => {
                 let from = msg.from;
                 if let Err(why) = super::guard::admit_to(&mut msg, &self.raw.raft.raft_log) {
@@ -569,10 +569,9 @@ impl<O: Outbox> Driver<O> {
 }
 
 /// Where to compact the log to, if anywhere: half of `every` entries behind the applied index,
-/// once `every` entries are applied past the last compaction (`truncated`; `every` 0: never).
-/// The applied index is the lower of raft-rs's and this loop's: raft-rs may still hand out
-/// entries above its own applied index as committed (after a restart whose data is ahead of the
-/// log, the loop's index is the higher), and an entry compacted away there would stop it.
+/// once `every` are applied since the last compaction (`truncated`; 0: never). The applied index
+/// is the lower of raft-rs's and this loop's: raft-rs may hand out entries above its applied
+/// index as committed (after a restart with data ahead of the log); compacting those stops it.
 fn compaction_point(every: u64, truncated: u64, raft_applied: u64, applied: u64) -> Option<u64> {
     let applied = raft_applied.min(applied);
     (every != 0 && applied > truncated.saturating_add(every)).then(|| applied - every / 2)

@@ -9,6 +9,8 @@ use keel_api::cluster::Role;
 use raft::StateRole;
 use tokio::sync::watch;
 
+use super::read_queue::ReadQueue;
+
 /// The published role of a raft-rs state.
 pub(super) fn role_of(r: StateRole) -> Role {
     match r {
@@ -59,6 +61,8 @@ pub struct Shared {
     /// Linearizable reads handed to raft-rs and waiting for their read index (the loop's
     /// [`super::reads::Reads`] keeps it).
     reads_asked: Arc<AtomicUsize>,
+    /// Linearizable reads not yet taken by the loop.
+    read_queue: Arc<ReadQueue>,
     /// Requests refused as overloaded since the start (queue full, or too many forwarded
     /// writes).
     overloaded: AtomicU64,
@@ -85,6 +89,7 @@ impl Shared {
             queued: AtomicUsize::new(0),
             max_queued: AtomicUsize::new(DEFAULT_MAX_QUEUED),
             reads_asked: Arc::default(),
+            read_queue: Arc::default(),
             overloaded: AtomicU64::new(0),
             locks_tx: watch::channel(0).0,
         }
@@ -235,6 +240,11 @@ impl Shared {
     /// Publishes that this node was removed from the cluster.
     pub(super) fn set_removed(&self) {
         self.removed_tx.send_replace(true);
+    }
+
+    /// The queue linearizable reads wait in for the loop.
+    pub(super) fn read_queue(&self) -> &Arc<ReadQueue> {
+        &self.read_queue
     }
 
     /// Publishes that the loop has stopped.
