@@ -216,6 +216,7 @@ impl<O: Outbox> Driver<O> {
                     }
                 }
             }
+            self.writes.flush(&mut self.raw); // the turn's client writes, as one proposal
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();

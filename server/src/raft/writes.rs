@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use keel_api::{AckPoint, WriteMode};
 use prost::Message as _;
+use raft::eraftpb::{Entry, Message, MessageType};
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -55,9 +56,31 @@ struct AwaitingAll {
     reply: Reply,
 }
 
+/// A client write taken this turn of the loop, proposed with the others at its end.
+struct Unproposed {
+    /// The encoded command.
+    data: Vec<u8>,
+    /// When to answer.
+    mode: WriteMode,
+    /// See [`PendingWrite::blind`].
+    blind: bool,
+    /// Where the proposer waits.
+    reply: Reply,
+}
+
+/// Most client writes proposed together (one `MsgPropose`).
+const MAX_BATCH: usize = 1024;
+/// Most bytes of commands proposed together (a batch is proposed early past this).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// Every write this leader has proposed and not yet answered.
 #[derive(Default)]
 pub(super) struct Writes {
+    /// Client writes taken this turn of the loop and not yet proposed ([`Writes::flush`]), and
+    /// the term they were stamped in.
+    batch: Vec<Unproposed>,
+    batch_term: u64,
+    batch_bytes: usize,
     /// Proposals by log index, until their answer point.
     pending: BTreeMap<u64, PendingWrite>,
     /// `sync` writes applied here, until every voter has applied them or time runs out.
@@ -68,7 +91,10 @@ pub(super) struct Writes {
 }
 
 impl Writes {
-    /// Proposes a client write (this node must lead) and remembers who waits for it.
+    /// Takes a client write (this node must lead) to propose with the others of this turn of
+    /// the loop ([`Writes::flush`]): raft-rs sends every follower a message for each proposal,
+    /// so proposing a turn's writes as one `MsgPropose` sends one append per follower instead of
+    /// one per write (and the followers answer once).
     pub(super) fn propose(
         &mut self,
         raw: &mut RawNode<RaftLogStore>,
@@ -91,9 +117,82 @@ impl Writes {
         };
         command.leader_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         command.apply_version = crate::sm::max_apply_version();
-        self.submit(raw, mode, blind, reply, |raw| {
-            raw.propose(Vec::new(), command.encode_to_vec())
+        if raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(not_leader(raw)));
+            return;
+        }
+        if self.batch.is_empty() {
+            self.batch_term = term;
+        } else if self.batch_term != term {
+            self.flush(raw);
+            self.batch_term = term;
+        }
+        let data = command.encode_to_vec();
+        self.batch_bytes += data.len();
+        self.batch.push(Unproposed {
+            data,
+            mode,
+            blind,
+            reply,
         });
+        if self.batch.len() >= MAX_BATCH || self.batch_bytes >= MAX_BATCH_BYTES {
+            self.flush(raw);
+        }
+    }
+
+    /// Proposes the client writes taken this turn as one `MsgPropose` (raft-rs appends its
+    /// entries at consecutive indexes, all or none) and records who waits under each index.
+    /// Answers them at once when this node no longer leads in the term they were stamped in, or
+    /// raft-rs drops the proposal: never proposed, certainly not applied.
+    pub(super) fn flush(&mut self, raw: &mut RawNode<RaftLogStore>) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let fail = |batch: Vec<Unproposed>, err: WriteError| {
+            for u in batch {
+                let _ = u.reply.send(Err(err.clone()));
+            }
+        };
+        if raw.raft.state != StateRole::Leader {
+            return fail(batch, not_leader(raw));
+        }
+        if raw.raft.term != self.batch_term {
+            return fail(batch, WriteError::Dropped);
+        }
+        let mut waiting = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
+        for u in batch {
+            entries.push(Entry {
+                data: u.data.into(),
+                ..Default::default()
+            });
+            waiting.push((u.mode, u.blind, u.reply));
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = raw.raft.id;
+        m.set_entries(entries.into());
+        let before = raw.raft.raft_log.last_index();
+        let n = waiting.len() as u64;
+        if let Err(e) = raw.raft.step(m) {
+            debug!(error = %e, writes = n, "proposal dropped");
+            return fail_waiting(waiting);
+        }
+        if raw.raft.raft_log.last_index() != before + n {
+            // raft-rs turned it into something else: it will not apply as proposed.
+            return fail_waiting(waiting);
+        }
+        for (i, (mode, blind, reply)) in waiting.into_iter().enumerate() {
+            let p = PendingWrite {
+                term: raw.raft.term,
+                mode,
+                blind,
+                reply,
+            };
+            self.pending.insert(before + 1 + i as u64, p);
+        }
     }
 
     /// Appends one proposal to the leader's log through `append` and records the waiting writer
@@ -108,13 +207,7 @@ impl Writes {
         append: impl FnOnce(&mut RawNode<RaftLogStore>) -> raft::Result<()>,
     ) {
         if raw.raft.state != StateRole::Leader {
-            // raft-rs would forward a follower's proposal silently, and no answer would come:
-            // propose only on the leader.
-            let err = match raw.raft.leader_id {
-                0 => WriteError::NoLeader,
-                id => WriteError::NotLeader(id),
-            };
-            let _ = reply.send(Err(err));
+            let _ = reply.send(Err(not_leader(raw)));
             return;
         }
         let before = raw.raft.raft_log.last_index();
@@ -249,6 +342,10 @@ impl Writes {
     /// Answers every waiting write: proposals with `err`, applied `sync` writes with
     /// `replication_timeout` (they are committed, just not confirmed everywhere).
     pub(super) fn fail_all(&mut self, err: WriteError) {
+        // Never proposed: certainly not applied.
+        for u in std::mem::take(&mut self.batch) {
+            let _ = u.reply.send(Err(WriteError::Dropped));
+        }
         for (_, p) in std::mem::take(&mut self.pending) {
             let _ = p.reply.send(Err(err.clone()));
         }
@@ -257,6 +354,22 @@ impl Writes {
                 .reply
                 .send(Err(WriteError::ReplicationTimeout { index: w.index }));
         }
+    }
+}
+
+/// Why a proposal is refused on a node that does not lead: raft-rs would forward a follower's
+/// proposal silently, and no answer would come, so proposals are made only on the leader.
+fn not_leader(raw: &RawNode<RaftLogStore>) -> WriteError {
+    match raw.raft.leader_id {
+        0 => WriteError::NoLeader,
+        id => WriteError::NotLeader(id),
+    }
+}
+
+/// Answers writes raft-rs dropped as a batch: never appended, certainly not applied.
+fn fail_waiting(waiting: Vec<(WriteMode, bool, Reply)>) {
+    for (_, _, reply) in waiting {
+        let _ = reply.send(Err(WriteError::Dropped));
     }
 }
 
