@@ -216,7 +216,6 @@ impl<O: Outbox> Driver<O> {
                     }
                 }
             }
-            self.writes.flush(&mut self.raw); // the turn's client writes, as one proposal
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
@@ -228,6 +227,7 @@ impl<O: Outbox> Driver<O> {
                 }
                 self.on_tick(now);
             }
+            self.writes.flush(&mut self.raw); // the turn's client writes (and revocations)
             self.reads.issue(&mut self.raw);
             self.on_ready()?;
             // A round answered in that cycle lets the reads that came meanwhile ask at once.

@@ -21,7 +21,7 @@ use prost::Message as _;
 use raft::eraftpb::{Entry, Message, MessageType};
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::handle::WriteOk;
 use crate::error::WriteError;
@@ -70,8 +70,9 @@ struct Unproposed {
 
 /// Most client writes proposed together (one `MsgPropose`).
 const MAX_BATCH: usize = 1024;
-/// Most bytes of commands proposed together (a batch is proposed early past this).
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of commands proposed together (a batch is proposed early past this): the
+/// loop's `max_size_per_msg`, so that one append carries a whole batch to each follower.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Every write this leader has proposed and not yet answered.
 #[derive(Default)]
@@ -181,8 +182,18 @@ impl Writes {
             return fail_waiting(waiting);
         }
         if raw.raft.raft_log.last_index() != before + n {
-            // raft-rs turned it into something else: it will not apply as proposed.
-            return fail_waiting(waiting);
+            // raft-rs appended something else (it never does for normal entries): what it
+            // appended may commit, so the writes' outcome is not known.
+            warn!(
+                before,
+                writes = n,
+                last = raw.raft.raft_log.last_index(),
+                "batch misplaced"
+            );
+            for (_, _, reply) in waiting {
+                let _ = reply.send(Err(WriteError::OutcomeUnknown));
+            }
+            return;
         }
         for (i, (mode, blind, reply)) in waiting.into_iter().enumerate() {
             let p = PendingWrite {
@@ -487,3 +498,7 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "writes_tests.rs"]
+mod batch_tests;
