@@ -250,7 +250,14 @@ impl ServerArgs {
 /// switch; a share keeps the nodes' workers from outnumbering the cores (docs/benchmarks.md,
 /// "One worker per core").
 pub fn worker_share(nodes: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    share_of(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        nodes,
+    )
+}
+
+/// `cores` shared by `nodes` (none counts as one): an equal share, at least one.
+fn share_of(cores: usize, nodes: usize) -> usize {
     (cores / nodes.max(1)).max(1)
 }
 
@@ -275,7 +282,23 @@ mod tests {
         assert_eq!(worker_share(0), cores, "no nodes counts as one");
         assert_eq!(worker_share(cores), 1);
         assert_eq!(worker_share(cores + 1), 1, "never none");
-        assert!(worker_share(3) * 3 <= cores.max(3));
+        // The rule on machines other than this one: shares never outnumber the cores, unless
+        // one each already does.
+        for cores in 1..=64 {
+            for nodes in 1..=9 {
+                let share = share_of(cores, nodes);
+                assert!(share >= 1, "{cores} cores, {nodes} nodes: none");
+                assert!(
+                    share * nodes <= cores.max(nodes),
+                    "{cores} cores, {nodes} nodes: {share} each"
+                );
+                assert!(
+                    (share + 1) * nodes > cores,
+                    "{cores} cores, {nodes} nodes: {share} each leaves a share unused"
+                );
+            }
+        }
+        assert_eq!((share_of(2, 3), share_of(8, 3), share_of(16, 5)), (1, 2, 3));
     }
 }
 
