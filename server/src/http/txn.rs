@@ -60,29 +60,13 @@ impl Api {
             return super::kv::off_the_workers("transaction", move || {
                 let read = sm.read_txn(&txn)?;
                 let r = rejected(&read.value)?;
-                Reply::json(
-                    &TxnResponse {
-                        succeeded: r.succeeded,
-                        results: step_results(&r.results),
-                        index: read.index,
-                        acked: None,
-                    },
-                    Some(read.index),
-                )
+                Reply::json(&txn_response(r, read.index, None), Some(read.index))
             })
             .await;
         }
         let ok = self.write(Op::Txn(txn), &q, headers).await?;
         let r = rejected(&ok.result)?;
-        Reply::write(
-            &TxnResponse {
-                succeeded: r.succeeded,
-                results: step_results(&r.results),
-                index: r.index,
-                acked: Some(ok.acked),
-            },
-            &ok,
-        )
+        Reply::write(&txn_response(r, r.index, Some(ok.acked)), &ok)
     }
 }
 
@@ -237,6 +221,21 @@ pub(super) fn txn_keys(txn: &TxnOp) -> impl Iterator<Item = &str> {
 }
 
 /// The JSON of each step's result.
+/// The answer to a transaction that ran (`r`), at `index`, acknowledged at `acked` (a write)
+/// or read on one snapshot (None).
+fn txn_response(
+    r: &crate::proto::ApplyResult,
+    index: u64,
+    acked: Option<keel_api::AckPoint>,
+) -> TxnResponse {
+    TxnResponse {
+        succeeded: r.succeeded,
+        results: step_results(&r.results),
+        index,
+        acked,
+    }
+}
+
 fn step_results(results: &[StepResult]) -> Vec<StepResultJson> {
     results
         .iter()
