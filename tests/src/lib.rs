@@ -34,6 +34,7 @@ pub mod powerfs;
 pub mod proxy;
 pub mod secure;
 pub mod suite;
+mod waits;
 pub mod watch;
 pub mod watchers;
 pub mod workload;

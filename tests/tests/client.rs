@@ -157,12 +157,7 @@ fn a_write_whose_first_attempt_timed_out_is_applied_exactly_once() {
         .expect("marker")
         .index;
     for id in c.ids() {
-        let v = wait_until(DEADLINE, "every node to apply the marker", || {
-            let r = c
-                .get(id, &format!("once/n?consistency=stale&min_index={idx}"))
-                .ok()?;
-            (r.status == 200).then(|| r.text())
-        });
+        let v = c.wait_read_at(id, "once/n", idx, DEADLINE).text();
         assert_eq!(v, "1", "node {id}");
     }
 }
@@ -295,8 +290,8 @@ fn every_typed_error_comes_from_a_real_answer() {
         rt.block_on(alone.put("e/x", "v")),
         Err(Error::NoLeader { .. })
     ));
-    // A linearizable read too (it goes through the read queue, not the loop's channel): at
-    // once, not after the read timeout.
+    // A linearizable read too (it goes through the read queue, not the loop's channel): it
+    // fails as no_leader, not as a read that timed out waiting for a round.
     match rt.block_on(alone.get("e/x")) {
         Err(Error::NoLeader { .. }) => {}
         other => panic!("a linearizable read without a leader: {other:?}"),

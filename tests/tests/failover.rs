@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_tests::{wait_until, Cluster, DEADLINE};
+use keel_tests::{Cluster, DEADLINE};
 
 #[test]
 fn leader_kill_elects_a_new_leader_and_keeps_acknowledged_writes() {
@@ -55,15 +55,7 @@ fn leader_kill_elects_a_new_leader_and_keeps_acknowledged_writes() {
     let last_index = c.put_until_ok(new, "after/restart", b"ok", DEADLINE).json()["index"]
         .as_u64()
         .expect("index");
-    wait_until(DEADLINE, "the old leader to catch up", || {
-        let r = c
-            .get(
-                old,
-                &format!("after/restart?consistency=stale&min_index={last_index}"),
-            )
-            .ok()?;
-        (r.status == 200).then_some(())
-    });
+    c.wait_read_at(old, "after/restart", last_index, DEADLINE);
     for (key, value, _) in &acked {
         let r = c
             .get(old, &format!("{key}?consistency=stale"))

@@ -168,15 +168,7 @@ fn sync_write_reports_replication_timeout_when_a_member_cannot_confirm() {
     assert_eq!(r.text(), "x");
     c.resume(follower);
     // Once resumed the follower catches up.
-    let r = wait_until(DEADLINE, "the paused follower to catch up", || {
-        let r = c
-            .get(
-                follower,
-                &format!("sync/partial?consistency=stale&min_index={index}"),
-            )
-            .ok()?;
-        (r.status == 200).then_some(r)
-    });
+    let r = c.wait_read_at(follower, "sync/partial", index, DEADLINE);
     assert_eq!(r.text(), "x");
     // And sync writes are acknowledged by all again.
     let r = c.put_until_ok(leader, "sync/again?mode=sync", b"y", DEADLINE);
@@ -216,15 +208,7 @@ fn async_write_acknowledged_by_a_cut_off_leader_is_lost_when_it_dies() {
     let index = c.put_until_ok(new, "lost/after", b"x", DEADLINE).json()["index"]
         .as_u64()
         .expect("index");
-    wait_until(DEADLINE, "the old leader to catch up", || {
-        let r = c
-            .get(
-                leader,
-                &format!("lost/after?consistency=stale&min_index={index}"),
-            )
-            .ok()?;
-        (r.status == 200).then_some(())
-    });
+    c.wait_read_at(leader, "lost/after", index, DEADLINE);
     assert_eq!(
         c.get(leader, "lost/k?consistency=stale")
             .expect("answers")

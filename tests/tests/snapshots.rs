@@ -53,15 +53,7 @@ fn caught_up_by_snapshot(c: &mut Cluster, leader: u64, follower: u64) {
     let idx = c.put_until_ok(leader, "snap/marker", b"m", DEADLINE).json()["index"]
         .as_u64()
         .expect("index");
-    wait_until(DEADLINE, "the follower to catch up", || {
-        let r = c
-            .get(
-                follower,
-                &format!("snap/marker?consistency=stale&min_index={idx}"),
-            )
-            .ok()?;
-        (r.status == 200).then_some(())
-    });
+    c.wait_read_at(follower, "snap/marker", idx, DEADLINE);
     let log = std::fs::read_to_string(&c.node(follower).log).expect("log");
     assert!(
         log.contains("installed a snapshot"),

@@ -85,7 +85,8 @@ impl Stage {
     }
 
     /// Receives one chunk of an incoming snapshot into the staging column family. A chunk out of
-    /// sequence abandons the stream; chunk 0 starts a new one. Ignored while a snapshot is being
+    /// sequence abandons the stream; a chunk of another stream is dropped; chunk 0 starts a new
+    /// one. Ignored while a snapshot is being
     /// installed.
     pub fn stage_chunk(&self, chunk: SnapshotChunk) -> Result<(), StorageError> {
         let mut st = self.lock_staging();
@@ -401,32 +402,36 @@ mod tests {
         assert!(!stage.lock_staged(10, 2));
     }
 
-    /// Found by review: a node does not close a peer's older connection when a new one starts,
-    /// so the chunks of two streams of one snapshot could interleave (A0, B0, A1), and A1 was
-    /// taken as B's second chunk, mixing data read at two points in time.
-    #[test]
-    fn a_chunk_of_another_stream_never_continues_this_one() {
-        let (_d, stage) = stage();
-        let of = |stream: u64, seq: u64, done: bool| SnapshotChunk {
+    /// Chunk `seq` of stream `stream`, whose one pair names both.
+    fn of_stream(stream: u64, seq: u64, done: bool) -> SnapshotChunk {
+        SnapshotChunk {
             stream,
             ..chunk(
                 seq,
                 done,
                 vec![pair(0, format!("{stream}-{seq}").as_bytes())],
             )
-        };
-        stage.stage_chunk(of(1, 0, false)).expect("stage A0");
-        stage.stage_chunk(of(2, 0, false)).expect("stage B0");
+        }
+    }
+
+    /// Found by review: a node does not close a peer's older connection when a new one starts,
+    /// so the chunks of two streams of one snapshot could interleave (A0, B0, A1), and A1 was
+    /// taken as B's second chunk, mixing data read at two points in time.
+    #[test]
+    fn a_chunk_of_another_stream_never_continues_this_one() {
+        let (_d, stage) = stage();
+        stage.stage_chunk(of_stream(1, 0, false)).expect("stage A0");
+        stage.stage_chunk(of_stream(2, 0, false)).expect("stage B0");
         stage
-            .stage_chunk(of(1, 1, true))
+            .stage_chunk(of_stream(1, 1, true))
             .expect("refused, not an error");
         assert!(
             !stage.lock_staged(10, 2),
             "A's last chunk completed B's stream"
         );
         // A stream on its own still completes.
-        stage.stage_chunk(of(3, 0, false)).expect("stage C0");
-        stage.stage_chunk(of(3, 1, true)).expect("stage C1");
+        stage.stage_chunk(of_stream(3, 0, false)).expect("stage C0");
+        stage.stage_chunk(of_stream(3, 1, true)).expect("stage C1");
         assert!(stage.lock_staged(10, 2), "a whole stream is installable");
     }
 
@@ -436,18 +441,12 @@ mod tests {
     #[test]
     fn a_straggler_of_another_stream_leaves_this_one_going() {
         let (_d, stage) = stage();
-        let of = |stream: u64, seq: u64, done: bool| SnapshotChunk {
-            stream,
-            ..chunk(
-                seq,
-                done,
-                vec![pair(0, format!("{stream}-{seq}").as_bytes())],
-            )
-        };
-        stage.stage_chunk(of(1, 0, false)).expect("stage A0");
-        stage.stage_chunk(of(2, 0, false)).expect("stage B0");
-        stage.stage_chunk(of(1, 1, false)).expect("dropped A1");
-        stage.stage_chunk(of(2, 1, true)).expect("stage B1");
+        stage.stage_chunk(of_stream(1, 0, false)).expect("stage A0");
+        stage.stage_chunk(of_stream(2, 0, false)).expect("stage B0");
+        stage
+            .stage_chunk(of_stream(1, 1, false))
+            .expect("dropped A1");
+        stage.stage_chunk(of_stream(2, 1, true)).expect("stage B1");
         assert!(stage.lock_staged(10, 2), "B's stream is whole");
     }
 
