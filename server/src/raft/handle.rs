@@ -40,7 +40,7 @@ impl Drop for Pending {
 
 /// A client request's place in the loop's queue ([`Shared::admit`]): the loop takes events in
 /// order, so the place is given back when it drops the event, whatever it did with it.
-pub struct Ticket(pub(super) Arc<Shared>);
+pub struct Ticket(Arc<Shared>);
 
 impl Drop for Ticket {
     fn drop(&mut self) {
@@ -192,12 +192,12 @@ impl NodeHandle {
 
     /// Obtains a read index through Raft (on any node).
     pub async fn read_index(&self) -> Result<u64, ReadError> {
+        // A full backlog of events refuses reads as overloaded, but a read holds no place in it:
+        // the read queue is the loop's own (reads waiting for a round were never counted).
         if !self.shared.admit() {
             return Err(ReadError::Overloaded);
         }
-        // The place is given back once the read is queued: the read queue is the loop's own
-        // (reads waiting for a round were never counted).
-        drop(Ticket(self.shared.clone()));
+        self.shared.release();
         let (reply, rx) = oneshot::channel();
         let started = std::time::Instant::now();
         match self.shared.read_queue().push((started, reply)) {

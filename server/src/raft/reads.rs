@@ -143,16 +143,19 @@ impl Reads {
     pub(super) fn issue(&mut self, raw: &mut RawNode<RaftLogStore>) -> bool {
         // With no leader, queued reads are taken to fail at once, round out or not.
         let may_take = self.groups.len() < ROUNDS_IN_FLIGHT || raw.raft.leader_id == 0;
-        let now = Instant::now();
-        for (arrived, reply) in self.queue.take(may_take) {
-            let deadline = arrived + self.timeout;
-            if deadline <= now {
-                let ms = self.timeout.as_millis();
-                let _ = reply.send(Err(ReadError::Timeout(format!(
-                    "no read index within {ms} ms (waited for a round)"
-                ))));
-            } else {
-                self.new.push((deadline, reply));
+        let taken = self.queue.take(may_take);
+        if !taken.is_empty() {
+            let now = Instant::now();
+            for (arrived, reply) in taken {
+                let deadline = arrived + self.timeout;
+                if deadline <= now {
+                    let ms = self.timeout.as_millis();
+                    let _ = reply.send(Err(ReadError::Timeout(format!(
+                        "no read index within {ms} ms (waited for a round)"
+                    ))));
+                } else {
+                    self.new.push((deadline, reply));
+                }
             }
         }
         self.issue_new(raw)
@@ -310,14 +313,6 @@ impl Reads {
     }
 }
 
-impl Drop for Reads {
-    /// The loop is gone: reads still in the read queue fail as shutting down, later ones are
-    /// refused.
-    fn drop(&mut self) {
-        self.queue.close();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +398,46 @@ mod tests {
         reads.expire(early_deadline + Duration::from_millis(5), Some(2));
         assert!(matches!(late_rx.try_recv(), Ok(Err(ReadError::Timeout(_)))));
         assert!(reads.new.is_empty());
+    }
+
+    /// The rule that keeps a read from a stale index: a read queued while a round is out never
+    /// joins it (that round's index may predate the read); it waits in the queue and goes into
+    /// the next round, asked after it arrived.
+    #[test]
+    fn a_queued_read_never_joins_a_round_already_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut raw = super::super::writes::batch_tests::leader(dir.path());
+        let shared = shared();
+        let mut reads = Reads::new(1, Duration::from_secs(60), &shared);
+        let (early, mut early_rx) = oneshot::channel();
+        reads.groups.insert(
+            7,
+            ReadGroup {
+                asked: Instant::now(),
+                waiters: vec![(Instant::now() + Duration::from_secs(60), early)],
+            },
+        );
+        let (late, mut late_rx) = oneshot::channel();
+        shared.read_queue().push((Instant::now(), late));
+        assert!(!reads.issue(&mut raw), "no second round while one is out");
+        assert!(!shared.read_queue().is_empty(), "the read stays queued");
+        assert_eq!(
+            reads.groups[&7].waiters.len(),
+            1,
+            "nothing joined the round out"
+        );
+        // The round is answered: only its own read gets its index.
+        reads.answer(vec![ReadState {
+            index: 5,
+            request_ctx: reads.wire_ctx(7),
+        }]);
+        assert!(matches!(early_rx.try_recv(), Ok(Ok(5))));
+        assert!(late_rx.try_recv().is_err());
+        // The queued read goes into a round of its own, asked now.
+        assert!(reads.issue(&mut raw));
+        assert!(shared.read_queue().is_empty());
+        assert_eq!(reads.groups.len(), 1);
+        assert!(!reads.groups.contains_key(&7));
     }
 
     #[test]

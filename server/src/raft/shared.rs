@@ -247,8 +247,10 @@ impl Shared {
         &self.read_queue
     }
 
-    /// Publishes that the loop has stopped.
+    /// Publishes that the loop has stopped; reads waiting in the read queue fail as shutting
+    /// down and later ones are refused.
     pub(super) fn set_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
+        self.read_queue.close();
     }
 }

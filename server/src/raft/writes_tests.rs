@@ -7,8 +7,8 @@ use tokio::sync::oneshot::error::TryRecvError;
 
 type Rx = oneshot::Receiver<Result<WriteOk, WriteError>>;
 
-/// A single-voter leader on a fresh log in `dir`.
-fn leader(dir: &std::path::Path) -> RawNode<RaftLogStore> {
+/// A single-voter leader on a fresh log in `dir` (the read tests use it too).
+pub(crate) fn leader(dir: &std::path::Path) -> RawNode<RaftLogStore> {
     let db = crate::storage::open_db(dir).expect("open RocksDB");
     let store = RaftLogStore::open(db, &[1]).expect("open the log");
     let cfg = raft::Config {
