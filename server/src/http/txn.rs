@@ -220,7 +220,6 @@ pub(super) fn txn_keys(txn: &TxnOp) -> impl Iterator<Item = &str> {
     )
 }
 
-/// The JSON of each step's result.
 /// The answer to a transaction that ran (`r`), at `index`, acknowledged at `acked` (a write)
 /// or read on one snapshot (None).
 fn txn_response(
@@ -236,6 +235,7 @@ fn txn_response(
     }
 }
 
+/// The JSON of each step's result.
 fn step_results(results: &[StepResult]) -> Vec<StepResultJson> {
     results
         .iter()

@@ -70,8 +70,9 @@ struct Unproposed {
 
 /// Most client writes proposed together (one `MsgPropose`).
 const MAX_BATCH: usize = 1024;
-/// Most bytes of commands proposed together (a batch is proposed early past this): the
-/// loop's `max_size_per_msg`, so that one append carries a whole batch to each follower.
+/// Most bytes of commands proposed together (a write that would take a batch past this is
+/// proposed in the next): the loop's `max_size_per_msg`, so that one append carries a whole
+/// batch to each follower.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Every write this leader has proposed and not yet answered.
@@ -122,13 +123,17 @@ impl Writes {
             let _ = reply.send(Err(not_leader(raw)));
             return;
         }
+        let data = command.encode_to_vec();
+        // A batch holds one term's writes, and no more bytes than one append carries (a write
+        // longer than that goes alone).
+        if !self.batch.is_empty()
+            && (self.batch_term != term || self.batch_bytes + data.len() > MAX_BATCH_BYTES)
+        {
+            self.flush(raw);
+        }
         if self.batch.is_empty() {
             self.batch_term = term;
-        } else if self.batch_term != term {
-            self.flush(raw);
-            self.batch_term = term;
         }
-        let data = command.encode_to_vec();
         self.batch_bytes += data.len();
         self.batch.push(Unproposed {
             data,
@@ -136,7 +141,7 @@ impl Writes {
             blind,
             reply,
         });
-        if self.batch.len() >= MAX_BATCH || self.batch_bytes >= MAX_BATCH_BYTES {
+        if self.batch.len() >= MAX_BATCH {
             self.flush(raw);
         }
     }
@@ -151,26 +156,23 @@ impl Writes {
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        let fail = |batch: Vec<Unproposed>, err: WriteError| {
-            for u in batch {
-                let _ = u.reply.send(Err(err.clone()));
-            }
-        };
+        let replies = |batch: Vec<Unproposed>| batch.into_iter().map(|u| u.reply);
         if raw.raft.state != StateRole::Leader {
-            return fail(batch, not_leader(raw));
+            return refuse(replies(batch), not_leader(raw));
         }
         if raw.raft.term != self.batch_term {
-            return fail(batch, WriteError::Dropped);
+            return refuse(replies(batch), WriteError::Dropped);
         }
-        let mut waiting = Vec::with_capacity(batch.len());
-        let mut entries = Vec::with_capacity(batch.len());
-        for u in batch {
-            entries.push(Entry {
-                data: u.data.into(),
-                ..Default::default()
-            });
-            waiting.push((u.mode, u.blind, u.reply));
-        }
+        let (entries, waiting): (Vec<Entry>, Vec<_>) = batch
+            .into_iter()
+            .map(|u| {
+                let entry = Entry {
+                    data: u.data.into(),
+                    ..Default::default()
+                };
+                (entry, (u.mode, u.blind, u.reply))
+            })
+            .unzip();
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);
         m.from = raw.raft.id;
@@ -179,7 +181,7 @@ impl Writes {
         let n = waiting.len() as u64;
         if let Err(e) = raw.raft.step(m) {
             debug!(error = %e, writes = n, "proposal dropped");
-            return fail_waiting(waiting);
+            return refuse(waiting.into_iter().map(|w| w.2), WriteError::Dropped);
         }
         if raw.raft.raft_log.last_index() != before + n {
             // raft-rs appended something else (it never does for normal entries): what it
@@ -190,10 +192,7 @@ impl Writes {
                 last = raw.raft.raft_log.last_index(),
                 "batch misplaced"
             );
-            for (_, _, reply) in waiting {
-                let _ = reply.send(Err(WriteError::OutcomeUnknown));
-            }
-            return;
+            return refuse(waiting.into_iter().map(|w| w.2), WriteError::OutcomeUnknown);
         }
         for (i, (mode, blind, reply)) in waiting.into_iter().enumerate() {
             let p = PendingWrite {
@@ -354,9 +353,8 @@ impl Writes {
     /// `replication_timeout` (they are committed, just not confirmed everywhere).
     pub(super) fn fail_all(&mut self, err: WriteError) {
         // Never proposed: certainly not applied.
-        for u in std::mem::take(&mut self.batch) {
-            let _ = u.reply.send(Err(WriteError::Dropped));
-        }
+        let batch = std::mem::take(&mut self.batch);
+        refuse(batch.into_iter().map(|u| u.reply), WriteError::Dropped);
         for (_, p) in std::mem::take(&mut self.pending) {
             let _ = p.reply.send(Err(err.clone()));
         }
@@ -377,10 +375,10 @@ fn not_leader(raw: &RawNode<RaftLogStore>) -> WriteError {
     }
 }
 
-/// Answers writes raft-rs dropped as a batch: never appended, certainly not applied.
-fn fail_waiting(waiting: Vec<(WriteMode, bool, Reply)>) {
-    for (_, _, reply) in waiting {
-        let _ = reply.send(Err(WriteError::Dropped));
+/// Answers writes that will wait at no index with `err`.
+fn refuse(replies: impl IntoIterator<Item = Reply>, err: WriteError) {
+    for reply in replies {
+        let _ = reply.send(Err(err.clone()));
     }
 }
 
@@ -501,4 +499,4 @@ mod tests {
 
 #[cfg(test)]
 #[path = "writes_tests.rs"]
-mod batch_tests;
+pub(super) mod batch_tests;
