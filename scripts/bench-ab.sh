@@ -4,7 +4,7 @@
 # closed-loop keel-bench runs of the compare workloads (64 clients: semi writes, linearizable
 # reads, stale reads, GET /health; 1 client: semi writes), and the medians over the rounds.
 # Usage: scripts/bench-ab.sh A_BIN B_BIN [ROUNDS] (after `cargo build --release --workspace`)
-# Environment: DURATION (8s).
+# Environment: DURATION (8s), WORKLOADS (names to run, space-separated; default all five).
 set -u
 A=${1:?usage: scripts/bench-ab.sh A_BIN B_BIN [ROUNDS]}
 B=${2:?usage: scripts/bench-ab.sh A_BIN B_BIN [ROUNDS]}
@@ -22,6 +22,13 @@ workloads=(
   "stale64|--workload read --stale --clients 64"
   "health64|--workload health --clients 64"
 )
+if [ -n "${WORKLOADS:-}" ]; then
+  chosen=()
+  for w in "${workloads[@]}"; do
+    for name in $WORKLOADS; do [ "${w%%|*}" = "$name" ] && chosen+=("$w"); done
+  done
+  workloads=("${chosen[@]}")
+fi
 for round in $(seq 1 "$ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then order="A B"; else order="B A"; fi
   for which in $order; do
