@@ -19,6 +19,8 @@
 //!   index (SPEC §8);
 //! - `writes.rs`: proposals waiting for their acknowledgement (async, semi, sync);
 //! - `reads.rs`: read-index batching, re-issue and expiry;
+//! - `quorum_read.rs`: a follower's read-index request answered at once where the leader and
+//!   the follower are a quorum (no heartbeat round);
 //! - `read_queue.rs`: linearizable reads handed in without waking the loop for each one;
 //! - `guard.rs`: what a peer's Raft message must satisfy before raft-rs sees it;
 //! - `membership.rs`: applying conf changes and the address book;
@@ -35,6 +37,7 @@ mod leases;
 mod membership;
 mod observe;
 mod peers;
+mod quorum_read;
 mod read_queue;
 mod reads;
 mod ready;

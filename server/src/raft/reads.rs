@@ -27,36 +27,6 @@ use super::shared::Shared;
 use crate::error::ReadError;
 use crate::storage::RaftLogStore;
 
-/// The planted bug `early-read-index` on the leader, for a follower's read-index request: the
-/// answer a correct leader never gives (its commit index before it has committed in its term;
-/// raft-rs drops such requests). None unless the bug is planted and applies.
-pub(super) fn planted_early_answer(
-    raw: &RawNode<RaftLogStore>,
-    msg: &raft::eraftpb::Message,
-) -> Option<raft::eraftpb::Message> {
-    use raft::eraftpb::MessageType;
-    if !crate::planted::active(crate::planted::Bug::EarlyReadIndex)
-        || msg.get_msg_type() != MessageType::MsgReadIndex
-        || raw.raft.state != raft::StateRole::Leader
-        || raw.raft.commit_to_current_term()
-    {
-        return None;
-    }
-    let mut resp = raft::eraftpb::Message::default();
-    resp.set_msg_type(MessageType::MsgReadIndexResp);
-    resp.to = msg.from;
-    resp.from = raw.raft.id;
-    resp.term = raw.raft.term;
-    resp.index = raw.raft.raft_log.committed;
-    resp.entries = msg.entries.clone();
-    tracing::warn!(
-        committed = resp.index,
-        to = msg.from,
-        "planted early-read-index: a follower's read answered before the term's first commit"
-    );
-    Some(resp)
-}
-
 /// The planted `no-read-reask`: the loop never asks again for read indexes raft-rs has not
 /// answered (a request lost on the way then waits until it times out).
 pub(super) fn planted_no_reask() -> bool {

@@ -300,7 +300,7 @@ impl<O: Outbox> Driver<O> {
                     }
                     self.staging_locked = true;
                 }
-                if let Some(resp) = super::reads::planted_early_answer(&self.raw, &msg) {
+                if let Some(resp) = super::quorum_read::answer_at_once(&self.raw, &msg) {
                     self.outbox.send_raft(vec![resp]);
                     return true;
                 }

@@ -1,0 +1,77 @@
+//! A follower's read-index request answered by the leader without a heartbeat round, when
+//! the leader and the follower that asks are a quorum of the voters (three voters, or two).
+//!
+//! raft-rs (`ReadOnlyOption::Safe`) answers every read-index request after a heartbeat round
+//! that a quorum acknowledges. For a follower's request in a three-voter cluster the round
+//! confirms nothing the request does not already show: see [`answer_at_once`]. Measured: CPU
+//! per linearizable read at 15,000/s 0.78x, and 64 readers +9% (docs/benchmarks.md).
+
+use raft::RawNode;
+
+use crate::storage::RaftLogStore;
+
+/// The leader's answer to a follower's read-index request that needs no heartbeat round, if
+/// there is one (None: step the request into raft-rs, which starts a round).
+///
+/// A round shows that a quorum of voters had not moved past this leader's term after the read
+/// arrived, so that no newer leader could have acknowledged a write the read must see. The
+/// request shows it for its sender: raft-rs forwards a read-index request only to the node it
+/// has heard from as leader in its current term (`leader_id`), and moving to any newer term,
+/// to vote or otherwise, makes it forget that leader. This leader, leading now, has not moved
+/// past its term either. So when the two are a quorum of the voters (with three voters, or two,
+/// the sender one of them), no leader of a newer term was elected before the read arrived:
+/// that election needed a vote from one of the two at a term above theirs. Every write
+/// acknowledged before the read was then committed in this leader's term or an earlier one, and
+/// this leader's commit index covers it, provided that (as raft-rs requires of every read
+/// index) it has committed an entry of its own term, and that no membership change is in its
+/// log beyond what it applied (a change committed and not yet applied here could already let a
+/// quorum this node does not count elect a leader).
+/// With five voters the two are not a quorum, and raft-rs's round is used.
+///
+/// Also answers the planted bug `early-read-index`: the answer a correct leader never gives
+/// (its commit index before it has committed in its term; raft-rs drops such requests).
+pub(super) fn answer_at_once(
+    raw: &RawNode<RaftLogStore>,
+    msg: &raft::eraftpb::Message,
+) -> Option<raft::eraftpb::Message> {
+    use raft::eraftpb::MessageType;
+    if msg.get_msg_type() != MessageType::MsgReadIndex
+        || raw.raft.state != raft::StateRole::Leader
+        || msg.entries.len() != 1
+        || msg.from == raw.raft.id
+    {
+        return None;
+    }
+    let raft = &raw.raft;
+    let early = crate::planted::active(crate::planted::Bug::EarlyReadIndex)
+        && !raft.commit_to_current_term();
+    let at_once = raft.commit_to_current_term()
+        && raft.pending_conf_index <= raft.raft_log.applied
+        && raft.prs().has_quorum(
+            &[raft.id, msg.from]
+                .into_iter()
+                .collect::<fxhash::FxHashSet<u64>>(),
+        );
+    if !early && !at_once {
+        return None;
+    }
+    let mut resp = raft::eraftpb::Message::default();
+    resp.set_msg_type(MessageType::MsgReadIndexResp);
+    resp.to = msg.from;
+    resp.from = raft.id;
+    resp.term = raft.term;
+    resp.index = raft.raft_log.committed;
+    resp.entries = msg.entries.clone();
+    if early {
+        tracing::warn!(
+            committed = resp.index,
+            to = msg.from,
+            "planted early-read-index: a follower's read answered before the term's first commit"
+        );
+    }
+    Some(resp)
+}
+
+#[cfg(test)]
+#[path = "quorum_read_tests.rs"]
+mod tests;

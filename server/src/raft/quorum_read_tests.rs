@@ -1,0 +1,162 @@
+//! Tests of [`answer_at_once`] on real raft-rs `RawNode`s over real RocksDB log stores: a leader
+//! of three voters (and of five) made by stepping the votes and acknowledgements its followers
+//! would send.
+
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, MessageType};
+use raft::{RawNode, StateRole};
+
+use super::answer_at_once;
+use crate::storage::RaftLogStore;
+
+/// Node 1 of `voters`, which has campaigned and won (votes from the next quorum − 1 voters)
+/// but not yet committed anything in its term.
+fn elected(dir: &std::path::Path, voters: &[u64]) -> RawNode<RaftLogStore> {
+    let db = crate::storage::open_db(dir).expect("open RocksDB");
+    let store = RaftLogStore::open(db, voters).expect("open the log");
+    let cfg = raft::Config {
+        id: 1,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        ..Default::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut raw = RawNode::new(&cfg, store, &logger).expect("raw node");
+    raw.campaign().expect("campaign");
+    let term = raw.raft.term;
+    for &from in &voters[1..voters.len() / 2 + 1] {
+        let mut vote = message(MessageType::MsgRequestVoteResponse, from);
+        vote.term = term;
+        raw.step(vote).expect("a vote");
+    }
+    assert_eq!(raw.raft.state, StateRole::Leader);
+    persist(&mut raw);
+    raw
+}
+
+/// Writes what raft-rs has to persist and advances, as the Ready loop does.
+fn persist(raw: &mut RawNode<RaftLogStore>) {
+    if !raw.has_ready() {
+        return;
+    }
+    let mut rd = raw.ready();
+    let hs = rd.hs().cloned();
+    raw.mut_store()
+        .append(rd.entries(), hs.as_ref(), false)
+        .expect("append");
+    let _ = rd.take_messages();
+    let mut light = raw.advance(rd);
+    let _ = light.take_messages();
+    raw.advance_apply();
+}
+
+/// Followers `from` acknowledge the leader's whole log, which commits it.
+fn acknowledge(raw: &mut RawNode<RaftLogStore>, from: &[u64]) {
+    for &f in from {
+        let mut ack = message(MessageType::MsgAppendResponse, f);
+        ack.term = raw.raft.term;
+        ack.index = raw.raft.raft_log.last_index();
+        raw.step(ack).expect("an acknowledgement");
+    }
+    persist(raw);
+    assert!(raw.raft.commit_to_current_term());
+}
+
+fn message(kind: MessageType, from: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(kind);
+    m.from = from;
+    m.to = 1;
+    m
+}
+
+/// A follower's read-index request, as raft-rs forwards it (term 0, the context as its one
+/// entry).
+fn read_request(from: u64) -> Message {
+    let mut m = message(MessageType::MsgReadIndex, from);
+    let e = Entry {
+        data: b"ctx-42".to_vec().into(),
+        ..Default::default()
+    };
+    m.entries = vec![e].into();
+    m
+}
+
+#[test]
+fn three_voters_answer_a_voters_request_at_once_with_the_commit_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = elected(dir.path(), &[1, 2, 3]);
+    assert!(
+        answer_at_once(&raw, &read_request(2)).is_none(),
+        "no answer before the leader has committed an entry of its term"
+    );
+    acknowledge(&mut raw, &[2]);
+    let resp = answer_at_once(&raw, &read_request(3)).expect("answered at once");
+    assert_eq!(resp.get_msg_type(), MessageType::MsgReadIndexResp);
+    assert_eq!((resp.from, resp.to), (1, 3));
+    assert_eq!(resp.term, raw.raft.term);
+    assert_eq!(resp.index, raw.raft.raft_log.committed);
+    assert_eq!(resp.entries.len(), 1);
+    assert_eq!(
+        &resp.entries[0].data[..],
+        b"ctx-42",
+        "the request's context"
+    );
+}
+
+#[test]
+fn a_sender_that_is_not_a_voter_gets_a_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = elected(dir.path(), &[1, 2, 3]);
+    acknowledge(&mut raw, &[2]);
+    // Node 9 is no voter (a learner counts the same: it votes for nobody), so it and the
+    // leader are not a quorum.
+    assert!(answer_at_once(&raw, &read_request(9)).is_none());
+    // A request with no context, or not a read-index request, is raft-rs's to handle.
+    let mut bare = read_request(2);
+    bare.entries.clear();
+    assert!(answer_at_once(&raw, &bare).is_none());
+    assert!(answer_at_once(&raw, &message(MessageType::MsgHeartbeatResponse, 2)).is_none());
+}
+
+#[test]
+fn five_voters_always_get_a_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = elected(dir.path(), &[1, 2, 3, 4, 5]);
+    acknowledge(&mut raw, &[2, 3]);
+    // The leader and one follower are two of five: a newer leader could have been elected by
+    // the other three without either of them.
+    for from in 2..=5 {
+        assert!(answer_at_once(&raw, &read_request(from)).is_none());
+    }
+}
+
+#[test]
+fn an_unapplied_membership_change_means_a_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = elected(dir.path(), &[1, 2, 3]);
+    acknowledge(&mut raw, &[2]);
+    assert!(answer_at_once(&raw, &read_request(2)).is_some());
+    // A change that is in the log and not applied: once it is, a quorum this leader does not
+    // count yet may elect a leader.
+    let mut cc = ConfChange::default();
+    cc.set_change_type(ConfChangeType::AddNode);
+    cc.node_id = 4;
+    raw.propose_conf_change(Vec::new(), cc)
+        .expect("propose a change");
+    persist(&mut raw);
+    assert!(raw.raft.pending_conf_index > raw.raft.raft_log.applied);
+    assert!(answer_at_once(&raw, &read_request(2)).is_none());
+}
+
+#[test]
+fn a_follower_answers_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = elected(dir.path(), &[1, 2, 3]);
+    acknowledge(&mut raw, &[2]);
+    // A newer term's leader appears: node 1 follows it.
+    let mut append = message(MessageType::MsgHeartbeat, 2);
+    append.term = raw.raft.term + 1;
+    raw.step(append).expect("a heartbeat of a newer term");
+    assert_eq!(raw.raft.state, StateRole::Follower);
+    assert!(answer_at_once(&raw, &read_request(3)).is_none());
+}
