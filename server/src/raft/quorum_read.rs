@@ -13,20 +13,25 @@ use crate::storage::RaftLogStore;
 /// The leader's answer to a follower's read-index request that needs no heartbeat round, if
 /// there is one (None: step the request into raft-rs, which starts a round).
 ///
-/// A round shows that a quorum of voters had not moved past this leader's term after the read
-/// arrived, so that no newer leader could have acknowledged a write the read must see. The
-/// request shows it for its sender: raft-rs forwards a read-index request only to the node it
-/// has heard from as leader in its current term (`leader_id`), and moving to any newer term,
-/// to vote or otherwise, makes it forget that leader. This leader, leading now, has not moved
-/// past its term either. So when the two are a quorum of the voters (with three voters, or two,
-/// the sender one of them), no leader of a newer term was elected before the read arrived:
-/// that election needed a vote from one of the two at a term above theirs. Every write
-/// acknowledged before the read was then committed in this leader's term or an earlier one, and
-/// this leader's commit index covers it, provided that (as raft-rs requires of every read
-/// index) it has committed an entry of its own term, and that no membership change is in its
-/// log beyond what it applied (a change committed and not yet applied here could already let a
-/// quorum this node does not count elect a leader).
+/// A round shows that a quorum of voters had not moved past this leader's term `t` after the
+/// read arrived, so that no leader of a newer term could have acknowledged a write the read
+/// must see. For the sender, the answer itself shows it: it carries term `t`, and the sender's
+/// raft-rs takes it (`Raft::step`) only while its own term is at most `t` (a message of a lower
+/// term is dropped; one of a higher term makes it a follower at `t` first). Terms never go
+/// back, so the sender had not voted in any term above `t` when it took the answer, which is
+/// after the read arrived. This leader, leading at `t` now, has not either. So when the two are
+/// a quorum of the voters (with three voters, or two; the sender must be one), no leader of a
+/// newer term was elected before the read arrived: that election needed a vote from one of the
+/// two. Every write acknowledged before the read was then committed at `t` or earlier, and this
+/// leader's commit index covers it, provided that (as raft-rs requires of every read index) it
+/// has committed an entry of its own term, and that no membership change is in its log beyond
+/// what it applied (a change it has not applied may already let a quorum it does not count
+/// elect a leader). The argument needs the answer stepped into raft-rs on the sender like any
+/// message (`ready.rs` does), and the request's context matched there (`reads.rs`).
 /// With five voters the two are not a quorum, and raft-rs's round is used.
+///
+/// Known limit, shared with raft-rs's round: a voter that applies a membership change later
+/// than the others may still campaign under the old configuration (etcd-io/etcd#7625).
 ///
 /// Also answers the planted bug `early-read-index`: the answer a correct leader never gives
 /// (its commit index before it has committed in its term; raft-rs drops such requests).
@@ -45,7 +50,9 @@ pub(super) fn answer_at_once(
     let raft = &raw.raft;
     let early = crate::planted::active(crate::planted::Bug::EarlyReadIndex)
         && !raft.commit_to_current_term();
+    let voters = raft.prs().conf().voters();
     let at_once = raft.commit_to_current_term()
+        && voters.contains(msg.from)
         && raft.pending_conf_index <= raft.raft_log.applied
         && raft.prs().has_quorum(
             &[raft.id, msg.from]

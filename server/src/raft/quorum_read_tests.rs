@@ -160,3 +160,71 @@ fn a_follower_answers_nothing() {
     assert_eq!(raw.raft.state, StateRole::Follower);
     assert!(answer_at_once(&raw, &read_request(3)).is_none());
 }
+
+#[test]
+fn two_voters_answer_and_a_single_voter_answers_no_stranger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = elected(dir.path(), &[1, 2]);
+    acknowledge(&mut raw, &[2]);
+    assert!(answer_at_once(&raw, &read_request(2)).is_some());
+
+    // Alone, the leader is a quorum by itself: only a voter's request could be answered, and
+    // it has none to answer; a claimed sender 0 or a stranger gets nothing (raft-rs decides).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut alone = elected(dir.path(), &[1]);
+    acknowledge(&mut alone, &[]);
+    for from in [0, 9] {
+        assert!(answer_at_once(&alone, &read_request(from)).is_none());
+    }
+}
+
+/// Node `id` of `voters`, following node `leader` at `term` (it has heard its heartbeat).
+fn following(dir: &std::path::Path, id: u64, voters: &[u64], leader: u64, term: u64) -> Node {
+    let db = crate::storage::open_db(dir).expect("open RocksDB");
+    let store = RaftLogStore::open(db, voters).expect("open the log");
+    let cfg = raft::Config {
+        id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        ..Default::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut raw = RawNode::new(&cfg, store, &logger).expect("raw node");
+    let mut hb = message(MessageType::MsgHeartbeat, leader);
+    hb.to = id;
+    hb.term = term;
+    raw.step(hb).expect("a heartbeat");
+    assert_eq!(
+        (raw.raft.state, raw.raft.leader_id, raw.raft.term),
+        (StateRole::Follower, leader, term)
+    );
+    raw
+}
+
+type Node = RawNode<RaftLogStore>;
+
+/// The argument's other half, on the sender: the answer carries the leader's term, and a
+/// follower that has moved to a newer term (it may have voted there) drops it.
+#[test]
+fn the_answer_is_taken_only_by_a_sender_still_at_the_leaders_term() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut leader = elected(dir.path(), &[1, 2, 3]);
+    acknowledge(&mut leader, &[2]);
+    let term = leader.raft.term;
+    let resp = answer_at_once(&leader, &read_request(2)).expect("answered at once");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut same = following(dir.path(), 2, &[1, 2, 3], 1, term);
+    same.step(resp.clone()).expect("the answer");
+    assert_eq!(same.raft.read_states.len(), 1, "taken at the leader's term");
+    assert_eq!(same.raft.read_states[0].index, resp.index);
+    assert_eq!(&same.raft.read_states[0].request_ctx[..], b"ctx-42");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut newer = following(dir.path(), 2, &[1, 2, 3], 3, term + 1);
+    newer.step(resp).expect("the answer");
+    assert!(
+        newer.raft.read_states.is_empty(),
+        "a follower of a newer term never takes it"
+    );
+}
