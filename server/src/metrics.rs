@@ -91,6 +91,9 @@ pub struct Metrics {
     pub leader_changes: Counter,
     /// From a read-index request to its answer.
     pub read_index: Histogram,
+    /// Followers' read-index requests the leader answered without a heartbeat round
+    /// (`raft/quorum_read.rs`).
+    pub read_index_at_once: Counter,
     /// Heartbeat round trips to each peer (on the leader).
     pub peer_rtt: Family<PeerLabels, Histogram>,
     /// The leader's last index minus each follower's match index.
@@ -167,6 +170,7 @@ impl Metrics {
             proposals_pending: Gauge::default(),
             leader_changes: Counter::default(),
             read_index: Histogram::new(fine()),
+            read_index_at_once: Counter::default(),
             peer_rtt,
             peer_match_lag: Family::default(),
             peer_applied_lag: Family::default(),
@@ -249,6 +253,11 @@ impl Metrics {
             "read_index_duration_seconds",
             "From a read-index request to its answer",
             m.read_index.clone(),
+        );
+        r.register(
+            "read_index_at_once",
+            "Followers' read-index requests answered by this leader without a heartbeat round",
+            m.read_index_at_once.clone(),
         );
         r.register(
             "peer_round_trip_seconds",
@@ -440,6 +449,7 @@ mod tests {
             "keel_proposals_pending",
             "keel_leader_changes_total",
             "keel_read_index_duration_seconds",
+            "keel_read_index_at_once_total",
             "keel_peer_round_trip_seconds",
             "keel_peer_match_lag_entries",
             "keel_peer_applied_lag_entries",

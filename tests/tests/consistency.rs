@@ -11,45 +11,67 @@ use keel_tests::{wait_until, Cluster, LinkMode, DEADLINE};
 /// Writes one key through each node in turn and reads it linearizably through the next, 60
 /// times: every node reads the key again and again (its value cache holds it after the first
 /// read), and each read must see the write acknowledged just before it. Returns the first read
-/// that did not, as text.
+/// that did not, as text, and how many followers' read-index requests the nodes answered
+/// without a heartbeat round (`keel_read_index_at_once_total`, summed).
 fn a_read_that_missed_the_write_before_it(
     bin: std::path::PathBuf,
     env: &[(&str, &str)],
-) -> Option<String> {
-    let mut c = Cluster::launch_with(3, &[], false, bin, env);
+    nodes: u64,
+) -> (Option<String>, u64) {
+    let mut c = Cluster::launch_with(nodes as usize, &[], false, bin, env);
     c.wait_for_leader();
+    let at_once = |c: &Cluster| {
+        c.ids()
+            .into_iter()
+            .map(|id| c.metric(id, "keel_read_index_at_once_total").unwrap_or(0))
+            .sum()
+    };
     for i in 0..60u64 {
-        let writer = i % 3 + 1;
-        let reader = (i + 1) % 3 + 1;
+        let writer = i % nodes + 1;
+        let reader = (i + 1) % nodes + 1;
         let value = format!("v{i}");
         c.put_until_ok(writer, "lin/register", value.as_bytes(), DEADLINE);
         let r = c.get(reader, "lin/register").expect("reader answers");
         assert_eq!(r.status, 200, "{}", r.text());
         if r.text() != value {
-            return Some(format!(
+            let missed = format!(
                 "read on node {reader} after {value:?} was written through node {writer}: {:?}",
                 r.text()
-            ));
+            );
+            return (Some(missed), at_once(&c));
         }
     }
-    None
+    (None, at_once(&c))
 }
 
+/// With three voters a follower's read-index request is answered by the leader without a
+/// heartbeat round (the follower's request is the quorum's second vote), and the reads still see
+/// every write acknowledged before them.
 #[test]
 fn linearizable_read_on_a_follower_sees_a_write_acknowledged_elsewhere() {
-    assert_eq!(
-        a_read_that_missed_the_write_before_it(keel_tests::keel_bin(), &[]),
-        None
-    );
+    let (missed, at_once) = a_read_that_missed_the_write_before_it(keel_tests::keel_bin(), &[], 3);
+    assert_eq!(missed, None);
+    // 40 of the 60 reads are on a follower, each its own request.
+    assert!(at_once >= 40, "{at_once} requests answered at once");
+}
+
+/// With five voters the leader and one follower are no quorum: every follower's read goes
+/// through a heartbeat round, and none is answered at once.
+#[test]
+fn five_voters_answer_followers_reads_after_a_round() {
+    let (missed, at_once) = a_read_that_missed_the_write_before_it(keel_tests::keel_bin(), &[], 5);
+    assert_eq!(missed, None);
+    assert_eq!(at_once, 0);
 }
 
 /// The check above can fail: with the planted `cache-skip-apply` a node's cached record outlives
 /// the write that replaced it.
 #[test]
 fn a_cached_record_kept_after_its_overwrite_is_caught() {
-    let missed = a_read_that_missed_the_write_before_it(
+    let (missed, _) = a_read_that_missed_the_write_before_it(
         keel_tests::suite::planted_bin(),
         &[("KEEL_PLANTED_BUG", "cache-skip-apply")],
+        3,
     );
     assert!(missed.is_some(), "every read saw the write before it");
     eprintln!("caught: {}", missed.unwrap_or_default());

@@ -69,7 +69,9 @@ pub(super) fn answer_at_once(
     resp.term = raft.term;
     resp.index = raft.raft_log.committed;
     resp.entries = msg.entries.clone();
-    if early {
+    if at_once {
+        crate::metrics::metrics().read_index_at_once.inc();
+    } else {
         tracing::warn!(
             committed = resp.index,
             to = msg.from,
