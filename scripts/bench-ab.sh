@@ -27,6 +27,10 @@ if [ -n "${WORKLOADS:-}" ]; then
   for w in "${workloads[@]}"; do
     for name in $WORKLOADS; do [ "${w%%|*}" = "$name" ] && chosen+=("$w"); done
   done
+  if [ "${#chosen[@]}" -eq 0 ]; then
+    echo "scripts/bench-ab.sh: WORKLOADS names none of write64 write1 lin64 stale64 health64" >&2
+    exit 2
+  fi
   workloads=("${chosen[@]}")
 fi
 for round in $(seq 1 "$ROUNDS"); do

@@ -18,8 +18,8 @@ use crate::storage::RaftLogStore;
 /// must see. For the sender, the answer itself shows it: it carries term `t`, and the sender's
 /// raft-rs takes it (`Raft::step`) only while its own term is at most `t` (a message of a lower
 /// term is dropped; one of a higher term makes it a follower at `t` first). Terms never go
-/// back, so the sender had not voted in any term above `t` when it took the answer, which is
-/// after the read arrived. This leader, leading at `t` now, has not either. So when the two are
+/// back, so the sender had not voted in any term above `t` by the time the read arrived (nor
+/// until it took the answer). This leader, leading at `t` now, has not either. So when the two are
 /// a quorum of the voters (with three voters, or two; the sender must be one), no leader of a
 /// newer term was elected before the read arrived: that election needed a vote from one of the
 /// two. Every write acknowledged before the read was then committed at `t` or earlier, and this
