@@ -194,10 +194,9 @@ impl NodeHandle {
     pub async fn read_index(&self) -> Result<u64, ReadError> {
         // A full backlog of events refuses reads as overloaded, but a read holds no place in it:
         // the read queue is the loop's own (reads waiting for a round were never counted).
-        if !self.shared.admit() {
+        if self.shared.backlog_full() {
             return Err(ReadError::Overloaded);
         }
-        self.shared.release();
         let (reply, rx) = oneshot::channel();
         let started = std::time::Instant::now();
         match self.shared.read_queue().push((started, reply)) {

@@ -48,11 +48,10 @@ pub(super) fn answer_at_once(
         return None;
     }
     let raft = &raw.raft;
-    let early = crate::planted::active(crate::planted::Bug::EarlyReadIndex)
-        && !raft.commit_to_current_term();
-    let voters = raft.prs().conf().voters();
-    let at_once = raft.commit_to_current_term()
-        && voters.contains(msg.from)
+    let committed_in_term = raft.commit_to_current_term();
+    let early = !committed_in_term && crate::planted::active(crate::planted::Bug::EarlyReadIndex);
+    let at_once = committed_in_term
+        && raft.prs().conf().voters().contains(msg.from)
         && raft.pending_conf_index <= raft.raft_log.applied
         && raft.prs().has_quorum(
             &[raft.id, msg.from]

@@ -6,21 +6,13 @@ use raft::eraftpb::{ConfChange, ConfChangeType, Entry, Message, MessageType};
 use raft::{RawNode, StateRole};
 
 use super::answer_at_once;
+use crate::raft::writes::batch_tests::raw_node;
 use crate::storage::RaftLogStore;
 
 /// Node 1 of `voters`, which has campaigned and won (votes from the next quorum − 1 voters)
 /// but not yet committed anything in its term.
 fn elected(dir: &std::path::Path, voters: &[u64]) -> RawNode<RaftLogStore> {
-    let db = crate::storage::open_db(dir).expect("open RocksDB");
-    let store = RaftLogStore::open(db, voters).expect("open the log");
-    let cfg = raft::Config {
-        id: 1,
-        election_tick: 10,
-        heartbeat_tick: 2,
-        ..Default::default()
-    };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut raw = RawNode::new(&cfg, store, &logger).expect("raw node");
+    let mut raw = raw_node(dir, 1, voters);
     raw.campaign().expect("campaign");
     let term = raw.raft.term;
     for &from in &voters[1..voters.len() / 2 + 1] {
@@ -154,9 +146,9 @@ fn a_follower_answers_nothing() {
     let mut raw = elected(dir.path(), &[1, 2, 3]);
     acknowledge(&mut raw, &[2]);
     // A newer term's leader appears: node 1 follows it.
-    let mut append = message(MessageType::MsgHeartbeat, 2);
-    append.term = raw.raft.term + 1;
-    raw.step(append).expect("a heartbeat of a newer term");
+    let mut heartbeat = message(MessageType::MsgHeartbeat, 2);
+    heartbeat.term = raw.raft.term + 1;
+    raw.step(heartbeat).expect("a heartbeat of a newer term");
     assert_eq!(raw.raft.state, StateRole::Follower);
     assert!(answer_at_once(&raw, &read_request(3)).is_none());
 }
@@ -179,17 +171,14 @@ fn two_voters_answer_and_a_single_voter_answers_no_stranger() {
 }
 
 /// Node `id` of `voters`, following node `leader` at `term` (it has heard its heartbeat).
-fn following(dir: &std::path::Path, id: u64, voters: &[u64], leader: u64, term: u64) -> Node {
-    let db = crate::storage::open_db(dir).expect("open RocksDB");
-    let store = RaftLogStore::open(db, voters).expect("open the log");
-    let cfg = raft::Config {
-        id,
-        election_tick: 10,
-        heartbeat_tick: 2,
-        ..Default::default()
-    };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut raw = RawNode::new(&cfg, store, &logger).expect("raw node");
+fn following(
+    dir: &std::path::Path,
+    id: u64,
+    voters: &[u64],
+    leader: u64,
+    term: u64,
+) -> RawNode<RaftLogStore> {
+    let mut raw = raw_node(dir, id, voters);
     let mut hb = message(MessageType::MsgHeartbeat, leader);
     hb.to = id;
     hb.term = term;
@@ -200,8 +189,6 @@ fn following(dir: &std::path::Path, id: u64, voters: &[u64], leader: u64, term: 
     );
     raw
 }
-
-type Node = RawNode<RaftLogStore>;
 
 /// The argument's other half, on the sender: the answer carries the leader's term, and a
 /// follower that has moved to a newer term (it may have voted there) drops it.

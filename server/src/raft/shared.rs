@@ -122,6 +122,16 @@ impl Shared {
         true
     }
 
+    /// Whether the loop's backlog is full, counted as a refusal when it is, without taking a
+    /// place in it: for linearizable reads, which wait in the read queue beside it.
+    pub(super) fn backlog_full(&self) -> bool {
+        let full = self.queued.load(Ordering::Acquire) >= self.max_queued.load(Ordering::Acquire);
+        if full {
+            self.count_overloaded();
+        }
+        full
+    }
+
     /// Gives back a place taken by [`Shared::admit`].
     pub(super) fn release(&self) {
         self.queued.fetch_sub(1, Ordering::AcqRel);

@@ -71,8 +71,9 @@ struct Unproposed {
 /// Most client writes proposed together (one `MsgPropose`).
 const MAX_BATCH: usize = 1024;
 /// Most bytes of commands proposed together (a write that would take a batch past this is
-/// proposed in the next): the loop's `max_size_per_msg`, so that one append carries a whole
-/// batch to each follower.
+/// proposed in the next): the loop's `max_size_per_msg`, so that one append carries about a
+/// whole batch to each follower (raft-rs also counts each entry's framing, so a batch just
+/// under the cap may go as two).
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Every write this leader has proposed and not yet answered.

@@ -7,18 +7,23 @@ use tokio::sync::oneshot::error::TryRecvError;
 
 type Rx = oneshot::Receiver<Result<WriteOk, WriteError>>;
 
-/// A single-voter leader on a fresh log in `dir` (the read tests use it too).
-pub(crate) fn leader(dir: &std::path::Path) -> RawNode<RaftLogStore> {
+/// Node `id` of a cluster of `voters`, on a fresh log in `dir` (the read tests use it too).
+pub(crate) fn raw_node(dir: &std::path::Path, id: u64, voters: &[u64]) -> RawNode<RaftLogStore> {
     let db = crate::storage::open_db(dir).expect("open RocksDB");
-    let store = RaftLogStore::open(db, &[1]).expect("open the log");
+    let store = RaftLogStore::open(db, voters).expect("open the log");
     let cfg = raft::Config {
-        id: 1,
+        id,
         election_tick: 10,
         heartbeat_tick: 2,
         ..Default::default()
     };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut raw = RawNode::new(&cfg, store, &logger).expect("raw node");
+    RawNode::new(&cfg, store, &logger).expect("raw node")
+}
+
+/// A single-voter leader on a fresh log in `dir` (the read tests use it too).
+pub(crate) fn leader(dir: &std::path::Path) -> RawNode<RaftLogStore> {
+    let mut raw = raw_node(dir, 1, &[1]);
     raw.campaign().expect("campaign");
     assert_eq!(raw.raft.state, StateRole::Leader, "one voter leads at once");
     raw
@@ -114,6 +119,38 @@ fn a_full_batch_is_proposed_at_once() {
         key_at(&raw, start + MAX_BATCH as u64),
         format!("k{}", MAX_BATCH - 1)
     );
+}
+
+/// The byte cap is hard: a write that would take the batch past [`MAX_BATCH_BYTES`] sends the
+/// batch before it off alone and starts the next one.
+#[test]
+fn a_write_that_would_cross_the_byte_cap_starts_the_next_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = leader(dir.path());
+    let mut w = Writes::default();
+    let start = raw.raft.raft_log.last_index();
+    let big = |key: &str| Command {
+        op: Some(Op::Put(PutOp {
+            key: key.into(),
+            value: vec![b'v'; MAX_BATCH_BYTES * 2 / 3].into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut rxs = Vec::new();
+    for key in ["a", "b"] {
+        let (reply, rx) = oneshot::channel();
+        w.propose(&mut raw, big(key), WriteMode::Semi, reply);
+        rxs.push(rx);
+    }
+    assert_eq!(
+        raw.raft.raft_log.last_index(),
+        start + 1,
+        "the first went alone"
+    );
+    assert_eq!(key_at(&raw, start + 1), "a");
+    assert_eq!(w.batch.len(), 1, "the second waits in the next batch");
+    assert!(w.batch_bytes <= MAX_BATCH_BYTES);
 }
 
 #[test]

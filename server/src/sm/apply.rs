@@ -236,8 +236,9 @@ impl<'a> ApplyBatch<'a> {
         };
         let data = cf(self.db, CF_DATA)?;
         // In key order: RocksDB's memtable insert starts its search from where the last one
-        // ended, so keys in order share most of it, where the map's order (random) made each
-        // insert search from the top (the largest cost of an apply: docs/benchmarks.md).
+        // ended, so consecutive keys in order share the upper levels of it; in the map's
+        // (random) order each starts from the top. Measured: 0.97x CPU per write at 6,000/s,
+        // no change at saturation (docs/benchmarks.md).
         let mut written: Vec<_> = self.overlay.iter().collect();
         written.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (key, rec) in written {

@@ -86,8 +86,7 @@ impl Stage {
 
     /// Receives one chunk of an incoming snapshot into the staging column family. A chunk out of
     /// sequence abandons the stream; a chunk of another stream is dropped; chunk 0 starts a new
-    /// one. Ignored while a snapshot is being
-    /// installed.
+    /// one. Ignored while a snapshot is being installed.
     pub fn stage_chunk(&self, chunk: SnapshotChunk) -> Result<(), StorageError> {
         let mut st = self.lock_staging();
         if st.locked {
