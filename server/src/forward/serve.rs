@@ -1,81 +1,84 @@
 //! The leader's side: serve a write a follower forwarded, and send the answer back.
+//!
+//! A forwarded write goes from the transport's receiving task straight into the Ready loop, and
+//! its answer from the loop's thread straight back to the transport ([`NodeHandle::propose_then`]):
+//! no task per write waits in between, so none has to be woken to pass the answer on. The
+//! follower keeps its own deadline (`router.rs`); the leader's loop answers every write it took
+//! (applied, refused, failed when leadership is lost, or a `sync` write's own timeout), so the
+//! leader needs none of its own.
+//!
+//! [`NodeHandle::propose_then`]: crate::raft::NodeHandle::propose_then
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use keel_api::WriteMode;
 
 use super::Router;
 use crate::error::WriteError;
 use crate::proto::{frame::Body, ForwardReply, ForwardRequest};
+use crate::raft::WriteOk;
 
 impl Router {
-    /// Serves a write another node forwarded, in a task of its own, or refuses it at once as
-    /// overloaded when `--max-forwarded` (default [`super::router::MAX_FORWARDED_WRITES`]) are
-    /// being served.
+    /// Serves a write another node forwarded, or refuses it at once as overloaded when
+    /// `--max-forwarded` (default [`super::router::MAX_FORWARDED_WRITES`]) are being served.
     pub fn accept_forwarded(self: &Arc<Self>, from: u64, req: ForwardRequest) {
-        match self.serving.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let span =
-                        tracing::debug_span!("forwarded", request_id = %req.request_id, from);
-                    tracing::Instrument::instrument(this.serve_forwarded(from, req), span).await;
-                });
-            }
-            Err(_) => {
-                self.node.shared().count_overloaded();
-                let reply = ForwardReply {
-                    id: req.id,
-                    leader: self.node.shared().leader().unwrap_or(0),
-                    error_code: WriteError::Overloaded.code().to_string(),
-                    error_message: WriteError::Overloaded.to_string(),
-                    ..Default::default()
-                };
-                self.transport.send(from, Body::ForwardReply(reply));
-            }
-        }
-    }
-
-    /// Serves a write forwarded by peer `from` (this node is expected to lead) and sends back the
-    /// answer.
-    async fn serve_forwarded(&self, from: u64, req: ForwardRequest) {
-        let timeout = Duration::from_millis(req.timeout_ms);
-        let outcome = match (req.command, WriteMode::from_u32(req.mode)) {
-            (Some(command), Some(mode)) => {
-                match tokio::time::timeout(timeout, self.node.propose(command, mode)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(WriteError::OutcomeUnknown),
-                }
-            }
+        let leader = || self.node.shared().leader().unwrap_or(0);
+        let Ok(permit) = self.serving.clone().try_acquire_owned() else {
+            self.node.shared().count_overloaded();
+            let reply = reply_to(req.id, leader(), Err(WriteError::Overloaded));
+            self.transport.send(from, Body::ForwardReply(reply));
+            return;
+        };
+        let ForwardRequest {
+            id,
+            command,
+            mode,
+            request_id,
+            ..
+        } = req;
+        let (Some(command), Some(mode)) = (command, WriteMode::from_u32(mode)) else {
             // A peer running another version sent something we cannot read: refuse it unapplied.
-            _ => Err(WriteError::Dropped),
+            let reply = reply_to(id, leader(), Err(WriteError::Dropped));
+            self.transport.send(from, Body::ForwardReply(reply));
+            return;
         };
-        let mut reply = ForwardReply {
-            id: req.id,
-            leader: self.node.shared().leader().unwrap_or(0),
-            ..Default::default()
-        };
-        match outcome {
-            Ok(ok) => {
-                reply.acked = ok.acked.as_u32();
-                reply.result = Some(ok.result);
-            }
-            Err(e) => {
-                reply.error_code = e.code().to_string();
-                reply.error_message = e.to_string();
-                if let WriteError::ReplicationTimeout { index } = e {
-                    reply.index = index;
-                }
+        let transport = self.transport.clone();
+        let shared = self.node.shared().clone();
+        self.node.propose_then(command, mode, move |outcome| {
+            let _serving = permit;
+            let reply = reply_to(id, shared.leader().unwrap_or(0), outcome);
+            tracing::debug!(
+                request_id,
+                from,
+                index = reply.result.as_ref().map_or(reply.index, |r| r.index),
+                error = %reply.error_code,
+                "served a forwarded write"
+            );
+            // If the reply cannot be queued the follower times out with outcome_unknown.
+            transport.send(from, Body::ForwardReply(reply));
+        });
+    }
+}
+
+/// The reply to forwarded write `id`, naming the leader as this node knows it.
+fn reply_to(id: u64, leader: u64, outcome: Result<WriteOk, WriteError>) -> ForwardReply {
+    let mut reply = ForwardReply {
+        id,
+        leader,
+        ..Default::default()
+    };
+    match outcome {
+        Ok(ok) => {
+            reply.acked = ok.acked.as_u32();
+            reply.result = Some(ok.result);
+        }
+        Err(e) => {
+            reply.error_code = e.code().to_string();
+            reply.error_message = e.to_string();
+            if let WriteError::ReplicationTimeout { index } = e {
+                reply.index = index;
             }
         }
-        tracing::debug!(
-            index = reply.result.as_ref().map_or(reply.index, |r| r.index),
-            error = %reply.error_code,
-            "served a forwarded write"
-        );
-        // If the reply cannot be queued the follower times out with outcome_unknown.
-        self.transport.send(from, Body::ForwardReply(reply));
     }
+    reply
 }

@@ -65,7 +65,8 @@ pub struct ForwardRequest {
     /// The write mode ([`keel_api::WriteMode`] as an integer).
     #[prost(uint32, tag = "3")]
     pub mode: u32,
-    /// How long the leader may take, in milliseconds.
+    /// How long the follower waits, less a margin for the answer to travel back, in
+    /// milliseconds (the leader answers when its loop does, and no longer reads it).
     #[prost(uint64, tag = "4")]
     pub timeout_ms: u64,
     /// The client request's id (`X-Request-Id`), for the leader's log lines.

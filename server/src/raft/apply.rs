@@ -10,7 +10,7 @@ use raft::eraftpb::{Entry, EntryType};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::handle::Outbox;
+use super::handle::{Outbox, Responder};
 use super::membership::{self, PeerChange};
 use super::ready::Driver;
 use crate::failpoints;
@@ -148,8 +148,12 @@ impl<O: Outbox> Driver<O> {
                 ..Default::default()
             };
             let (tx, rx) = oneshot::channel();
-            self.writes
-                .propose(&mut self.raw, command, WriteMode::Semi, tx);
+            self.writes.propose(
+                &mut self.raw,
+                command,
+                WriteMode::Semi,
+                Responder::channel(tx),
+            );
             self.leases.revoking(id, rx);
         }
     }

@@ -38,6 +38,51 @@ impl Drop for Pending {
     }
 }
 
+/// Where a write's outcome goes: the channel a waiting task reads, or a function the loop calls
+/// with it (a forwarded write's answer goes straight to the transport: no task waits for it, and
+/// none is woken to pass it on).
+pub struct Responder(Option<Answer>);
+
+/// The two kinds of [`Responder`].
+enum Answer {
+    Channel(oneshot::Sender<Result<WriteOk, WriteError>>),
+    Call(Box<dyn FnOnce(Result<WriteOk, WriteError>) + Send>),
+}
+
+impl Responder {
+    /// Answers on a channel (its receiver sees `OutcomeUnknown` if the loop drops this).
+    pub fn channel(tx: oneshot::Sender<Result<WriteOk, WriteError>>) -> Self {
+        Responder(Some(Answer::Channel(tx)))
+    }
+
+    /// Answers by calling `f`, on the loop's thread; dropped unanswered, it is called with
+    /// `OutcomeUnknown` (the loop stopped, or the proposal was lost with it).
+    pub fn call(f: impl FnOnce(Result<WriteOk, WriteError>) + Send + 'static) -> Self {
+        Responder(Some(Answer::Call(Box::new(f))))
+    }
+
+    /// Delivers the outcome; false when nobody waits for it any more (a channel's receiver
+    /// gave up).
+    pub fn send(mut self, out: Result<WriteOk, WriteError>) -> bool {
+        match self.0.take() {
+            Some(Answer::Channel(tx)) => tx.send(out).is_ok(),
+            Some(Answer::Call(f)) => {
+                f(out);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(Answer::Call(f)) = self.0.take() {
+            f(Err(WriteError::OutcomeUnknown));
+        }
+    }
+}
+
 /// A client request's place in the loop's queue ([`Shared::admit`]): the loop takes events in
 /// order, so the place is given back when it drops the event, whatever it did with it.
 pub struct Ticket(Arc<Shared>);
@@ -57,7 +102,7 @@ pub enum Event {
         /// When to answer.
         mode: WriteMode,
         /// Where to answer.
-        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+        reply: Responder,
         /// Its place in the loop's queue, given back when the loop drops the event.
         ticket: Ticket,
     },
@@ -68,7 +113,7 @@ pub enum Event {
         /// Its context (a [`crate::members::JoinContext`] as JSON when a member is added).
         context: Vec<u8>,
         /// Where to answer once it is applied.
-        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
+        reply: Responder,
     },
     /// Hand leadership to this voter (only meaningful on the leader).
     TransferLeader(u64),
@@ -161,7 +206,7 @@ impl NodeHandle {
         if !self.send(Event::Propose {
             command,
             mode,
-            reply,
+            reply: Responder::channel(reply),
             ticket,
         }) {
             m.proposals_failed.inc();
@@ -184,10 +229,51 @@ impl NodeHandle {
         context: Vec<u8>,
     ) -> Result<WriteOk, WriteError> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Event::ProposeConfChange { cc, context, reply }) {
+        if !self.send(Event::ProposeConfChange {
+            cc,
+            context,
+            reply: Responder::channel(reply),
+        }) {
             return Err(WriteError::ShuttingDown);
         }
         rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
+    }
+
+    /// Proposes a write on this node (which must be the leader) and has the loop call `then`
+    /// with its answer, on the loop's thread: for a forwarded write, whose answer only goes back
+    /// to the transport. `then` is called exactly once, here when the write is refused at once.
+    pub fn propose_then(
+        &self,
+        command: Command,
+        mode: WriteMode,
+        then: impl FnOnce(Result<WriteOk, WriteError>) + Send + 'static,
+    ) {
+        let m = crate::metrics::metrics();
+        if !self.shared.admit() {
+            m.proposals_failed.inc();
+            then(Err(WriteError::Overloaded));
+            return;
+        }
+        let ticket = Ticket(self.shared.clone());
+        Pending::start();
+        let pending = Pending { done: false };
+        let reply = Responder::call(move |out| {
+            let mut pending = pending;
+            pending.done = out.is_ok();
+            then(out)
+        });
+        if let Err(refused) = self.tx.send(Event::Propose {
+            command,
+            mode,
+            reply,
+            ticket,
+        }) {
+            // The loop has stopped: nothing was proposed, so say so (not `OutcomeUnknown`, which
+            // dropping the event would answer).
+            if let Event::Propose { reply, .. } = refused.0 {
+                reply.send(Err(WriteError::ShuttingDown));
+            }
+        }
     }
 
     /// Obtains a read index through Raft (on any node).
@@ -237,5 +323,81 @@ impl NodeHandle {
             return None;
         }
         rx.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    type Answers = Arc<Mutex<Vec<Result<WriteOk, WriteError>>>>;
+
+    fn recorder() -> (
+        Answers,
+        impl FnOnce(Result<WriteOk, WriteError>) + Send + 'static,
+    ) {
+        let answers = Answers::default();
+        let sink = answers.clone();
+        (answers, move |out| {
+            sink.lock().map(|mut a| a.push(out)).ok();
+        })
+    }
+
+    fn handle(max_queued: usize) -> (NodeHandle, std::sync::mpsc::Receiver<Event>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared::new(1, 1, 0, 0));
+        shared.set_max_queued(max_queued);
+        (NodeHandle::new(tx, shared), rx)
+    }
+
+    fn only(answers: &Answers) -> Result<WriteOk, WriteError> {
+        let mut a = answers.lock().expect("answers");
+        assert_eq!(a.len(), 1, "exactly one answer");
+        a.remove(0)
+    }
+
+    #[test]
+    fn a_called_responder_answers_once_and_not_again_when_dropped() {
+        let (answers, f) = recorder();
+        let r = Responder::call(f);
+        assert!(r.send(Err(WriteError::Dropped)));
+        assert!(matches!(only(&answers), Err(WriteError::Dropped)));
+    }
+
+    #[test]
+    fn a_responder_the_loop_drops_unanswered_answers_outcome_unknown() {
+        let (answers, f) = recorder();
+        let (h, rx) = handle(8);
+        h.propose_then(Command::default(), WriteMode::Semi, f);
+        assert!(
+            answers.lock().expect("answers").is_empty(),
+            "not answered yet"
+        );
+        // The loop stops with the proposal in its channel: it may or may not have been taken.
+        drop(rx);
+        assert!(matches!(only(&answers), Err(WriteError::OutcomeUnknown)));
+    }
+
+    #[test]
+    fn a_proposal_to_a_stopped_loop_is_refused_as_shutting_down_not_outcome_unknown() {
+        let (answers, f) = recorder();
+        let (h, rx) = handle(8);
+        drop(rx);
+        h.propose_then(Command::default(), WriteMode::Semi, f);
+        let out = only(&answers);
+        // Nothing reached the loop: the answer says so, as `propose` does (dropping the event
+        // would have said `OutcomeUnknown`).
+        assert!(matches!(out, Err(WriteError::ShuttingDown)), "{out:?}");
+    }
+
+    #[test]
+    fn a_proposal_past_the_backlog_is_refused_as_overloaded_without_reaching_the_loop() {
+        let (answers, f) = recorder();
+        let (h, rx) = handle(0);
+        h.propose_then(Command::default(), WriteMode::Semi, f);
+        assert!(matches!(only(&answers), Err(WriteError::Overloaded)));
+        assert!(rx.try_recv().is_err(), "nothing was sent to the loop");
     }
 }

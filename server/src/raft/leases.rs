@@ -32,7 +32,7 @@ use crate::sm::{CoordEvent, StateMachine};
 use crate::storage::{RaftLogStore, StorageError};
 
 /// Where a keepalive's answer goes.
-type Reply = oneshot::Sender<Result<WriteOk, WriteError>>;
+type Reply = super::handle::Responder;
 
 /// One lease's countdown.
 struct Countdown {

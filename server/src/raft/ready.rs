@@ -11,10 +11,9 @@ use keel_api::WriteMode;
 use raft::eraftpb::{ConfChangeV2, MessageType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rocksdb::WriteBatch;
-use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use super::handle::{Event, NodeHandle, Outbox, WriteOk};
+use super::handle::{Event, NodeHandle, Outbox, Responder};
 use super::leases::Leases;
 use super::peers::Peers;
 use super::reads::Reads;
@@ -360,12 +359,7 @@ impl<O: Outbox> Driver<O> {
         true
     }
 
-    fn propose_conf_change(
-        &mut self,
-        cc: ConfChangeV2,
-        context: Vec<u8>,
-        reply: oneshot::Sender<Result<WriteOk, WriteError>>,
-    ) {
+    fn propose_conf_change(&mut self, cc: ConfChangeV2, context: Vec<u8>, reply: Responder) {
         // raft-rs takes one membership change at a time: it turns a second one into an empty
         // entry, silently. Refuse it here instead, so that the caller hears it did not happen.
         if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf() {

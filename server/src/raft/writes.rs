@@ -20,7 +20,6 @@ use keel_api::{AckPoint, WriteMode};
 use prost::Message as _;
 use raft::eraftpb::{Entry, Message, MessageType};
 use raft::{RawNode, StateRole};
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::handle::WriteOk;
@@ -29,7 +28,7 @@ use crate::proto::{command::Op, ApplyResult, Command};
 use crate::storage::RaftLogStore;
 
 /// Where a proposal's answer goes.
-pub(super) type Reply = oneshot::Sender<Result<WriteOk, WriteError>>;
+pub(super) type Reply = super::handle::Responder;
 
 /// A proposal waiting for its answer point.
 struct PendingWrite {
@@ -387,6 +386,7 @@ fn refuse(replies: impl IntoIterator<Item = Reply>, err: WriteError) {
 mod tests {
     use super::*;
     use keel_api::ErrorCode;
+    use tokio::sync::oneshot;
     use tokio::sync::oneshot::error::TryRecvError;
 
     type Rx = oneshot::Receiver<Result<WriteOk, WriteError>>;
@@ -400,7 +400,7 @@ mod tests {
                 term,
                 mode,
                 blind,
-                reply,
+                reply: Reply::channel(reply),
             },
         );
         rx

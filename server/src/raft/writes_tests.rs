@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::proto::{command::Op, PutOp};
+use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 
 type Rx = oneshot::Receiver<Result<WriteOk, WriteError>>;
@@ -43,7 +44,7 @@ fn put(key: &str) -> Command {
 /// Takes a put of `key` into the batch; returns where it is answered.
 fn take(w: &mut Writes, raw: &mut RawNode<RaftLogStore>, key: &str) -> Rx {
     let (reply, rx) = oneshot::channel();
-    w.propose(raw, put(key), WriteMode::Semi, reply);
+    w.propose(raw, put(key), WriteMode::Semi, Reply::channel(reply));
     rx
 }
 
@@ -80,9 +81,13 @@ fn a_turns_writes_are_proposed_together_in_order_after_what_was_proposed_meanwhi
     );
     // Something proposed directly in the same turn (a membership change goes this way).
     let (reply, mut direct) = oneshot::channel();
-    w.submit(&mut raw, WriteMode::Semi, false, reply, |raw| {
-        raw.propose(Vec::new(), put("direct").encode_to_vec())
-    });
+    w.submit(
+        &mut raw,
+        WriteMode::Semi,
+        false,
+        Reply::channel(reply),
+        |raw| raw.propose(Vec::new(), put("direct").encode_to_vec()),
+    );
     let c = take(&mut w, &mut raw, "c");
     w.flush(&mut raw);
     assert_eq!(raw.raft.raft_log.last_index(), start + 4);
@@ -140,7 +145,7 @@ fn a_write_that_would_cross_the_byte_cap_starts_the_next_batch() {
     let mut rxs = Vec::new();
     for key in ["a", "b"] {
         let (reply, rx) = oneshot::channel();
-        w.propose(&mut raw, big(key), WriteMode::Semi, reply);
+        w.propose(&mut raw, big(key), WriteMode::Semi, Reply::channel(reply));
         rxs.push(rx);
     }
     assert_eq!(
