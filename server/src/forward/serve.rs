@@ -4,8 +4,13 @@
 //! its answer from the loop's thread straight back to the transport ([`NodeHandle::propose_then`]):
 //! no task per write waits in between, so none has to be woken to pass the answer on. The
 //! follower keeps its own deadline (`router.rs`); the leader's loop answers every write it took
-//! (applied, refused, failed when leadership is lost, or a `sync` write's own timeout), so the
-//! leader needs none of its own.
+//! (applied, refused, failed when leadership is lost, a `sync` write's own timeout), in the end.
+//!
+//! A write's place among the `--max-forwarded` is held until the loop answers it, however long
+//! that takes: while nothing commits (a leader that keeps its quorum's heartbeats but cannot
+//! replicate, a hung disk), forwarded writes past the bound are refused as overloaded (503)
+//! instead of piling up in the loop. (Before, the leader gave up on a write at the follower's
+//! deadline and gave back its place, while its proposal stayed in the loop.)
 //!
 //! [`NodeHandle::propose_then`]: crate::raft::NodeHandle::propose_then
 
@@ -38,6 +43,12 @@ impl Router {
         } = req;
         let (Some(command), Some(mode)) = (command, WriteMode::from_u32(mode)) else {
             // A peer running another version sent something we cannot read: refuse it unapplied.
+            tracing::debug!(
+                request_id,
+                from,
+                mode,
+                "refused a forwarded write it cannot read"
+            );
             let reply = reply_to(id, leader(), Err(WriteError::Dropped));
             self.transport.send(from, Body::ForwardReply(reply));
             return;
