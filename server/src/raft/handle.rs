@@ -194,23 +194,40 @@ impl NodeHandle {
         self.tx.send(ev).is_ok()
     }
 
-    /// Proposes a write on this node (which must be the leader) and waits for its answer.
-    pub async fn propose(&self, command: Command, mode: WriteMode) -> Result<WriteOk, WriteError> {
-        let m = crate::metrics::metrics();
+    /// Hands a client write to the loop, taking a place in its backlog; the refusal (and the
+    /// `reply` back) when the backlog is full or the loop has stopped, in which case nothing
+    /// was proposed.
+    fn enqueue(
+        &self,
+        command: Command,
+        mode: WriteMode,
+        reply: Responder,
+    ) -> Result<(), (Responder, WriteError)> {
         if !self.shared.admit() {
-            m.proposals_failed.inc();
-            return Err(WriteError::Overloaded);
+            return Err((reply, WriteError::Overloaded));
         }
         let ticket = Ticket(self.shared.clone());
-        let (reply, rx) = oneshot::channel();
-        if !self.send(Event::Propose {
+        let ev = Event::Propose {
             command,
             mode,
-            reply: Responder::channel(reply),
+            reply,
             ticket,
-        }) {
-            m.proposals_failed.inc();
-            return Err(WriteError::ShuttingDown);
+        };
+        match self.tx.send(ev) {
+            Ok(()) => Ok(()),
+            Err(refused) => match refused.0 {
+                Event::Propose { reply, .. } => Err((reply, WriteError::ShuttingDown)),
+                _ => unreachable!("the event sent is a proposal"),
+            },
+        }
+    }
+
+    /// Proposes a write on this node (which must be the leader) and waits for its answer.
+    pub async fn propose(&self, command: Command, mode: WriteMode) -> Result<WriteOk, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        if let Err((_, e)) = self.enqueue(command, mode, Responder::channel(reply)) {
+            crate::metrics::metrics().proposals_failed.inc();
+            return Err(e);
         }
         // The loop always answers, unless it stops, in which case the outcome is not known. A
         // caller that gives up (a timeout drops this future) is counted as failed too.
@@ -248,13 +265,6 @@ impl NodeHandle {
         mode: WriteMode,
         then: impl FnOnce(Result<WriteOk, WriteError>) + Send + 'static,
     ) {
-        let m = crate::metrics::metrics();
-        if !self.shared.admit() {
-            m.proposals_failed.inc();
-            then(Err(WriteError::Overloaded));
-            return;
-        }
-        let ticket = Ticket(self.shared.clone());
         Pending::start();
         let pending = Pending { done: false };
         let reply = Responder::call(move |out| {
@@ -262,17 +272,10 @@ impl NodeHandle {
             pending.done = out.is_ok();
             then(out)
         });
-        if let Err(refused) = self.tx.send(Event::Propose {
-            command,
-            mode,
-            reply,
-            ticket,
-        }) {
-            // The loop has stopped: nothing was proposed, so say so (not `OutcomeUnknown`, which
-            // dropping the event would answer).
-            if let Event::Propose { reply, .. } = refused.0 {
-                reply.send(Err(WriteError::ShuttingDown));
-            }
+        // Refused: nothing was proposed, so say why (dropping the reply would say
+        // `OutcomeUnknown`); the pending count goes back down and counts a failure.
+        if let Err((reply, e)) = self.enqueue(command, mode, reply) {
+            reply.send(Err(e));
         }
     }
 
