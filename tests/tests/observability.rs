@@ -165,15 +165,16 @@ fn metrics_move_with_writes_reads_a_leader_kill_and_a_snapshot_and_promtool_acce
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let peer = format!("peer=\"{stopped}\"");
-    let lag = metric(&scrape(&c, leader), "keel_peer_match_lag_entries", &[&peer]);
-    let lag = if lag > 0.0 {
-        lag
-    } else {
-        wait_until(DEADLINE, "the stopped follower's lag exported", || {
+    // The lag is exported every few ticks: an export may come from partway through the writes
+    // (80 was seen), so wait for one made after them.
+    let lag = wait_until(
+        DEADLINE,
+        "the stopped follower's lag exported after the writes",
+        || {
             let l = metric(&scrape(&c, leader), "keel_peer_match_lag_entries", &[&peer]);
-            (l > 0.0).then_some(l)
-        })
-    };
+            (l >= 100.0).then_some(l)
+        },
+    );
     assert!(lag >= 100.0, "lag {lag}");
     c.restart(stopped);
     wait_until(DEADLINE, "the follower's lag back to 0", || {
