@@ -10,6 +10,9 @@
 //! - `early-read-index`: a new leader answers read-index requests with its commit index before
 //!   it has committed an entry of its own term (that commit index may be behind what the old
 //!   leader acknowledged).
+//! - `pair-quorum`: a leader answers a follower's read-index request at once whatever the number
+//!   of voters (with five, the leader and the asker are no quorum: a newer leader may have been
+//!   elected by the other three and acknowledged writes the answer does not cover).
 //! - `trust-hello`: with TLS, a peer's Hello is believed whatever member its certificate names
 //!   (any holder of a certificate from the CA can then act as any member).
 //!
@@ -41,6 +44,8 @@ pub enum Bug {
     LearnerQuorum,
     /// Read indexes served before the leader has committed in its term.
     EarlyReadIndex,
+    /// A follower's read-index request answered at once with any number of voters.
+    PairQuorum,
     /// A peer's Hello believed whatever its certificate names.
     TrustHello,
     /// `If-Fence` not checked.
@@ -70,6 +75,7 @@ pub fn active(bug: Bug) -> bool {
             "skip-fsync" => Bug::SkipFsync,
             "learner-quorum" => Bug::LearnerQuorum,
             "early-read-index" => Bug::EarlyReadIndex,
+            "pair-quorum" => Bug::PairQuorum,
             "trust-hello" => Bug::TrustHello,
             "skip-fence" => Bug::SkipFence,
             "keepalive-no-read-index" => Bug::KeepaliveNoReadIndex,

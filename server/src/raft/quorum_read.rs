@@ -33,7 +33,8 @@ use crate::storage::RaftLogStore;
 /// Known limit, shared with raft-rs's round: a voter that applies a membership change later
 /// than the others may still campaign under the old configuration (etcd-io/etcd#7625).
 ///
-/// Also answers the planted bug `early-read-index`: the answer a correct leader never gives
+/// The planted bug `pair-quorum` drops the quorum condition (tests/tests/consistency.rs shows a
+/// stale read with five voters). Also answers the planted bug `early-read-index`: the answer a correct leader never gives
 /// (its commit index before it has committed in its term; raft-rs drops such requests).
 pub(super) fn answer_at_once(
     raw: &RawNode<RaftLogStore>,
@@ -53,11 +54,11 @@ pub(super) fn answer_at_once(
     let at_once = committed_in_term
         && raft.prs().conf().voters().contains(msg.from)
         && raft.pending_conf_index <= raft.raft_log.applied
-        && raft.prs().has_quorum(
+        && (raft.prs().has_quorum(
             &[raft.id, msg.from]
                 .into_iter()
                 .collect::<fxhash::FxHashSet<u64>>(),
-        );
+        ) || crate::planted::active(crate::planted::Bug::PairQuorum));
     if !early && !at_once {
         return None;
     }

@@ -140,6 +140,27 @@ fn an_unapplied_membership_change_means_a_round() {
     assert!(answer_at_once(&raw, &read_request(2)).is_none());
 }
 
+/// A learner is a member that votes for nobody: its request and the leader are no quorum of
+/// the voters, so it gets a round, while a voter's request is still answered at once.
+#[test]
+fn a_learners_request_gets_a_round() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = elected(dir.path(), &[1, 2, 3]);
+    acknowledge(&mut raw, &[2]);
+    let mut cc = ConfChange::default();
+    cc.set_change_type(ConfChangeType::AddLearnerNode);
+    cc.node_id = 4;
+    raw.propose_conf_change(Vec::new(), cc.clone())
+        .expect("propose a learner");
+    persist(&mut raw);
+    acknowledge(&mut raw, &[2]);
+    raw.apply_conf_change(&cc).expect("apply the change");
+    assert!(raw.raft.prs().conf().learners().contains(&4));
+    assert!(raw.raft.pending_conf_index <= raw.raft.raft_log.applied);
+    assert!(answer_at_once(&raw, &read_request(4)).is_none());
+    assert!(answer_at_once(&raw, &read_request(2)).is_some());
+}
+
 #[test]
 fn a_follower_answers_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
