@@ -18,6 +18,7 @@
 //! - `leases.rs`: lease countdowns on the leader's monotonic clock, keepalives after a read
 //!   index (SPEC §8);
 //! - `writes.rs`: proposals waiting for their acknowledgement (async, semi, sync);
+//! - `compaction.rs`: where to compact the log to;
 //! - `reads.rs`: read-index batching, re-issue and expiry;
 //! - `quorum_read.rs`: a follower's read-index request answered at once where the leader and
 //!   the follower are a quorum (no heartbeat round);
@@ -30,6 +31,7 @@
 use std::time::Duration;
 
 mod apply;
+mod compaction;
 pub mod guard;
 mod handle;
 pub mod inbox;

@@ -201,18 +201,17 @@ impl<O: Outbox> Driver<O> {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
             if let Some(ev) = first {
-                if !self.handle(ev) {
+                if !self.handle(ev) || !self.drain() {
                     return Ok(());
                 }
-                for _ in 1..MAX_EVENTS_PER_CYCLE {
-                    match self.rx.try_recv() {
-                        Ok(ev) => {
-                            if !self.handle(ev) {
-                                return Ok(());
-                            }
-                        }
-                        Err(_) => break,
-                    }
+            }
+            // A leader with writes to propose first lets the workers that hand them in finish
+            // what they are doing (a no-op on an idle machine), so that their next writes join
+            // this cycle's one append and fsync instead of starting another.
+            if self.writes.gathering(&self.raw) {
+                std::thread::yield_now();
+                if !self.drain() {
+                    return Ok(());
                 }
             }
             let now = Instant::now();
@@ -251,6 +250,17 @@ impl<O: Outbox> Driver<O> {
             }
             self.shared.set_term_commit(self.raw.raft.term, commit);
         }
+    }
+
+    /// Handles the events already queued (at most a cycle's worth). Returns false on shutdown.
+    fn drain(&mut self) -> bool {
+        for _ in 1..MAX_EVENTS_PER_CYCLE {
+            let Ok(ev) = self.rx.try_recv() else { break };
+            if !self.handle(ev) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Handles one event. Returns false on shutdown.
@@ -533,7 +543,7 @@ impl<O: Outbox> Driver<O> {
     /// index, which can be ahead after a snapshot install.
     fn maybe_compact(&mut self) -> Result<(), StorageError> {
         let (truncated, _) = self.raw.store().truncated();
-        let Some(to) = compaction_point(
+        let Some(to) = super::compaction::compaction_point(
             self.cfg.snapshot_entries,
             truncated,
             self.raw.raft.raft_log.applied,
@@ -560,35 +570,5 @@ impl<O: Outbox> Driver<O> {
         if self.ticks.is_multiple_of(super::observe::LAG_EXPORT_TICKS) {
             self.export_lags();
         }
-    }
-}
-
-/// Where to compact the log to, if anywhere: half of `every` entries behind the applied index,
-/// once `every` are applied since the last compaction (`truncated`; 0: never). The applied index
-/// is the lower of raft-rs's and this loop's: raft-rs may hand out entries above its applied
-/// index as committed (after a restart with data ahead of the log); compacting those stops it.
-fn compaction_point(every: u64, truncated: u64, raft_applied: u64, applied: u64) -> Option<u64> {
-    let applied = raft_applied.min(applied);
-    (every != 0 && applied > truncated.saturating_add(every)).then(|| applied - every / 2)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::compaction_point;
-
-    #[test]
-    fn the_log_is_compacted_only_below_what_raft_rs_has_applied() {
-        // Nothing before `every` entries are applied past the last compaction, nor with 0.
-        assert_eq!(compaction_point(100, 0, 100, 100), None);
-        assert_eq!(compaction_point(0, 0, 10_000, 10_000), None);
-        assert_eq!(compaction_point(100, 0, 101, 101), Some(51));
-        // The loop ahead of raft-rs (a restart with the data ahead of the log): raft-rs's index
-        // rules, and nothing it has yet to hand out is compacted away.
-        assert_eq!(compaction_point(100, 0, 150, 900), Some(100));
-        assert_eq!(compaction_point(100, 400, 450, 900), None);
-        // raft-rs ahead of the loop: the loop's.
-        assert_eq!(compaction_point(100, 0, 900, 150), Some(100));
-        // A huge period never wraps into a compaction.
-        assert_eq!(compaction_point(u64::MAX, 5, 10, 10), None);
     }
 }

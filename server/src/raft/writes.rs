@@ -150,6 +150,13 @@ impl Writes {
     /// entries at consecutive indexes, all or none) and records who waits under each index.
     /// Answers them at once when this node no longer leads in the term they were stamped in, or
     /// raft-rs drops the proposal: never proposed, certainly not applied.
+    /// Whether this node leads with writes batched for its next cycle: the loop then yields
+    /// its CPU once before the cycle (measured in docs/benchmarks.md, thirteenth session: 64
+    /// writers 1.12-1.20x; the Raft thread run ahead of the workers instead made them 0.70x).
+    pub(super) fn gathering(&self, raw: &RawNode<RaftLogStore>) -> bool {
+        !self.batch.is_empty() && raw.raft.state == StateRole::Leader
+    }
+
     pub(super) fn flush(&mut self, raw: &mut RawNode<RaftLogStore>) {
         if self.batch.is_empty() {
             return;
