@@ -34,8 +34,9 @@ use crate::storage::RaftLogStore;
 /// than the others may still campaign under the old configuration (etcd-io/etcd#7625).
 ///
 /// The planted bug `pair-quorum` drops the quorum condition (tests/tests/consistency.rs shows a
-/// stale read with five voters). Also answers the planted bug `early-read-index`: the answer a correct leader never gives
-/// (its commit index before it has committed in its term; raft-rs drops such requests).
+/// stale read with five voters). Also answers the planted bug `early-read-index`: the answer a
+/// correct leader never gives (its commit index before it has committed in its term; raft-rs
+/// drops such requests).
 pub(super) fn answer_at_once(
     raw: &RawNode<RaftLogStore>,
     msg: &raft::eraftpb::Message,

@@ -141,7 +141,10 @@ fn an_unapplied_membership_change_means_a_round() {
 }
 
 /// A learner is a member that votes for nobody: its request and the leader are no quorum of
-/// the voters, so it gets a round, while a voter's request is still answered at once.
+/// the voters, so it gets a round, while a voter's request is still answered at once. Either
+/// check alone (the sender a voter, the pair a quorum) refuses it: this pins that a learner
+/// added through a real conf change is neither, as `a_sender_that_is_not_a_voter_gets_a_round`
+/// pins it for a stranger.
 #[test]
 fn a_learners_request_gets_a_round() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,7 +1,9 @@
 //! The Ready loop: one thread owns the raft-rs `RawNode`, the log store and the apply path.
 //!
 //! The loop wakes on an [`Event`] or a tick, drains every queued event (so that many proposals
-//! share one Ready and one fsync), then runs one Ready cycle ([`Driver::on_ready`]).
+//! share one Ready and one fsync; a leader with writes batched yields its CPU once and drains
+//! again, so that the workers handing in writes add theirs), then runs one Ready cycle
+//! ([`Driver::on_ready`]).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -200,8 +202,10 @@ impl<O: Outbox> Driver<O> {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
+            // One budget for both drains below: at most a cycle's worth of events before it.
+            let mut budget = MAX_EVENTS_PER_CYCLE - 1;
             if let Some(ev) = first {
-                if !self.handle(ev) || !self.drain() {
+                if !self.handle(ev) || !self.drain(&mut budget) {
                     return Ok(());
                 }
             }
@@ -210,7 +214,7 @@ impl<O: Outbox> Driver<O> {
             // this cycle's one append and fsync instead of starting another.
             if self.writes.gathering(&self.raw) {
                 std::thread::yield_now();
-                if !self.drain() {
+                if !self.drain(&mut budget) {
                     return Ok(());
                 }
             }
@@ -252,10 +256,12 @@ impl<O: Outbox> Driver<O> {
         }
     }
 
-    /// Handles the events already queued (at most a cycle's worth). Returns false on shutdown.
-    fn drain(&mut self) -> bool {
-        for _ in 1..MAX_EVENTS_PER_CYCLE {
+    /// Handles the events already queued, at most `budget` of them (counted down). Returns
+    /// false on shutdown.
+    fn drain(&mut self, budget: &mut usize) -> bool {
+        while *budget > 0 {
             let Ok(ev) = self.rx.try_recv() else { break };
+            *budget -= 1;
             if !self.handle(ev) {
                 return false;
             }
