@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::powerfs::PowerDisk;
 use crate::{
-    all_threads_stopped, free_ports, wait_until, Cluster, LinkMode, LinkProxy, Node, POLL,
+    all_threads_stopped, free_ports, wait_until, Cluster, LinkMode, LinkProxy, Node, DEADLINE, POLL,
 };
 
 /// How a cut link fails.
@@ -22,6 +22,26 @@ pub enum Cut {
 }
 
 impl Cluster {
+    /// Makes node `id` the leader, restarted with an election timeout ten times the default
+    /// (`KEEL_ELECTION_TICKS=100`) and then handed leadership: cut off from its quorum, it goes
+    /// on leading 10–20 s before its check-quorum steps it down, a window a test can act in.
+    pub fn lead_slowly(&mut self, id: u64) {
+        self.kill(id);
+        self.set_node_env(id, "KEEL_ELECTION_TICKS", Some("100"));
+        self.restart(id);
+        let leads = |c: &Cluster, n: u64| c.status(n).is_some_and(|s| s["role"] == "leader");
+        let body = format!("{{\"to\": {id}}}");
+        wait_until(DEADLINE, &format!("leadership moved to node {id}"), || {
+            if leads(self, id) {
+                return Some(());
+            }
+            let leader = self.ids().into_iter().find(|&n| leads(self, n))?;
+            let path = "/v1/cluster/transfer-leader";
+            let _ = self.request(leader, "POST", path, &[], Some(body.as_bytes()));
+            None
+        });
+    }
+
     /// The proxy of the directed link `from` → `to` (panics unless started proxied).
     pub fn link(&self, from: u64, to: u64) -> &LinkProxy {
         self.links

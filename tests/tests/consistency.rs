@@ -115,24 +115,8 @@ fn a_cached_record_kept_after_its_overwrite_is_caught() {
 fn a_minority_followers_read(bin: std::path::PathBuf, env: &[(&str, &str)]) -> (u16, String, bool) {
     let mut c = Cluster::launch_with(5, &["--read-timeout", "1500ms"], true, bin, env);
     c.wait_for_leader();
-    c.kill(1);
-    c.set_node_env(1, "KEEL_ELECTION_TICKS", Some("100"));
-    c.restart(1);
+    c.lead_slowly(1);
     let leads = |c: &Cluster, id: u64| c.status(id).is_some_and(|s| s["role"] == "leader");
-    wait_until(DEADLINE, "leadership moved to node 1", || {
-        if leads(&c, 1) {
-            return Some(());
-        }
-        let leader = c.ids().into_iter().find(|&id| leads(&c, id))?;
-        let _ = c.request(
-            leader,
-            "POST",
-            "/v1/cluster/transfer-leader",
-            &[],
-            Some(b"{\"to\": 1}"),
-        );
-        None
-    });
     c.put_until_ok(1, "lin/m", b"old", DEADLINE);
     wait_until(DEADLINE, "node 2 applied the first write", || {
         let r = c.get(2, "lin/m?consistency=stale").ok()?;

@@ -268,6 +268,84 @@ fn forwarded_writes_past_the_leaders_bound_are_refused_at_once_and_lose_nothing(
     }
 }
 
+/// A leader that cannot commit keeps a forwarded write's place until its Ready loop answers the
+/// write, past the follower's deadline: further forwarded writes are refused at once as
+/// overloaded instead of piling up in the loop (`forward/serve.rs`). Before the twelfth session
+/// the leader gave the place back at the follower's deadline, and the third write below would
+/// have been taken and answered `outcome_unknown` a second later instead.
+#[test]
+fn a_leader_that_cannot_commit_keeps_its_forwarded_places_past_the_followers_deadline() {
+    let mut c = Cluster::start_with(5, &["--max-forwarded", "2", "--request-timeout", "1s"]);
+    c.wait_for_leader();
+    // Node 1 leads, and goes on leading 10–20 s after it loses its quorum.
+    c.lead_slowly(1);
+    c.put_until_ok(1, "held/warm", b"v", DEADLINE);
+    wait_until(DEADLINE, "node 2 following node 1", || {
+        c.status(2).filter(|s| s["leader"] == 1).map(|_| ())
+    });
+    for id in [3, 4, 5] {
+        c.pause(id);
+    }
+    // Two forwarded writes take the leader's two places; nothing commits, so node 2 gives up on
+    // them at its 1 s deadline with their outcome unknown.
+    let addr = c.http_addr(2);
+    let held: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ["held/a", "held/b"]
+            .into_iter()
+            .map(|key| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    let http = keel_tests::http::Http::new(
+                        Duration::from_secs(2),
+                        Duration::from_secs(30),
+                    );
+                    let r = http
+                        .send(&addr, "PUT", &format!("/v1/kv/{key}"), &[], Some(b"v"))
+                        .expect("node 2 answers");
+                    (r.status, r.error_code())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer thread"))
+            .collect()
+    });
+    for (status, code) in &held {
+        assert_eq!(
+            (*status, code.as_deref()),
+            (504, Some("outcome_unknown")),
+            "{held:?}"
+        );
+    }
+    // The leader still holds both places: the next forwarded write is refused, not taken.
+    let r = c.put(2, "held/c", b"v").expect("node 2 answers");
+    let still_led = c.status(1).is_some_and(|s| s["role"] == "leader");
+    assert!(still_led, "node 1 stepped down: the window was not tested");
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (503, Some("overloaded")),
+        "{}",
+        r.text()
+    );
+    for id in [3, 4, 5] {
+        c.resume(id);
+    }
+    // The held writes commit once the quorum is back (outcome unknown meant exactly this), the
+    // refused one never does, and the places are free again.
+    for key in ["held/a", "held/b"] {
+        wait_until(DEADLINE, "a held write applied", || {
+            let r = c.get(1, key).ok()?;
+            (r.status == 200).then_some(())
+        });
+    }
+    let r = wait_until(DEADLINE, "a read of the refused write", || {
+        c.get(1, "held/c").ok().filter(|r| r.status != 503)
+    });
+    assert_eq!(r.status, 404, "the refused write was applied: {}", r.text());
+    c.put_until_ok(2, "held/d", b"v", DEADLINE);
+}
+
 #[test]
 fn a_hello_dribbled_a_byte_at_a_time_is_cut_off_at_the_hello_deadline() {
     // Bytes keep arriving, so no read timeout fires: the deadline is on the whole Hello.
