@@ -29,13 +29,12 @@ impl Cluster {
         self.kill(id);
         self.set_node_env(id, "KEEL_ELECTION_TICKS", Some("100"));
         self.restart(id);
-        let leads = |c: &Cluster, n: u64| c.status(n).is_some_and(|s| s["role"] == "leader");
         let body = format!("{{\"to\": {id}}}");
         wait_until(DEADLINE, &format!("leadership moved to node {id}"), || {
-            if leads(self, id) {
+            if self.leads(id) {
                 return Some(());
             }
-            let leader = self.ids().into_iter().find(|&n| leads(self, n))?;
+            let leader = self.ids().into_iter().find(|&n| self.leads(n))?;
             let path = "/v1/cluster/transfer-leader";
             let _ = self.request(leader, "POST", path, &[], Some(body.as_bytes()));
             None

@@ -19,4 +19,9 @@ impl Cluster {
         let r = self.request(id, "GET", "/v1/status", &[], None).ok()?;
         (r.status == 200).then(|| r.json())
     }
+
+    /// Whether node `id` answers that it is the leader.
+    pub fn leads(&self, id: u64) -> bool {
+        self.status(id).is_some_and(|s| s["role"] == "leader")
+    }
 }

@@ -18,7 +18,8 @@ use keel_api::{AckPoint, WriteMode};
 const MAX_ATTEMPTS: usize = 3;
 /// Pause between attempts, giving an election time to settle.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Time the leader keeps for itself out of a forwarded deadline, so its answer can travel back.
+/// Taken off the deadline sent with a forwarded write (`timeout_ms`, which the leader no longer
+/// reads: it answers when its loop does; see `serve.rs`).
 const REPLY_MARGIN: Duration = Duration::from_millis(200);
 
 /// Routes writes to the leader and matches forwarded replies to their callers.

@@ -147,8 +147,9 @@ impl Writes {
     }
 
     /// Whether this node leads with writes batched for its next cycle: the loop then yields
-    /// its CPU once before the cycle (measured in docs/benchmarks.md, thirteenth session: 64
-    /// writers 0.90-1.20x over four A/B runs, 1.06x over the longest; the Raft thread run ahead of the workers instead made them 0.70x).
+    /// its CPU once before the cycle (docs/benchmarks.md, thirteenth session: 64 writers
+    /// 0.90-1.20x over four A/B runs, 1.06x over the longest; the Raft thread run ahead of the
+    /// workers instead made them 0.70x).
     pub(super) fn gathering(&self, raw: &RawNode<RaftLogStore>) -> bool {
         !self.batch.is_empty() && raw.raft.state == StateRole::Leader
     }
