@@ -71,8 +71,14 @@ impl Router {
     }
 }
 
-/// The reply to forwarded write `id`, naming the leader as this node knows it.
+/// The reply to forwarded write `id`, naming the leader as this node knows it (or, for a
+/// refusal as not the leader, the leader the refusal names when it names one: the loop's own
+/// view at the moment it refused, newer than `leader`, which was read after).
 fn reply_to(id: u64, leader: u64, outcome: Result<WriteOk, WriteError>) -> ForwardReply {
+    let leader = match &outcome {
+        Err(WriteError::NotLeader(named)) if *named != 0 => *named,
+        _ => leader,
+    };
     let mut reply = ForwardReply {
         id,
         leader,
@@ -92,4 +98,19 @@ fn reply_to(id: u64, leader: u64, outcome: Result<WriteOk, WriteError>) -> Forwa
         }
     }
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_leader_the_loop_named() {
+        let reply = reply_to(7, 1, Err(WriteError::NotLeader(3)));
+        assert_eq!((reply.id, reply.leader), (7, 3));
+        assert_eq!(reply.error_code, "not_leader");
+        // A refusal naming no leader keeps the node's own view; other outcomes too.
+        assert_eq!(reply_to(7, 1, Err(WriteError::NotLeader(0))).leader, 1);
+        assert_eq!(reply_to(7, 2, Err(WriteError::Overloaded)).leader, 2);
+    }
 }
