@@ -114,8 +114,9 @@ pub struct ServerArgs {
     #[arg(long, env = "KEEL_WORKER_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub worker_threads: u16,
-    /// Client requests (writes, read indexes) that may wait for the Raft thread at once; more
-    /// are answered 503 `overloaded` with `Retry-After` (and counted in /metrics).
+    /// Client writes that may wait for the Raft thread at once, and, counted apart, linearizable
+    /// reads that may wait for their read index; more are answered 503 `overloaded` with
+    /// `Retry-After` (and counted in /metrics).
     #[arg(long, env = "KEEL_MAX_PENDING", default_value_t = 10_000)]
     pub max_pending: usize,
     /// Client connections (HTTP) served at once; one more is closed as soon as it is accepted

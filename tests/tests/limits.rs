@@ -189,6 +189,70 @@ fn overload_is_answered_503_overloaded_with_retry_after_and_loses_nothing() {
     );
 }
 
+#[test]
+fn linearizable_reads_past_the_bound_are_refused_while_the_others_wait() {
+    // Four reads may wait for their read index; none gets one while the others are paused, and
+    // the follower, slow to campaign (10–20 s), keeps its leader meanwhile (so its reads wait
+    // instead of failing as `no_leader`).
+    let mut c = Cluster::start_with(3, &["--max-pending", "4", "--read-timeout", "120s"]);
+    let leader = c.wait_for_leader();
+    c.put_until_ok(leader, "r/k", b"v", DEADLINE);
+    let f = c
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != f).collect();
+    c.kill(f);
+    c.set_node_env(f, "KEEL_ELECTION_TICKS", Some("100"));
+    c.restart(f);
+    wait_until(
+        DEADLINE,
+        "the follower back, following, with the write",
+        || {
+            c.status(f).filter(|s| s["leader"] == leader)?;
+            c.get(f, "r/k").ok().filter(|r| r.status == 200)
+        },
+    );
+    for id in &others {
+        c.pause(*id);
+    }
+    let addr = c.http_addr(f);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let readers: Vec<_> = (0..10)
+        .map(|_| {
+            let (addr, tx) = (addr.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let http =
+                    keel_tests::http::Http::new(Duration::from_secs(2), Duration::from_secs(180));
+                let r = http.send(&addr, "GET", "/v1/kv/r/k", &[], None);
+                let _ = tx.send(r.map(|r| (r.status, r.error_code())).ok());
+            })
+        })
+        .collect();
+    // Six are refused at once; the four others still wait (the node has no read index to give).
+    let mut refused = Vec::new();
+    while refused.len() < 6 {
+        let got = rx
+            .recv_timeout(DEADLINE)
+            .expect("six answers while the quorum is paused");
+        refused.push(got);
+    }
+    for r in &refused {
+        assert_eq!(r, &Some((503, Some("overloaded".into()))), "{refused:?}");
+    }
+    assert!(rx.try_recv().is_err(), "a seventh read was answered");
+    for id in &others {
+        c.resume(*id);
+    }
+    for h in readers {
+        h.join().expect("reader thread");
+    }
+    drop(tx);
+    let served: Vec<_> = rx.iter().collect();
+    assert_eq!(served, vec![Some((200, None)); 4], "the reads that waited");
+}
+
 /// PUTs `v` through `addr` to every path at once, one client each (2 s to connect, 30 s to
 /// answer); each answer with how long it took, in the order of `paths`.
 fn put_all_at_once(addr: &str, paths: &[String]) -> Vec<(keel_tests::Resp, Duration)> {

@@ -93,6 +93,16 @@ impl Drop for Ticket {
     }
 }
 
+/// A linearizable read's place among those waiting for their read index, given back on drop
+/// (when its handler has its answer, or is dropped with its client).
+struct ReadPlace(Arc<Shared>);
+
+impl Drop for ReadPlace {
+    fn drop(&mut self) {
+        self.0.release_read();
+    }
+}
+
 /// Work for the Ready loop.
 pub enum Event {
     /// Propose a client write (only meaningful on the leader).
@@ -282,10 +292,13 @@ impl NodeHandle {
     /// Obtains a read index through Raft (on any node).
     pub async fn read_index(&self) -> Result<u64, ReadError> {
         // A full backlog of events refuses reads as overloaded, but a read holds no place in it:
-        // the read queue is the loop's own (reads waiting for a round were never counted).
-        if self.shared.backlog_full() {
+        // reads waiting for their read index have a bound of their own, the same number. (A
+        // read whose client leaves gives its place back at once; its reply may wait in the loop
+        // until its round ends or it expires, `--read-timeout`.)
+        if self.shared.backlog_full() || !self.shared.admit_read() {
             return Err(ReadError::Overloaded);
         }
+        let _place = ReadPlace(self.shared.clone());
         let (reply, rx) = oneshot::channel();
         let started = std::time::Instant::now();
         match self.shared.read_queue().push((started, reply)) {

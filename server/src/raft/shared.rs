@@ -58,6 +58,9 @@ pub struct Shared {
     queued: AtomicUsize,
     /// The most of them allowed to wait; more are refused as overloaded.
     max_queued: AtomicUsize,
+    /// Linearizable reads waiting for their read index, counted by their handlers (at most
+    /// `max_queued` of them, apart from `queued`).
+    reads_waiting: AtomicUsize,
     /// Linearizable reads handed to raft-rs and waiting for their read index (the loop's
     /// [`super::reads::Reads`] keeps it).
     reads_asked: Arc<AtomicUsize>,
@@ -88,6 +91,7 @@ impl Shared {
             applied_tx: watch::channel(applied).0,
             queued: AtomicUsize::new(0),
             max_queued: AtomicUsize::new(DEFAULT_MAX_QUEUED),
+            reads_waiting: AtomicUsize::new(0),
             reads_asked: Arc::default(),
             read_queue: Arc::default(),
             overloaded: AtomicU64::new(0),
@@ -130,6 +134,23 @@ impl Shared {
             self.count_overloaded();
         }
         full
+    }
+
+    /// Takes a place among the linearizable reads waiting for their read index; false (and
+    /// counted) when `--max-pending` of them wait. Given back by [`Shared::release_read`].
+    pub(super) fn admit_read(&self) -> bool {
+        let before = self.reads_waiting.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max_queued.load(Ordering::Acquire) {
+            self.reads_waiting.fetch_sub(1, Ordering::AcqRel);
+            self.count_overloaded();
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a place taken by [`Shared::admit_read`].
+    pub(super) fn release_read(&self) {
+        self.reads_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Gives back a place taken by [`Shared::admit`].
