@@ -160,4 +160,9 @@ pub struct SnapshotChunk {
     /// of another stream of the same snapshot never continues this one.
     #[prost(uint64, tag = "10")]
     pub stream: u64,
+    /// The sender's term when it started the stream (0 from senders before it). With
+    /// `stream`, which one sender numbers upward, it orders streams: a late first chunk of an
+    /// older stream never restarts staging over a newer one.
+    #[prost(uint64, tag = "11")]
+    pub leader_term: u64,
 }

@@ -55,7 +55,7 @@ impl Sender {
     ) {
         let to = msg.to;
         let snap_meta = msg.get_snapshot().get_metadata();
-        let (index, term) = (snap_meta.index, snap_meta.term);
+        let (index, term, leader_term) = (snap_meta.index, snap_meta.term, msg.term);
         let this = self.clone();
         info!(peer = to, index, "streaming a snapshot");
         self.runtime.spawn_blocking(move || {
@@ -63,7 +63,7 @@ impl Sender {
             let started = std::time::Instant::now();
             // A few chunks in the peer's queue at a time: the leader's memory does not grow
             // with the snapshot when the follower takes it slower than RocksDB reads it.
-            let sent = this.chunks(index, term, SNAPSHOT_CHUNK_BYTES, |chunk| {
+            let sent = this.chunks((index, term), leader_term, SNAPSHOT_CHUNK_BYTES, |chunk| {
                 queue.blocking_drain_to(CHUNKS_QUEUED, SNAPSHOT_STALL)
                     && queue.blocking_send(Body::SnapshotChunk(chunk))
             });
@@ -86,12 +86,13 @@ impl Sender {
     }
 
     /// Streams the state machine, as of one RocksDB snapshot, in chunks of at most `max_bytes`,
-    /// tagged with the Raft snapshot `(snap_index, snap_term)` they go with. `emit` returns false
-    /// to stop (the receiver is gone). Returns whether every chunk was emitted.
+    /// tagged with the Raft snapshot `(snap_index, snap_term)` they go with and numbered as a
+    /// new stream of this sender at `leader_term`. `emit` returns false to stop (the receiver is
+    /// gone). Returns whether every chunk was emitted.
     pub fn chunks(
         &self,
-        snap_index: u64,
-        snap_term: u64,
+        (snap_index, snap_term): (u64, u64),
+        leader_term: u64,
         max_bytes: usize,
         mut emit: impl FnMut(SnapshotChunk) -> bool,
     ) -> Result<bool, StorageError> {
@@ -110,8 +111,8 @@ impl Sender {
             snap_term,
             applied,
             applied_term,
-            // Never 0 (what senders before the field send).
-            stream: rand::random::<u64>().max(1),
+            stream: next_stream(),
+            leader_term,
             ..Default::default()
         };
         let mut size = 0usize;
@@ -145,6 +146,14 @@ impl Sender {
     }
 }
 
+/// The number of this process's next stream: upward from a random start (never 0, what senders
+/// before the field send), so that a receiver can tell the newer of two streams of one term.
+fn next_stream() -> u64 {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| (rand::random::<u32>() as u64 + 1).into())
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,7 +172,7 @@ mod tests {
             runtime: runtime.handle().clone(),
         };
         let mut chunks = 0;
-        let sent = sender.chunks(1, 1, SNAPSHOT_CHUNK_BYTES, |_| {
+        let sent = sender.chunks((1, 1), 1, SNAPSHOT_CHUNK_BYTES, |_| {
             chunks += 1;
             true
         });
@@ -177,7 +186,7 @@ mod tests {
         };
         meta::put_pending_install(&db, &mut batch, &pending).expect("batch");
         db.write(batch).expect("write");
-        let sent = sender.chunks(1, 1, SNAPSHOT_CHUNK_BYTES, |_| true);
+        let sent = sender.chunks((1, 1), 1, SNAPSHOT_CHUNK_BYTES, |_| true);
         assert!(matches!(sent, Err(StorageError::Installing)), "{sent:?}");
     }
 }
