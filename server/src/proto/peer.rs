@@ -156,8 +156,8 @@ pub struct SnapshotChunk {
     /// above it is in the data). None from a sender that does not say.
     #[prost(uint64, optional, tag = "9")]
     pub history_after: Option<u64>,
-    /// A number the sender draws for each stream (never 0; 0 from senders before it): a chunk
-    /// of another stream of the same snapshot never continues this one.
+    /// The sender's number for the stream, upward from a random start (never 0; 0 from senders
+    /// before it): a chunk of another stream of the same snapshot never continues this one.
     #[prost(uint64, tag = "10")]
     pub stream: u64,
     /// The sender's term when it started the stream (0 from senders before it). With

@@ -93,9 +93,9 @@ impl Drop for Ticket {
     }
 }
 
-/// A linearizable read's place among those waiting for their read index, given back on drop
-/// (when its handler has its answer, or is dropped with its client).
-struct ReadPlace(Arc<Shared>);
+/// A linearizable read's place among those waiting for their read index ([`Shared::admit_read`]),
+/// carried with its reply and given back when the loop answers or drops it.
+pub(super) struct ReadPlace(Arc<Shared>);
 
 impl Drop for ReadPlace {
     fn drop(&mut self) {
@@ -292,16 +292,20 @@ impl NodeHandle {
     /// Obtains a read index through Raft (on any node).
     pub async fn read_index(&self) -> Result<u64, ReadError> {
         // A full backlog of events refuses reads as overloaded, but a read holds no place in it:
-        // reads waiting for their read index have a bound of their own, the same number. (A
-        // read whose client leaves gives its place back at once; its reply may wait in the loop
-        // until its round ends or it expires, `--read-timeout`.)
+        // reads waiting for their read index have a bound of their own, the same number. The
+        // place goes with the read's reply: a client that leaves leaves it taken until the loop
+        // answers or drops the read (at the latest at its expiry, `--read-timeout`).
         if self.shared.backlog_full() || !self.shared.admit_read() {
             return Err(ReadError::Overloaded);
         }
-        let _place = ReadPlace(self.shared.clone());
-        let (reply, rx) = oneshot::channel();
+        let place = ReadPlace(self.shared.clone());
+        let (tx, rx) = oneshot::channel();
         let started = std::time::Instant::now();
-        match self.shared.read_queue().push((started, reply)) {
+        match self
+            .shared
+            .read_queue()
+            .push((started, super::reads::Reply::holding(tx, place)))
+        {
             Pushed::Queued => {}
             Pushed::Wake => {
                 if !self.send(Event::ReadsQueued) {
@@ -406,6 +410,46 @@ mod tests {
         // Nothing reached the loop: the answer says so, as `propose` does (dropping the event
         // would have said `OutcomeUnknown`).
         assert!(matches!(out, Err(WriteError::ShuttingDown)), "{out:?}");
+    }
+
+    /// Polls `read` once.
+    fn poll_once(
+        read: &mut std::pin::Pin<Box<impl std::future::Future<Output = Result<u64, ReadError>>>>,
+    ) -> std::task::Poll<Result<u64, ReadError>> {
+        let waker = futures::task::noop_waker();
+        read.as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_read_keeps_its_place_until_the_loop_drops_it_even_after_its_client_left() {
+        use std::task::Poll;
+        let (h, _rx) = handle(1);
+        let mut first = Box::pin(h.read_index());
+        assert!(
+            poll_once(&mut first).is_pending(),
+            "waits for its read index"
+        );
+        let mut second = Box::pin(h.read_index());
+        let refused = poll_once(&mut second);
+        assert!(
+            matches!(refused, Poll::Ready(Err(ReadError::Overloaded))),
+            "{refused:?}"
+        );
+        // Its client leaves; the read is still in the loop's queue and keeps its place.
+        drop(first);
+        let mut third = Box::pin(h.read_index());
+        assert!(matches!(
+            poll_once(&mut third),
+            Poll::Ready(Err(ReadError::Overloaded))
+        ));
+        // The loop takes the read and drops it (answered or expired): the place is free again.
+        drop(h.shared.read_queue().take(true));
+        let mut fourth = Box::pin(h.read_index());
+        assert!(
+            poll_once(&mut fourth).is_pending(),
+            "admitted once the place came back"
+        );
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl Leases {
             return;
         }
         let (tx, rx) = oneshot::channel();
-        reads.push(tx);
+        reads.push(tx.into());
         self.waiting.push(Waiting {
             op,
             arrival: now,

@@ -125,7 +125,7 @@ mod tests {
 
     fn read() -> (Queued, Answer) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        ((Instant::now(), tx), rx)
+        ((Instant::now(), tx.into()), rx)
     }
 
     #[test]

@@ -36,8 +36,38 @@ pub(super) fn planted_no_reask() -> bool {
 /// Read-index rounds asked of raft-rs and not yet answered, at most.
 const ROUNDS_IN_FLIGHT: usize = 1;
 
-/// Where a read index goes.
-pub(super) type Reply = oneshot::Sender<Result<u64, ReadError>>;
+/// Where a read index goes, with the read's place among those waiting (given back when the
+/// loop answers the read or drops it, not when its client leaves: a client that asks and
+/// leaves cannot pile up reads in the loop past `--max-pending`).
+pub(super) struct Reply {
+    tx: oneshot::Sender<Result<u64, ReadError>>,
+    _place: Option<super::handle::ReadPlace>,
+}
+
+impl Reply {
+    /// A client's read, holding `place`.
+    pub(super) fn holding(
+        tx: oneshot::Sender<Result<u64, ReadError>>,
+        place: super::handle::ReadPlace,
+    ) -> Self {
+        Reply {
+            tx,
+            _place: Some(place),
+        }
+    }
+
+    /// Sends the answer (Err with it when the reader is gone); the place goes back.
+    pub(super) fn send(self, out: Result<u64, ReadError>) -> Result<(), Result<u64, ReadError>> {
+        self.tx.send(out)
+    }
+}
+
+/// A read the node asks for itself (a lease keepalive's), holding no client's place.
+impl From<oneshot::Sender<Result<u64, ReadError>>> for Reply {
+    fn from(tx: oneshot::Sender<Result<u64, ReadError>>) -> Self {
+        Reply { tx, _place: None }
+    }
+}
 
 /// A read waiting for its read index: when it fails with a timeout (its arrival plus the
 /// timeout, whichever round it waits in), and where the answer goes.
@@ -313,7 +343,7 @@ mod tests {
             42,
             ReadGroup {
                 asked: Instant::now(),
-                waiters: vec![(Instant::now() + Duration::from_secs(60), tx)],
+                waiters: vec![(Instant::now() + Duration::from_secs(60), tx.into())],
             },
         );
         mine.answer(vec![ReadState {
@@ -339,7 +369,7 @@ mod tests {
         let mut reads = Reads::new(1, Duration::from_millis(10), &shared());
         let (early, mut early_rx) = oneshot::channel();
         let (late, mut late_rx) = oneshot::channel();
-        reads.push(early);
+        reads.push(early.into());
         let early_deadline = reads.new[0].0;
         // The early read is in a round; the late one arrives 5 ms later, behind it.
         reads.groups.insert(
@@ -351,7 +381,7 @@ mod tests {
         );
         reads
             .new
-            .push((early_deadline + Duration::from_millis(5), late));
+            .push((early_deadline + Duration::from_millis(5), late.into()));
         assert!(reads.waiting_behind(early_deadline, Duration::from_millis(10)));
         reads.expire(early_deadline - Duration::from_millis(1), Some(2));
         assert!(early_rx.try_recv().is_err(), "not yet");
@@ -384,11 +414,11 @@ mod tests {
             7,
             ReadGroup {
                 asked: Instant::now(),
-                waiters: vec![(Instant::now() + Duration::from_secs(60), early)],
+                waiters: vec![(Instant::now() + Duration::from_secs(60), early.into())],
             },
         );
         let (late, mut late_rx) = oneshot::channel();
-        shared.read_queue().push((Instant::now(), late));
+        shared.read_queue().push((Instant::now(), late.into()));
         assert!(!reads.issue(&mut raw), "no second round while one is out");
         assert!(!shared.read_queue().is_empty(), "the read stays queued");
         assert_eq!(
@@ -419,7 +449,7 @@ mod tests {
             1,
             ReadGroup {
                 asked: start,
-                waiters: vec![(start + Duration::from_millis(10), tx)],
+                waiters: vec![(start + Duration::from_millis(10), tx.into())],
             },
         );
         reads.expire(start, Some(2));

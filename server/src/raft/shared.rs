@@ -54,9 +54,10 @@ pub struct Shared {
     removed_tx: watch::Sender<bool>,
     /// The applied index; a watch so that reads waiting for an index wake when it is reached.
     applied_tx: watch::Sender<u64>,
-    /// Client requests (proposals, read indexes) sent into the loop and not yet taken by it.
+    /// Client requests (proposals) sent into the loop and not yet taken by it.
     queued: AtomicUsize,
-    /// The most of them allowed to wait; more are refused as overloaded.
+    /// The most of them allowed to wait, and the most reads waiting for their read index
+    /// (`reads_waiting`); more are refused as overloaded.
     max_queued: AtomicUsize,
     /// Linearizable reads waiting for their read index, counted by their handlers (at most
     /// `max_queued` of them, apart from `queued`).
@@ -109,7 +110,8 @@ impl Shared {
         self.locks_tx.subscribe()
     }
 
-    /// Sets how many client requests may wait for the loop.
+    /// Sets how many client requests may wait for the loop (and, apart, how many reads may wait
+    /// for their read index).
     pub fn set_max_queued(&self, n: usize) {
         self.max_queued.store(n, Ordering::Release);
     }
@@ -164,7 +166,7 @@ impl Shared {
         crate::metrics::metrics().overloaded.inc();
     }
 
-    /// Requests refused as overloaded since the start.
+    /// Client requests in the loop's channel, not yet taken by it.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }

@@ -101,6 +101,11 @@ impl Stage {
             // still delivering) must not abandon this one; the leader of a newer term, or the
             // same leader later, numbers its streams higher. (Senders before the term say 0.)
             if chunk.leader_term != 0 && stream < st.stream {
+                tracing::debug!(
+                    ?stream,
+                    current = ?st.stream,
+                    "the first chunk of an older snapshot stream dropped"
+                );
                 return Ok(());
             }
             *st = Staging {
