@@ -88,6 +88,10 @@ struct Common {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
+    /// `compare`: rounds of its five workloads (each row reports the median round of each
+    /// system, by throughput; keel goes first in odd rounds, etcd in even ones).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
+    rounds: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -250,8 +254,10 @@ async fn modes(c: &Common) -> ModesResults {
 
 /// Pairs of (keel, etcd) results of the same workload.
 pub(crate) struct Compared {
-    /// (workload, keel's result, etcd's result).
+    /// (workload, keel's median round, etcd's median round).
     pub(crate) pairs: Vec<(String, RunResult, RunResult)>,
+    /// (workload, keel's ops/s in each round, etcd's), in the order the rounds ran.
+    pub(crate) rounds: Vec<(String, Vec<f64>, Vec<f64>)>,
     /// Writes with more and more clients, both systems.
     pub(crate) sweep: Vec<RunResult>,
 }
@@ -293,29 +299,44 @@ async fn compare(c: &Common) -> Result<Compared, String> {
             c.clients,
         ),
     ];
+    // Every round runs every workload on both systems; keel first in odd rounds, etcd first in
+    // even ones, so that neither always runs on a machine the other just warmed or loaded.
+    let mut runs: Vec<(Vec<RunResult>, Vec<RunResult>)> = vec![Default::default(); cases.len()];
+    for round in 1..=c.rounds {
+        for ((name, w, stale, clients), (keel_runs, etcd_runs)) in cases.iter().zip(&mut runs) {
+            let order = if round % 2 == 1 {
+                [&ks, &es]
+            } else {
+                [&es, &ks]
+            };
+            for system in order {
+                let label = format!("{}: {name}", system.name());
+                let r = load::run(
+                    &http,
+                    &Spec {
+                        pids: pids(system),
+                        ..spec(c, &label, system, *w, "semi", *stale, *clients)
+                    },
+                    true,
+                )
+                .await;
+                eprintln!("round {round} {}", load::row(&r));
+                match system {
+                    System::Keel(_) => keel_runs.push(r),
+                    System::Etcd(_) => etcd_runs.push(r),
+                }
+            }
+        }
+    }
     let mut pairs = Vec::new();
-    for (name, w, stale, clients) in cases {
-        let k = load::run(
-            &http,
-            &Spec {
-                pids: pids(&ks),
-                ..spec(c, &format!("keel: {name}"), &ks, w, "semi", stale, clients)
-            },
-            true,
-        )
-        .await;
-        eprintln!("{}", load::row(&k));
-        let e = load::run(
-            &http,
-            &Spec {
-                pids: pids(&es),
-                ..spec(c, &format!("etcd: {name}"), &es, w, "semi", stale, clients)
-            },
-            true,
-        )
-        .await;
-        eprintln!("{}", load::row(&e));
-        pairs.push((name.to_string(), k, e));
+    let mut rounds = Vec::new();
+    for ((name, ..), (keel_runs, etcd_runs)) in cases.iter().zip(runs) {
+        let ops = |rs: &[RunResult]| rs.iter().map(|r| r.throughput).collect::<Vec<_>>();
+        rounds.push((name.to_string(), ops(&keel_runs), ops(&etcd_runs)));
+        match (median_round(keel_runs), median_round(etcd_runs)) {
+            (Some(k), Some(e)) => pairs.push((name.to_string(), k, e)),
+            _ => return Err(format!("no round of {name} ran")),
+        }
     }
     // Latency against offered load: writes with more and more clients.
     let mut sweep = Vec::new();
@@ -336,7 +357,18 @@ async fn compare(c: &Common) -> Result<Compared, String> {
         }
     }
     drop(etcd);
-    Ok(Compared { pairs, sweep })
+    Ok(Compared {
+        pairs,
+        rounds,
+        sweep,
+    })
+}
+
+/// The round whose throughput is the median of `runs` (the higher middle one of an even count).
+fn median_round(mut runs: Vec<RunResult>) -> Option<RunResult> {
+    runs.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+    let mid = runs.len() / 2;
+    (mid < runs.len()).then(|| runs.swap_remove(mid))
 }
 
 fn machine() -> String {
@@ -503,5 +535,35 @@ mod tests {
         for bad in [0.0, -1.0, 0.001, 6.3, f64::NAN, f64::INFINITY] {
             assert!(check_rate(Some(bad), 64, d).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_median_round_is_the_middle_one_by_throughput() {
+        let run = |label: &str, throughput: f64| RunResult {
+            label: label.into(),
+            system: "keel".into(),
+            workload: Workload::Write,
+            mode: "semi".into(),
+            consistency: "linearizable".into(),
+            clients: 64,
+            throughput,
+            mean_ms: 1.0,
+            p50_ms: 1.0,
+            p90_ms: 1.0,
+            p99_ms: 1.0,
+            p999_ms: 1.0,
+            max_ms: 1.0,
+            errors: 0,
+            ops: 1,
+            cpu_ms_per_1k: None,
+            gen_cpu_ms_per_1k: None,
+            busy_ms_per_1k: None,
+            busy_cores: None,
+        };
+        let three = vec![run("a", 9.0), run("b", 3.0), run("c", 5.0)];
+        assert_eq!(median_round(three).map(|r| r.label), Some("c".into()));
+        let two = vec![run("a", 9.0), run("b", 3.0)];
+        assert_eq!(median_round(two).map(|r| r.label), Some("a".into()));
+        assert!(median_round(Vec::new()).is_none());
     }
 }

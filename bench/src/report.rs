@@ -73,7 +73,7 @@ pub fn write_modes(out: &Path, results: &ModesResults) -> String {
 }
 
 pub fn write_compare(out: &Path, c: &Compared) -> String {
-    let mut md = String::from("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member.\n\n");
+    let mut md = format!("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member, in {} rounds (keel first in odd rounds, etcd first in even ones). Each row gives each system's median round by throughput (all rounds below).\n\n", c.rounds.first().map_or(0, |(_, k, _)| k.len()));
     md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel | keel CPU ms / 1,000 ops | etcd CPU ms / 1,000 ops | CPU keel/etcd |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let cpu = |r: &RunResult| {
         r.cpu_ms_per_1k
@@ -117,6 +117,16 @@ pub fn write_compare(out: &Path, c: &Compared) -> String {
             100.0 * stale / health.max(1.0),
             100.0 * lin / stale.max(1.0)
         ));
+    }
+    md.push_str("\n### Every round (ops/s)\n\n| workload | keel | etcd |\n| --- | --- | --- |\n");
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, k, e) in &c.rounds {
+        md.push_str(&format!("| {name} | {} | {} |\n", list(k), list(e)));
     }
     md.push_str(&crate::budget::section(c));
     let names: Vec<String> = c
