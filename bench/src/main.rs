@@ -20,6 +20,7 @@
 
 mod breakdown;
 mod budget;
+mod compare;
 mod etcd;
 mod load;
 mod plot;
@@ -34,6 +35,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use compare::Compared;
 use keel_tests::{Cluster, LinkMode, LinkProxy};
 use load::{RunResult, Spec, System, Workload};
 
@@ -92,6 +94,11 @@ struct Common {
     /// system, by throughput; keel goes first in odd rounds, etcd in even ones).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
     rounds: u64,
+    /// `compare`: stop the other system's processes (SIGSTOP) while one system is measured,
+    /// and let them go on (SIGCONT) after, so that an idle cluster takes no CPU from the run
+    /// (`--pause-idle false` leaves both running).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pause_idle: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -252,125 +259,6 @@ async fn modes(c: &Common) -> ModesResults {
     out
 }
 
-/// Pairs of (keel, etcd) results of the same workload.
-pub(crate) struct Compared {
-    /// (workload, keel's median round, etcd's median round).
-    pub(crate) pairs: Vec<(String, RunResult, RunResult)>,
-    /// (workload, keel's ops/s in each round, etcd's), in the order the rounds ran.
-    pub(crate) rounds: Vec<(String, Vec<f64>, Vec<f64>)>,
-    /// Writes with more and more clients, both systems.
-    pub(crate) sweep: Vec<RunResult>,
-}
-
-async fn compare(c: &Common) -> Result<Compared, String> {
-    let etcd = etcd::Etcd::start()?;
-    let mut keel = Cluster::start(3);
-    keel.wait_for_leader();
-    let ks = System::Keel(keel.endpoints());
-    let es = System::Etcd(etcd.endpoints.clone());
-    let keel_pids: Vec<i32> = keel.nodes.iter().filter_map(|n| n.pid()).collect();
-    let etcd_pids = etcd.pids();
-    let pids = |s: &System| match s {
-        System::Keel(_) => keel_pids.clone(),
-        System::Etcd(_) => etcd_pids.clone(),
-    };
-    let http = load::http(c.clients);
-    load::preload(&http, &ks, c.keys, c.value_size).await?;
-    load::preload(&http, &es, c.keys, c.value_size).await?;
-    let cases: Vec<(&str, Workload, bool, usize)> = vec![
-        (
-            "writes (keel semi, etcd put)",
-            Workload::Write,
-            false,
-            c.clients,
-        ),
-        ("linearizable reads", Workload::Read, false, c.clients),
-        (
-            "stale reads (etcd serializable)",
-            Workload::Read,
-            true,
-            c.clients,
-        ),
-        ("writes, 1 client", Workload::Write, false, 1),
-        (
-            "trivial endpoint (GET /health)",
-            Workload::Health,
-            true,
-            c.clients,
-        ),
-    ];
-    // Every round runs every workload on both systems; keel first in odd rounds, etcd first in
-    // even ones, so that neither always runs on a machine the other just warmed or loaded.
-    let mut runs: Vec<(Vec<RunResult>, Vec<RunResult>)> = vec![Default::default(); cases.len()];
-    for round in 1..=c.rounds {
-        for ((name, w, stale, clients), (keel_runs, etcd_runs)) in cases.iter().zip(&mut runs) {
-            let order = if round % 2 == 1 {
-                [&ks, &es]
-            } else {
-                [&es, &ks]
-            };
-            for system in order {
-                let label = format!("{}: {name}", system.name());
-                let r = load::run(
-                    &http,
-                    &Spec {
-                        pids: pids(system),
-                        ..spec(c, &label, system, *w, "semi", *stale, *clients)
-                    },
-                    true,
-                )
-                .await;
-                eprintln!("round {round} {}", load::row(&r));
-                match system {
-                    System::Keel(_) => keel_runs.push(r),
-                    System::Etcd(_) => etcd_runs.push(r),
-                }
-            }
-        }
-    }
-    let mut pairs = Vec::new();
-    let mut rounds = Vec::new();
-    for ((name, ..), (keel_runs, etcd_runs)) in cases.iter().zip(runs) {
-        let ops = |rs: &[RunResult]| rs.iter().map(|r| r.throughput).collect::<Vec<_>>();
-        rounds.push((name.to_string(), ops(&keel_runs), ops(&etcd_runs)));
-        match (median_round(keel_runs), median_round(etcd_runs)) {
-            (Some(k), Some(e)) => pairs.push((name.to_string(), k, e)),
-            _ => return Err(format!("no round of {name} ran")),
-        }
-    }
-    // Latency against offered load: writes with more and more clients.
-    let mut sweep = Vec::new();
-    for clients in [1usize, 4, 16, 64] {
-        for system in [&ks, &es] {
-            let label = format!("{} writes, {clients} clients", system.name());
-            let r = load::run(
-                &http,
-                &Spec {
-                    pids: pids(system),
-                    ..spec(c, &label, system, Workload::Write, "semi", false, clients)
-                },
-                true,
-            )
-            .await;
-            eprintln!("{}", load::row(&r));
-            sweep.push(r);
-        }
-    }
-    drop(etcd);
-    Ok(Compared {
-        pairs,
-        rounds,
-        sweep,
-    })
-}
-
-/// The round whose throughput is the median of `runs` (the higher middle one of an even count).
-fn median_round(mut runs: Vec<RunResult>) -> Option<RunResult> {
-    runs.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
-    let mid = runs.len() / 2;
-    (mid < runs.len()).then(|| runs.swap_remove(mid))
-}
-
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -481,7 +369,7 @@ async fn main() {
             );
             println!("{md}");
         }
-        Cmd::Compare(c) => match compare(&c).await {
+        Cmd::Compare(c) => match compare::run(&c).await {
             Ok(r) => {
                 let md = report::write_compare(&c.out, &r);
                 let _ = std::fs::write(c.out.join("compare.md"), &md);
@@ -494,7 +382,7 @@ async fn main() {
         },
         Cmd::All(c) => {
             let mut md = format!("# keel-bench results\n\nMachine: {}\nRun: {:?} per run after {:?} warm-up, {} clients, {}-byte values, {} keys.\n\n", machine(), c.duration, c.warmup, c.clients, c.value_size, c.keys);
-            match compare(&c).await {
+            match compare::run(&c).await {
                 Ok(r) => {
                     md.push_str(&report::write_compare(&c.out, &r));
                     let all: Vec<&RunResult> = r
@@ -535,35 +423,5 @@ mod tests {
         for bad in [0.0, -1.0, 0.001, 6.3, f64::NAN, f64::INFINITY] {
             assert!(check_rate(Some(bad), 64, d).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_median_round_is_the_middle_one_by_throughput() {
-        let run = |label: &str, throughput: f64| RunResult {
-            label: label.into(),
-            system: "keel".into(),
-            workload: Workload::Write,
-            mode: "semi".into(),
-            consistency: "linearizable".into(),
-            clients: 64,
-            throughput,
-            mean_ms: 1.0,
-            p50_ms: 1.0,
-            p90_ms: 1.0,
-            p99_ms: 1.0,
-            p999_ms: 1.0,
-            max_ms: 1.0,
-            errors: 0,
-            ops: 1,
-            cpu_ms_per_1k: None,
-            gen_cpu_ms_per_1k: None,
-            busy_ms_per_1k: None,
-            busy_cores: None,
-        };
-        let three = vec![run("a", 9.0), run("b", 3.0), run("c", 5.0)];
-        assert_eq!(median_round(three).map(|r| r.label), Some("c".into()));
-        let two = vec![run("a", 9.0), run("b", 3.0)];
-        assert_eq!(median_round(two).map(|r| r.label), Some("a".into()));
-        assert!(median_round(Vec::new()).is_none());
     }
 }

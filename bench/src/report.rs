@@ -73,7 +73,7 @@ pub fn write_modes(out: &Path, results: &ModesResults) -> String {
 }
 
 pub fn write_compare(out: &Path, c: &Compared) -> String {
-    let mut md = format!("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member, in {} rounds (keel first in odd rounds, etcd first in even ones). Each row gives each system's median round by throughput (all rounds below).\n\n", c.rounds.first().map_or(0, |(_, k, _)| k.len()));
+    let mut md = format!("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member, in {} rounds (keel first in odd rounds, etcd first in even ones){}. Each row gives each system's median round by throughput (all rounds below).\n\n", c.rounds.first().map_or(0, |(_, k, _)| k.len()), if c.paused_idle { ", the other system's processes stopped (SIGSTOP) during each run" } else { "" });
     md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel | keel CPU ms / 1,000 ops | etcd CPU ms / 1,000 ops | CPU keel/etcd |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let cpu = |r: &RunResult| {
         r.cpu_ms_per_1k

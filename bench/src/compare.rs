@@ -1,0 +1,233 @@
+//! `keel-bench compare`: keel and etcd started side by side on loopback, the same workloads
+//! against both in rounds (each system's median round reported), then writes with more and
+//! more clients. With `--pause-idle` (the default) the system not being measured is stopped
+//! (SIGSTOP) during each run.
+
+use keel_tests::Cluster;
+
+use crate::load::{self, RunResult, Spec, System, Workload};
+use crate::{etcd, spec, Common};
+
+/// Pairs of (keel, etcd) results of the same workload.
+pub(crate) struct Compared {
+    /// (workload, keel's median round, etcd's median round).
+    pub(crate) pairs: Vec<(String, RunResult, RunResult)>,
+    /// (workload, keel's ops/s in each round, etcd's), in the order the rounds ran.
+    pub(crate) rounds: Vec<(String, Vec<f64>, Vec<f64>)>,
+    /// Whether the idle system was stopped during each run (`--pause-idle`).
+    pub(crate) paused_idle: bool,
+    /// Writes with more and more clients, both systems.
+    pub(crate) sweep: Vec<RunResult>,
+}
+
+/// Runs the comparison (see the module's documentation).
+pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
+    let etcd = etcd::Etcd::start()?;
+    let mut keel = Cluster::start(3);
+    keel.wait_for_leader();
+    let ks = System::Keel(keel.endpoints());
+    let es = System::Etcd(etcd.endpoints.clone());
+    let keel_pids: Vec<i32> = keel.nodes.iter().filter_map(|n| n.pid()).collect();
+    let etcd_pids = etcd.pids();
+    let pids = |s: &System| match s {
+        System::Keel(_) => keel_pids.clone(),
+        System::Etcd(_) => etcd_pids.clone(),
+    };
+    let idle = |s: &System| match s {
+        System::Keel(_) => etcd_pids.clone(),
+        System::Etcd(_) => keel_pids.clone(),
+    };
+    let http = load::http(c.clients);
+    load::preload(&http, &ks, c.keys, c.value_size).await?;
+    load::preload(&http, &es, c.keys, c.value_size).await?;
+    let cases: Vec<(&str, Workload, bool, usize)> = vec![
+        (
+            "writes (keel semi, etcd put)",
+            Workload::Write,
+            false,
+            c.clients,
+        ),
+        ("linearizable reads", Workload::Read, false, c.clients),
+        (
+            "stale reads (etcd serializable)",
+            Workload::Read,
+            true,
+            c.clients,
+        ),
+        ("writes, 1 client", Workload::Write, false, 1),
+        (
+            "trivial endpoint (GET /health)",
+            Workload::Health,
+            true,
+            c.clients,
+        ),
+    ];
+    // Every round runs every workload on both systems; keel first in odd rounds, etcd first in
+    // even ones, so that neither always runs on a machine the other just warmed or loaded.
+    let mut runs: Vec<(Vec<RunResult>, Vec<RunResult>)> = vec![Default::default(); cases.len()];
+    for round in 1..=c.rounds {
+        for ((name, w, stale, clients), (keel_runs, etcd_runs)) in cases.iter().zip(&mut runs) {
+            let order = if round % 2 == 1 {
+                [&ks, &es]
+            } else {
+                [&es, &ks]
+            };
+            for system in order {
+                let label = format!("{}: {name}", system.name());
+                let _paused = c.pause_idle.then(|| Paused::new(idle(system)));
+                let r = load::run(
+                    &http,
+                    &Spec {
+                        pids: pids(system),
+                        ..spec(c, &label, system, *w, "semi", *stale, *clients)
+                    },
+                    true,
+                )
+                .await;
+                eprintln!("round {round} {}", load::row(&r));
+                match system {
+                    System::Keel(_) => keel_runs.push(r),
+                    System::Etcd(_) => etcd_runs.push(r),
+                }
+            }
+        }
+    }
+    let mut pairs = Vec::new();
+    let mut rounds = Vec::new();
+    for ((name, ..), (keel_runs, etcd_runs)) in cases.iter().zip(runs) {
+        let ops = |rs: &[RunResult]| rs.iter().map(|r| r.throughput).collect::<Vec<_>>();
+        rounds.push((name.to_string(), ops(&keel_runs), ops(&etcd_runs)));
+        match (median_round(keel_runs), median_round(etcd_runs)) {
+            (Some(k), Some(e)) => pairs.push((name.to_string(), k, e)),
+            _ => return Err(format!("no round of {name} ran")),
+        }
+    }
+    // Latency against offered load: writes with more and more clients.
+    let mut sweep = Vec::new();
+    for clients in [1usize, 4, 16, 64] {
+        for system in [&ks, &es] {
+            let label = format!("{} writes, {clients} clients", system.name());
+            let _paused = c.pause_idle.then(|| Paused::new(idle(system)));
+            let r = load::run(
+                &http,
+                &Spec {
+                    pids: pids(system),
+                    ..spec(c, &label, system, Workload::Write, "semi", false, clients)
+                },
+                true,
+            )
+            .await;
+            eprintln!("{}", load::row(&r));
+            sweep.push(r);
+        }
+    }
+    drop(etcd);
+    Ok(Compared {
+        pairs,
+        rounds,
+        paused_idle: c.pause_idle,
+        sweep,
+    })
+}
+
+/// Processes stopped (SIGSTOP) until this is dropped (SIGCONT).
+struct Paused(Vec<i32>);
+
+impl Paused {
+    fn new(pids: Vec<i32>) -> Self {
+        for &pid in &pids {
+            // SAFETY: kill(2) on a process this benchmark started.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+        Paused(pids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+/// The round whose throughput is the median of `runs` (the higher middle one of an even count).
+fn median_round(mut runs: Vec<RunResult>) -> Option<RunResult> {
+    runs.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+    let mid = runs.len() / 2;
+    (mid < runs.len()).then(|| runs.swap_remove(mid))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn paused_processes_stop_until_the_pause_is_dropped() {
+        let state = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .next()
+                        .map(String::from)
+                })
+        };
+        let wait_for = |pid: i32, stopped: bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if (state(pid).as_deref() == Some("T")) == stopped {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let paused = Paused::new(vec![pid]);
+        assert!(wait_for(pid, true), "stopped: {:?}", state(pid));
+        drop(paused);
+        assert!(wait_for(pid, false), "going on: {:?}", state(pid));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn the_median_round_is_the_middle_one_by_throughput() {
+        let run = |label: &str, throughput: f64| RunResult {
+            label: label.into(),
+            system: "keel".into(),
+            workload: Workload::Write,
+            mode: "semi".into(),
+            consistency: "linearizable".into(),
+            clients: 64,
+            throughput,
+            mean_ms: 1.0,
+            p50_ms: 1.0,
+            p90_ms: 1.0,
+            p99_ms: 1.0,
+            p999_ms: 1.0,
+            max_ms: 1.0,
+            errors: 0,
+            ops: 1,
+            cpu_ms_per_1k: None,
+            gen_cpu_ms_per_1k: None,
+            busy_ms_per_1k: None,
+            busy_cores: None,
+        };
+        let three = vec![run("a", 9.0), run("b", 3.0), run("c", 5.0)];
+        assert_eq!(median_round(three).map(|r| r.label), Some("c".into()));
+        let two = vec![run("a", 9.0), run("b", 3.0)];
+        assert_eq!(median_round(two).map(|r| r.label), Some("a".into()));
+        assert!(median_round(Vec::new()).is_none());
+    }
+}
