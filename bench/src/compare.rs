@@ -188,17 +188,25 @@ mod tests {
             }
             false
         };
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = i32::try_from(child.id()).expect("pid");
+        /// Kills the child however the test ends.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Reaped(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep"),
+        );
+        let pid = i32::try_from(child.0.id()).expect("pid");
         let paused = Paused::new(vec![pid]);
         assert!(wait_for(pid, true), "stopped: {:?}", state(pid));
         drop(paused);
         assert!(wait_for(pid, false), "going on: {:?}", state(pid));
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     #[test]

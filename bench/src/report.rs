@@ -72,6 +72,13 @@ pub fn write_modes(out: &Path, results: &ModesResults) -> String {
     md
 }
 
+/// The median of `v` (the higher middle value of an even count; NaN when empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 pub fn write_compare(out: &Path, c: &Compared) -> String {
     let mut md = format!("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member, in {} rounds (keel first in odd rounds, etcd first in even ones){}. Each row gives each system's median round by throughput (all rounds below).\n\n", c.rounds.first().map_or(0, |(_, k, _)| k.len()), if c.paused_idle { ", the other system's processes stopped (SIGSTOP) during each run" } else { "" });
     md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel | keel CPU ms / 1,000 ops | etcd CPU ms / 1,000 ops | CPU keel/etcd |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -118,15 +125,47 @@ pub fn write_compare(out: &Path, c: &Compared) -> String {
             100.0 * lin / stale.max(1.0)
         ));
     }
-    md.push_str("\n### Every round (ops/s)\n\n| workload | keel | etcd |\n| --- | --- | --- |\n");
-    let list = |v: &[f64]| {
+    md.push_str("\n### Every round (ops/s)\n\nThe two systems run back to back within a round, so a round's ratio compares them under the same conditions; the median of those ratios is the paired figure (the table above pairs each system's own median round, which may come from different rounds).\n\n| workload | keel | etcd | keel/etcd per round | median of the rounds' ratios |\n| --- | --- | --- | --- | ---: |\n");
+    let list = |v: &[f64], digits: usize| {
         v.iter()
-            .map(|x| format!("{x:.0}"))
+            .map(|x| format!("{x:.digits$}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect()
+    };
     for (name, k, e) in &c.rounds {
-        md.push_str(&format!("| {name} | {} | {} |\n", list(k), list(e)));
+        let r = per_round(k, e);
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {:.2} |\n",
+            list(k, 0),
+            list(e, 0),
+            list(&r, 2),
+            median(&r)
+        ));
+    }
+    let keel_rounds = |prefix: &str| {
+        c.rounds
+            .iter()
+            .find(|(n, ..)| n.starts_with(prefix))
+            .map(|(_, k, _)| k.clone())
+    };
+    if let (Some(health), Some(stale), Some(lin)) = (
+        keel_rounds("trivial endpoint"),
+        keel_rounds("stale reads"),
+        keel_rounds("linearizable reads"),
+    ) {
+        let pct = |v: Vec<f64>| v.iter().map(|x| x * 100.0).collect::<Vec<_>>();
+        let stale_health = pct(per_round(&stale, &health));
+        let lin_stale = pct(per_round(&lin, &stale));
+        md.push_str(&format!(
+            "\nPer round, keel's stale reads were {}% of its `/health` (median {:.0}%), its linearizable reads {}% of its stale reads (median {:.0}%).\n",
+            list(&stale_health, 0),
+            median(&stale_health),
+            list(&lin_stale, 0),
+            median(&lin_stale)
+        ));
     }
     md.push_str(&crate::budget::section(c));
     let names: Vec<String> = c
@@ -192,4 +231,14 @@ pub fn write_compare(out: &Path, c: &Compared) -> String {
         md.push('\n');
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_median_of_the_rounds_ratios() {
+        assert_eq!(super::median(&[2.13, 1.94, 2.05]), 2.05);
+        assert_eq!(super::median(&[1.0, 3.0]), 3.0);
+        assert!(super::median(&[]).is_nan());
+    }
 }
