@@ -98,25 +98,11 @@ mod tests {
 
     fn run(throughput: f64, nodes: f64, gen: f64, busy: f64, cores: f64) -> RunResult {
         RunResult {
-            label: "t".into(),
-            system: "keel".into(),
-            workload: Workload::Write,
-            mode: "semi".into(),
-            consistency: "linearizable".into(),
-            clients: 64,
-            throughput,
-            mean_ms: 1.0,
-            p50_ms: 1.0,
-            p90_ms: 1.0,
-            p99_ms: 1.0,
-            p999_ms: 1.0,
-            max_ms: 1.0,
-            errors: 0,
-            ops: 1,
             cpu_ms_per_1k: Some(nodes),
             gen_cpu_ms_per_1k: Some(gen),
             busy_ms_per_1k: Some(busy),
             busy_cores: Some(cores),
+            ..crate::load::sample_run(throughput)
         }
     }
 

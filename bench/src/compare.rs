@@ -213,24 +213,7 @@ mod tests {
     fn the_median_round_is_the_middle_one_by_throughput() {
         let run = |label: &str, throughput: f64| RunResult {
             label: label.into(),
-            system: "keel".into(),
-            workload: Workload::Write,
-            mode: "semi".into(),
-            consistency: "linearizable".into(),
-            clients: 64,
-            throughput,
-            mean_ms: 1.0,
-            p50_ms: 1.0,
-            p90_ms: 1.0,
-            p99_ms: 1.0,
-            p999_ms: 1.0,
-            max_ms: 1.0,
-            errors: 0,
-            ops: 1,
-            cpu_ms_per_1k: None,
-            gen_cpu_ms_per_1k: None,
-            busy_ms_per_1k: None,
-            busy_cores: None,
+            ..load::sample_run(throughput)
         };
         let three = vec![run("a", 9.0), run("b", 3.0), run("c", 5.0)];
         assert_eq!(median_round(three).map(|r| r.label), Some("c".into()));

@@ -143,6 +143,33 @@ pub struct RunResult {
     pub busy_cores: Option<f64>,
 }
 
+/// A keel write run of 64 clients at `throughput` with every other figure 1 or unknown (for the
+/// tests of what is computed from runs).
+#[cfg(test)]
+pub(crate) fn sample_run(throughput: f64) -> RunResult {
+    RunResult {
+        label: "t".into(),
+        system: "keel".into(),
+        workload: Workload::Write,
+        mode: "semi".into(),
+        consistency: "linearizable".into(),
+        clients: 64,
+        throughput,
+        mean_ms: 1.0,
+        p50_ms: 1.0,
+        p90_ms: 1.0,
+        p99_ms: 1.0,
+        p999_ms: 1.0,
+        max_ms: 1.0,
+        errors: 0,
+        ops: 1,
+        cpu_ms_per_1k: None,
+        gen_cpu_ms_per_1k: None,
+        busy_ms_per_1k: None,
+        busy_cores: None,
+    }
+}
+
 fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }

@@ -119,9 +119,15 @@ impl Shared {
     /// Takes a place in the loop's queue for a client request; false (and counted) when it is
     /// full. The place is given back by [`Shared::release`] (a `Ticket` does it on drop).
     pub(super) fn admit(&self) -> bool {
-        let before = self.queued.fetch_add(1, Ordering::AcqRel);
+        self.take_place(&self.queued)
+    }
+
+    /// Takes one of `max_queued` places counted by `count`; false (and counted) when none is
+    /// free.
+    fn take_place(&self, count: &AtomicUsize) -> bool {
+        let before = count.fetch_add(1, Ordering::AcqRel);
         if before >= self.max_queued.load(Ordering::Acquire) {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+            count.fetch_sub(1, Ordering::AcqRel);
             self.count_overloaded();
             return false;
         }
@@ -141,13 +147,7 @@ impl Shared {
     /// Takes a place among the linearizable reads waiting for their read index; false (and
     /// counted) when `--max-pending` of them wait. Given back by [`Shared::release_read`].
     pub(super) fn admit_read(&self) -> bool {
-        let before = self.reads_waiting.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max_queued.load(Ordering::Acquire) {
-            self.reads_waiting.fetch_sub(1, Ordering::AcqRel);
-            self.count_overloaded();
-            return false;
-        }
-        true
+        self.take_place(&self.reads_waiting)
     }
 
     /// Gives back a place taken by [`Shared::admit_read`].
