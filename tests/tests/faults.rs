@@ -168,19 +168,30 @@ fn caught(r: &Report) -> Vec<(String, String)> {
 
 /// The planted bug must be caught by one of the checks that guard what it breaks (`by`).
 fn expect_caught(bug: &str, by: &[&str], r: &Report) {
+    assert!(
+        is_caught(bug, by, r),
+        "planted bug {bug} NOT caught by {by:?} on seed {} (see {}): {}",
+        r.seed,
+        r.out_dir,
+        r.summary()
+    );
+}
+
+/// Whether one of the checks in `by` caught the planted bug (printed either way).
+fn is_caught(bug: &str, by: &[&str], r: &Report) -> bool {
     eprintln!("{}", r.summary());
     let all = caught(r);
     let relevant = all
         .iter()
         .filter(|(check, _)| by.contains(&check.as_str()))
         .count();
-    assert!(
-        relevant > 0,
-        "planted bug {bug} NOT caught by {by:?} on seed {} (see {}): {}",
-        r.seed,
-        r.out_dir,
-        r.summary()
-    );
+    if relevant == 0 {
+        eprintln!(
+            "planted bug {bug} not caught by {by:?} on seed {} (see {})",
+            r.seed, r.out_dir
+        );
+        return false;
+    }
     eprintln!(
         "planted bug {bug} caught on seed {}: {}",
         r.seed,
@@ -189,6 +200,7 @@ fn expect_caught(bug: &str, by: &[&str], r: &Report) {
             .collect::<Vec<_>>()
             .join("; ")
     );
+    true
 }
 
 /// The control run: the correct binary on the combined profile and this process's seed, run
@@ -211,17 +223,32 @@ fn control() -> Report {
 /// One planted bug on the combined profile, beside the control on the same seed: the control
 /// passes, the planted bug is caught.
 fn planted_pair(bug: &'static str, by: &[&str]) {
+    planted_replays(bug, by, 1);
+}
+
+/// As [`planted_pair`], for a bug that shows only when the schedule's fault meets the right
+/// timing: the same seed is replayed up to `tries` times, and the bug must be caught in one of
+/// them (every replay plays the control's schedule; what varies is the timing within it).
+fn planted_replays(bug: &'static str, by: &[&str], tries: usize) {
     let _serial = serial();
     let c = control();
     expect_pass(&c);
-    let r = run(opts(combined(CI_COMBINED_SECS), Some(bug)));
-    // The same seed replays the same schedule.
-    assert_eq!(r.seed, c.seed);
-    assert_eq!(
-        r.schedule, c.schedule,
-        "the same seed gave another schedule"
-    );
-    expect_caught(bug, by, &r);
+    for attempt in 1..=tries {
+        let r = run(opts(combined(CI_COMBINED_SECS), Some(bug)));
+        // The same seed replays the same schedule.
+        assert_eq!(r.seed, c.seed);
+        assert_eq!(
+            r.schedule, c.schedule,
+            "the same seed gave another schedule"
+        );
+        if attempt == tries {
+            expect_caught(bug, by, &r);
+        } else if is_caught(bug, by, &r) {
+            return;
+        } else {
+            eprintln!("planted bug {bug}: replay {attempt} of {tries} missed it; replaying");
+        }
+    }
 }
 
 #[test]
@@ -270,12 +297,17 @@ fn planted_learner_in_the_sync_quorum_is_caught_on_the_combined_profile() {
 /// A new leader answers read indexes with its commit index before it has committed in its term.
 /// The old leader commits what is in flight and cannot say so (the delay plus one-way scene), so
 /// the new leader's commit index lags writes already acknowledged; the reader clients ask it in
-/// the moments before its first commit, and the recency check names the stale answer.
+/// the moments before its first commit, and the recency check names the stale answer. That
+/// takes a read and an acknowledged write inside a window of about twice the link delay, which
+/// the seed's schedule makes but does not time: after ten counted runs that caught it, a full
+/// `scripts/test.sh` run missed it (the bug answered 37 reads early, none of them behind an
+/// acknowledged write), so the seed is replayed up to three times (docs/testing.md).
 #[test]
 fn planted_read_index_before_the_term_commits_is_caught_on_the_combined_profile() {
-    planted_pair(
+    planted_replays(
         "early-read-index",
         &["linearizability", "snapshot", "recency"],
+        3,
     );
 }
 
