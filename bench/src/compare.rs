@@ -3,6 +3,8 @@
 //! more clients. With `--pause-idle` (the default) the system not being measured is stopped
 //! (SIGSTOP) during each run.
 
+use std::sync::{Mutex, Once};
+
 use keel_tests::Cluster;
 
 use crate::load::{self, RunResult, Spec, System, Workload};
@@ -37,6 +39,10 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
         System::Keel(_) => etcd_pids.clone(),
         System::Etcd(_) => keel_pids.clone(),
     };
+    // Declared after both systems, so dropped before them: their processes are forgotten here
+    // before they are stopped (and their ids can be reused).
+    listen_for_interrupts();
+    let _interruptible = Interruptible::new([keel_pids.clone(), etcd_pids.clone()].concat());
     let http = load::http(c.clients);
     load::preload(&http, &ks, c.keys, c.value_size).await?;
     load::preload(&http, &es, c.keys, c.value_size).await?;
@@ -133,11 +139,22 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
 /// Processes stopped (SIGSTOP) until this is dropped (SIGCONT).
 struct Paused(Vec<i32>);
 
+/// Processes stopped by a [`Paused`] right now.
+static STOPPED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Processes of the systems being compared, while they run.
+static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Sends `signal` to `pid`, a process this benchmark started.
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory effects; the callers pass only processes started here.
+    unsafe { libc::kill(pid, signal) };
+}
+
 impl Paused {
     fn new(pids: Vec<i32>) -> Self {
+        lock(&STOPPED).extend(&pids);
         for &pid in &pids {
-            // SAFETY: kill(2) on a process this benchmark started.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            signal(pid, libc::SIGSTOP);
         }
         Paused(pids)
     }
@@ -145,11 +162,75 @@ impl Paused {
 
 impl Drop for Paused {
     fn drop(&mut self) {
+        lock(&STOPPED).retain(|p| !self.0.contains(p));
         for &pid in &self.0 {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGCONT) };
+            signal(pid, libc::SIGCONT);
         }
     }
+}
+
+/// While alive, a SIGINT or SIGTERM of this benchmark first stops both systems' processes
+/// (SIGTERM, and SIGCONT for those paused, which could not act on it otherwise), then exits:
+/// an interrupted compare leaves no cluster stopped, or running, behind it. The listener stays
+/// for the rest of the process (with no systems registered it only exits), because a signal
+/// listened for once no longer ends the process by itself.
+struct Interruptible(Vec<i32>);
+
+impl Interruptible {
+    fn new(pids: Vec<i32>) -> Self {
+        lock(&RUNNING).extend(&pids);
+        Interruptible(pids)
+    }
+}
+
+/// Starts the listener [`Interruptible`] relies on (once per process; inside the runtime).
+fn listen_for_interrupts() {
+    static LISTEN: Once = Once::new();
+    LISTEN.call_once(|| {
+        tokio::spawn(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                eprintln!("keel-bench: cannot listen for SIGINT and SIGTERM");
+                return;
+            };
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            stop_everything();
+            eprintln!("keel-bench: interrupted; both systems' processes were told to stop");
+            std::process::exit(code);
+        });
+    });
+}
+
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        lock(&RUNNING).retain(|p| !self.0.contains(p));
+    }
+}
+
+/// Tells every registered process to stop, and lets those of them paused go on so that they do.
+fn stop_everything() {
+    let running = lock(&RUNNING).clone();
+    for &pid in &running {
+        signal(pid, libc::SIGTERM);
+    }
+    lock(&STOPPED).retain(|pid| {
+        let ours = running.contains(pid);
+        if ours {
+            signal(*pid, libc::SIGCONT);
+        }
+        !ours
+    });
+}
+
+/// The list behind `m` (still usable after a panic elsewhere).
+fn lock(m: &Mutex<Vec<i32>>) -> std::sync::MutexGuard<'_, Vec<i32>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The round whose throughput is the median of `runs` (the higher middle one of an even count).
@@ -188,25 +269,73 @@ mod tests {
             }
             false
         };
-        /// Kills the child however the test ends.
-        struct Reaped(std::process::Child);
-        impl Drop for Reaped {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let child = Reaped(
-            std::process::Command::new("sleep")
-                .arg("30")
-                .spawn()
-                .expect("spawn sleep"),
-        );
-        let pid = i32::try_from(child.0.id()).expect("pid");
+        let (_child, pid) = sleeper();
         let paused = Paused::new(vec![pid]);
         assert!(wait_for(pid, true), "stopped: {:?}", state(pid));
         drop(paused);
         assert!(wait_for(pid, false), "going on: {:?}", state(pid));
+    }
+
+    /// Kills the child however the test ends.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleeper() -> (Reaped, i32) {
+        spawn("sleep", &["30"])
+    }
+
+    /// A process that ends (status 143) on SIGTERM through a handler of its own, as keel's
+    /// nodes and etcd's members do: stopped, it cannot run the handler.
+    fn handles_term() -> (Reaped, i32) {
+        let script =
+            "trap 'exit 143' TERM; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done";
+        spawn("sh", &["-c", script])
+    }
+
+    fn spawn(program: &str, args: &[&str]) -> (Reaped, i32) {
+        let child = std::process::Command::new(program)
+            .args(args)
+            .spawn()
+            .expect("spawn");
+        let pid = i32::try_from(child.id()).expect("pid");
+        (Reaped(child), pid)
+    }
+
+    #[test]
+    fn an_interrupt_stops_every_registered_process_the_paused_ones_too() {
+        let (mut paused_child, paused_pid) = handles_term();
+        let (mut running_child, running_pid) = handles_term();
+        let (mut other_child, other_pid) = handles_term();
+        let registered = Interruptible::new(vec![paused_pid, running_pid]);
+        let paused = Paused::new(vec![paused_pid]);
+        stop_everything();
+        let ended_by_term = |c: &mut Reaped| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = c.0.try_wait() {
+                    return status.code() == Some(143);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+        assert!(ended_by_term(&mut paused_child), "the paused process");
+        assert!(ended_by_term(&mut running_child), "the running process");
+        // A process never registered is left alone.
+        assert!(
+            matches!(other_child.0.try_wait(), Ok(None)),
+            "pid {other_pid}"
+        );
+        drop(paused);
+        drop(registered);
+        assert!(!lock(&RUNNING).contains(&running_pid));
+        assert!(!lock(&STOPPED).contains(&paused_pid));
+        let _ = other_child.0.kill();
     }
 
     #[test]
