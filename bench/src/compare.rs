@@ -3,6 +3,7 @@
 //! more clients. With `--pause-idle` (the default) the system not being measured is stopped
 //! (SIGSTOP) during each run.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 
 use keel_tests::Cluster;
@@ -39,10 +40,10 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
         System::Keel(_) => etcd_pids.clone(),
         System::Etcd(_) => keel_pids.clone(),
     };
-    // Declared after both systems, so dropped before them: their processes are forgotten here
-    // before they are stopped (and their ids can be reused).
+    // Dropped (below) before either system: their processes are forgotten here before they are
+    // stopped and their ids can be reused.
     listen_for_interrupts();
-    let _interruptible = Interruptible::new([keel_pids.clone(), etcd_pids.clone()].concat());
+    let interruptible = Interruptible::new([keel_pids.clone(), etcd_pids.clone()].concat());
     let http = load::http(c.clients);
     load::preload(&http, &ks, c.keys, c.value_size).await?;
     load::preload(&http, &es, c.keys, c.value_size).await?;
@@ -127,6 +128,9 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
             sweep.push(r);
         }
     }
+    // Forgotten before etcd's members are stopped and reaped (their ids can then be reused);
+    // keel's nodes are forgotten before the cluster is dropped at the end of this function.
+    drop(interruptible);
     drop(etcd);
     Ok(Compared {
         pairs,
@@ -139,33 +143,44 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
 /// Processes stopped (SIGSTOP) until this is dropped (SIGCONT).
 struct Paused(Vec<i32>);
 
-/// Processes stopped by a [`Paused`] right now.
+/// Processes stopped by a [`Paused`] right now. Held while they are stopped or let go on, and
+/// by the interrupt from the moment it acts until the process exits, so that no pause starts
+/// or ends half-way through it.
 static STOPPED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Set once an interrupt acts: no process is stopped after it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Processes of the systems being compared, while they run.
 static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
-/// Sends `signal` to `pid`, a process this benchmark started.
+/// Sends `signal` to `pid`, a process this benchmark started (never to a group: `pid` > 0).
 fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) has no memory effects; the callers pass only processes started here.
-    unsafe { libc::kill(pid, signal) };
+    if pid > 0 {
+        // SAFETY: kill(2) has no memory effects; the callers pass only processes started here.
+        unsafe { libc::kill(pid, signal) };
+    }
 }
 
 impl Paused {
     fn new(pids: Vec<i32>) -> Self {
-        lock(&STOPPED).extend(&pids);
+        let mut stopped = lock(&STOPPED);
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Paused(Vec::new());
+        }
         for &pid in &pids {
             signal(pid, libc::SIGSTOP);
         }
+        stopped.extend(&pids);
         Paused(pids)
     }
 }
 
 impl Drop for Paused {
     fn drop(&mut self) {
-        lock(&STOPPED).retain(|p| !self.0.contains(p));
+        let mut stopped = lock(&STOPPED);
         for &pid in &self.0 {
             signal(pid, libc::SIGCONT);
         }
+        stopped.retain(|p| !self.0.contains(p));
     }
 }
 
@@ -196,13 +211,23 @@ fn listen_for_interrupts() {
                 eprintln!("keel-bench: cannot listen for SIGINT and SIGTERM");
                 return;
             };
-            let code = tokio::select! {
-                _ = int.recv() => 130,
-                _ = term.recv() => 143,
+            let sig = tokio::select! {
+                _ = int.recv() => libc::SIGINT,
+                _ = term.recv() => libc::SIGTERM,
             };
-            stop_everything();
+            // Held until the process is gone: a pause that comes now waits for that.
+            let mut stopped = lock(&STOPPED);
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            stop_everything(&mut stopped);
             eprintln!("keel-bench: interrupted; both systems' processes were told to stop");
-            std::process::exit(code);
+            // Ended by the signal itself, as without this listener (a shell script running
+            // keel-bench sees the interrupt); the exit status is the fallback.
+            // SAFETY: signal(2) and raise(3) with the default action of a standard signal.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+            std::process::exit(128 + sig);
         });
     });
 }
@@ -213,19 +238,37 @@ impl Drop for Interruptible {
     }
 }
 
-/// Tells every registered process to stop, and lets those of them paused go on so that they do.
-fn stop_everything() {
+/// Tells every registered process to stop, lets those of them paused (in `stopped`, the
+/// locked [`STOPPED`]) go on so that they do, and kills any still there after 5 s.
+fn stop_everything(stopped: &mut Vec<i32>) {
     let running = lock(&RUNNING).clone();
     for &pid in &running {
         signal(pid, libc::SIGTERM);
     }
-    lock(&STOPPED).retain(|pid| {
+    stopped.retain(|pid| {
         let ours = running.contains(pid);
         if ours {
             signal(*pid, libc::SIGCONT);
         }
         !ours
     });
+    // A child that has ended stays a zombie until reaped, which nobody does here: "gone" is
+    // either no entry in /proc or the state Z.
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                == Some("Z")
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !running.iter().all(|&p| gone(p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for &pid in running.iter().filter(|&&p| !gone(p)) {
+        signal(pid, libc::SIGKILL);
+    }
 }
 
 /// The list behind `m` (still usable after a panic elsewhere).
@@ -290,11 +333,25 @@ mod tests {
     }
 
     /// A process that ends (status 143) on SIGTERM through a handler of its own, as keel's
-    /// nodes and etcd's members do: stopped, it cannot run the handler.
+    /// nodes and etcd's members do: stopped, it cannot run the handler. Returned once the
+    /// handler is in place (the process says so on its standard output).
     fn handles_term() -> (Reaped, i32) {
-        let script =
-            "trap 'exit 143' TERM; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done";
-        spawn("sh", &["-c", script])
+        use std::io::BufRead;
+        let script = "trap 'exit 143' TERM; echo ready; i=0; \
+                      while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done";
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            // Ends at the first line, or at the end of the output if sh dies first.
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        assert_eq!(line.trim(), "ready", "the handler was not installed");
+        (Reaped(child), pid)
     }
 
     fn spawn(program: &str, args: &[&str]) -> (Reaped, i32) {
@@ -313,7 +370,7 @@ mod tests {
         let (mut other_child, other_pid) = handles_term();
         let registered = Interruptible::new(vec![paused_pid, running_pid]);
         let paused = Paused::new(vec![paused_pid]);
-        stop_everything();
+        stop_everything(&mut lock(&STOPPED));
         let ended_by_term = |c: &mut Reaped| {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -331,10 +388,11 @@ mod tests {
             matches!(other_child.0.try_wait(), Ok(None)),
             "pid {other_pid}"
         );
-        drop(paused);
+        // Reaped already: its pause must not signal the id again.
+        assert!(!lock(&STOPPED).contains(&paused_pid));
+        std::mem::forget(paused);
         drop(registered);
         assert!(!lock(&RUNNING).contains(&running_pid));
-        assert!(!lock(&STOPPED).contains(&paused_pid));
         let _ = other_child.0.kill();
     }
 
