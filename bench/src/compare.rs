@@ -40,9 +40,9 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
         System::Keel(_) => etcd_pids.clone(),
         System::Etcd(_) => keel_pids.clone(),
     };
+    listen_for_interrupts();
     // Dropped (below) before either system: their processes are forgotten here before they are
     // stopped and their ids can be reused.
-    listen_for_interrupts();
     let interruptible = Interruptible::new([keel_pids.clone(), etcd_pids.clone()].concat());
     let http = load::http(c.clients);
     load::preload(&http, &ks, c.keys, c.value_size).await?;
@@ -81,16 +81,11 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
             };
             for system in order {
                 let label = format!("{}: {name}", system.name());
-                let _paused = c.pause_idle.then(|| Paused::new(idle(system)));
-                let r = load::run(
-                    &http,
-                    &Spec {
-                        pids: pids(system),
-                        ..spec(c, &label, system, *w, "semi", *stale, *clients)
-                    },
-                    true,
-                )
-                .await;
+                let spec = Spec {
+                    pids: pids(system),
+                    ..spec(c, &label, system, *w, "semi", *stale, *clients)
+                };
+                let r = measured(&http, &spec, c.pause_idle.then(|| idle(system))).await;
                 eprintln!("round {round} {}", load::row(&r));
                 match system {
                     System::Keel(_) => keel_runs.push(r),
@@ -114,16 +109,11 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
     for clients in [1usize, 4, 16, 64] {
         for system in [&ks, &es] {
             let label = format!("{} writes, {clients} clients", system.name());
-            let _paused = c.pause_idle.then(|| Paused::new(idle(system)));
-            let r = load::run(
-                &http,
-                &Spec {
-                    pids: pids(system),
-                    ..spec(c, &label, system, Workload::Write, "semi", false, clients)
-                },
-                true,
-            )
-            .await;
+            let spec = Spec {
+                pids: pids(system),
+                ..spec(c, &label, system, Workload::Write, "semi", false, clients)
+            };
+            let r = measured(&http, &spec, c.pause_idle.then(|| idle(system))).await;
             eprintln!("{}", load::row(&r));
             sweep.push(r);
         }
@@ -138,6 +128,12 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
         paused_idle: c.pause_idle,
         sweep,
     })
+}
+
+/// One run of `spec`, with the `idle` system's processes (if any) stopped while it lasts.
+async fn measured(http: &load::Http, spec: &Spec, idle: Option<Vec<i32>>) -> RunResult {
+    let _paused = idle.map(Paused::new);
+    load::run(http, spec, true).await
 }
 
 /// Processes stopped (SIGSTOP) until this is dropped (SIGCONT).
@@ -198,6 +194,12 @@ impl Interruptible {
     }
 }
 
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        lock(&RUNNING).retain(|p| !self.0.contains(p));
+    }
+}
+
 /// Starts the listener [`Interruptible`] relies on (once per process; inside the runtime).
 fn listen_for_interrupts() {
     static LISTEN: Once = Once::new();
@@ -232,12 +234,6 @@ fn listen_for_interrupts() {
     });
 }
 
-impl Drop for Interruptible {
-    fn drop(&mut self) {
-        lock(&RUNNING).retain(|p| !self.0.contains(p));
-    }
-}
-
 /// Tells every registered process to stop, lets those of them paused (in `stopped`, the
 /// locked [`STOPPED`]) go on so that they do, and kills any still there after 5 s.
 fn stop_everything(stopped: &mut Vec<i32>) {
@@ -254,14 +250,7 @@ fn stop_everything(stopped: &mut Vec<i32>) {
     });
     // A child that has ended stays a zombie until reaped, which nobody does here: "gone" is
     // either no entry in /proc or the state Z.
-    let gone = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                == Some("Z")
-        })
-    };
+    let gone = |pid: i32| matches!(crate::procfs::state(pid), None | Some('Z'));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !running.iter().all(|&p| gone(p)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -291,21 +280,11 @@ mod tests {
 
     #[test]
     fn paused_processes_stop_until_the_pause_is_dropped() {
-        let state = |pid: i32| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()?
-                        .split_whitespace()
-                        .next()
-                        .map(String::from)
-                })
-        };
+        let state = crate::procfs::state;
         let wait_for = |pid: i32, stopped: bool| {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                if (state(pid).as_deref() == Some("T")) == stopped {
+                if (state(pid) == Some('T')) == stopped {
                     return true;
                 }
                 std::thread::sleep(Duration::from_millis(10));

@@ -13,14 +13,25 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-/// User + system CPU time of a process (all its threads), in seconds.
-pub fn cpu_secs(pid: i32) -> Option<f64> {
+/// The fields of `/proc/PID/stat` after the command name, from the state on.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// User + system CPU time of a process (all its threads), in seconds.
+pub fn cpu_secs(pid: i32) -> Option<f64> {
+    let f = stat_fields(pid)?;
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / ticks_per_second())
+}
+
+/// A process's state letter (`R`, `S`, `T` stopped, `Z` ended but not reaped, ...); None once
+/// it is gone.
+pub fn state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
 }
 
 /// The CPU seconds of all of `pids` together (None if any cannot be read).
