@@ -3,7 +3,7 @@
 //! more clients. With `--pause-idle` (the default) the system not being measured is stopped
 //! (SIGSTOP) during each run.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write as _;
 use std::sync::{Mutex, Once};
 
 use keel_tests::Cluster;
@@ -141,11 +141,10 @@ struct Paused(Vec<i32>);
 
 /// Processes stopped by a [`Paused`] right now. Held while they are stopped or let go on, and
 /// by the interrupt from the moment it acts until the process exits, so that no pause starts
-/// or ends half-way through it.
+/// or ends half-way through it, nor after it.
 static STOPPED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-/// Set once an interrupt acts: no process is stopped after it.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-/// Processes of the systems being compared, while they run.
+/// Processes of the systems being compared, while they run. Held by the interrupt until the
+/// process exits, so that none is forgotten (and then reaped) while it signals them.
 static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 /// Sends `signal` to `pid`, a process this benchmark started (never to a group: `pid` > 0).
@@ -159,9 +158,6 @@ fn signal(pid: i32, signal: i32) {
 impl Paused {
     fn new(pids: Vec<i32>) -> Self {
         let mut stopped = lock(&STOPPED);
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            return Paused(Vec::new());
-        }
         for &pid in &pids {
             signal(pid, libc::SIGSTOP);
         }
@@ -181,9 +177,11 @@ impl Drop for Paused {
 }
 
 /// While alive, a SIGINT or SIGTERM of this benchmark first stops both systems' processes
-/// (SIGTERM, and SIGCONT for those paused, which could not act on it otherwise), then exits:
-/// an interrupted compare leaves no cluster stopped, or running, behind it. The listener stays
-/// for the rest of the process (with no systems registered it only exits), because a signal
+/// (SIGTERM, and SIGCONT for those paused, which could not act on it otherwise), then ends
+/// the benchmark: an interrupt during the measured runs leaves no cluster stopped or running
+/// behind it. (Before the guard, while the systems start, and after it, while they are taken
+/// down, an interrupt ends the benchmark alone, as it always did.) The listener stays for the
+/// rest of the process (with no systems registered it only ends it), because a signal
 /// listened for once no longer ends the process by itself.
 struct Interruptible(Vec<i32>);
 
@@ -210,7 +208,10 @@ fn listen_for_interrupts() {
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
             ) else {
-                eprintln!("keel-bench: cannot listen for SIGINT and SIGTERM");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "keel-bench: cannot listen for SIGINT and SIGTERM"
+                );
                 return;
             };
             let sig = tokio::select! {
@@ -219,9 +220,13 @@ fn listen_for_interrupts() {
             };
             // Held until the process is gone: a pause that comes now waits for that.
             let mut stopped = lock(&STOPPED);
-            INTERRUPTED.store(true, Ordering::SeqCst);
-            stop_everything(&mut stopped);
-            eprintln!("keel-bench: interrupted; both systems' processes were told to stop");
+            let running = lock(&RUNNING);
+            stop_everything(&mut stopped, &running);
+            // Not eprintln!, which panics (and lets both locks go) if standard error is gone.
+            let _ = writeln!(
+                std::io::stderr(),
+                "keel-bench: interrupted; both systems' processes were told to stop"
+            );
             // Ended by the signal itself, as without this listener (a shell script running
             // keel-bench sees the interrupt); the exit status is the fallback.
             // SAFETY: signal(2) and raise(3) with the default action of a standard signal.
@@ -234,11 +239,11 @@ fn listen_for_interrupts() {
     });
 }
 
-/// Tells every registered process to stop, lets those of them paused (in `stopped`, the
-/// locked [`STOPPED`]) go on so that they do, and kills any still there after 5 s.
-fn stop_everything(stopped: &mut Vec<i32>) {
-    let running = lock(&RUNNING).clone();
-    for &pid in &running {
+/// Tells every process in `running` (the locked [`RUNNING`]) to stop, lets those of them
+/// paused (in `stopped`, the locked [`STOPPED`]) go on so that they do, and kills any still
+/// there after 5 s.
+fn stop_everything(stopped: &mut Vec<i32>, running: &[i32]) {
+    for &pid in running {
         signal(pid, libc::SIGTERM);
     }
     stopped.retain(|pid| {
@@ -280,11 +285,10 @@ mod tests {
 
     #[test]
     fn paused_processes_stop_until_the_pause_is_dropped() {
-        let state = crate::procfs::state;
         let wait_for = |pid: i32, stopped: bool| {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                if (state(pid) == Some('T')) == stopped {
+                if keel_tests::all_threads_stopped(pid) == stopped {
                     return true;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -293,9 +297,17 @@ mod tests {
         };
         let (_child, pid) = sleeper();
         let paused = Paused::new(vec![pid]);
-        assert!(wait_for(pid, true), "stopped: {:?}", state(pid));
+        assert!(
+            wait_for(pid, true),
+            "stopped: {:?}",
+            crate::procfs::state(pid)
+        );
         drop(paused);
-        assert!(wait_for(pid, false), "going on: {:?}", state(pid));
+        assert!(
+            wait_for(pid, false),
+            "going on: {:?}",
+            crate::procfs::state(pid)
+        );
     }
 
     /// Kills the child however the test ends.
@@ -349,7 +361,7 @@ mod tests {
         let (mut other_child, other_pid) = handles_term();
         let registered = Interruptible::new(vec![paused_pid, running_pid]);
         let paused = Paused::new(vec![paused_pid]);
-        stop_everything(&mut lock(&STOPPED));
+        stop_everything(&mut lock(&STOPPED), &lock(&RUNNING));
         let ended_by_term = |c: &mut Reaped| {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
