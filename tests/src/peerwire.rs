@@ -66,13 +66,15 @@ pub mod msg_type {
     pub const READ_INDEX: u64 = 15;
 }
 
-/// An `eraftpb::Entry` (normal, no data).
+/// An `eraftpb::Entry` (normal).
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
     /// Its term.
     pub term: u64,
     /// Its index.
     pub index: u64,
+    /// Its data (none when empty).
+    pub data: &'static [u8],
 }
 
 /// An `eraftpb::Message`, with the fields the tests set.
@@ -110,6 +112,9 @@ impl Msg {
             let mut eb = Vec::new();
             field_varint(2, e.term, &mut eb);
             field_varint(3, e.index, &mut eb);
+            if !e.data.is_empty() {
+                field_bytes(4, e.data, &mut eb);
+            }
             field_bytes(7, &eb, &mut m);
         }
         field_varint(8, self.commit, &mut m);

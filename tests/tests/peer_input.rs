@@ -70,7 +70,11 @@ fn raft_messages_that_would_abort_raft_rs_are_refused_and_the_node_stays_up() {
             follower,
             leader,
             Msg {
-                entries: vec![Entry { term: 0, index: 0 }],
+                entries: vec![Entry {
+                    term: 0,
+                    index: 0,
+                    data: &[],
+                }],
                 ..m(msg_type::PROPOSE, follower, leader, term)
             },
             "MsgPropose with term",
@@ -102,6 +106,7 @@ fn raft_messages_that_would_abort_raft_rs_are_refused_and_the_node_stays_up() {
                 entries: vec![Entry {
                     term: term + 7,
                     index: 1,
+                    data: &[],
                 }],
                 commit,
                 ..m(msg_type::APPEND, follower, leader, term)
@@ -119,6 +124,25 @@ fn raft_messages_that_would_abort_raft_rs_are_refused_and_the_node_stays_up() {
                 ..m(msg_type::APPEND, follower, leader, term)
             },
             "of term 0",
+        ),
+        (
+            // keel proposes only on the leader and forwards writes as requests of its own, so
+            // no node sends a proposal: this one's entry would be logged without the leader's
+            // stamps. Its command is stamped for apply version 1000 (tag 14), which no keel
+            // applies: committed, it stopped every node's apply, the whole cluster down from
+            // one message (found 2026-12-08).
+            "a proposal of a command no keel applies",
+            leader,
+            follower,
+            Msg {
+                entries: vec![Entry {
+                    term: 0,
+                    index: 0,
+                    data: &[0x70, 0xe8, 0x07],
+                }],
+                ..m(msg_type::PROPOSE, leader, follower, 0)
+            },
+            "a proposal from a peer",
         ),
         (
             "a term too large to ever be reached",

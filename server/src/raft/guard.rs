@@ -2,7 +2,9 @@
 //! peers: some malformed messages make it abort (`fatal!`) or index out of bounds, which would
 //! stop the node. A member never sends them, but a peer with a bug, a corrupted frame that
 //! still decodes, or (without TLS) a stranger could; so they are refused here, logged by the
-//! caller, and the node goes on. Each rule names the raft-rs 0.7 abort it prevents.
+//! caller, and the node goes on. Each rule names the raft-rs 0.7 abort it prevents, but one:
+//! proposals, which no node sends, are refused so that no entry reaches the log without the
+//! leader's stamps.
 
 use raft::eraftpb::{ConfState, Message, MessageType};
 
@@ -65,6 +67,13 @@ pub fn admit(msg: &mut Message, log: &LogView<'_>) -> Result<(), String> {
             }
             if msg.entries.is_empty() {
                 return Err(format!("{kind:?} without entries"));
+            }
+            // keel proposes only while it leads (`writes.rs` refuses otherwise) and forwards a
+            // client's write as a request of its own, so no node sends a proposal. One from a
+            // peer would be logged without the leader's stamps (its apply version, its clock):
+            // an entry stamped for a newer apply version stopped every node's apply.
+            if kind == MessageType::MsgPropose {
+                return Err("a proposal from a peer (keel's nodes never send one)".into());
             }
         }
         MessageType::MsgAppend => {
@@ -174,17 +183,20 @@ mod tests {
     fn messages_raft_rs_would_abort_on_are_refused() {
         let terms = |i: u64| (i <= 10).then_some(2);
         let log = view(&terms);
-        // Proposals and read indexes: term 0 and at least one entry.
+        // Read indexes: term 0 and at least one entry. Proposals: never from a peer.
         let mut m = msg(MessageType::MsgPropose, 0);
         assert!(admit(&mut m, &log).is_err(), "empty proposal");
         m.entries.push(entry(0, 0));
-        assert!(admit(&mut m, &log).is_ok());
+        let why = admit(&mut m, &log).expect_err("a proposal from a peer");
+        assert!(why.contains("a proposal from a peer"), "{why}");
         let mut vote = msg(MessageType::MsgRequestVote, 0);
         assert!(admit(&mut vote, &log).is_err(), "a vote without a term");
         m.term = 3;
         assert!(admit(&mut m, &log).is_err(), "proposal with a term");
         let mut m = msg(MessageType::MsgReadIndex, 0);
         assert!(admit(&mut m, &log).is_err(), "read index without context");
+        m.entries.push(entry(0, 0));
+        assert!(admit(&mut m, &log).is_ok());
         // Appends: contiguous, and never rewriting a committed entry.
         let mut m = msg(MessageType::MsgAppend, 2);
         m.index = 8;
