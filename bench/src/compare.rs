@@ -17,6 +17,10 @@ pub(crate) struct Compared {
     pub(crate) pairs: Vec<(String, RunResult, RunResult)>,
     /// (workload, keel's ops/s in each round, etcd's), in the order the rounds ran.
     pub(crate) rounds: Vec<(String, Vec<f64>, Vec<f64>)>,
+    /// (workload, keel's p50 in each round, etcd's), in ms, in the order the rounds ran.
+    pub(crate) p50s: Vec<(String, Vec<f64>, Vec<f64>)>,
+    /// Every run of every round, in the order they ran (labels start with the round).
+    pub(crate) every: Vec<RunResult>,
     /// Whether the idle system was stopped during each run (`--pause-idle`).
     pub(crate) paused_idle: bool,
     /// Writes with more and more clients, both systems.
@@ -69,12 +73,18 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
             c.clients,
         ),
     ];
-    // Every round runs every workload on both systems; keel first in odd rounds, etcd first in
-    // even ones, so that neither always runs on a machine the other just warmed or loaded.
+    // Every round runs every workload on both systems, the first alternating from round to round
+    // and from workload to workload (keel first where the round's and the workload's numbers,
+    // both from 1, add up to an even number), so that neither always runs on a machine the
+    // other just warmed or loaded: with an odd number of rounds each workload still has one
+    // system first once more, but not the same system for every workload.
     let mut runs: Vec<(Vec<RunResult>, Vec<RunResult>)> = vec![Default::default(); cases.len()];
+    let mut every = Vec::new();
     for round in 1..=c.rounds {
-        for ((name, w, stale, clients), (keel_runs, etcd_runs)) in cases.iter().zip(&mut runs) {
-            let order = if round % 2 == 1 {
+        for (i, ((name, w, stale, clients), (keel_runs, etcd_runs))) in
+            cases.iter().zip(&mut runs).enumerate()
+        {
+            let order = if (round as usize + i + 1).is_multiple_of(2) {
                 [&ks, &es]
             } else {
                 [&es, &ks]
@@ -87,6 +97,10 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
                 };
                 let r = measured(&http, &spec, c.pause_idle.then(|| idle(system))).await;
                 eprintln!("round {round} {}", load::row(&r));
+                every.push(RunResult {
+                    label: format!("round {round}: {}", r.label),
+                    ..r.clone()
+                });
                 match system {
                     System::Keel(_) => keel_runs.push(r),
                     System::Etcd(_) => etcd_runs.push(r),
@@ -96,9 +110,12 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
     }
     let mut pairs = Vec::new();
     let mut rounds = Vec::new();
+    let mut p50s = Vec::new();
     for ((name, ..), (keel_runs, etcd_runs)) in cases.iter().zip(runs) {
         let ops = |rs: &[RunResult]| rs.iter().map(|r| r.throughput).collect::<Vec<_>>();
+        let p50 = |rs: &[RunResult]| rs.iter().map(|r| r.p50_ms).collect::<Vec<_>>();
         rounds.push((name.to_string(), ops(&keel_runs), ops(&etcd_runs)));
+        p50s.push((name.to_string(), p50(&keel_runs), p50(&etcd_runs)));
         match (median_round(keel_runs), median_round(etcd_runs)) {
             (Some(k), Some(e)) => pairs.push((name.to_string(), k, e)),
             _ => return Err(format!("no round of {name} ran")),
@@ -125,6 +142,8 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
     Ok(Compared {
         pairs,
         rounds,
+        p50s,
+        every,
         paused_idle: c.pause_idle,
         sweep,
     })

@@ -91,7 +91,7 @@ struct Common {
     #[arg(long, default_value_t = 100)]
     value_size: usize,
     /// `compare`: rounds of its five workloads (each row reports the median round of each
-    /// system, by throughput; keel goes first in odd rounds, etcd in even ones).
+    /// system, by throughput; the system that runs first alternates from round to round and from workload to workload).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
     rounds: u64,
     /// `compare`: stop the other system's processes (SIGSTOP) while one system is measured,
@@ -259,6 +259,21 @@ async fn modes(c: &Common) -> ModesResults {
     out
 }
 
+/// `compare.json`: each system's median round per workload, every round's runs in the order
+/// they ran, and the latency-against-load sweep.
+fn write_compare_json(out: &std::path::Path, r: &Compared) {
+    let medians: Vec<&RunResult> = r.pairs.iter().flat_map(|(_, k, e)| [k, e]).collect();
+    let json = serde_json::json!({
+        "medians": medians,
+        "rounds": r.every,
+        "sweep": r.sweep,
+    });
+    let _ = std::fs::write(
+        out.join("compare.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -373,6 +388,7 @@ async fn main() {
             Ok(r) => {
                 let md = report::write_compare(&c.out, &r);
                 let _ = std::fs::write(c.out.join("compare.md"), &md);
+                write_compare_json(&c.out, &r);
                 println!("{md}");
             }
             Err(e) => {
@@ -385,16 +401,7 @@ async fn main() {
             match compare::run(&c).await {
                 Ok(r) => {
                     md.push_str(&report::write_compare(&c.out, &r));
-                    let all: Vec<&RunResult> = r
-                        .pairs
-                        .iter()
-                        .flat_map(|(_, k, e)| [k, e])
-                        .chain(r.sweep.iter())
-                        .collect();
-                    let _ = std::fs::write(
-                        c.out.join("compare.json"),
-                        serde_json::to_string_pretty(&all).unwrap_or_default(),
-                    );
+                    write_compare_json(&c.out, &r);
                 }
                 Err(e) => md.push_str(&format!("## keel beside etcd\n\nnot run: {e}\n\n")),
             }

@@ -80,7 +80,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 pub fn write_compare(out: &Path, c: &Compared) -> String {
-    let mut md = format!("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member, in {} rounds (keel first in odd rounds, etcd first in even ones){}. Each row gives each system's median round by throughput (all rounds below).\n\n", c.rounds.first().map_or(0, |(_, k, _)| k.len()), if c.paused_idle { ", the other system's processes stopped (SIGSTOP) during each run" } else { "" });
+    let mut md = format!("## keel beside etcd\n\nThe same closed-loop workloads against a 3-node keel cluster and a 3-member etcd cluster on the same machine, one after the other, requests spread over every node/member, in {} rounds (the system that runs first alternating from round to round and from workload to workload){}. Each row gives each system's median round by throughput (all rounds below).\n\n", c.rounds.first().map_or(0, |(_, k, _)| k.len()), if c.paused_idle { ", the other system's processes stopped (SIGSTOP) during each run" } else { "" });
     md.push_str("| workload | clients | keel ops/s | etcd ops/s | keel/etcd throughput | keel p50 ms | etcd p50 ms | keel p99 ms | etcd p99 ms | p99 etcd/keel | keel CPU ms / 1,000 ops | etcd CPU ms / 1,000 ops | CPU keel/etcd |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let cpu = |r: &RunResult| {
         r.cpu_ms_per_1k
@@ -165,6 +165,20 @@ pub fn write_compare(out: &Path, c: &Compared) -> String {
             median(&stale_health),
             list(&lin_stale, 0),
             median(&lin_stale)
+        ));
+    }
+    if let Some((_, k, e)) = c
+        .p50s
+        .iter()
+        .find(|(n, ..)| n.starts_with("writes, 1 client"))
+    {
+        let r = per_round(k, e);
+        md.push_str(&format!(
+            "\nPer round, the one-client write p50 was {} ms for keel and {} ms for etcd: keel/etcd {} (median {:.2}).\n",
+            list(k, 2),
+            list(e, 2),
+            list(&r, 2),
+            median(&r)
         ));
     }
     md.push_str(&crate::budget::section(c));
