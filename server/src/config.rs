@@ -65,7 +65,7 @@ pub struct ServerArgs {
     /// How long a read may wait for its read index or for `min_index`.
     #[arg(long, env = "KEEL_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub read_timeout: Duration,
-    /// Largest value accepted, in bytes.
+    /// Largest value accepted, in bytes (at most 32 MiB: [`MAX_VALUE_BYTES_LIMIT`]).
     #[arg(long, env = "KEEL_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
     pub max_value_bytes: usize,
     /// Length of a Raft tick in milliseconds.
@@ -231,10 +231,12 @@ impl ServerArgs {
                 "need --tick-ms > 0 and 0 < --heartbeat-ticks < --election-ticks".into(),
             ));
         }
-        if self.max_value_bytes == 0 || self.max_value_bytes > 64 * 1024 * 1024 {
-            return Err(ConfigError::Invalid(
-                "--max-value-bytes must be between 1 and 64 MiB".into(),
-            ));
+        if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            return Err(ConfigError::Invalid(format!(
+                "--max-value-bytes must be between 1 and {MAX_VALUE_BYTES_LIMIT} (32 MiB): a \
+                 value travels to the other members in one peer frame of at most 64 MiB, with \
+                 its key and, in a snapshot, up to a chunk's worth of other records"
+            )));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid(
@@ -244,6 +246,19 @@ impl ServerArgs {
         Ok(members)
     }
 }
+
+/// The largest `--max-value-bytes`. A write travels to the followers in one log append, and a
+/// record in a snapshot chunk with up to [`crate::snapshot::send::SNAPSHOT_CHUNK_BYTES`] of others
+/// before it; both must fit one peer frame ([`crate::transport::MAX_FRAME_BYTES`]), with room
+/// for the key (4 KiB at most), the record's and the message's own fields. Up to 2026-12-08
+/// the limit was 64 MiB: a value of 64 MiB made an append the followers refused (and dropped
+/// the connection for), so the write never committed and the leader lost its leadership.
+pub const MAX_VALUE_BYTES_LIMIT: usize = 32 * 1024 * 1024;
+
+const _: () = assert!(
+    MAX_VALUE_BYTES_LIMIT + crate::snapshot::send::SNAPSHOT_CHUNK_BYTES + 1024 * 1024
+        <= crate::transport::MAX_FRAME_BYTES
+);
 
 /// Worker threads for each of `nodes` nodes sharing this machine: an equal share of its cores,
 /// at least one. A node's workers park whenever its requests wait (for a read index, a commit),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use keel_tests::{Cluster, DEADLINE};
+use keel_tests::{wait_until, Cluster, DEADLINE};
 
 fn assert_error(r: &keel_tests::Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.text());
@@ -208,5 +208,78 @@ fn oversized_body_is_refused_before_it_is_read_and_garbage_never_stops_a_node() 
                 "fine"
             );
         }
+    }
+}
+
+/// The largest value `--max-value-bytes` may allow (32 MiB) is written through a follower
+/// (forwarded to the leader) and reaches every node, and a node given a larger limit refuses to
+/// start. Up to 2026-12-08 the limit could be 64 MiB, and a value of 64 MiB made a
+/// log append larger than a peer frame may be: the followers dropped the connection, the write
+/// never committed (the client got 504 `outcome_unknown`) and the leader lost its leadership
+/// (seen by hand: `KEEL_MAX_VALUE_BYTES=67108864 keel cluster`, one PUT of 64 MiB).
+#[test]
+fn the_largest_value_the_configuration_allows_reaches_every_node() {
+    const LARGEST: usize = 32 * 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = std::process::Command::new(keel_tests::keel_bin())
+        .args(["server", "--id", "1", "--cluster", "1=127.0.0.1:1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--max-value-bytes", &(LARGEST + 1).to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run keel server");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait for keel server") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = server.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "started with a limit over 32 MiB: {status:?}"
+    );
+    assert!(
+        stderr.contains("--max-value-bytes must be between 1 and 33554432"),
+        "{stderr}"
+    );
+
+    // A generous write deadline: 32 MiB is appended and synced on three nodes of a shared machine.
+    let mut c = Cluster::start_with(
+        3,
+        &[
+            "--max-value-bytes",
+            &LARGEST.to_string(),
+            "--request-timeout",
+            "60s",
+        ],
+    );
+    let leader = c.wait_for_leader();
+    let follower = c.others(&[leader])[0];
+    let value: Vec<u8> = (0..LARGEST).map(|i| (i % 251) as u8).collect();
+    let r = c.put(follower, "big", &value).expect("answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for id in c.ids() {
+        wait_until(DEADLINE, &format!("node {id} serves the value"), || {
+            let r = c.get(id, "big?consistency=stale").ok()?;
+            (r.status == 200 && r.body == value).then_some(())
+        });
+    }
+    // (A byte more is refused with 413 like any value over the limit: `bad_requests_get_clear_
+    // errors_and_change_nothing`. Sent here, the node answers before it has read 32 MiB and the
+    // client's sending may fail first.)
+    for id in c.ids() {
+        assert!(c.node(id).is_running(), "node {id} stopped");
     }
 }
