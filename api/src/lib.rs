@@ -56,6 +56,13 @@ pub mod limits {
     pub const MAX_TXN_BODY_BYTES: usize = 4 * 1024 * 1024;
     /// Most compares, and most steps per branch, in one transaction.
     pub const MAX_TXN_OPS: usize = 128;
+    /// Most bytes of values a transaction's gets may return together (more: 400
+    /// `txn_too_large`, nothing written): one value of the largest size a server may allow. Its
+    /// answer travels between nodes in one frame.
+    pub const MAX_TXN_RESULT_BYTES: usize = 32 * 1024 * 1024;
+    /// Most bytes of values in one page of a list: a page stops early past them (at least one
+    /// key; `more` says there are more).
+    pub const MAX_LIST_PAGE_BYTES: usize = 16 * 1024 * 1024;
     /// Longest `Idempotency-Key`.
     pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
     /// Default page of a list.

@@ -260,6 +260,19 @@ const _: () = assert!(
         <= crate::transport::MAX_FRAME_BYTES
 );
 
+// A transaction's answer (its gets' values and keys) goes back to a forwarding follower in one
+// frame, and is kept with its idempotency key, a record a snapshot chunk carries.
+const _: () = {
+    use keel_api::limits::{MAX_KEY_BYTES, MAX_TXN_OPS, MAX_TXN_RESULT_BYTES};
+    assert!(
+        MAX_TXN_RESULT_BYTES
+            + MAX_TXN_OPS * MAX_KEY_BYTES
+            + crate::snapshot::send::SNAPSHOT_CHUNK_BYTES
+            + 1024 * 1024
+            <= crate::transport::MAX_FRAME_BYTES
+    );
+};
+
 /// Worker threads for each of `nodes` nodes sharing this machine: an equal share of its cores,
 /// at least one. A node's workers park whenever its requests wait (for a read index, a commit),
 /// and on a machine with fewer cores than workers every wake-up of a parked worker is a context

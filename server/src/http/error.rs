@@ -122,6 +122,7 @@ pub fn rejected(r: &ApplyResult) -> Result<&ApplyResult, ApiError> {
                     | ErrorCode::LeaseNotFound
                     | ErrorCode::NotHolder
                     | ErrorCode::FenceRejected
+                    | ErrorCode::TxnTooLarge
             )
         })
         .unwrap_or(ErrorCode::InvalidCommand);

@@ -3,8 +3,9 @@
 //! stop the node. A member never sends them, but a peer with a bug, a corrupted frame that
 //! still decodes, or (without TLS) a stranger could; so they are refused here, logged by the
 //! caller, and the node goes on. Each rule names the raft-rs 0.7 abort it prevents, but one:
-//! proposals, which no node sends, are refused so that no entry reaches the log without the
-//! leader's stamps.
+//! proposals, which no node sends, are refused, so that a peer cannot have the leader log an
+//! entry without the leader's stamps (one that claims to be the leader can still send appends:
+//! Raft trusts its members, and TLS keeps strangers out, docs/security.md).
 
 use raft::eraftpb::{ConfState, Message, MessageType};
 
@@ -192,7 +193,8 @@ mod tests {
         let mut vote = msg(MessageType::MsgRequestVote, 0);
         assert!(admit(&mut vote, &log).is_err(), "a vote without a term");
         m.term = 3;
-        assert!(admit(&mut m, &log).is_err(), "proposal with a term");
+        let why = admit(&mut m, &log).expect_err("a proposal with a term");
+        assert!(why.contains("with term 3"), "{why}");
         let mut m = msg(MessageType::MsgReadIndex, 0);
         assert!(admit(&mut m, &log).is_err(), "read index without context");
         m.entries.push(entry(0, 0));

@@ -47,6 +47,8 @@ pub struct ApplyBatch<'a> {
     idempotency: Memory,
     /// The last entry applied (or skipped) and its term: where the applied index moves to.
     applied: Option<(u64, u64)>,
+    /// The apply version of the command being applied (its rules apply).
+    version: u32,
     /// Write the batch with fsync (it holds a record no log replay would write again).
     sync: bool,
 }
@@ -66,6 +68,7 @@ impl<'a> ApplyBatch<'a> {
             events: Vec::new(),
             idempotency: Memory::default(),
             applied: None,
+            version: 0,
             sync: false,
         }
     }
@@ -127,6 +130,7 @@ impl<'a> ApplyBatch<'a> {
                 supported,
             });
         }
+        self.version = cmd.apply_version;
         let stamp = Stamp {
             index,
             term,
@@ -341,7 +345,9 @@ impl<'a> ApplyBatch<'a> {
     }
 
     fn txn(&mut self, index: u64, t: TxnOp) -> Result<ApplyResult, StorageError> {
-        let (result, scratch) = run_txn(|k| self.current(k), index, &t)?;
+        // Version 2 bounds what the gets return (entries of older leaders apply as they did).
+        let max = (self.version >= 2).then_some(keel_api::limits::MAX_TXN_RESULT_BYTES);
+        let (result, scratch) = run_txn(|k| self.current(k), index, &t, max)?;
         if result.is_ok() {
             for (key, rec) in scratch {
                 match rec {

@@ -140,10 +140,15 @@ pub(super) fn eval_compare(cur: Option<&ValueRecord>, c: &Compare) -> Result<boo
 /// Runs a transaction against `read` (the state before it), returning its result and the writes
 /// it would make. Rejections (bound violated, not an integer) come back as a result with an
 /// error code and no writes.
+///
+/// With `max_get_bytes`, a transaction whose gets return more bytes of values than that is
+/// rejected as `txn_too_large` (its answer, which carries them, must fit one peer frame; apply
+/// version 2 and later, [`super::APPLY_VERSION`]).
 pub(super) fn run_txn(
     mut read: impl FnMut(&str) -> Result<Option<ValueRecord>, StorageError>,
     index: u64,
     t: &TxnOp,
+    max_get_bytes: Option<usize>,
 ) -> Result<(ApplyResult, HashMap<String, Option<ValueRecord>>), StorageError> {
     let mut scratch: HashMap<String, Option<ValueRecord>> = HashMap::new();
     let mut lookup =
@@ -162,6 +167,7 @@ pub(super) fn run_txn(
     }
     let steps = if succeeded { &t.success } else { &t.failure };
     let mut results = Vec::with_capacity(steps.len());
+    let mut get_bytes = 0usize;
     for step in steps {
         let Some(step) = &step.step else {
             return fail(Rejection::new(
@@ -194,6 +200,14 @@ pub(super) fn run_txn(
             }
             Step::Get(g) => {
                 let cur = lookup(&scratch, &g.key)?;
+                get_bytes = get_bytes.saturating_add(cur.as_ref().map_or(0, |r| r.value.len()));
+                if let Some(max) = max_get_bytes.filter(|max| get_bytes > *max) {
+                    return fail(Rejection::new(
+                        ErrorCode::TxnTooLarge,
+                        format!("the transaction's gets return more than {max} bytes of values"),
+                        &g.key,
+                    ));
+                }
                 results.push(StepResult {
                     kind: "get".into(),
                     key: g.key.clone(),
@@ -307,7 +321,45 @@ mod tests {
         index: u64,
         t: &TxnOp,
     ) -> (ApplyResult, HashMap<String, Option<ValueRecord>>) {
-        run_txn(|k| Ok(data.get(k).cloned()), index, t).expect("no storage involved")
+        run_txn(|k| Ok(data.get(k).cloned()), index, t, None).expect("no storage involved")
+    }
+
+    /// The gets' values count against the bound, a step's own writes included; past it the
+    /// whole transaction is rejected, nothing written.
+    #[test]
+    fn gets_returning_more_than_the_bound_reject_the_transaction() {
+        let mut data = HashMap::new();
+        data.insert("a".to_string(), rec("12345", 1));
+        let get = |k: &str| step(Step::Get(GetOp { key: k.into() }));
+        let put = |k: &str, v: &str| {
+            step(Step::Put(PutOp {
+                key: k.into(),
+                value: Bytes::from(v.to_string()),
+                ..Default::default()
+            }))
+        };
+        let t = |success: Vec<TxnStep>| TxnOp {
+            success,
+            ..Default::default()
+        };
+        let run_max = |t: &TxnOp, max| {
+            run_txn(|k| Ok(data.get(k).cloned()), 9, t, Some(max)).expect("no storage involved")
+        };
+        // 5 + 5 bytes: within 10, beyond 9.
+        let two = t(vec![put("w", "x"), get("a"), get("a")]);
+        let (r, writes) = run_max(&two, 10);
+        assert!(r.is_ok() && r.succeeded);
+        assert_eq!(writes.len(), 1);
+        let (r, writes) = run_max(&two, 9);
+        assert_eq!(r.error_code, "txn_too_large");
+        assert_eq!(r.error_key, "a");
+        assert!(writes.is_empty(), "nothing written");
+        // A value the transaction itself put counts too; absent keys count nothing.
+        let own = t(vec![put("b", "1234567890"), get("b"), get("nope")]);
+        assert_eq!(run_max(&own, 9).0.error_code, "txn_too_large");
+        assert!(run_max(&own, 10).0.is_ok());
+        // Without a bound (entries of apply version 1 and before), anything goes.
+        assert!(run(&data, 9, &two).0.is_ok());
     }
 
     #[test]

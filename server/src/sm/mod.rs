@@ -51,8 +51,11 @@ pub use apply::ApplyBatch;
 /// applying it differently from the others (and diverging). The rule that comes with raising
 /// it: an entry is applied by the rules of the version it carries, so that a newer node applies
 /// what an older leader wrote exactly as the older nodes do. 0 (entries of binaries before the
-/// field) and 1 apply alike: the lock waits named by wait ids.
-pub const APPLY_VERSION: u32 = 1;
+/// field) and 1 apply alike: the lock waits named by wait ids. 2: a transaction whose gets
+/// return more than [`keel_api::limits::MAX_TXN_RESULT_BYTES`] of values is rejected
+/// (`txn_too_large`): its answer (sent back to a forwarding follower, kept for its idempotency
+/// key, and so sent in snapshots) must fit one peer frame.
+pub const APPLY_VERSION: u32 = 2;
 
 /// Only the apply version of an entry ([`crate::proto::Command`]'s tag 14; every other field
 /// skipped): read when the whole command does not decode.
@@ -237,7 +240,8 @@ impl StateMachine {
         let index = self.snapshot_applied(&snap)?;
         let data = cf(&self.db, CF_DATA)?;
         let read = |key: &str| read_record(&snap.get_cf(data, key.as_bytes()));
-        let (result, _) = eval::run_txn(read, index, t)?;
+        let max = Some(keel_api::limits::MAX_TXN_RESULT_BYTES);
+        let (result, _) = eval::run_txn(read, index, t, max)?;
         Ok(ReadResult {
             value: result,
             index,
@@ -279,15 +283,19 @@ impl StateMachine {
         let iter = snap.iterator_cf_opt(data, opts, IteratorMode::From(&start, Direction::Forward));
         let mut items = Vec::new();
         let mut more = false;
+        // A page stops at `limit` keys, or early once its values pass the page's bytes (a
+        // thousand values of 32 MiB would be a page of 32 GB).
+        let mut bytes = 0usize;
         for item in iter {
             let (k, v) = item.map_err(rocks("list keys"))?;
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
-            if items.len() == limit {
+            if items.len() == limit || bytes >= keel_api::limits::MAX_LIST_PAGE_BYTES {
                 more = true;
                 break;
             }
+            bytes = bytes.saturating_add(v.len());
             let key = String::from_utf8(k.into_vec()).map_err(|e| StorageError::Corrupt {
                 what: "key",
                 detail: e.to_string(),

@@ -73,3 +73,69 @@ fn an_undecodable_entry_for_newer_semantics_stops_the_apply() {
         other => panic!("an entry for newer semantics was refused as invalid: {other:?}"),
     }
 }
+
+/// Apply version 2's rule: a transaction whose gets return more than
+/// `MAX_TXN_RESULT_BYTES` of values is rejected, nothing written; the same entry written by a
+/// leader of version 1 applies as version 1 did (every node decides alike, whatever its binary).
+#[test]
+fn a_transaction_returning_too_much_is_rejected_from_version_2_only() {
+    use crate::proto::{txn_step::Step, GetOp, PutOp, TxnOp, TxnStep};
+    use keel_api::limits::MAX_TXN_RESULT_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let sm = StateMachine::new(crate::storage::open_db(dir.path()).unwrap());
+    let put = |key: &str, value: Vec<u8>| {
+        Step::Put(PutOp {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+    };
+    let command = |apply_version: u32, op: Op| {
+        Command {
+            op: Some(op),
+            apply_version,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let half = MAX_TXN_RESULT_BYTES / 2 + 1;
+    let big = Op::Txn(TxnOp {
+        success: vec![TxnStep {
+            step: Some(put("big", vec![7; half])),
+        }],
+        ..Default::default()
+    });
+    let mut b = sm.batch();
+    assert!(b.apply(1, 1, &command(APPLY_VERSION, big)).unwrap().is_ok());
+    b.commit().unwrap();
+    // A put of its own, then two gets of just over half the bound each.
+    let reads = || {
+        Op::Txn(TxnOp {
+            success: vec![
+                TxnStep {
+                    step: Some(put("marker", b"1".to_vec())),
+                },
+                TxnStep {
+                    step: Some(Step::Get(GetOp { key: "big".into() })),
+                },
+                TxnStep {
+                    step: Some(Step::Get(GetOp { key: "big".into() })),
+                },
+            ],
+            ..Default::default()
+        })
+    };
+    let mut b = sm.batch();
+    let r = b.apply(2, 1, &command(2, reads())).unwrap();
+    assert_eq!(r.error_code, "txn_too_large");
+    b.commit().unwrap();
+    assert!(sm.get_value("marker").unwrap().is_none(), "nothing written");
+    let mut b = sm.batch();
+    let r = b.apply(3, 1, &command(1, reads())).unwrap();
+    assert!(
+        r.is_ok(),
+        "a version 1 entry applies as version 1 did: {r:?}"
+    );
+    b.commit().unwrap();
+    assert!(sm.get_value("marker").unwrap().is_some());
+}
