@@ -58,10 +58,11 @@ pub mod limits {
     pub const MAX_TXN_OPS: usize = 128;
     /// Most bytes of values a transaction's gets may return together (more: 400
     /// `txn_too_large`, nothing written): one value of the largest size a server may allow. Its
-    /// answer travels between nodes in one frame.
+    /// answer travels between nodes in one frame. Applied by the state machine: changing it
+    /// changes apply semantics (raise the server's `APPLY_VERSION`).
     pub const MAX_TXN_RESULT_BYTES: usize = 32 * 1024 * 1024;
-    /// Most bytes of values in one page of a list: a page stops early past them (at least one
-    /// key; `more` says there are more).
+    /// A page of a list takes no further key once its values (as stored) reach this many bytes:
+    /// it holds at least one key, and at most this plus one value; `more` says more follow.
     pub const MAX_LIST_PAGE_BYTES: usize = 16 * 1024 * 1024;
     /// Longest `Idempotency-Key`.
     pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;

@@ -260,6 +260,9 @@ const _: () = assert!(
         <= crate::transport::MAX_FRAME_BYTES
 );
 
+// A transaction may get one value of the largest size.
+const _: () = assert!(keel_api::limits::MAX_TXN_RESULT_BYTES >= MAX_VALUE_BYTES_LIMIT);
+
 // A transaction's answer (its gets' values and keys) goes back to a forwarding follower in one
 // frame, and is kept with its idempotency key, a record a snapshot chunk carries.
 const _: () = {

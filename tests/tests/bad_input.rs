@@ -303,6 +303,9 @@ fn the_largest_value_the_configuration_allows_reaches_every_node() {
     let idem = [("Idempotency-Key", "too-large")];
     let r = send(follower, "POST", "/v1/txn", &idem, txn(2).as_bytes());
     assert_error(&r, 400, "txn_too_large");
+    // Its retry (same key, same body) is answered the same way.
+    let r = send(leader, "POST", "/v1/txn", &idem, txn(2).as_bytes());
+    assert_error(&r, 400, "txn_too_large");
     let r = c.get(leader, "marker").expect("answers");
     assert_eq!(r.status, 404, "the refused transaction wrote: {}", r.text());
     let r = send(follower, "POST", "/v1/txn", &[], txn(2).as_bytes());

@@ -111,8 +111,8 @@ fn crash_of_every_node_during_writes_loses_no_acknowledged_add_and_applies_none_
 }
 
 /// A node whose binary knows only older apply semantics (the planted-bug build playing one:
-/// `KEEL_TEST_APPLY_VERSION=0`, as a binary from before the field) stops at the first committed
-/// entry written for newer ones and says why, instead of applying it differently from the
+/// `KEEL_TEST_APPLY_VERSION=1`, as the release before apply version 2) stops at the first
+/// committed entry written for newer ones and says why, instead of applying it differently from the
 /// others; the others go on; upgraded (the variable gone) and restarted, it catches up.
 #[test]
 fn a_node_behind_on_apply_semantics_stops_instead_of_diverging() {
@@ -125,7 +125,7 @@ fn a_node_behind_on_apply_semantics_stops_instead_of_diverging() {
     let mut stopped = false;
     for run in 0..3 {
         c.kill(old);
-        c.set_node_env(old, "KEEL_TEST_APPLY_VERSION", Some("0"));
+        c.set_node_env(old, "KEEL_TEST_APPLY_VERSION", Some("1"));
         c.restart(old);
         let leader = c.wait_for_leader_excluding(&[old], DEADLINE);
         c.put_until_ok(leader, "upgrade/k", b"v", DEADLINE);
@@ -144,7 +144,8 @@ fn a_node_behind_on_apply_semantics_stops_instead_of_diverging() {
     assert!(stopped, "the older node led in every run");
     let log = c.log_tail(old, 40);
     assert!(
-        log.contains("for apply version 1, and this keel applies up to 0: upgrade this node"),
+        // The version the others write: `sm::APPLY_VERSION` (2 since 2026-12-08).
+        log.contains("for apply version 2, and this keel applies up to 1: upgrade this node"),
         "{log}"
     );
     // The other two go on.
