@@ -15,12 +15,8 @@ use crate::{etcd, spec, Common};
 pub(crate) struct Compared {
     /// (workload, keel's median round, etcd's median round).
     pub(crate) pairs: Vec<(String, RunResult, RunResult)>,
-    /// (workload, keel's ops/s in each round, etcd's), in the order the rounds ran.
-    pub(crate) rounds: Vec<(String, Vec<f64>, Vec<f64>)>,
-    /// (workload, keel's p50 in each round, etcd's), in ms, in the order the rounds ran.
-    pub(crate) p50s: Vec<(String, Vec<f64>, Vec<f64>)>,
-    /// Every run of every round, in the order they ran (labels start with the round).
-    pub(crate) every: Vec<RunResult>,
+    /// (workload, keel's run in each round, etcd's), in the order the rounds ran.
+    pub(crate) rounds: Vec<(String, Vec<RunResult>, Vec<RunResult>)>,
     /// Whether the idle system was stopped during each run (`--pause-idle`).
     pub(crate) paused_idle: bool,
     /// Writes with more and more clients, both systems.
@@ -79,7 +75,6 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
     // other just warmed or loaded: with an odd number of rounds each workload still has one
     // system first once more, but not the same system for every workload.
     let mut runs: Vec<(Vec<RunResult>, Vec<RunResult>)> = vec![Default::default(); cases.len()];
-    let mut every = Vec::new();
     for round in 1..=c.rounds {
         for (i, ((name, w, stale, clients), (keel_runs, etcd_runs))) in
             cases.iter().zip(&mut runs).enumerate()
@@ -97,10 +92,6 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
                 };
                 let r = measured(&http, &spec, c.pause_idle.then(|| idle(system))).await;
                 eprintln!("round {round} {}", load::row(&r));
-                every.push(RunResult {
-                    label: format!("round {round}: {}", r.label),
-                    ..r.clone()
-                });
                 match system {
                     System::Keel(_) => keel_runs.push(r),
                     System::Etcd(_) => etcd_runs.push(r),
@@ -110,16 +101,15 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
     }
     let mut pairs = Vec::new();
     let mut rounds = Vec::new();
-    let mut p50s = Vec::new();
     for ((name, ..), (keel_runs, etcd_runs)) in cases.iter().zip(runs) {
-        let ops = |rs: &[RunResult]| rs.iter().map(|r| r.throughput).collect::<Vec<_>>();
-        let p50 = |rs: &[RunResult]| rs.iter().map(|r| r.p50_ms).collect::<Vec<_>>();
-        rounds.push((name.to_string(), ops(&keel_runs), ops(&etcd_runs)));
-        p50s.push((name.to_string(), p50(&keel_runs), p50(&etcd_runs)));
-        match (median_round(keel_runs), median_round(etcd_runs)) {
+        match (
+            median_round(keel_runs.clone()),
+            median_round(etcd_runs.clone()),
+        ) {
             (Some(k), Some(e)) => pairs.push((name.to_string(), k, e)),
             _ => return Err(format!("no round of {name} ran")),
         }
+        rounds.push((name.to_string(), keel_runs, etcd_runs));
     }
     // Latency against offered load: writes with more and more clients.
     let mut sweep = Vec::new();
@@ -142,8 +132,6 @@ pub(crate) async fn run(c: &Common) -> Result<Compared, String> {
     Ok(Compared {
         pairs,
         rounds,
-        p50s,
-        every,
         paused_idle: c.pause_idle,
         sweep,
     })

@@ -91,7 +91,8 @@ struct Common {
     #[arg(long, default_value_t = 100)]
     value_size: usize,
     /// `compare`: rounds of its five workloads (each row reports the median round of each
-    /// system, by throughput; the system that runs first alternates from round to round and from workload to workload).
+    /// system, by throughput; the system that runs first alternates from round to round and
+    /// from workload to workload).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
     rounds: u64,
     /// `compare`: stop the other system's processes (SIGSTOP) while one system is measured,
@@ -259,13 +260,18 @@ async fn modes(c: &Common) -> ModesResults {
     out
 }
 
-/// `compare.json`: each system's median round per workload, every round's runs in the order
-/// they ran, and the latency-against-load sweep.
+/// `compare.json`: each system's median round per workload, each workload's runs round by
+/// round, and the latency-against-load sweep.
 fn write_compare_json(out: &std::path::Path, r: &Compared) {
     let medians: Vec<&RunResult> = r.pairs.iter().flat_map(|(_, k, e)| [k, e]).collect();
+    let rounds: Vec<serde_json::Value> = r
+        .rounds
+        .iter()
+        .map(|(name, k, e)| serde_json::json!({ "workload": name, "keel": k, "etcd": e }))
+        .collect();
     let json = serde_json::json!({
         "medians": medians,
-        "rounds": r.every,
+        "rounds": rounds,
         "sweep": r.sweep,
     });
     let _ = std::fs::write(

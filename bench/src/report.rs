@@ -135,22 +135,20 @@ pub fn write_compare(out: &Path, c: &Compared) -> String {
     let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> {
         a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect()
     };
+    let ops = |rs: &[RunResult]| rs.iter().map(|r| r.throughput).collect::<Vec<_>>();
     for (name, k, e) in &c.rounds {
-        let r = per_round(k, e);
+        let (k, e) = (ops(k), ops(e));
+        let r = per_round(&k, &e);
         md.push_str(&format!(
             "| {name} | {} | {} | {} | {:.2} |\n",
-            list(k, 0),
-            list(e, 0),
+            list(&k, 0),
+            list(&e, 0),
             list(&r, 2),
             median(&r)
         ));
     }
-    let keel_rounds = |prefix: &str| {
-        c.rounds
-            .iter()
-            .find(|(n, ..)| n.starts_with(prefix))
-            .map(|(_, k, _)| k.clone())
-    };
+    let workload = |prefix: &str| c.rounds.iter().find(|(n, ..)| n.starts_with(prefix));
+    let keel_rounds = |prefix: &str| workload(prefix).map(|(_, k, _)| ops(k));
     if let (Some(health), Some(stale), Some(lin)) = (
         keel_rounds("trivial endpoint"),
         keel_rounds("stale reads"),
@@ -167,16 +165,14 @@ pub fn write_compare(out: &Path, c: &Compared) -> String {
             median(&lin_stale)
         ));
     }
-    if let Some((_, k, e)) = c
-        .p50s
-        .iter()
-        .find(|(n, ..)| n.starts_with("writes, 1 client"))
-    {
-        let r = per_round(k, e);
+    if let Some((_, k, e)) = workload("writes, 1 client") {
+        let p50 = |rs: &[RunResult]| rs.iter().map(|r| r.p50_ms).collect::<Vec<_>>();
+        let (k, e) = (p50(k), p50(e));
+        let r = per_round(&k, &e);
         md.push_str(&format!(
             "\nPer round, the one-client write p50 was {} ms for keel and {} ms for etcd: keel/etcd {} (median {:.2}).\n",
-            list(k, 2),
-            list(e, 2),
+            list(&k, 2),
+            list(&e, 2),
             list(&r, 2),
             median(&r)
         ));
